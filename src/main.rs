@@ -1,0 +1,302 @@
+//! The `vitrina` command: orchestration only; the work lives in the library.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use vitrina::config::Config;
+use vitrina::region::{load, workload, RegionSpec};
+use vitrina::stack::Stack;
+use vitrina::{journal, pg};
+
+#[derive(Parser)]
+#[command(
+    name = "vitrina",
+    version,
+    about = "CDC from regional school journals to the «Моя школа» showcase"
+)]
+struct Cli {
+    /// Config file (TOML). Keys can be overridden with VITRINA_<SECTION>__<KEY>.
+    #[arg(long, short, env = "VITRINA_CONFIG", global = true)]
+    config: Option<PathBuf>,
+    /// Log as JSON lines instead of text.
+    #[arg(long, global = true)]
+    log_json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start the local stack (PostgreSQL with logical replication, tansu); harmless when it runs.
+    Up,
+    /// Stop the local stack.
+    Down,
+    /// Show what runs where.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the effective configuration (secrets hidden).
+    Config,
+    /// Create the journal database if needed and apply the reference journal migrations.
+    Migrate,
+    /// Generate a synthetic region and bulk-load it into the journal.
+    Generate {
+        #[arg(long)]
+        seed: Option<u64>,
+        #[arg(long)]
+        schools: Option<u32>,
+        #[arg(long)]
+        students_per_school: Option<u32>,
+        #[arg(long)]
+        history_years: Option<u32>,
+        /// Generate "as of" this day (YYYY-MM-DD); default: region.as_of or today.
+        #[arg(long)]
+        as_of: Option<chrono::NaiveDate>,
+        /// Truncate the journal first if it holds a region.
+        #[arg(long)]
+        replace: bool,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run the live workload: teachers and secretaries editing the journal.
+    Workload {
+        /// Target changes per second.
+        #[arg(long)]
+        rate: Option<u32>,
+        /// Seconds to run.
+        #[arg(long)]
+        duration: Option<u64>,
+        /// Students in a September mass-enrolment transaction at the start.
+        #[arg(long)]
+        mass_enrolment: Option<u32>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The demo: up, migrate, generate (if the journal is empty), then the live workload.
+    Demo {
+        #[arg(long, default_value_t = 30)]
+        duration: u64,
+    },
+}
+
+fn init_tracing(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("VITRINA_LOG").unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new("info,tokio_postgres=warn,rdkafka=warn")
+    });
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        b.json().init();
+    } else {
+        b.init();
+    }
+}
+
+fn main() {
+    let cli = Cli::parse();
+    init_tracing(cli.log_json);
+    if let Err(e) = real_main(cli) {
+        // The error's own text carries the hint; the chain adds the causes.
+        eprintln!("error: {e}");
+        for cause in e.chain().skip(1) {
+            eprintln!("  caused by: {cause}");
+        }
+        std::process::exit(1);
+    }
+}
+
+fn real_main(cli: Cli) -> Result<()> {
+    let cfg = Config::load(cli.config.as_deref(), std::env::vars())?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
+    rt.block_on(run(cli.command, cfg))
+}
+
+async fn run(command: Command, mut cfg: Config) -> Result<()> {
+    match command {
+        Command::Up => {
+            let stack = Stack::new(&cfg)?;
+            let st = tokio::task::spawn_blocking(move || stack.up()).await??;
+            print_status(&st);
+        }
+        Command::Down => {
+            let stack = Stack::new(&cfg)?;
+            let stopped = stack.down()?;
+            if stopped.is_empty() {
+                println!("nothing was running");
+            } else {
+                println!("stopped: {}", stopped.join(", "));
+            }
+        }
+        Command::Status { json } => {
+            let stack = Stack::new(&cfg)?;
+            let st = stack.status()?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&st)?);
+            } else {
+                print_status(&st);
+            }
+        }
+        Command::Config => {
+            print!("{}", toml::to_string_pretty(&cfg)?);
+        }
+        Command::Migrate => {
+            let applied = migrate(&cfg).await?;
+            if applied.is_empty() {
+                println!("journal schema is up to date");
+            } else {
+                println!("applied journal migrations: {applied:?}");
+            }
+        }
+        Command::Generate {
+            seed,
+            schools,
+            students_per_school,
+            history_years,
+            as_of,
+            replace,
+            json,
+        } => {
+            let r = &mut cfg.region;
+            r.seed = seed.unwrap_or(r.seed);
+            r.schools = schools.unwrap_or(r.schools);
+            r.students_per_school = students_per_school.unwrap_or(r.students_per_school);
+            r.history_years = history_years.unwrap_or(r.history_years);
+            r.as_of = as_of.or(r.as_of);
+            cfg.validate()?;
+            generate(&cfg, replace, json).await?;
+        }
+        Command::Workload {
+            rate,
+            duration,
+            mass_enrolment,
+            json,
+        } => {
+            let w = &mut cfg.workload;
+            w.rate = rate.unwrap_or(w.rate);
+            w.duration_s = duration.unwrap_or(w.duration_s);
+            w.mass_enrolment = mass_enrolment.unwrap_or(w.mass_enrolment);
+            cfg.validate()?;
+            run_workload(&cfg, json).await?;
+        }
+        Command::Demo { duration } => {
+            let stack = Stack::new(&cfg)?;
+            let st = tokio::task::spawn_blocking(move || stack.up()).await??;
+            print_status(&st);
+            migrate(&cfg).await?;
+            let ep = Stack::new(&cfg)?.endpoints()?;
+            let client = pg::connect(&ep.pg_config(&cfg.postgres.journal_database)).await?;
+            let students: i64 = client
+                .query_one("SELECT count(*) FROM journal.students", &[])
+                .await?
+                .get(0);
+            if students == 0 {
+                generate(&cfg, false, false).await?;
+            } else {
+                println!("journal already holds {students} students; keeping them");
+            }
+            cfg.workload.duration_s = duration;
+            if cfg.workload.mass_enrolment == 0 {
+                cfg.workload.mass_enrolment = 300;
+            }
+            run_workload(&cfg, false).await?;
+            println!(
+                "\njournal: {}\nthe stack keeps running; `vitrina status` shows it, `vitrina down` stops it",
+                ep.pg_url(&cfg.postgres.journal_database)
+            );
+        }
+    }
+    Ok(())
+}
+
+fn print_status(st: &[vitrina::stack::ServiceStatus]) {
+    println!(
+        "{:<10} {:<8} {:>8}  {:<22} {}",
+        "SERVICE", "STATE", "PID", "ADDRESS", "LOG"
+    );
+    for s in st {
+        println!(
+            "{:<10} {:<8} {:>8}  {:<22} {}",
+            s.service,
+            if s.running { "running" } else { "stopped" },
+            s.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
+            s.address.clone().unwrap_or_else(|| "-".into()),
+            s.log
+        );
+    }
+}
+
+async fn migrate(cfg: &Config) -> Result<Vec<i32>> {
+    let ep = Stack::new(cfg)?.endpoints()?;
+    let admin = ep.pg_config("postgres");
+    if cfg.postgres.host.is_none() {
+        pg::ensure_database(&admin, &cfg.postgres.journal_database).await?;
+    }
+    let mut client = pg::connect(&ep.pg_config(&cfg.postgres.journal_database)).await?;
+    Ok(journal::migrate(&mut client).await?)
+}
+
+async fn generate(cfg: &Config, replace: bool, json: bool) -> Result<()> {
+    let ep = Stack::new(cfg)?.endpoints()?;
+    let spec = RegionSpec::from_config(&cfg.region, chrono::Local::now().date_naive());
+    eprintln!(
+        "generating region: seed {}, {} schools × {} students, {} history years + current, as of {}",
+        spec.seed, spec.schools, spec.students_per_school, spec.history_years, spec.as_of
+    );
+    let report = load::load(
+        &ep.pg_config(&cfg.postgres.journal_database),
+        &spec,
+        cfg.region.load_connections as usize,
+        replace,
+        !json && console_is_tty(),
+    )
+    .await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!(
+            "loaded {} rows in {:.1} s: {:.0} rows/s; database size {:.1} MiB",
+            report.total_rows,
+            report.seconds,
+            report.rows_per_second,
+            report.database_bytes as f64 / 1048576.0
+        );
+        for (t, n) in &report.rows {
+            println!("  {t:<20} {n:>12}");
+        }
+        println!(
+            "deliberately invalid: {} SNILS, {} student documents, {} organizations' INN/OGRN",
+            report.invalid_snils, report.invalid_documents, report.invalid_organization_ids
+        );
+    }
+    Ok(())
+}
+
+async fn run_workload(cfg: &Config, json: bool) -> Result<()> {
+    let ep = Stack::new(cfg)?.endpoints()?;
+    let report = workload::run(
+        &ep.pg_config(&cfg.postgres.journal_database),
+        &cfg.workload,
+        !json && console_is_tty(),
+    )
+    .await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!("{report}");
+    }
+    let _ = Duration::from_secs(0);
+    Ok(())
+}
+
+fn console_is_tty() -> bool {
+    use std::io::IsTerminal;
+    std::io::stderr().is_terminal()
+}

@@ -1,0 +1,151 @@
+//! The local Kafka-protocol broker: tansu (crates.io, pinned in
+//! `scripts/bootstrap`) with its memory storage engine, on loopback.
+//!
+//! tansu keeps no records across its own restart, so `start` never restarts a
+//! running broker, and tests inject broker faults with SIGSTOP/SIGCONT.
+
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::ClientConfig;
+
+use super::process::{self, find_executable, pid_alive};
+use super::StackError;
+use crate::config::StackConfig;
+
+/// The tansu release vitrina is tested with (installed by `scripts/bootstrap`).
+pub const TANSU_VERSION: &str = "0.6.0";
+
+pub struct LocalBroker {
+    bin: PathBuf,
+    root: PathBuf,
+    ready_timeout: Duration,
+}
+
+impl LocalBroker {
+    pub fn new(cfg: &StackConfig, root: PathBuf) -> Self {
+        LocalBroker {
+            bin: cfg.tansu_bin.clone(),
+            root,
+            ready_timeout: Duration::from_secs(cfg.ready_timeout_s),
+        }
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.root.join("tansu.log")
+    }
+    fn pid_path(&self) -> PathBuf {
+        self.root.join("tansu.pid")
+    }
+
+    pub fn running_pid(&self) -> Option<i32> {
+        let pid: i32 = std::fs::read_to_string(self.pid_path())
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?;
+        pid_alive(pid).then_some(pid)
+    }
+
+    pub fn start(&self, port: u16) -> Result<u16, StackError> {
+        if self.running_pid().is_some() {
+            return Ok(port);
+        }
+        let bin = find_executable(&self.bin).ok_or_else(|| StackError::MissingBinary {
+            what: format!("the tansu broker (`{}`)", self.bin.display()),
+            hint: "run scripts/bootstrap (it runs `cargo install tansu --version 0.6.0 --locked`), or set stack.tansu_bin",
+        })?;
+        std::fs::create_dir_all(&self.root).map_err(|e| StackError::Io {
+            path: self.root.clone(),
+            source: e,
+        })?;
+        let log = std::fs::File::create(self.log_path()).map_err(|e| StackError::Io {
+            path: self.log_path(),
+            source: e,
+        })?;
+        let log2 = log.try_clone().map_err(|e| StackError::Io {
+            path: self.log_path(),
+            source: e,
+        })?;
+        let url = format!("tcp://127.0.0.1:{port}");
+        let child = Command::new(&bin)
+            .arg("broker")
+            .args(["--storage-engine", "memory://tansu/"])
+            .args(["--listener-url", &url])
+            .args(["--advertised-listener-url", &url])
+            .current_dir(&self.root)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log2)
+            // Its own process group: a Ctrl-C in the shell that ran `up`
+            // does not reach the broker.
+            .process_group(0)
+            .spawn()
+            .map_err(|e| StackError::Spawn {
+                what: format!("tansu ({})", bin.display()),
+                source: e,
+            })?;
+        let pid = child.id() as i32;
+        // The broker outlives us; dropping `child` neither waits nor kills.
+        drop(child);
+        std::fs::write(self.pid_path(), pid.to_string()).map_err(|e| StackError::Io {
+            path: self.pid_path(),
+            source: e,
+        })?;
+        // Stop waiting as soon as the broker exits (bad flags, missing
+        // storage feature, port taken).
+        process::wait_until(self.ready_timeout, || {
+            !pid_alive(pid) || process::port_accepts(port)
+        });
+        let ready = pid_alive(pid)
+            && process::port_accepts(port)
+            && metadata_ok(&format!("127.0.0.1:{port}"), self.ready_timeout);
+        if !ready {
+            process::signal(pid, libc::SIGKILL);
+            return Err(StackError::NotReady {
+                what: format!("tansu on 127.0.0.1:{port}"),
+                log: self.log_path(),
+                tail: process::tail(&self.log_path(), 20),
+            });
+        }
+        Ok(port)
+    }
+
+    pub fn stop(&self) -> Result<bool, StackError> {
+        let Some(pid) = self.running_pid() else {
+            return Ok(false);
+        };
+        process::signal(pid, libc::SIGCONT);
+        process::signal(pid, libc::SIGTERM);
+        if !process::wait_until(Duration::from_secs(10), || !pid_alive(pid)) {
+            process::signal(pid, libc::SIGKILL);
+            process::wait_until(Duration::from_secs(5), || !pid_alive(pid));
+        }
+        let _ = std::fs::remove_file(self.pid_path());
+        Ok(true)
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+}
+
+/// True when the broker answers a metadata request.
+pub fn metadata_ok(brokers: &str, timeout: Duration) -> bool {
+    let consumer: Result<BaseConsumer, _> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("log_level", "3")
+        .create();
+    let Ok(consumer) = consumer else {
+        return false;
+    };
+    process::wait_until(timeout, || {
+        consumer
+            .fetch_metadata(None, Duration::from_secs(2))
+            .is_ok()
+    })
+}
