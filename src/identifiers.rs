@@ -254,8 +254,10 @@ mod tests {
         // Sum 100: d1=9 (81) + d2=2 (16) + d9=3 (3) = 100.
         assert_eq!(snils_check(&[9, 2, 0, 0, 0, 0, 0, 0, 3]), 0);
         // Sum 101 → 0; sum 102 → 1.
-        assert_eq!(snils_check(&[9, 2, 0, 0, 0, 0, 0, 1, 1]), 0);
-        assert_eq!(snils_check(&[9, 2, 0, 0, 0, 0, 0, 1, 2]), 1);
+        assert_eq!(snils_check(&[9, 2, 0, 0, 0, 0, 0, 1, 2]), 0);
+        assert_eq!(snils_check(&[9, 2, 0, 0, 0, 0, 0, 1, 3]), 1);
+        // Below 100 the sum itself is the check number.
+        assert_eq!(snils_check(&[0, 0, 0, 0, 0, 0, 0, 0, 7]), 7);
     }
 
     #[test]

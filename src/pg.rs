@@ -5,13 +5,13 @@ use tokio_postgres::{Client, NoTls};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PgError {
-    #[error("cannot connect to PostgreSQL at {target}: {source}\nhint: is the stack up (`vitrina status`)? are postgres.host/port right?")]
+    #[error("cannot connect to PostgreSQL at {target}: {}\nhint: is the stack up (`vitrina status`)? are postgres.host/port right?", describe_error(.source))]
     Connect {
         target: String,
         #[source]
         source: tokio_postgres::Error,
     },
-    #[error("{what}: {source}")]
+    #[error("{what}: {}", describe_error(.source))]
     Query {
         what: String,
         #[source]
@@ -23,6 +23,27 @@ impl PgError {
     pub fn query(what: impl Into<String>) -> impl FnOnce(tokio_postgres::Error) -> PgError {
         let what = what.into();
         move |source| PgError::Query { what, source }
+    }
+}
+
+/// The server's message, code, detail and hint when there is one (the plain
+/// `Display` of tokio-postgres says only "db error").
+pub fn describe_error(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => {
+            let mut s = format!("{} (SQLSTATE {})", db.message(), db.code().code());
+            if let Some(d) = db.detail() {
+                s.push_str(&format!("; detail: {d}"));
+            }
+            if let Some(h) = db.hint() {
+                s.push_str(&format!("; hint: {h}"));
+            }
+            s
+        }
+        None => match std::error::Error::source(e) {
+            Some(src) => format!("{e}: {src}"),
+            None => e.to_string(),
+        },
     }
 }
 

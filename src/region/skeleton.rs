@@ -787,7 +787,9 @@ fn orders_and_consents(sk: &mut Skeleton, rng: &mut Rng) {
             None,
         );
         let left = s.left_on.unwrap_or(NaiveDate::MAX);
-        for yi in 1..sk.years as i64 {
+        // Moving up a grade; in the first generated year the class the
+        // student came from lies before the window.
+        for yi in 0..sk.years as i64 {
             let level = s.cohort + yi as i32;
             let year = sk.first_year + yi as i32;
             if !(2..=11).contains(&level) || ymd(year, 9, 1) > left {

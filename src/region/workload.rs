@@ -59,7 +59,7 @@ impl fmt::Display for WorkloadReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
-            "workload: {} changes in {} transactions over {:.1} s = {:.0} changes/s (target {}/s); {} failed",
+            "workload: {} changes in {} transactions, {:.1} s in all; steady rate {:.0} changes/s (target {}/s); {} failed",
             self.changes,
             self.transactions,
             self.seconds,
@@ -277,6 +277,7 @@ pub async fn run(
     if cfg.mass_enrolment > 0 {
         mass_changes = mass_enrolment(&setup, &state, cfg.mass_enrolment, cfg.seed).await?;
     }
+    let steady_start = Instant::now();
     let pacer = Arc::new(Pacer {
         next: Mutex::new(Instant::now()),
         per_change: Duration::from_secs_f64(1.0 / cfg.rate as f64),
@@ -321,9 +322,10 @@ pub async fn run(
                     }
                     Err(e) => {
                         failed += 1;
-                        tracing::warn!(operation = op, error = %e, "workload transaction failed");
+                        let text = pg::describe_error(&e);
+                        tracing::warn!(operation = op, error = %text, "workload transaction failed");
                         if failed > 100 {
-                            return Err(WorkloadError::TooManyErrors(failed, e.to_string()));
+                            return Err(WorkloadError::TooManyErrors(failed, text));
                         }
                     }
                 }
@@ -367,8 +369,9 @@ pub async fn run(
     ticker.abort();
     bar.finish_and_clear();
     report.seconds = started.elapsed().as_secs_f64();
-    report.changes = changes.load(Ordering::Relaxed) + mass_changes;
-    report.changes_per_second = report.changes as f64 / report.seconds;
+    // The steady rate leaves the one-off mass enrolment out.
+    report.changes = changes.load(Ordering::Relaxed);
+    report.changes_per_second = report.changes as f64 / steady_start.elapsed().as_secs_f64();
     Ok(report)
 }
 
@@ -683,7 +686,7 @@ async fn execute(client: &mut Client, plan: &Plan) -> Result<Created, tokio_post
             let row = tx
                 .query_one(
                     "INSERT INTO journal.lessons (class_id, subject_id, teacher_id, lesson_date, slot, starts_at, ends_at, topic, homework, homework_due, updated_by)
-                     VALUES ($1, $2, $3, $4, $5, time '08:30' + ($5 - 1) * interval '55 minutes', time '09:15' + ($5 - 1) * interval '55 minutes', $6, $7, $8, $9)
+                     VALUES ($1, $2, $3, $4, $5::smallint, time '08:30' + ($5::smallint - 1) * interval '55 minutes', time '09:15' + ($5::smallint - 1) * interval '55 minutes', $6, $7, $8, $9)
                      RETURNING id",
                     &[&l.class_id, &l.subject, &l.teacher, &l.date, &l.slot, &l.topic, &l.homework, &l.homework.as_ref().map(|_| l.date + chrono::Duration::days(1)), &l.by],
                 )
@@ -728,7 +731,7 @@ async fn execute(client: &mut Client, plan: &Plan) -> Result<Created, tokio_post
         }
         Plan::GradeCorrection { id, mark, by } => {
             tx.execute(
-                "UPDATE journal.grades SET mark = CASE WHEN passed IS NULL THEN $2 END, updated_at = now(), updated_by = $3 WHERE id = $1",
+                "UPDATE journal.grades SET mark = CASE WHEN passed IS NULL THEN $2::smallint END, updated_at = now(), updated_by = $3 WHERE id = $1",
                 &[id, mark, by],
             )
             .await?
@@ -769,7 +772,7 @@ async fn execute(client: &mut Client, plan: &Plan) -> Result<Created, tokio_post
         Plan::ConsentGrant { student, parent, by } => {
             tx.execute(
                 "INSERT INTO journal.parental_consents (student_id, parent_id, kind, status, granted_at, document_number, document_date, updated_by)
-                 VALUES ($1, $2, 'medical_data_transfer', 'granted', now(), 'С-' || (1000000 + $1 % 9000000)::text, current_date, $3)",
+                 VALUES ($1::bigint, $2, 'medical_data_transfer', 'granted', now(), 'С-' || (1000000 + $1::bigint % 9000000)::text, current_date, $3)",
                 &[student, parent, by],
             )
             .await?
@@ -777,7 +780,7 @@ async fn execute(client: &mut Client, plan: &Plan) -> Result<Created, tokio_post
         Plan::Exemption { student, code, days } => {
             tx.execute(
                 "INSERT INTO journal.medical_exemptions (student_id, starts_on, ends_on, document_number, diagnosis_group, updated_by)
-                 VALUES ($1, current_date, current_date + $2::int, 'ЕМИАС-' || $1::text || '-' || extract(epoch FROM now())::bigint::text, $3, 'emias:gateway')",
+                 VALUES ($1::bigint, current_date, current_date + $2::int, 'ЕМИАС-' || $1::bigint::text || '-' || extract(epoch FROM now())::bigint::text, $3, 'emias:gateway')",
                 &[student, &(*days as i32), code],
             )
             .await?

@@ -1,0 +1,151 @@
+//! The local stack comes up, is reachable, and `up` is idempotent.
+
+mod common;
+
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{ClientConfig, Message};
+use vitrina::config::Config;
+use vitrina::stack::Stack;
+
+#[tokio::test]
+async fn postgres_has_logical_replication_and_accepts_a_replication_connection() {
+    let st = common::stack();
+    let c = vitrina::pg::connect(&st.ep.pg_config("postgres"))
+        .await
+        .unwrap();
+    let wal: String = c.query_one("SHOW wal_level", &[]).await.unwrap().get(0);
+    assert_eq!(wal, "logical");
+
+    // A walsender connection (replication=database) that creates a pgoutput
+    // slot, as capture will. tokio-postgres has no replication mode, so psql
+    // from the same server installation speaks it.
+    let psql = Stack::new(&st.cfg)
+        .unwrap()
+        .postgres()
+        .unwrap()
+        .bin_dir
+        .join("psql");
+    let conninfo = format!(
+        "host={} port={} user={} dbname=postgres replication=database",
+        st.ep.pg_host, st.ep.pg_port, st.ep.pg_user
+    );
+    let slot = format!("t_slot_{}", std::process::id());
+    let out = std::process::Command::new(psql)
+        .arg(&conninfo)
+        .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1"])
+        .args(["-c", "IDENTIFY_SYSTEM"])
+        .args([
+            "-c",
+            &format!("CREATE_REPLICATION_SLOT {slot} TEMPORARY LOGICAL pgoutput"),
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains(&slot), "slot created: {text}");
+    assert!(
+        text.lines().next().unwrap().contains('/'),
+        "IDENTIFY_SYSTEM gives an LSN: {text}"
+    );
+}
+
+#[tokio::test]
+async fn up_twice_is_harmless_and_status_reports_both_services() {
+    let st = common::stack();
+    let stack = Stack::new(&st.cfg).unwrap();
+    let before = stack.status().unwrap();
+    let again = tokio::task::spawn_blocking(move || stack.up())
+        .await
+        .unwrap()
+        .unwrap();
+    for (a, b) in before.iter().zip(&again) {
+        assert!(b.running, "{} runs", b.service);
+        assert_eq!(a.pid, b.pid, "{} was not restarted", a.service);
+        assert_eq!(a.address, b.address);
+    }
+    assert_eq!(again.len(), 2);
+}
+
+#[tokio::test]
+async fn kafka_produce_and_consume_through_a_consumer_group() {
+    let st = common::stack();
+    let brokers = st.brokers();
+    let topic = format!("t-stack-{}", std::process::id());
+    let admin: AdminClient<_> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .unwrap();
+    let res = admin
+        .create_topics(
+            &[NewTopic::new(&topic, 2, TopicReplication::Fixed(1))],
+            &AdminOptions::new(),
+        )
+        .await
+        .unwrap();
+    assert!(res[0].is_ok(), "{res:?}");
+
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .create()
+        .unwrap();
+    for i in 0..10 {
+        let payload = format!("message {i}");
+        let key = format!("k{i}");
+        producer
+            .send(
+                FutureRecord::to(&topic).payload(&payload).key(&key),
+                Duration::from_secs(10),
+            )
+            .await
+            .map_err(|(e, _)| e)
+            .unwrap();
+    }
+
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", format!("g-{topic}"))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .set("session.timeout.ms", "6000")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[&topic]).unwrap();
+    let mut got = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while got.len() < 10 {
+        let m = tokio::time::timeout_at(deadline, consumer.recv())
+            .await
+            .expect("all 10 messages within 60 s")
+            .unwrap();
+        got.push(String::from_utf8(m.payload().unwrap().to_vec()).unwrap());
+        consumer.commit_message(&m, CommitMode::Sync).unwrap();
+    }
+    got.sort();
+    let mut want: Vec<String> = (0..10).map(|i| format!("message {i}")).collect();
+    want.sort();
+    assert_eq!(got, want);
+}
+
+#[test]
+fn a_missing_broker_binary_says_how_to_install_it() {
+    let dir = std::env::temp_dir().join(format!("vitrina-missing-{}", std::process::id()));
+    let mut cfg = Config {
+        state_dir: dir,
+        ..Config::default()
+    };
+    cfg.postgres.host = Some("127.0.0.1".into()); // external: only the broker is local
+    cfg.stack.tansu_bin = "/nonexistent/tansu".into();
+    let err = Stack::new(&cfg).unwrap().up().unwrap_err().to_string();
+    assert!(err.contains("cargo install tansu"), "{err}");
+    assert!(err.contains("scripts/bootstrap"), "{err}");
+}
