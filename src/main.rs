@@ -1,7 +1,6 @@
 //! The `vitrina` command: orchestration only; the work lives in the library.
 
 use std::path::PathBuf;
-use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
@@ -218,8 +217,8 @@ async fn run(command: Command, mut cfg: Config) -> Result<()> {
 
 fn print_status(st: &[vitrina::stack::ServiceStatus]) {
     println!(
-        "{:<10} {:<8} {:>8}  {:<22} {}",
-        "SERVICE", "STATE", "PID", "ADDRESS", "LOG"
+        "{:<10} {:<8} {:>8}  {:<22} LOG",
+        "SERVICE", "STATE", "PID", "ADDRESS"
     );
     for s in st {
         println!(
@@ -292,7 +291,6 @@ async fn run_workload(cfg: &Config, json: bool) -> Result<()> {
     } else {
         println!("{report}");
     }
-    let _ = Duration::from_secs(0);
     Ok(())
 }
 

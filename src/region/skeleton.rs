@@ -22,6 +22,9 @@ pub fn letter(i: usize) -> &'static str {
     LETTERS[i % LETTERS.len()]
 }
 
+/// A family siblings share: surname, parents (id, relation), father's first name.
+type Family = (String, Vec<(i64, &'static str)>, String);
+
 pub struct Organization {
     pub id: i64,
     pub regional_id: String,
@@ -526,7 +529,7 @@ pub fn build(spec: &RegionSpec) -> Skeleton {
 
         // Students, cohort by cohort, with their parents.
         let mut here = Vec::new();
-        let mut last_family: Option<(String, Vec<(i64, &'static str)>, String)> = None;
+        let mut last_family: Option<Family> = None;
         for &c in &cohorts {
             let entry_year = first_year + 1 - c; // the year they entered 1st grade
             let letters = letters_of(c);
@@ -627,7 +630,7 @@ pub fn build(spec: &RegionSpec) -> Skeleton {
                     education_form: if rng.chance(0.985) {
                         "full_time"
                     } else {
-                        *rng.pick(&["family", "part_time"])
+                        rng.pick::<&str>(&["family", "part_time"])
                     },
                     left_on,
                     ability: rng.normal(3.9, 0.45).clamp(2.6, 5.0),
@@ -694,7 +697,7 @@ fn organization(rng: &mut Rng, spec: &RegionSpec, school: usize, city: usize) ->
         } else {
             rng.pick(names::MALE_FIRST)
         },
-        names::patronymic(*rng.pick(names::MALE_FIRST), head_female)
+        names::patronymic(rng.pick::<&str>(names::MALE_FIRST), head_female)
     );
     Organization {
         id: school as i64 + 1,

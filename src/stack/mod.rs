@@ -195,7 +195,7 @@ impl Stack {
         }
         if self.wants_local_kafka() {
             let broker = self.broker();
-            let running = broker.running_pid().map(|_| state.kafka_port).flatten();
+            let running = broker.running_pid().and(state.kafka_port);
             let port = pick_port(running, self.cfg.stack.kafka_port, state.kafka_port)?;
             state.kafka_port = Some(broker.start(port)?);
             self.write_state(&state)?;
