@@ -165,7 +165,20 @@ impl Stack {
     }
 
     pub fn postgres(&self) -> Result<postgres::LocalPostgres, StackError> {
-        postgres::LocalPostgres::new(&self.cfg.stack, self.state_dir.join("postgres"))
+        postgres::LocalPostgres::new(&self.cfg.stack, self.postgres_root())
+    }
+
+    /// `state_dir/postgres`, unless vitrina runs as root and the unprivileged
+    /// server user could not reach it (a parent directory closed to others,
+    /// like `/root`): then a directory under the system temp dir, named
+    /// after the state dir so each state dir keeps its own cluster.
+    fn postgres_root(&self) -> PathBuf {
+        let wanted = self.state_dir.join("postgres");
+        if !process::is_root() || process::traversable_by_others(&self.state_dir) {
+            return wanted;
+        }
+        let tag = crate::journal::checksum(&self.state_dir.to_string_lossy());
+        std::env::temp_dir().join(format!("vitrina-postgres-{tag}"))
     }
 
     pub fn broker(&self) -> tansu::LocalBroker {

@@ -69,6 +69,18 @@ pub fn os_user(name: &str) -> Result<(u32, u32), StackError> {
     Ok((uid, gid))
 }
 
+/// True when every directory from `/` to `path` lets other users pass
+/// (the execute bit for others), so a server running as another user can
+/// reach files below it.
+pub fn traversable_by_others(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    path.ancestors().all(|p| {
+        std::fs::metadata(p)
+            .map(|m| m.permissions().mode() & 0o001 != 0)
+            .unwrap_or(false)
+    })
+}
+
 /// Recursively hands `path` to `uid:gid`.
 pub fn chown_tree(path: &Path, uid: u32, gid: u32) -> std::io::Result<()> {
     std::os::unix::fs::lchown(path, Some(uid), Some(gid))?;

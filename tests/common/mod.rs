@@ -67,12 +67,15 @@ pub async fn fresh_db(prefix: &str) -> tokio_postgres::Config {
     let admin = vitrina::pg::connect(&st.ep.pg_config("postgres"))
         .await
         .expect("admin connection");
-    admin
-        .batch_execute(&format!(
-            "DROP DATABASE IF EXISTS {name} WITH (FORCE); CREATE DATABASE {name}"
-        ))
-        .await
-        .expect("create test database");
+    for sql in [
+        format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+        format!("CREATE DATABASE {name}"),
+    ] {
+        admin
+            .batch_execute(&sql)
+            .await
+            .expect("create test database");
+    }
     st.ep.pg_config(&name)
 }
 
