@@ -233,7 +233,7 @@ impl Default for WorkloadConfig {
         WorkloadConfig {
             rate: 500,
             duration_s: 60,
-            sessions: 4,
+            sessions: 8,
             mass_enrolment: 0,
             seed: 7,
         }

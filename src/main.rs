@@ -72,6 +72,9 @@ enum Command {
         /// Students in a September mass-enrolment transaction at the start.
         #[arg(long)]
         mass_enrolment: Option<u32>,
+        /// Concurrent database sessions.
+        #[arg(long)]
+        sessions: Option<u32>,
         #[arg(long)]
         json: bool,
     },
@@ -176,9 +179,11 @@ async fn run(command: Command, mut cfg: Config) -> Result<()> {
             rate,
             duration,
             mass_enrolment,
+            sessions,
             json,
         } => {
             let w = &mut cfg.workload;
+            w.sessions = sessions.unwrap_or(w.sessions);
             w.rate = rate.unwrap_or(w.rate);
             w.duration_s = duration.unwrap_or(w.duration_s);
             w.mass_enrolment = mass_enrolment.unwrap_or(w.mass_enrolment);

@@ -122,9 +122,13 @@ impl Pacer {
     async fn acquire(&self, n: u64) {
         let at = {
             let mut next = self.next.lock().unwrap();
-            let now = Instant::now();
-            if *next < now {
-                *next = now;
+            // Sessions that fell behind may catch up, but at most one
+            // second's worth: the rate is a rate, not a quota.
+            let floor = Instant::now()
+                .checked_sub(Duration::from_secs(1))
+                .unwrap_or_else(Instant::now);
+            if *next < floor {
+                *next = floor;
             }
             let at = *next;
             *next += self.per_change * n as u32;
