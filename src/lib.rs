@@ -28,5 +28,6 @@ pub mod config;
 pub mod identifiers;
 pub mod journal;
 pub mod pg;
+pub mod privacy;
 pub mod region;
 pub mod stack;
