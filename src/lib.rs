@@ -25,6 +25,7 @@
 #![deny(rustdoc::broken_intra_doc_links)]
 
 pub mod config;
+pub mod events;
 pub mod identifiers;
 pub mod journal;
 pub mod pg;

@@ -78,6 +78,11 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// List the event schemas (topic, Avro record, fingerprint); --write DIR writes the .avsc files.
+    Schemas {
+        #[arg(long)]
+        write: Option<PathBuf>,
+    },
     /// The demo: up, migrate, generate (if the journal is empty), then the live workload.
     Demo {
         #[arg(long, default_value_t = 30)]
@@ -189,6 +194,33 @@ async fn run(command: Command, mut cfg: Config) -> Result<()> {
             w.mass_enrolment = mass_enrolment.unwrap_or(w.mass_enrolment);
             cfg.validate()?;
             run_workload(&cfg, json).await?;
+        }
+        Command::Schemas { write } => {
+            let reg = vitrina::events::codec::Registry::new();
+            println!(
+                "{:<32} {:<40} FINGERPRINT (CRC-64-AVRO, as in the message header)",
+                "TOPIC", "SCHEMA"
+            );
+            for (e, fp) in reg.fingerprints() {
+                println!(
+                    "{:<32} {:<40} {fp}",
+                    format!("vitrina.{}.v1", e.name),
+                    format!("{}.{}Event", vitrina::events::schema::NAMESPACE, e.record)
+                );
+            }
+            if let Some(dir) = write {
+                std::fs::create_dir_all(&dir)?;
+                for e in vitrina::events::ENTITIES {
+                    let path = dir.join(vitrina::events::schema::file_name(e));
+                    std::fs::write(&path, vitrina::events::schema::avsc_text(e))
+                        .with_context(|| format!("writing {}", path.display()))?;
+                }
+                println!(
+                    "wrote {} schemas to {}",
+                    vitrina::events::ENTITIES.len(),
+                    dir.display()
+                );
+            }
         }
         Command::Demo { duration } => {
             let stack = Stack::new(&cfg)?;

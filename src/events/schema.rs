@@ -1,0 +1,83 @@
+//! Avro schemas of the events, generated from [`super::contract`]. Each
+//! schema is self-contained (the envelope's named types are defined inline),
+//! so one `.avsc` file decodes one topic.
+
+use serde_json::{json, Value};
+
+use super::contract::{Entity, Ty};
+use super::Op;
+
+pub const NAMESPACE: &str = "vitrina.events";
+
+fn field_type(ty: Ty) -> Value {
+    match ty {
+        Ty::Long => json!("long"),
+        Ty::Int => json!("int"),
+        Ty::Double => json!("double"),
+        Ty::Bool => json!("boolean"),
+        Ty::Str => json!("string"),
+        Ty::Date => json!({"type": "int", "logicalType": "date"}),
+        Ty::Timestamp => json!({"type": "long", "logicalType": "timestamp-micros"}),
+        Ty::Time => json!({"type": "long", "logicalType": "time-micros"}),
+    }
+}
+
+/// The event schema of `e` as JSON.
+pub fn avsc(e: &Entity) -> Value {
+    let state_fields: Vec<Value> = e
+        .fields
+        .iter()
+        .map(|f| {
+            if f.nullable {
+                json!({"name": f.name, "type": ["null", field_type(f.ty)], "default": null, "doc": f.doc})
+            } else {
+                json!({"name": f.name, "type": field_type(f.ty), "doc": f.doc})
+            }
+        })
+        .collect();
+    json!({
+        "type": "record",
+        "name": format!("{}Event", e.record),
+        "namespace": NAMESPACE,
+        "doc": format!("{} Topic vitrina.{}.v1.", e.doc, e.name),
+        "fields": [
+            {"name": "event_id", "type": "string",
+             "doc": "Deterministic from the source position: a change read twice carries the same id. Use it to deduplicate."},
+            {"name": "op", "type": {"type": "enum", "name": "Op", "symbols": Op::SYMBOLS,
+              "doc": "CREATE, UPDATE, DELETE; READ for initial-load snapshot rows; TRUNCATE when the table was emptied."},
+             "doc": "What happened."},
+            {"name": "entity", "type": "string", "doc": "Entity name, as in the topic."},
+            {"name": "key", "type": "string", "doc": "Entity key (the journal id; composite keys joined with ':'). Also the Kafka message key, except for events about a student, keyed by the student."},
+            {"name": "source", "type": {
+                "type": "record", "name": "Source", "doc": "Where the change came from.",
+                "fields": [
+                    {"name": "lsn", "type": "long", "doc": "WAL position of the change (of the snapshot for READ)."},
+                    {"name": "commit_lsn", "type": "long", "doc": "WAL position of the commit of its transaction."},
+                    {"name": "txid", "type": "long", "doc": "Transaction id in the journal."},
+                    {"name": "commit_time", "type": {"type": "long", "logicalType": "timestamp-micros"}, "doc": "Commit time in the journal."},
+                    {"name": "table", "type": "string", "doc": "schema.table in the journal."},
+                    {"name": "snapshot", "type": "boolean", "doc": "True for initial-load rows."}
+                ]}, "doc": "Source position."},
+            {"name": "actor", "type": ["null", "string"], "default": null,
+             "doc": "Who made the change (ESIA or operator account), when the journal records it."},
+            {"name": "schema_version", "type": "int", "doc": "Version of the event contract."},
+            {"name": "quality", "type": {"type": "array", "items": "string"},
+             "doc": "Data-quality flags, e.g. snils_invalid: the value failed validation and was not hashed."},
+            {"name": "after", "type": ["null", {
+                "type": "record", "name": e.record, "doc": e.doc, "fields": state_fields}],
+             "default": null, "doc": "State after the change; null for DELETE and TRUNCATE."}
+        ]
+    })
+}
+
+/// File name of an entity's schema in `avro/`.
+pub fn file_name(e: &Entity) -> String {
+    format!("{}.avsc", e.name)
+}
+
+/// Pretty JSON text of the schema, as written to `avro/`.
+pub fn avsc_text(e: &Entity) -> String {
+    let mut s = serde_json::to_string_pretty(&avsc(e)).expect("schema serializes");
+    s.push('\n');
+    s
+}
