@@ -1,0 +1,547 @@
+//! The mapping from journal tables and columns to domain events. A region
+//! with another journal schema writes a mapping file, not code; the
+//! reference journal's mapping (`config/mapping.toml`) is the default.
+//!
+//! Invariants:
+//! - Only columns the mapping names are read; every other column (names,
+//!   addresses, raw documents) is dropped here, inside capture.
+//! - Hashed fields go through [`crate::privacy`]: an invalid identifier
+//!   yields no hash and a quality flag (`<kind>_invalid`), never an error.
+//! - A row that cannot be mapped (a missing or unparsable mapped column) is
+//!   an [`Unmappable`] with a reason that names columns, never values.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use chrono::{DateTime, NaiveDate, NaiveTime, Timelike};
+use serde::Deserialize;
+
+use crate::events::contract::{self, Entity, Ty};
+use crate::events::Val;
+use crate::privacy::{Depersonalizer, IdKind};
+
+/// The reference journal's mapping, used when no mapping file is configured.
+pub const DEFAULT_MAPPING: &str = include_str!("../../config/mapping.toml");
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MappingFile {
+    table: Vec<TableSpec>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TableSpec {
+    table: String,
+    entity: String,
+    key: Vec<String>,
+    partition_by: Option<String>,
+    actor: Option<String>,
+    /// Column whose value decides whether a row is inside the initial-load
+    /// history window (a date or timestamp).
+    history: Option<String>,
+    #[serde(default)]
+    fields: BTreeMap<String, FieldSpec>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum FieldSpec {
+    Column(String),
+    Hash {
+        hash: HashKind,
+        columns: Vec<String>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum HashKind {
+    Snils,
+    Passport,
+    BirthCertificate,
+    /// Any other document number: whitespace removed, upper-cased.
+    Document,
+}
+
+#[derive(Debug, Clone)]
+pub enum Source {
+    Column(String),
+    Hash(HashKind, Vec<String>),
+}
+
+/// One journal table's compiled mapping.
+#[derive(Debug, Clone)]
+pub struct TableMapping {
+    /// `schema.table`.
+    pub table: String,
+    pub entity: &'static Entity,
+    pub key: Vec<String>,
+    pub partition_by: Option<String>,
+    pub actor: Option<String>,
+    pub history: Option<String>,
+    /// One source per contract field, in contract order.
+    pub sources: Vec<Source>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MappingError {
+    #[error("mapping {origin}: {message}\nhint: see config/mapping.toml for the reference journal's mapping")]
+    Invalid { origin: String, message: String },
+}
+
+/// Why a row could not become an event (goes to the dead-letter topic).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Unmappable(pub String);
+
+#[derive(Debug, Clone)]
+pub struct Mapping {
+    pub tables: Vec<TableMapping>,
+}
+
+impl Mapping {
+    pub fn reference() -> Mapping {
+        Mapping::parse(DEFAULT_MAPPING, "config/mapping.toml (built in)")
+            .expect("built-in mapping is valid")
+    }
+
+    pub fn load(path: Option<&Path>) -> Result<Mapping, MappingError> {
+        match path {
+            None => Ok(Mapping::reference()),
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(|e| MappingError::Invalid {
+                    origin: p.display().to_string(),
+                    message: e.to_string(),
+                })?;
+                Mapping::parse(&text, &p.display().to_string())
+            }
+        }
+    }
+
+    pub fn parse(text: &str, origin: &str) -> Result<Mapping, MappingError> {
+        let bad = |message: String| MappingError::Invalid {
+            origin: origin.to_string(),
+            message,
+        };
+        let file: MappingFile = toml::from_str(text).map_err(|e| bad(e.to_string()))?;
+        let mut tables = Vec::new();
+        for t in file.table {
+            let entity = contract::entity(&t.entity).ok_or_else(|| {
+                bad(format!(
+                    "table {}: unknown entity `{}` (known: {})",
+                    t.table,
+                    t.entity,
+                    contract::ENTITIES
+                        .iter()
+                        .map(|e| e.name)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ))
+            })?;
+            if !t.table.contains('.') {
+                return Err(bad(format!(
+                    "table `{}` must be schema-qualified (schema.table)",
+                    t.table
+                )));
+            }
+            if t.key.is_empty() {
+                return Err(bad(format!(
+                    "table {}: `key` needs at least one column",
+                    t.table
+                )));
+            }
+            for name in t.fields.keys() {
+                if entity.field(name).is_none() {
+                    return Err(bad(format!(
+                        "table {}: entity `{}` has no field `{name}`",
+                        t.table, entity.name
+                    )));
+                }
+            }
+            let mut sources = Vec::new();
+            for f in entity.fields {
+                let src =
+                    match t.fields.get(f.name) {
+                        None => Source::Column(f.name.to_string()),
+                        Some(FieldSpec::Column(c)) => Source::Column(c.clone()),
+                        Some(FieldSpec::Hash { hash, columns }) => {
+                            let want = if *hash == HashKind::Passport
+                                || *hash == HashKind::BirthCertificate
+                            {
+                                2
+                            } else {
+                                1
+                            };
+                            if columns.len() != want {
+                                return Err(bad(format!(
+                                "table {}: field `{}` hashes {:?} from {} column(s), needs {want}",
+                                t.table, f.name, hash, columns.len()
+                            )));
+                            }
+                            if f.ty != Ty::Str {
+                                return Err(bad(format!(
+                                    "table {}: hashed field `{}` must be a string field",
+                                    t.table, f.name
+                                )));
+                            }
+                            Source::Hash(*hash, columns.clone())
+                        }
+                    };
+                sources.push(src);
+            }
+            tables.push(TableMapping {
+                table: t.table,
+                entity,
+                key: t.key,
+                partition_by: t.partition_by,
+                actor: t.actor,
+                history: t.history,
+                sources,
+            });
+        }
+        Ok(Mapping { tables })
+    }
+
+    pub fn table(&self, qualified: &str) -> Option<&TableMapping> {
+        self.tables.iter().find(|t| t.table == qualified)
+    }
+}
+
+impl TableMapping {
+    /// Every journal column this mapping reads.
+    pub fn columns(&self) -> Vec<String> {
+        let mut cols: Vec<String> = self.key.clone();
+        cols.extend(self.partition_by.iter().cloned());
+        cols.extend(self.actor.iter().cloned());
+        for s in &self.sources {
+            match s {
+                Source::Column(c) => cols.push(c.clone()),
+                Source::Hash(_, cs) => cols.extend(cs.iter().cloned()),
+            }
+        }
+        cols.sort();
+        cols.dedup();
+        cols
+    }
+}
+
+/// A row as capture sees it: column name → text value (`None` = NULL).
+/// A column absent from the row is reported as missing.
+pub trait Row {
+    fn get(&self, column: &str) -> Option<Option<&str>>;
+}
+
+impl Row for BTreeMap<String, Option<String>> {
+    fn get(&self, column: &str) -> Option<Option<&str>> {
+        BTreeMap::get(self, column).map(|v| v.as_deref())
+    }
+}
+
+/// A mapped row: the event's key, Kafka key, actor, state and quality flags.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Mapped {
+    pub key: String,
+    pub partition_key: String,
+    pub actor: Option<String>,
+    pub after: Vec<Val>,
+    pub quality: Vec<String>,
+}
+
+fn missing(t: &TableMapping, col: &str) -> Unmappable {
+    Unmappable(format!(
+        "mapped column `{col}` is missing from {} (dropped or renamed?); entity `{}` cannot be built",
+        t.table, t.entity.name
+    ))
+}
+
+fn parse_val(ty: Ty, text: &str) -> Result<Val, String> {
+    // The value itself stays out of the reason: it may be personal data.
+    let bad = || {
+        format!(
+            "cannot read a {}-character value as {ty:?}",
+            text.chars().count()
+        )
+    };
+    Ok(match ty {
+        Ty::Long => Val::Long(text.parse().map_err(|_| bad())?),
+        Ty::Int => Val::Int(text.parse().map_err(|_| bad())?),
+        Ty::Double => Val::Double(text.parse().map_err(|_| bad())?),
+        Ty::Bool => Val::Bool(match text {
+            "t" | "true" => true,
+            "f" | "false" => false,
+            _ => return Err(bad()),
+        }),
+        Ty::Str => Val::Str(text.to_string()),
+        Ty::Date => {
+            let d = NaiveDate::parse_from_str(text, "%Y-%m-%d").map_err(|_| bad())?;
+            Val::Date((d - NaiveDate::from_ymd_opt(1970, 1, 1).unwrap()).num_days() as i32)
+        }
+        Ty::Timestamp => {
+            let t = DateTime::parse_from_str(text, "%Y-%m-%d %H:%M:%S%.f%#z").map_err(|_| bad())?;
+            Val::Timestamp(t.timestamp_micros())
+        }
+        Ty::Time => {
+            let t = NaiveTime::parse_from_str(text, "%H:%M:%S%.f").map_err(|_| bad())?;
+            Val::Time(
+                t.num_seconds_from_midnight() as i64 * 1_000_000 + (t.nanosecond() / 1000) as i64,
+            )
+        }
+    })
+}
+
+fn normalize_document(s: &str) -> String {
+    s.chars()
+        .filter(|c| !c.is_whitespace())
+        .flat_map(char::to_uppercase)
+        .collect()
+}
+
+impl TableMapping {
+    /// Maps a row (new state for inserts/updates/reads).
+    pub fn map_row(&self, row: &dyn Row, dp: &Depersonalizer) -> Result<Mapped, Unmappable> {
+        let key = self.key_of(row)?;
+        let partition_key = match &self.partition_by {
+            Some(c) => row
+                .get(c)
+                .ok_or_else(|| missing(self, c))?
+                .unwrap_or(&key)
+                .to_string(),
+            None => key.clone(),
+        };
+        let actor = match &self.actor {
+            Some(c) => row
+                .get(c)
+                .ok_or_else(|| missing(self, c))?
+                .map(str::to_string),
+            None => None,
+        };
+        let mut after = Vec::with_capacity(self.sources.len());
+        let mut quality = Vec::new();
+        for (f, src) in self.entity.fields.iter().zip(&self.sources) {
+            let v = match src {
+                Source::Column(c) => match row.get(c).ok_or_else(|| missing(self, c))? {
+                    None => Val::Null,
+                    Some(text) => parse_val(f.ty, text).map_err(|m| {
+                        Unmappable(format!("{}.{} (field `{}`): {m}", self.table, c, f.name))
+                    })?,
+                },
+                Source::Hash(kind, cols) => {
+                    let first = row.get(&cols[0]).ok_or_else(|| missing(self, &cols[0]))?;
+                    let second = match cols.get(1) {
+                        Some(c) => row.get(c).ok_or_else(|| missing(self, c))?,
+                        None => None,
+                    };
+                    match (first, kind) {
+                        (None, _) => Val::Null,
+                        (Some(raw), HashKind::Document) => {
+                            Val::Str(dp.digest(&normalize_document(raw)))
+                        }
+                        (Some(raw), k) => {
+                            let id_kind = match k {
+                                HashKind::Snils => IdKind::Snils,
+                                HashKind::Passport => IdKind::Passport,
+                                _ => IdKind::BirthCertificate,
+                            };
+                            if cols.len() == 2 && second.is_none() {
+                                quality.push(format!("{}_invalid", id_kind.as_str()));
+                                Val::Null
+                            } else {
+                                match dp.identifier(id_kind, raw, second) {
+                                    Ok(h) => Val::Str(h),
+                                    Err(_) => {
+                                        quality.push(format!("{}_invalid", id_kind.as_str()));
+                                        Val::Null
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            };
+            if matches!(v, Val::Null) && !f.nullable {
+                return Err(Unmappable(format!(
+                    "{}: required field `{}` of entity `{}` is NULL",
+                    self.table, f.name, self.entity.name
+                )));
+            }
+            after.push(v);
+        }
+        Ok(Mapped {
+            key,
+            partition_key,
+            actor,
+            after,
+            quality,
+        })
+    }
+
+    /// The entity key from key columns (for deletes: the old key).
+    pub fn key_of(&self, row: &dyn Row) -> Result<String, Unmappable> {
+        let mut parts = Vec::with_capacity(self.key.len());
+        for c in &self.key {
+            match row.get(c).ok_or_else(|| missing(self, c))? {
+                Some(v) => parts.push(v.to_string()),
+                None => {
+                    return Err(Unmappable(format!(
+                        "{}: key column `{c}` is NULL",
+                        self.table
+                    )))
+                }
+            }
+        }
+        Ok(parts.join(":"))
+    }
+
+    /// The Kafka key of a delete: the partition column when the old row has
+    /// it (REPLICA IDENTITY FULL), else the entity key.
+    pub fn partition_key_of_old(&self, row: &dyn Row, key: &str) -> String {
+        self.partition_by
+            .as_ref()
+            .and_then(|c| row.get(c).flatten())
+            .unwrap_or(key)
+            .to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::privacy::Mode;
+
+    fn row(pairs: &[(&str, Option<&str>)]) -> BTreeMap<String, Option<String>> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.map(str::to_string)))
+            .collect()
+    }
+
+    fn student_row(snils: Option<&str>) -> BTreeMap<String, Option<String>> {
+        row(&[
+            ("id", Some("17")),
+            ("esia_id", Some("1000100123")),
+            ("snils", snils),
+            ("last_name", Some("Иванова")),
+            ("first_name", Some("Мария")),
+            ("middle_name", Some("Петровна")),
+            ("passport_series", None),
+            ("passport_number", None),
+            ("birth_certificate_series", Some("ІУ-МЮ")),
+            ("birth_certificate_number", Some("123456")),
+            ("identity_document_kind", Some("birth_certificate")),
+            ("sex", Some("F")),
+            ("birth_date", Some("2015-03-04")),
+            ("citizenship", Some("RUS")),
+            ("regional_account_id", Some("S-69-00000017")),
+            ("movement_first_member", Some("t")),
+            ("health_group", Some("2")),
+            ("updated_by", Some("op:secretary")),
+        ])
+    }
+
+    #[test]
+    fn reference_mapping_covers_every_journal_table_and_parses() {
+        let m = Mapping::reference();
+        assert_eq!(m.tables.len(), 14);
+        assert!(m.table("journal.grades").is_some());
+    }
+
+    #[test]
+    fn student_row_is_depersonalized() {
+        let m = Mapping::reference();
+        let t = m.table("journal.students").unwrap();
+        let dp = Depersonalizer::new(Mode::Plain);
+        let out = t
+            .map_row(&student_row(Some("112-233-445 95")), &dp)
+            .unwrap();
+        assert_eq!(out.key, "17");
+        assert_eq!(out.partition_key, "17");
+        let text = format!("{out:?}");
+        for secret in [
+            "Иванова",
+            "Мария",
+            "Петровна",
+            "112-233-445",
+            "11223344595",
+            "123456",
+        ] {
+            assert!(!text.contains(secret), "{secret} leaked: {text}");
+        }
+        let snils_hash = &out.after[t
+            .entity
+            .fields
+            .iter()
+            .position(|f| f.name == "snils_hash")
+            .unwrap()];
+        assert_eq!(snils_hash, &Val::Str(dp.digest("11223344595")));
+        assert!(out.quality.is_empty(), "{:?}", out.quality);
+    }
+
+    #[test]
+    fn invalid_snils_is_flagged_not_hashed_and_the_row_still_maps() {
+        let m = Mapping::reference();
+        let t = m.table("journal.students").unwrap();
+        let dp = Depersonalizer::new(Mode::Plain);
+        let out = t
+            .map_row(&student_row(Some("112-233-445 96")), &dp)
+            .unwrap();
+        assert_eq!(out.quality, vec!["snils_invalid".to_string()]);
+        let i = t
+            .entity
+            .fields
+            .iter()
+            .position(|f| f.name == "snils_hash")
+            .unwrap();
+        assert_eq!(out.after[i], Val::Null);
+    }
+
+    #[test]
+    fn a_missing_mapped_column_is_unmappable_and_names_it() {
+        let m = Mapping::reference();
+        let t = m.table("journal.students").unwrap();
+        let dp = Depersonalizer::new(Mode::Plain);
+        let mut r = student_row(None);
+        r.remove("sex");
+        let err = t.map_row(&r, &dp).unwrap_err();
+        assert!(
+            err.0.contains("`sex`") && err.0.contains("journal.students"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn values_parse_from_pgoutput_text() {
+        assert_eq!(parse_val(Ty::Date, "1970-01-02").unwrap(), Val::Date(1));
+        assert_eq!(
+            parse_val(Ty::Timestamp, "1970-01-01 03:00:01+03").unwrap(),
+            Val::Timestamp(1_000_000)
+        );
+        assert_eq!(
+            parse_val(Ty::Timestamp, "1970-01-01 00:00:00.5+00").unwrap(),
+            Val::Timestamp(500_000)
+        );
+        assert_eq!(
+            parse_val(Ty::Time, "08:30:00").unwrap(),
+            Val::Time(30_600_000_000)
+        );
+        assert_eq!(parse_val(Ty::Double, "1.5").unwrap(), Val::Double(1.5));
+        assert_eq!(parse_val(Ty::Bool, "f").unwrap(), Val::Bool(false));
+        let err = parse_val(Ty::Long, "12345-secret").unwrap_err();
+        assert!(
+            !err.contains("12345-secret"),
+            "values stay out of reasons: {err}"
+        );
+    }
+
+    #[test]
+    fn mapping_errors_name_the_problem() {
+        let e = Mapping::parse(
+            "[[table]]\ntable = \"journal.x\"\nentity = \"nope\"\nkey = [\"id\"]\n",
+            "t",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("unknown entity `nope`"), "{e}");
+        let e = Mapping::parse("[[table]]\ntable = \"journal.x\"\nentity = \"grade\"\nkey = [\"id\"]\nfields.nope = \"x\"\n", "t").unwrap_err();
+        assert!(e.to_string().contains("no field `nope`"), "{e}");
+    }
+}
