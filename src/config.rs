@@ -79,6 +79,7 @@ pub struct Config {
     pub stack: StackConfig,
     pub region: RegionConfig,
     pub workload: WorkloadConfig,
+    pub capture: CaptureConfig,
 }
 
 impl Default for Config {
@@ -90,6 +91,75 @@ impl Default for Config {
             stack: StackConfig::default(),
             region: RegionConfig::default(),
             workload: WorkloadConfig::default(),
+            capture: CaptureConfig::default(),
+        }
+    }
+}
+
+/// How identifiers are depersonalized.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Hashing {
+    /// Unsalted Streebog-512, matchable across systems.
+    Plain,
+    /// HMAC-Streebog-512 with `capture.hmac_key`.
+    Keyed,
+}
+
+/// Capture: journal WAL → domain events on Kafka.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CaptureConfig {
+    /// Logical replication slot (created when absent).
+    pub slot: String,
+    /// Publication over the mapped tables (created when absent).
+    pub publication: String,
+    /// Topics are `<topic_prefix>.<entity>.v1`; dead letters go to `<topic_prefix>.deadletter.v1`.
+    pub topic_prefix: String,
+    /// Partitions of each topic created at start.
+    pub partitions: i32,
+    /// Interval of heartbeats (a logical message through the slot) and the
+    /// watermarks sent to every partition after each one.
+    pub heartbeat_interval_ms: u64,
+    /// Mapping file; unset: the reference journal's `config/mapping.toml`.
+    pub mapping_file: Option<PathBuf>,
+    pub hashing: Hashing,
+    /// Regional secret for `hashing = "keyed"`.
+    pub hmac_key: Option<Secret>,
+    /// Prometheus exporter address (`/metrics`).
+    pub metrics_listen: String,
+    /// Events produced but not yet acknowledged, at most (backpressure).
+    pub max_in_flight: usize,
+    /// Take an initial snapshot when the slot is created.
+    pub snapshot: bool,
+    /// Full academic years of history before the current one in the initial load.
+    pub history_years: u32,
+    /// Parallel table copies during the initial load.
+    pub snapshot_connections: u32,
+    /// librdkafka `linger.ms`.
+    pub linger_ms: u32,
+    /// librdkafka `compression.type`.
+    pub compression: String,
+}
+
+impl Default for CaptureConfig {
+    fn default() -> Self {
+        CaptureConfig {
+            slot: "vitrina".into(),
+            publication: "vitrina".into(),
+            topic_prefix: "vitrina".into(),
+            partitions: 3,
+            heartbeat_interval_ms: 5000,
+            mapping_file: None,
+            hashing: Hashing::Plain,
+            hmac_key: None,
+            metrics_listen: "127.0.0.1:9464".into(),
+            max_in_flight: 50_000,
+            snapshot: true,
+            history_years: 3,
+            snapshot_connections: 2,
+            linger_ms: 5,
+            compression: "lz4".into(),
         }
     }
 }
@@ -332,6 +402,39 @@ impl Config {
         }
         if self.kafka.session_timeout_ms < 1000 {
             return bad("kafka.session_timeout_ms", "must be at least 1000");
+        }
+        let c = &self.capture;
+        let ident_ok = |s: &str| {
+            !s.is_empty()
+                && s.len() <= 63
+                && s.chars().all(|ch| ch.is_ascii_lowercase() || ch.is_ascii_digit() || ch == '_')
+        };
+        if !ident_ok(&c.slot) {
+            return bad("capture.slot", "must be 1..=63 characters of a-z, 0-9 and _");
+        }
+        if !ident_ok(&c.publication) {
+            return bad("capture.publication", "must be 1..=63 characters of a-z, 0-9 and _");
+        }
+        if c.topic_prefix.is_empty() || !c.topic_prefix.chars().all(|ch| ch.is_ascii_alphanumeric() || "._-".contains(ch)) {
+            return bad("capture.topic_prefix", "must be non-empty ASCII letters, digits, '.', '_' or '-'");
+        }
+        if c.partitions < 1 || c.partitions > 1000 {
+            return bad("capture.partitions", "must be within 1..=1000");
+        }
+        if c.heartbeat_interval_ms < 100 {
+            return bad("capture.heartbeat_interval_ms", "must be at least 100");
+        }
+        if c.hashing == Hashing::Keyed && c.hmac_key.as_ref().is_none_or(|k| k.expose().len() < 16) {
+            return bad("capture.hmac_key", "must be set (at least 16 characters) when capture.hashing = \"keyed\"");
+        }
+        if c.max_in_flight < 100 {
+            return bad("capture.max_in_flight", "must be at least 100");
+        }
+        if c.snapshot_connections == 0 || c.snapshot_connections > 32 {
+            return bad("capture.snapshot_connections", "must be within 1..=32");
+        }
+        if !["none", "gzip", "snappy", "lz4", "zstd"].contains(&c.compression.as_str()) {
+            return bad("capture.compression", "must be one of none, gzip, snappy, lz4, zstd");
         }
         if self.stack.ready_timeout_s == 0 {
             return bad("stack.ready_timeout_s", "must be at least 1");

@@ -29,6 +29,8 @@ pub mod config;
 pub mod events;
 pub mod identifiers;
 pub mod journal;
+pub mod kafka;
+pub mod observability;
 pub mod pg;
 pub mod privacy;
 pub mod region;

@@ -105,6 +105,11 @@ fn init_tracing(json: bool) {
 }
 
 fn main() {
+    // Behave like a Unix tool when piped into `head`: die quietly on SIGPIPE.
+    // SAFETY: setting a signal disposition before any threads start.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     init_tracing(cli.log_json);
     if let Err(e) = real_main(cli) {
@@ -201,6 +206,7 @@ async fn run(command: Command, mut cfg: Config) -> Result<()> {
                 "{:<32} {:<40} FINGERPRINT (CRC-64-AVRO, as in the message header)",
                 "TOPIC", "SCHEMA"
             );
+            println!("{:<32} {:<40} {}", "(every topic)", "vitrina.events.Watermark", reg.watermark_fingerprint());
             for (e, fp) in reg.fingerprints() {
                 println!(
                     "{:<32} {:<40} {fp}",

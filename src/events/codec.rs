@@ -10,7 +10,7 @@ use apache_avro::types::Value;
 use apache_avro::{GenericSingleObjectWriter, Schema};
 
 use super::contract::{Entity, Ty, ENTITIES};
-use super::{schema, Event, Op, Source, Val};
+use super::{schema, Event, Message, Op, Source, Val, Watermark};
 
 /// Single-object encoding marker.
 pub const MAGIC: [u8; 2] = [0xC3, 0x01];
@@ -38,6 +38,9 @@ pub struct Registry {
     known: Vec<Known>,
     by_fingerprint: HashMap<[u8; 8], usize>,
     writers: HashMap<&'static str, GenericSingleObjectWriter>,
+    watermark: Schema,
+    watermark_fp: [u8; 8],
+    watermark_writer: GenericSingleObjectWriter,
 }
 
 impl Registry {
@@ -60,11 +63,66 @@ impl Registry {
                 fingerprint,
             });
         }
+        let watermark = Schema::parse(&schema::watermark_avsc()).expect("watermark schema parses");
+        let watermark_fp: [u8; 8] = watermark.fingerprint::<Rabin>().bytes[..8].try_into().expect("8 bytes");
+        let watermark_writer = GenericSingleObjectWriter::new_with_capacity(&watermark, 64).expect("writer");
         Registry {
             known,
             by_fingerprint,
             writers,
+            watermark,
+            watermark_fp,
+            watermark_writer,
         }
+    }
+
+    pub fn watermark_fingerprint(&self) -> String {
+        hex8(&self.watermark_fp)
+    }
+
+    pub fn encode_watermark(&mut self, w: &Watermark) -> Vec<u8> {
+        let v = Value::Record(vec![
+            ("capture".into(), Value::String(w.capture.clone())),
+            ("commit_lsn".into(), Value::Long(w.commit_lsn as i64)),
+            ("commit_time".into(), Value::TimestampMicros(w.commit_time_micros)),
+            ("emitted_at".into(), Value::TimestampMicros(w.emitted_at_micros)),
+            ("partition".into(), Value::Int(w.partition)),
+        ]);
+        let mut out = Vec::with_capacity(64);
+        self.watermark_writer
+            .write_value_ref(&v, &mut out)
+            .expect("watermark matches its schema");
+        out
+    }
+
+    /// Decodes anything found on an event topic: an event or a watermark.
+    pub fn decode_message(&self, bytes: &[u8]) -> Result<Message, CodecError> {
+        if bytes.len() >= 10 && bytes[..2] == MAGIC && bytes[2..10] == self.watermark_fp {
+            let mut body = &bytes[10..];
+            let v = apache_avro::from_avro_datum(&self.watermark, &mut body, None).map_err(|e| CodecError::Body {
+                schema: "Watermark".into(),
+                message: e.to_string(),
+            })?;
+            let Value::Record(fields) = v else {
+                return Err(CodecError::Body { schema: "Watermark".into(), message: "not a record".into() });
+            };
+            let mut m: HashMap<String, Value> = fields.into_iter().collect();
+            let mut long = |k: &str| match m.remove(k) {
+                Some(Value::Long(x)) | Some(Value::TimestampMicros(x)) => Ok(x),
+                Some(Value::Int(x)) => Ok(x as i64),
+                other => Err(CodecError::Body { schema: "Watermark".into(), message: format!("{k}: {other:?}") }),
+            };
+            let commit_lsn = long("commit_lsn")? as u64;
+            let commit_time_micros = long("commit_time")?;
+            let emitted_at_micros = long("emitted_at")?;
+            let partition = long("partition")? as i32;
+            let capture = match m.remove("capture") {
+                Some(Value::String(s)) => s,
+                other => return Err(CodecError::Body { schema: "Watermark".into(), message: format!("capture: {other:?}") }),
+            };
+            return Ok(Message::Watermark(Watermark { capture, commit_lsn, commit_time_micros, emitted_at_micros, partition }));
+        }
+        self.decode(bytes).map(Message::Event)
     }
 
     /// (entity, fingerprint as hex) for every schema, e.g. for `vitrina schemas`.
@@ -400,6 +458,15 @@ mod tests {
         let bytes = reg.encode(&sample(e, &mut rng, Op::Create)).unwrap();
         let canonical = reg.schema("grade").unwrap().canonical_form();
         assert_eq!(&bytes[2..10], &rabin(canonical.as_bytes()).to_le_bytes());
+    }
+
+    #[test]
+    fn watermarks_round_trip_and_are_told_apart_from_events() {
+        let mut reg = Registry::new();
+        let w = Watermark { capture: "vitrina".into(), commit_lsn: 42, commit_time_micros: 1_700_000_000_000_000, emitted_at_micros: 1_700_000_000_100_000, partition: 2 };
+        let bytes = reg.encode_watermark(&w);
+        assert_eq!(reg.decode_message(&bytes).unwrap(), Message::Watermark(w));
+        assert!(reg.decode(&bytes).is_err(), "a watermark is not an entity event");
     }
 
     #[test]

@@ -95,6 +95,23 @@ pub struct Event {
     pub after: Option<Vec<Val>>,
 }
 
+/// Capture's progress marker (see [`schema::watermark_avsc`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Watermark {
+    pub capture: String,
+    pub commit_lsn: u64,
+    pub commit_time_micros: i64,
+    pub emitted_at_micros: i64,
+    pub partition: i32,
+}
+
+/// Anything found on an event topic.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Message {
+    Event(Event),
+    Watermark(Watermark),
+}
+
 /// The id of a streamed change: its WAL position, its commit, and the table
 /// (a TRUNCATE of several tables is one WAL record and several events).
 pub fn change_event_id(commit_lsn: u64, lsn: u64, table: &str) -> String {

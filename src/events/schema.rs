@@ -81,3 +81,30 @@ pub fn avsc_text(e: &Entity) -> String {
     s.push('\n');
     s
 }
+
+/// The watermark record capture writes to every partition of every topic
+/// after each heartbeat: everything committed in the journal up to
+/// `commit_time` was written to this partition before it.
+pub fn watermark_avsc() -> Value {
+    json!({
+        "type": "record",
+        "name": "Watermark",
+        "namespace": NAMESPACE,
+        "doc": "Capture's progress marker, written to every partition of every topic after each heartbeat. Every change committed in the journal at or before commit_time (LSN commit_lsn) precedes this record on this partition. Consumers compute freshness from it; it carries no entity state.",
+        "fields": [
+            {"name": "capture", "type": "string", "doc": "Slot name of the capture that wrote it."},
+            {"name": "commit_lsn", "type": "long", "doc": "Commit LSN of the heartbeat transaction."},
+            {"name": "commit_time", "type": {"type": "long", "logicalType": "timestamp-micros"}, "doc": "Commit time of the heartbeat transaction in the journal."},
+            {"name": "emitted_at", "type": {"type": "long", "logicalType": "timestamp-micros"}, "doc": "When capture wrote the watermark."},
+            {"name": "partition", "type": "int", "doc": "The partition it was written to."}
+        ]
+    })
+}
+
+pub const WATERMARK_FILE: &str = "watermark.avsc";
+
+pub fn watermark_text() -> String {
+    let mut s = serde_json::to_string_pretty(&watermark_avsc()).expect("schema serializes");
+    s.push('\n');
+    s
+}
