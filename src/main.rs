@@ -221,9 +221,13 @@ async fn run(command: Command, mut cfg: Config) -> Result<()> {
                     std::fs::write(&path, vitrina::events::schema::avsc_text(e))
                         .with_context(|| format!("writing {}", path.display()))?;
                 }
+                std::fs::write(
+                    dir.join(vitrina::events::schema::WATERMARK_FILE),
+                    vitrina::events::schema::watermark_text(),
+                )?;
                 println!(
                     "wrote {} schemas to {}",
-                    vitrina::events::ENTITIES.len(),
+                    vitrina::events::ENTITIES.len() + 1,
                     dir.display()
                 );
             }
