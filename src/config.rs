@@ -407,16 +407,31 @@ impl Config {
         let ident_ok = |s: &str| {
             !s.is_empty()
                 && s.len() <= 63
-                && s.chars().all(|ch| ch.is_ascii_lowercase() || ch.is_ascii_digit() || ch == '_')
+                && s.chars()
+                    .all(|ch| ch.is_ascii_lowercase() || ch.is_ascii_digit() || ch == '_')
         };
         if !ident_ok(&c.slot) {
-            return bad("capture.slot", "must be 1..=63 characters of a-z, 0-9 and _");
+            return bad(
+                "capture.slot",
+                "must be 1..=63 characters of a-z, 0-9 and _",
+            );
         }
         if !ident_ok(&c.publication) {
-            return bad("capture.publication", "must be 1..=63 characters of a-z, 0-9 and _");
+            return bad(
+                "capture.publication",
+                "must be 1..=63 characters of a-z, 0-9 and _",
+            );
         }
-        if c.topic_prefix.is_empty() || !c.topic_prefix.chars().all(|ch| ch.is_ascii_alphanumeric() || "._-".contains(ch)) {
-            return bad("capture.topic_prefix", "must be non-empty ASCII letters, digits, '.', '_' or '-'");
+        if c.topic_prefix.is_empty()
+            || !c
+                .topic_prefix
+                .chars()
+                .all(|ch| ch.is_ascii_alphanumeric() || "._-".contains(ch))
+        {
+            return bad(
+                "capture.topic_prefix",
+                "must be non-empty ASCII letters, digits, '.', '_' or '-'",
+            );
         }
         if c.partitions < 1 || c.partitions > 1000 {
             return bad("capture.partitions", "must be within 1..=1000");
@@ -424,8 +439,12 @@ impl Config {
         if c.heartbeat_interval_ms < 100 {
             return bad("capture.heartbeat_interval_ms", "must be at least 100");
         }
-        if c.hashing == Hashing::Keyed && c.hmac_key.as_ref().is_none_or(|k| k.expose().len() < 16) {
-            return bad("capture.hmac_key", "must be set (at least 16 characters) when capture.hashing = \"keyed\"");
+        if c.hashing == Hashing::Keyed && c.hmac_key.as_ref().is_none_or(|k| k.expose().len() < 16)
+        {
+            return bad(
+                "capture.hmac_key",
+                "must be set (at least 16 characters) when capture.hashing = \"keyed\"",
+            );
         }
         if c.max_in_flight < 100 {
             return bad("capture.max_in_flight", "must be at least 100");
@@ -434,7 +453,10 @@ impl Config {
             return bad("capture.snapshot_connections", "must be within 1..=32");
         }
         if !["none", "gzip", "snappy", "lz4", "zstd"].contains(&c.compression.as_str()) {
-            return bad("capture.compression", "must be one of none, gzip, snappy, lz4, zstd");
+            return bad(
+                "capture.compression",
+                "must be one of none, gzip, snappy, lz4, zstd",
+            );
         }
         if self.stack.ready_timeout_s == 0 {
             return bad("stack.ready_timeout_s", "must be at least 1");

@@ -33,7 +33,11 @@ pub fn dead_letter_topic(prefix: &str) -> String {
 
 /// An idempotent producer: acks=all, ordered per partition, retried without
 /// duplicates; messages wait for an unavailable broker instead of expiring.
-pub fn producer(brokers: &str, linger_ms: u32, compression: &str) -> Result<FutureProducer, KafkaError> {
+pub fn producer(
+    brokers: &str,
+    linger_ms: u32,
+    compression: &str,
+) -> Result<FutureProducer, KafkaError> {
     ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("enable.idempotence", "true")
@@ -54,7 +58,11 @@ pub fn producer(brokers: &str, linger_ms: u32, compression: &str) -> Result<Futu
 
 /// Creates the topics that do not exist yet, with unlimited retention (the
 /// topics are the event log).
-pub async fn ensure_topics(brokers: &str, topics: &[String], partitions: i32) -> Result<(), KafkaError> {
+pub async fn ensure_topics(
+    brokers: &str,
+    topics: &[String],
+    partitions: i32,
+) -> Result<(), KafkaError> {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .create()
@@ -71,10 +79,13 @@ pub async fn ensure_topics(brokers: &str, topics: &[String], partitions: i32) ->
         })
         .collect();
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
-    let results = admin.create_topics(&new, &opts).await.map_err(|e| KafkaError::Topic {
-        topic: topics.join(","),
-        message: e.to_string(),
-    })?;
+    let results = admin
+        .create_topics(&new, &opts)
+        .await
+        .map_err(|e| KafkaError::Topic {
+            topic: topics.join(","),
+            message: e.to_string(),
+        })?;
     for r in results {
         match r {
             Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}

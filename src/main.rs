@@ -78,6 +78,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Capture: stream the journal's changes to Kafka as depersonalized Avro events (until SIGINT/SIGTERM).
+    Capture,
     /// List the event schemas (topic, Avro record, fingerprint); --write DIR writes the .avsc files.
     Schemas {
         #[arg(long)]
@@ -200,13 +202,38 @@ async fn run(command: Command, mut cfg: Config) -> Result<()> {
             cfg.validate()?;
             run_workload(&cfg, json).await?;
         }
+        Command::Capture => {
+            let ep = Stack::new(&cfg)?.endpoints()?;
+            vitrina::observability::install_exporter(&cfg.capture.metrics_listen)
+                .map_err(anyhow::Error::msg)?;
+            vitrina::observability::describe_capture();
+            let cancel = tokio_util::sync::CancellationToken::new();
+            let c2 = cancel.clone();
+            tokio::spawn(async move {
+                let mut term =
+                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                        .expect("SIGTERM handler");
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+                tracing::info!("stopping: draining acknowledgements");
+                c2.cancel();
+            });
+            vitrina::capture::run(&cfg, &ep, cancel).await?;
+        }
         Command::Schemas { write } => {
             let reg = vitrina::events::codec::Registry::new();
             println!(
                 "{:<32} {:<40} FINGERPRINT (CRC-64-AVRO, as in the message header)",
                 "TOPIC", "SCHEMA"
             );
-            println!("{:<32} {:<40} {}", "(every topic)", "vitrina.events.Watermark", reg.watermark_fingerprint());
+            println!(
+                "{:<32} {:<40} {}",
+                "(every topic)",
+                "vitrina.events.Watermark",
+                reg.watermark_fingerprint()
+            );
             for (e, fp) in reg.fingerprints() {
                 println!(
                     "{:<32} {:<40} {fp}",

@@ -22,21 +22,80 @@ pub const CAPTURE_SNAPSHOT_TABLES: &str = "vitrina_capture_snapshot_tables";
 
 /// Describes the capture metrics (call once after installing the exporter).
 pub fn describe_capture() {
-    describe_counter!(CAPTURE_EVENTS, Unit::Count, "Events acknowledged by Kafka, by entity and op.");
-    describe_counter!(CAPTURE_DEAD_LETTERS, Unit::Count, "Changes sent to the dead-letter topic, by table and reason kind.");
-    describe_counter!(CAPTURE_QUALITY_FLAGS, Unit::Count, "Quality flags raised on published events (e.g. snils_invalid), by entity and flag.");
-    describe_counter!(CAPTURE_ERRORS, Unit::Count, "Capture errors by kind (replication, kafka, postgres).");
-    describe_counter!(CAPTURE_TRANSACTIONS, Unit::Count, "Journal transactions fully acknowledged by Kafka and confirmed to the slot.");
-    describe_histogram!(CAPTURE_ACK_LATENCY, Unit::Seconds, "Journal commit to Kafka acknowledgement of the whole transaction.");
-    describe_gauge!(CAPTURE_CONFIRMED_LSN, "Highest LSN confirmed to the slot (all events at or below it acknowledged).");
-    describe_gauge!(CAPTURE_LAG_BYTES, Unit::Bytes, "Server WAL end minus the slot's confirmed flush LSN.");
-    describe_gauge!(CAPTURE_LAG_SECONDS, Unit::Seconds, "Now minus the commit time of the last confirmed transaction, while changes are pending.");
-    describe_gauge!(CAPTURE_SLOT_RETAINED_BYTES, Unit::Bytes, "WAL retained by the slot (server WAL end minus restart LSN).");
-    describe_gauge!(CAPTURE_IN_FLIGHT, Unit::Count, "Events produced and not yet acknowledged.");
-    describe_counter!(CAPTURE_WATERMARKS, Unit::Count, "Heartbeat watermarks written (one per partition per heartbeat).");
-    describe_counter!(CAPTURE_SNAPSHOT_ROWS, Unit::Count, "Initial-load rows published, by table.");
-    describe_gauge!(CAPTURE_SNAPSHOT_TABLES_DONE, Unit::Count, "Initial-load tables finished.");
-    describe_gauge!(CAPTURE_SNAPSHOT_TABLES, Unit::Count, "Initial-load tables in all.");
+    describe_counter!(
+        CAPTURE_EVENTS,
+        Unit::Count,
+        "Events acknowledged by Kafka, by entity and op."
+    );
+    describe_counter!(
+        CAPTURE_DEAD_LETTERS,
+        Unit::Count,
+        "Changes sent to the dead-letter topic, by table and reason kind."
+    );
+    describe_counter!(
+        CAPTURE_QUALITY_FLAGS,
+        Unit::Count,
+        "Quality flags raised on published events (e.g. snils_invalid), by entity and flag."
+    );
+    describe_counter!(
+        CAPTURE_ERRORS,
+        Unit::Count,
+        "Capture errors by kind (replication, kafka, postgres)."
+    );
+    describe_counter!(
+        CAPTURE_TRANSACTIONS,
+        Unit::Count,
+        "Journal transactions fully acknowledged by Kafka and confirmed to the slot."
+    );
+    describe_histogram!(
+        CAPTURE_ACK_LATENCY,
+        Unit::Seconds,
+        "Journal commit to Kafka acknowledgement of the whole transaction."
+    );
+    describe_gauge!(
+        CAPTURE_CONFIRMED_LSN,
+        "Highest LSN confirmed to the slot (all events at or below it acknowledged)."
+    );
+    describe_gauge!(
+        CAPTURE_LAG_BYTES,
+        Unit::Bytes,
+        "Server WAL end minus the slot's confirmed flush LSN."
+    );
+    describe_gauge!(
+        CAPTURE_LAG_SECONDS,
+        Unit::Seconds,
+        "Now minus the commit time of the last confirmed transaction, while changes are pending."
+    );
+    describe_gauge!(
+        CAPTURE_SLOT_RETAINED_BYTES,
+        Unit::Bytes,
+        "WAL retained by the slot (server WAL end minus restart LSN)."
+    );
+    describe_gauge!(
+        CAPTURE_IN_FLIGHT,
+        Unit::Count,
+        "Events produced and not yet acknowledged."
+    );
+    describe_counter!(
+        CAPTURE_WATERMARKS,
+        Unit::Count,
+        "Heartbeat watermarks written (one per partition per heartbeat)."
+    );
+    describe_counter!(
+        CAPTURE_SNAPSHOT_ROWS,
+        Unit::Count,
+        "Initial-load rows published, by table."
+    );
+    describe_gauge!(
+        CAPTURE_SNAPSHOT_TABLES_DONE,
+        Unit::Count,
+        "Initial-load tables finished."
+    );
+    describe_gauge!(
+        CAPTURE_SNAPSHOT_TABLES,
+        Unit::Count,
+        "Initial-load tables in all."
+    );
 }
 
 /// Starts the Prometheus exporter on `listen` (`host:port`).
@@ -46,7 +105,9 @@ pub fn install_exporter(listen: &str) -> Result<(), String> {
         .map_err(|e| format!("metrics_listen `{listen}` is not host:port: {e}"))?;
     metrics_exporter_prometheus::PrometheusBuilder::new()
         .with_http_listener(addr)
-        .set_buckets(&[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 600.0])
+        .set_buckets(&[
+            0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 600.0,
+        ])
         .map_err(|e| e.to_string())?
         .install()
         .map_err(|e| format!("cannot serve metrics on {listen}: {e}"))?;

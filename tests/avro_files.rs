@@ -47,7 +47,12 @@ fn avro_dir_matches_the_contract() {
     let wm = std::fs::read_to_string(dir.join(schema::WATERMARK_FILE)).unwrap();
     assert_eq!(wm, schema::watermark_text(), "avro/watermark.avsc is stale");
     let parsed = Schema::parse_str(&wm).unwrap();
-    let fp: String = parsed.fingerprint::<Rabin>().bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let fp: String = parsed
+        .fingerprint::<Rabin>()
+        .bytes
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
     assert_eq!(fp, reg.watermark_fingerprint());
     assert_eq!(files, ENTITIES.len() + 1, "no stray schemas in avro/");
 }

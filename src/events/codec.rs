@@ -64,8 +64,11 @@ impl Registry {
             });
         }
         let watermark = Schema::parse(&schema::watermark_avsc()).expect("watermark schema parses");
-        let watermark_fp: [u8; 8] = watermark.fingerprint::<Rabin>().bytes[..8].try_into().expect("8 bytes");
-        let watermark_writer = GenericSingleObjectWriter::new_with_capacity(&watermark, 64).expect("writer");
+        let watermark_fp: [u8; 8] = watermark.fingerprint::<Rabin>().bytes[..8]
+            .try_into()
+            .expect("8 bytes");
+        let watermark_writer =
+            GenericSingleObjectWriter::new_with_capacity(&watermark, 64).expect("writer");
         Registry {
             known,
             by_fingerprint,
@@ -84,8 +87,14 @@ impl Registry {
         let v = Value::Record(vec![
             ("capture".into(), Value::String(w.capture.clone())),
             ("commit_lsn".into(), Value::Long(w.commit_lsn as i64)),
-            ("commit_time".into(), Value::TimestampMicros(w.commit_time_micros)),
-            ("emitted_at".into(), Value::TimestampMicros(w.emitted_at_micros)),
+            (
+                "commit_time".into(),
+                Value::TimestampMicros(w.commit_time_micros),
+            ),
+            (
+                "emitted_at".into(),
+                Value::TimestampMicros(w.emitted_at_micros),
+            ),
             ("partition".into(), Value::Int(w.partition)),
         ]);
         let mut out = Vec::with_capacity(64);
@@ -99,18 +108,27 @@ impl Registry {
     pub fn decode_message(&self, bytes: &[u8]) -> Result<Message, CodecError> {
         if bytes.len() >= 10 && bytes[..2] == MAGIC && bytes[2..10] == self.watermark_fp {
             let mut body = &bytes[10..];
-            let v = apache_avro::from_avro_datum(&self.watermark, &mut body, None).map_err(|e| CodecError::Body {
-                schema: "Watermark".into(),
-                message: e.to_string(),
-            })?;
+            let v =
+                apache_avro::from_avro_datum(&self.watermark, &mut body, None).map_err(|e| {
+                    CodecError::Body {
+                        schema: "Watermark".into(),
+                        message: e.to_string(),
+                    }
+                })?;
             let Value::Record(fields) = v else {
-                return Err(CodecError::Body { schema: "Watermark".into(), message: "not a record".into() });
+                return Err(CodecError::Body {
+                    schema: "Watermark".into(),
+                    message: "not a record".into(),
+                });
             };
             let mut m: HashMap<String, Value> = fields.into_iter().collect();
             let mut long = |k: &str| match m.remove(k) {
                 Some(Value::Long(x)) | Some(Value::TimestampMicros(x)) => Ok(x),
                 Some(Value::Int(x)) => Ok(x as i64),
-                other => Err(CodecError::Body { schema: "Watermark".into(), message: format!("{k}: {other:?}") }),
+                other => Err(CodecError::Body {
+                    schema: "Watermark".into(),
+                    message: format!("{k}: {other:?}"),
+                }),
             };
             let commit_lsn = long("commit_lsn")? as u64;
             let commit_time_micros = long("commit_time")?;
@@ -118,9 +136,20 @@ impl Registry {
             let partition = long("partition")? as i32;
             let capture = match m.remove("capture") {
                 Some(Value::String(s)) => s,
-                other => return Err(CodecError::Body { schema: "Watermark".into(), message: format!("capture: {other:?}") }),
+                other => {
+                    return Err(CodecError::Body {
+                        schema: "Watermark".into(),
+                        message: format!("capture: {other:?}"),
+                    })
+                }
             };
-            return Ok(Message::Watermark(Watermark { capture, commit_lsn, commit_time_micros, emitted_at_micros, partition }));
+            return Ok(Message::Watermark(Watermark {
+                capture,
+                commit_lsn,
+                commit_time_micros,
+                emitted_at_micros,
+                partition,
+            }));
         }
         self.decode(bytes).map(Message::Event)
     }
@@ -463,10 +492,19 @@ mod tests {
     #[test]
     fn watermarks_round_trip_and_are_told_apart_from_events() {
         let mut reg = Registry::new();
-        let w = Watermark { capture: "vitrina".into(), commit_lsn: 42, commit_time_micros: 1_700_000_000_000_000, emitted_at_micros: 1_700_000_000_100_000, partition: 2 };
+        let w = Watermark {
+            capture: "vitrina".into(),
+            commit_lsn: 42,
+            commit_time_micros: 1_700_000_000_000_000,
+            emitted_at_micros: 1_700_000_000_100_000,
+            partition: 2,
+        };
         let bytes = reg.encode_watermark(&w);
         assert_eq!(reg.decode_message(&bytes).unwrap(), Message::Watermark(w));
-        assert!(reg.decode(&bytes).is_err(), "a watermark is not an entity event");
+        assert!(
+            reg.decode(&bytes).is_err(),
+            "a watermark is not an entity event"
+        );
     }
 
     #[test]

@@ -1,0 +1,203 @@
+//! Checks before capture streams: logical WAL, privileges, mapped tables,
+//! the publication and the slot. Every failure says what to do.
+
+use tokio_postgres::Client;
+
+use super::mapping::Mapping;
+use super::CaptureError;
+use crate::pg::PgError;
+
+/// What preflight learned about the slot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SlotState {
+    Absent,
+    /// Exists and is free; `confirmed_flush` as a u64 LSN.
+    Ready {
+        confirmed_flush: u64,
+    },
+}
+
+pub fn parse_lsn(s: &str) -> Option<u64> {
+    let (hi, lo) = s.split_once('/')?;
+    Some((u64::from_str_radix(hi, 16).ok()? << 32) | u64::from_str_radix(lo, 16).ok()?)
+}
+
+pub fn format_lsn(lsn: u64) -> String {
+    format!("{:X}/{:X}", lsn >> 32, lsn & 0xffff_ffff)
+}
+
+/// Mapped columns that the journal lacks, per table (capture still runs;
+/// rows of those tables are dead-lettered with the reason).
+pub type MissingColumns = Vec<(String, Vec<String>)>;
+
+pub async fn check(
+    client: &Client,
+    mapping: &Mapping,
+    slot: &str,
+    publication: &str,
+) -> Result<(SlotState, MissingColumns), CaptureError> {
+    let q = |what: &'static str| PgError::query(what);
+    let wal: String = client
+        .query_one("SHOW wal_level", &[])
+        .await
+        .map_err(q("reading wal_level"))?
+        .get(0);
+    if wal != "logical" {
+        return Err(CaptureError::WalLevel(wal));
+    }
+    let row = client
+        .query_one(
+            "SELECT current_user::text, rolsuper OR rolreplication FROM pg_roles WHERE rolname = current_user",
+            &[],
+        )
+        .await
+        .map_err(q("reading role attributes"))?;
+    let (user, can_replicate): (String, bool) = (row.get(0), row.get(1));
+    if !can_replicate {
+        return Err(CaptureError::Privilege {
+            user: user.clone(),
+            hint: format!("ALTER ROLE {user} REPLICATION; and GRANT SELECT on the mapped tables"),
+        });
+    }
+
+    let mut missing_columns = Vec::new();
+    for t in &mapping.tables {
+        let (schema, table) = t
+            .table
+            .split_once('.')
+            .expect("mapping validated schema.table");
+        let cols: Vec<String> = client
+            .query(
+                "SELECT column_name::text FROM information_schema.columns WHERE table_schema = $1 AND table_name = $2",
+                &[&schema, &table],
+            )
+            .await
+            .map_err(q("reading mapped table columns"))?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        if cols.is_empty() {
+            return Err(CaptureError::MissingTable(t.table.clone()));
+        }
+        let missing: Vec<String> = t
+            .columns()
+            .into_iter()
+            .filter(|c| !cols.contains(c))
+            .collect();
+        if !missing.is_empty() {
+            tracing::error!(table = %t.table, columns = ?missing, "mapped columns missing in the journal; rows of this table will be dead-lettered");
+            missing_columns.push((t.table.clone(), missing));
+        }
+        let can_select: bool = client
+            .query_one("SELECT has_table_privilege($1, 'SELECT')", &[&t.table])
+            .await
+            .map_err(q("checking SELECT privilege"))?
+            .get(0);
+        if !can_select {
+            return Err(CaptureError::Privilege {
+                user: user.clone(),
+                hint: format!("GRANT SELECT ON {} TO {user}", t.table),
+            });
+        }
+    }
+
+    let exists = client
+        .query_opt(
+            "SELECT 1 FROM pg_publication WHERE pubname = $1",
+            &[&publication],
+        )
+        .await
+        .map_err(q("reading pg_publication"))?
+        .is_some();
+    let wanted: Vec<String> = mapping.tables.iter().map(|t| t.table.clone()).collect();
+    if !exists {
+        let list = wanted
+            .iter()
+            .map(|t| {
+                let (s, n) = t.split_once('.').unwrap();
+                format!("{}.{}", crate::pg::ident(s), crate::pg::ident(n))
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        client
+            .batch_execute(&format!(
+                "CREATE PUBLICATION {} FOR TABLE {list}",
+                crate::pg::ident(publication)
+            ))
+            .await
+            .map_err(q("creating the publication"))?;
+        tracing::info!(publication, tables = wanted.len(), "publication created");
+    } else {
+        let published: Vec<String> = client
+            .query(
+                "SELECT schemaname::text || '.' || tablename::text FROM pg_publication_tables WHERE pubname = $1",
+                &[&publication],
+            )
+            .await
+            .map_err(q("reading pg_publication_tables"))?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let absent: Vec<String> = wanted
+            .into_iter()
+            .filter(|t| !published.contains(t))
+            .collect();
+        if !absent.is_empty() {
+            return Err(CaptureError::PublicationMissing {
+                publication: publication.to_string(),
+                tables: absent,
+            });
+        }
+    }
+
+    let slot_row = client
+        .query_opt(
+            "SELECT active_pid, wal_status, plugin::text, confirmed_flush_lsn::text, database::text, current_database()::text
+             FROM pg_replication_slots WHERE slot_name = $1",
+            &[&slot],
+        )
+        .await
+        .map_err(q("reading pg_replication_slots"))?;
+    let state = match slot_row {
+        None => SlotState::Absent,
+        Some(r) => {
+            let active: Option<i32> = r.get(0);
+            let wal_status: Option<String> = r.get(1);
+            let plugin: Option<String> = r.get(2);
+            let flush: Option<String> = r.get(3);
+            let (db, here): (Option<String>, String) = (r.get(4), r.get(5));
+            if let Some(pid) = active {
+                return Err(CaptureError::SlotActive {
+                    slot: slot.to_string(),
+                    pid,
+                });
+            }
+            if wal_status.as_deref() == Some("lost") {
+                return Err(CaptureError::SlotInvalidated(slot.to_string()));
+            }
+            if plugin.as_deref() != Some("pgoutput") || db.as_deref() != Some(here.as_str()) {
+                return Err(CaptureError::SlotForeign {
+                    slot: slot.to_string(),
+                    plugin: plugin.unwrap_or_default(),
+                    database: db.unwrap_or_default(),
+                });
+            }
+            SlotState::Ready {
+                confirmed_flush: flush.as_deref().and_then(parse_lsn).unwrap_or(0),
+            }
+        }
+    };
+    Ok((state, missing_columns))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lsn_text_round_trips() {
+        assert_eq!(parse_lsn("1/8566D978"), Some(0x1_8566_D978));
+        assert_eq!(format_lsn(0x1_8566_D978), "1/8566D978");
+        assert_eq!(parse_lsn("nonsense"), None);
+    }
+}
