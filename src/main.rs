@@ -94,7 +94,9 @@ enum Command {
 
 fn init_tracing(json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("VITRINA_LOG").unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new("info,tokio_postgres=warn,rdkafka=warn")
+        tracing_subscriber::EnvFilter::new(
+            "info,tokio_postgres=warn,rdkafka=warn,pg_walstream=warn",
+        )
     });
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -423,6 +423,8 @@ pub async fn run(
     let rcfg = ReplicationStreamConfig::builder(c.slot.as_str(), c.publication.as_str())
         .with_protocol_version(1)
         .with_messages(true)
+        // Confirmed positions reach the server within a heartbeat or a second.
+        .with_feedback_interval(Duration::from_millis(c.heartbeat_interval_ms.min(1000)))
         .with_slot_options(ReplicationSlotOptions {
             snapshot: Some("export".into()),
             ..Default::default()
@@ -534,6 +536,29 @@ pub async fn run(
             state.table_lsn.insert(t.table.clone(), lsn);
         }
         state.save(&state_path);
+        // Rows of these tables published before the interruption are
+        // withdrawn: a TRUNCATE just before the new snapshot's rows, on
+        // every partition. Consumers then hold exactly the new snapshot.
+        for t in &remaining {
+            let e = Event {
+                event_id: format!("R{lsn:016X}-{}", t.table),
+                entity: t.entity,
+                op: Op::Truncate,
+                key: "*".into(),
+                source: Source {
+                    lsn: 0,
+                    commit_lsn: lsn,
+                    txid: 0,
+                    commit_time_micros: chrono::Utc::now().timestamp_micros(),
+                    table: t.table.clone(),
+                    snapshot: true,
+                },
+                actor: None,
+                quality: vec![],
+                after: None,
+            };
+            publisher.send_to_all_partitions(&e).await?;
+        }
         snapshot::load_tables(
             cfg,
             ep,

@@ -86,3 +86,157 @@ pub async fn journal_db(prefix: &str) -> tokio_postgres::Config {
     vitrina::journal::migrate(&mut c).await.expect("migrate");
     cfg
 }
+
+/// The test stack's state dir as an environment override for child processes.
+pub fn child_env(cmd: &mut std::process::Command, db: &str, name: &str) {
+    cmd.env_remove("VITRINA_CONFIG")
+        .env("VITRINA_STATE_DIR", stack_dir())
+        .env("VITRINA_POSTGRES__JOURNAL_DATABASE", db)
+        .env("VITRINA_CAPTURE__SLOT", name)
+        .env("VITRINA_CAPTURE__PUBLICATION", name)
+        .env("VITRINA_CAPTURE__TOPIC_PREFIX", name)
+        .env("VITRINA_CAPTURE__METRICS_LISTEN", "127.0.0.1:0")
+        .env("VITRINA_CAPTURE__HEARTBEAT_INTERVAL_MS", "500")
+        .env("VITRINA_LOG", "warn,vitrina=info");
+}
+
+/// Starts `vitrina capture` for database `db`, with slot, publication and
+/// topic prefix `name`; its output goes to target/test-logs/<name>.log.
+pub fn spawn_capture(db: &str, name: &str) -> std::process::Child {
+    let logs = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/test-logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(logs.join(format!("{name}.log")))
+        .unwrap();
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_vitrina"));
+    child_env(&mut cmd, db, name);
+    cmd.arg("capture")
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .expect("spawn vitrina capture")
+}
+
+pub fn db_name(cfg: &tokio_postgres::Config) -> String {
+    cfg.get_dbname().unwrap().to_string()
+}
+
+/// Waits until capture streams (the slot is active: the initial load is
+/// over) and the slot has confirmed everything written before that.
+pub async fn wait_caught_up(
+    cfg: &tokio_postgres::Config,
+    slot: &str,
+    timeout: std::time::Duration,
+) {
+    let c = vitrina::pg::connect(cfg).await.unwrap();
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let active: Option<bool> = c
+            .query_opt(
+                "SELECT active FROM pg_replication_slots WHERE slot_name = $1",
+                &[&slot],
+            )
+            .await
+            .unwrap()
+            .map(|r| r.get(0));
+        if active == Some(true) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "capture did not start streaming on {slot} in {timeout:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let target: String = c
+        .query_one("SELECT pg_current_wal_insert_lsn()::text", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        // The slot appears once capture created it (after its preflight).
+        let ok: Option<bool> = c
+            .query_opt(
+                "SELECT confirmed_flush_lsn >= $2::text::pg_lsn FROM pg_replication_slots WHERE slot_name = $1",
+                &[&slot, &target],
+            )
+            .await
+            .unwrap()
+            .and_then(|r| r.get(0));
+        if ok == Some(true) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "slot {slot} did not reach {target} in {timeout:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
+/// Every message of every topic with `prefix` (read from the beginning to
+/// the current end, without a consumer group): (topic, partition, key, payload).
+pub fn read_all(prefix: &str) -> Vec<(String, i32, Vec<u8>, Vec<u8>)> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+    let brokers = stack().brokers().to_string();
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .set("group.id", format!("reader-{prefix}"))
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let md = consumer
+        .fetch_metadata(None, std::time::Duration::from_secs(10))
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    let mut ends = std::collections::HashMap::new();
+    for t in md.topics() {
+        if !t.name().starts_with(&format!("{prefix}.")) {
+            continue;
+        }
+        for p in t.partitions() {
+            let (_, hi) = consumer
+                .fetch_watermarks(t.name(), p.id(), std::time::Duration::from_secs(10))
+                .unwrap();
+            if hi > 0 {
+                tpl.add_partition_offset(t.name(), p.id(), Offset::Beginning)
+                    .unwrap();
+                ends.insert((t.name().to_string(), p.id()), hi);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    if ends.is_empty() {
+        return out;
+    }
+    consumer.assign(&tpl).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    let mut done = std::collections::HashSet::new();
+    while done.len() < ends.len() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "reading {prefix}.* timed out"
+        );
+        match consumer.poll(std::time::Duration::from_millis(500)) {
+            Some(Ok(m)) => {
+                let k = (m.topic().to_string(), m.partition());
+                out.push((
+                    m.topic().to_string(),
+                    m.partition(),
+                    m.key().unwrap_or_default().to_vec(),
+                    m.payload().unwrap_or_default().to_vec(),
+                ));
+                if m.offset() + 1 >= ends[&k] {
+                    done.insert(k);
+                }
+            }
+            Some(Err(e)) => panic!("consume: {e}"),
+            None => {}
+        }
+    }
+    out
+}

@@ -1,0 +1,460 @@
+//! Capture against the real PostgreSQL and broker: every committed change
+//! reaches Kafka and nothing else; SIGKILL loses nothing; no personal data
+//! leaves; the slot advances on an idle journal; bad input and schema drift
+//! are dead-lettered or flagged, and capture keeps running.
+
+mod common;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::Duration;
+
+use chrono::NaiveDate;
+use vitrina::capture::mapping::Mapping;
+use vitrina::capture::snapshot::parse_copy_line;
+use vitrina::config::WorkloadConfig;
+use vitrina::events::codec::Registry;
+use vitrina::events::{Message, Op, Val};
+use vitrina::privacy::{Depersonalizer, Mode};
+use vitrina::region::{load, workload, RegionSpec};
+
+fn spec(seed: u64, invalid: f64) -> RegionSpec {
+    RegionSpec {
+        seed,
+        schools: 1,
+        students_per_school: 40,
+        history_years: 1,
+        as_of: NaiveDate::from_ymd_opt(2026, 11, 20).unwrap(),
+        invalid_identifier_share: invalid,
+    }
+}
+
+type State = BTreeMap<(String, String), Vec<Val>>;
+
+/// What the topics say the journal holds: per (entity, key), the state of
+/// the event with the highest source position.
+fn fold(messages: &[(String, i32, Vec<u8>, Vec<u8>)], prefix: &str) -> (State, usize) {
+    let reg = Registry::new();
+    let mut latest: HashMap<(String, String), ((u64, u64), Option<Vec<Val>>)> = HashMap::new();
+    let mut truncated: HashMap<String, (u64, u64)> = HashMap::new();
+    let mut events = 0;
+    for (topic, _, _, payload) in messages {
+        if topic == &format!("{prefix}.deadletter.v1") {
+            continue;
+        }
+        let Message::Event(e) = reg
+            .decode_message(payload)
+            .expect("every message decodes with avro/")
+        else {
+            continue;
+        };
+        events += 1;
+        let pos = (e.source.commit_lsn, e.source.lsn);
+        if e.op == Op::Truncate {
+            let t = truncated.entry(e.entity.name.to_string()).or_default();
+            *t = (*t).max(pos);
+            continue;
+        }
+        let k = (e.entity.name.to_string(), e.key.clone());
+        let slot = latest.entry(k).or_insert(((0, 0), None));
+        if pos >= slot.0 {
+            *slot = (pos, e.after.clone());
+        }
+    }
+    let state = latest
+        .into_iter()
+        .filter(|((entity, _), (pos, _))| truncated.get(entity).is_none_or(|t| pos > t))
+        .filter_map(|(k, (_, after))| after.map(|a| (k, a)))
+        .collect();
+    (state, events)
+}
+
+/// The same, computed from the journal directly under the same mapping.
+async fn expected(cfg: &tokio_postgres::Config) -> State {
+    let c = vitrina::pg::connect(cfg).await.unwrap();
+    let dp = Depersonalizer::new(Mode::Plain);
+    let mut out = State::new();
+    for t in Mapping::reference().tables {
+        let cols = t.columns();
+        let sql = format!(
+            "COPY (SELECT {} FROM {}) TO STDOUT",
+            cols.join(", "),
+            t.table
+        );
+        let stream = c.copy_out(&sql).await.unwrap();
+        use futures::StreamExt;
+        let chunks: Vec<_> = stream.collect().await;
+        let bytes: Vec<u8> = chunks
+            .into_iter()
+            .flat_map(|b| b.unwrap().to_vec())
+            .collect();
+        for line in String::from_utf8(bytes).unwrap().lines() {
+            let row: BTreeMap<String, Option<String>> =
+                cols.iter().cloned().zip(parse_copy_line(line)).collect();
+            let m = t.map_row(&row, &dp).unwrap();
+            out.insert((t.entity.name.to_string(), m.key), m.after);
+        }
+    }
+    out
+}
+
+fn assert_same(got: &State, want: &State) {
+    let missing: Vec<_> = want
+        .keys()
+        .filter(|k| !got.contains_key(*k))
+        .take(5)
+        .collect();
+    let extra: Vec<_> = got
+        .keys()
+        .filter(|k| !want.contains_key(*k))
+        .take(5)
+        .collect();
+    let differ: Vec<_> = want
+        .iter()
+        .filter(|(k, v)| got.get(*k).is_some_and(|g| g != *v))
+        .map(|(k, _)| k)
+        .take(5)
+        .collect();
+    assert!(
+        missing.is_empty() && extra.is_empty() && differ.is_empty(),
+        "topics vs journal: {} vs {} entities; missing {missing:?}; extra {extra:?}; different {differ:?}",
+        got.len(),
+        want.len()
+    );
+}
+
+fn stop(mut child: std::process::Child) {
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGTERM);
+    }
+    let _ = child.wait();
+}
+
+async fn slot_free(cfg: &tokio_postgres::Config, slot: &str) {
+    let c = vitrina::pg::connect(cfg).await.unwrap();
+    for _ in 0..100 {
+        let active: Option<bool> = c
+            .query_opt(
+                "SELECT active FROM pg_replication_slots WHERE slot_name = $1",
+                &[&slot],
+            )
+            .await
+            .unwrap()
+            .map(|r| r.get(0));
+        if active != Some(true) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("slot {slot} stayed active");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_committed_change_reaches_kafka_and_nothing_else_and_no_personal_data() {
+    let cfg = common::journal_db("t_cap_all").await;
+    let db = common::db_name(&cfg);
+    load::load(&cfg, &spec(41, 0.05), 2, false, false)
+        .await
+        .unwrap();
+    let name = format!("capall{}", std::process::id());
+    let child = common::spawn_capture(&db, &name);
+    common::wait_caught_up(&cfg, &name, Duration::from_secs(120)).await;
+    let w = WorkloadConfig {
+        rate: 400,
+        duration_s: 4,
+        sessions: 4,
+        mass_enrolment: 150,
+        seed: 3,
+    };
+    let report = workload::run(&cfg, &w, false).await.unwrap();
+    assert_eq!(report.failed_transactions, 0);
+    common::wait_caught_up(&cfg, &name, Duration::from_secs(120)).await;
+    let messages = common::read_all(&name);
+    stop(child);
+
+    let (got, events) = fold(&messages, &name);
+    let want = expected(&cfg).await;
+    assert!(
+        events as u64 > report.changes,
+        "{events} events for {} workload changes plus the snapshot",
+        report.changes
+    );
+    assert_same(&got, &want);
+
+    // No personal data on any topic: names, raw SNILS, passports, birth certificates.
+    let c = vitrina::pg::connect(&cfg).await.unwrap();
+    let mut needles: HashSet<String> = HashSet::new();
+    for q in [
+        "SELECT last_name, snils, passport_series || passport_number, passport_series || ' ' || passport_number, birth_certificate_series || birth_certificate_number FROM journal.students",
+        "SELECT last_name, snils, passport_series || passport_number, passport_series || ' ' || passport_number, NULL FROM journal.parents",
+    ] {
+        for r in c.query(q, &[]).await.unwrap() {
+            for i in 0..5 {
+                if let Some(v) = r.get::<_, Option<String>>(i) {
+                    needles.insert(v.clone());
+                    if i == 1 {
+                        needles.insert(v.chars().filter(char::is_ascii_digit).collect());
+                    }
+                }
+            }
+        }
+    }
+    let full_names: HashSet<String> = c
+        .query("SELECT last_name || ' ' || first_name FROM journal.students UNION SELECT last_name || ' ' || first_name FROM journal.parents", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(needles.len() > 50);
+    for (topic, _, key, payload) in &messages {
+        let text = String::from_utf8_lossy(payload);
+        let key = String::from_utf8_lossy(key);
+        // Organizations carry their head's name (a public registry fact),
+        // drawn from the same surname list: check full names there.
+        let list: Vec<&String> = if topic.ends_with(".organization.v1") {
+            full_names.iter().collect()
+        } else {
+            needles.iter().collect()
+        };
+        for n in list {
+            assert!(
+                !text.contains(n.as_str()) && !key.contains(n.as_str()),
+                "personal data on {topic}"
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_at_random_moments_loses_nothing_and_duplicates_keep_their_ids() {
+    let cfg = common::journal_db("t_cap_kill").await;
+    let db = common::db_name(&cfg);
+    load::load(&cfg, &spec(42, 0.02), 2, false, false)
+        .await
+        .unwrap();
+    let name = format!("capkill{}", std::process::id());
+    // Kills start at once: the first ones land in the initial load and
+    // exercise its per-table resume, the later ones in streaming.
+    let mut child = common::spawn_capture(&db, &name);
+    let wcfg = cfg.clone();
+    let load_task = tokio::spawn(async move {
+        let w = WorkloadConfig {
+            rate: 300,
+            duration_s: 25,
+            sessions: 4,
+            mass_enrolment: 300,
+            seed: 9,
+        };
+        workload::run(&wcfg, &w, false).await.unwrap()
+    });
+    let mut rng = vitrina::region::rng::Rng::new(std::process::id() as u64);
+    let mut kills = 0;
+    while kills < 10 {
+        tokio::time::sleep(Duration::from_millis(rng.range(400, 2200) as u64)).await;
+        unsafe {
+            libc::kill(child.id() as i32, libc::SIGKILL);
+        }
+        let _ = child.wait();
+        kills += 1;
+        slot_free(&cfg, &name).await;
+        child = common::spawn_capture(&db, &name);
+    }
+    let report = load_task.await.unwrap();
+    assert_eq!(report.failed_transactions, 0);
+    common::wait_caught_up(&cfg, &name, Duration::from_secs(120)).await;
+    let messages = common::read_all(&name);
+    stop(child);
+
+    let (got, _) = fold(&messages, &name);
+    assert_same(&got, &expected(&cfg).await);
+
+    // A change sent twice is the same event: same id, same bytes.
+    let reg = Registry::new();
+    let mut by_id: HashMap<String, &Vec<u8>> = HashMap::new();
+    let mut duplicates = 0;
+    for (topic, _, _, payload) in &messages {
+        if topic.ends_with(".deadletter.v1") {
+            continue;
+        }
+        let Ok(Message::Event(e)) = reg.decode_message(payload) else {
+            continue;
+        };
+        if e.op == Op::Truncate {
+            continue;
+        }
+        if let Some(prev) = by_id.insert(e.event_id.clone(), payload) {
+            duplicates += 1;
+            assert_eq!(
+                prev, payload,
+                "event {} re-sent with other content",
+                e.event_id
+            );
+        }
+    }
+    eprintln!(
+        "{kills} kills, {} messages, {duplicates} re-sent events (identical)",
+        messages.len()
+    );
+}
+
+async fn slot_pos(c: &tokio_postgres::Client, name: &str) -> (String, String, f64) {
+    let r = c
+        .query_one(
+            "SELECT confirmed_flush_lsn::text, restart_lsn::text, (pg_current_wal_lsn() - confirmed_flush_lsn)::float8
+             FROM pg_replication_slots WHERE slot_name = $1",
+            &[&name],
+        )
+        .await
+        .unwrap();
+    (r.get(0), r.get(1), r.get(2))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_journal_keeps_the_slot_advancing() {
+    let cfg = common::journal_db("t_cap_idle").await;
+    let db = common::db_name(&cfg);
+    let name = format!("capidle{}", std::process::id());
+    let child = common::spawn_capture(&db, &name);
+    common::wait_caught_up(&cfg, &name, Duration::from_secs(60)).await;
+    let c = vitrina::pg::connect(&cfg).await.unwrap();
+    let (flush0, restart0, _) = slot_pos(&c, &name).await;
+    for _ in 0..3 {
+        c.batch_execute("CHECKPOINT").await.unwrap();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    let (flush1, restart1, lag1) = slot_pos(&c, &name).await;
+    stop(child);
+    let lsn = |s: &str| vitrina::capture::preflight::parse_lsn(s).unwrap();
+    assert!(
+        lsn(&flush1) > lsn(&flush0),
+        "confirmed position advances on an idle journal: {flush0} → {flush1}"
+    );
+    assert!(
+        lsn(&restart1) > lsn(&restart0),
+        "the slot releases WAL: restart_lsn {restart0} → {restart1}"
+    );
+    assert!(
+        lag1 < 256.0 * 1024.0,
+        "unconfirmed WAL stays small: {lag1} bytes"
+    );
+    // Watermarks went to every partition.
+    let messages = common::read_all(&name);
+    let reg = Registry::new();
+    let partitions: HashSet<(String, i32)> = messages
+        .iter()
+        .filter(|(_, _, _, p)| matches!(reg.decode_message(p), Ok(Message::Watermark(_))))
+        .map(|(t, p, _, _)| (t.clone(), *p))
+        .collect();
+    assert_eq!(
+        partitions.len(),
+        14 * 3,
+        "a watermark on each partition of each topic"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_and_schema_drift_are_flagged_or_dead_lettered_and_capture_keeps_running() {
+    let cfg = common::journal_db("t_cap_bad").await;
+    let db = common::db_name(&cfg);
+    load::load(&cfg, &spec(43, 0.2), 1, false, false)
+        .await
+        .unwrap();
+    let name = format!("capbad{}", std::process::id());
+    let mut child = common::spawn_capture(&db, &name);
+    common::wait_caught_up(&cfg, &name, Duration::from_secs(120)).await;
+    let c = vitrina::pg::connect(&cfg).await.unwrap();
+    c.batch_execute(
+        "ALTER TABLE journal.lessons ADD COLUMN classroom_note text;
+         INSERT INTO journal.lessons (class_id, subject_id, teacher_id, lesson_date, slot, starts_at, ends_at, updated_by, classroom_note)
+           SELECT class_id, subject_id, teacher_id, lesson_date, 9, starts_at, ends_at, 'op:test', 'new column' FROM journal.lessons LIMIT 1;
+         ALTER TABLE journal.medical_exemptions DROP COLUMN pe_group;
+         INSERT INTO journal.medical_exemptions (student_id, starts_on, ends_on, document_number, updated_by)
+           SELECT id, DATE '2026-11-21', DATE '2026-11-25', 'ЕМИАС-T-1', 'emias:test' FROM journal.students LIMIT 1;
+         ALTER TABLE journal.subjects ALTER COLUMN pass_fail TYPE text;
+         INSERT INTO journal.subjects (id, code, name, pass_fail) VALUES (999, 'X', 'Испытание', 'maybe');
+         TRUNCATE journal.teacher_classes;
+         INSERT INTO journal.grades (student_id, lesson_id, class_id, subject_id, teacher_id, kind, mark, updated_by)
+           SELECT g.student_id, g.lesson_id, g.class_id, g.subject_id, g.teacher_id, 'current', 5, 'op:after-drift' FROM journal.grades g WHERE g.kind = 'current' LIMIT 1;",
+    )
+    .await
+    .unwrap();
+    common::wait_caught_up(&cfg, &name, Duration::from_secs(60)).await;
+    assert!(child.try_wait().unwrap().is_none(), "capture keeps running");
+    let messages = common::read_all(&name);
+    stop(child);
+
+    let reg = Registry::new();
+    let mut dead: Vec<serde_json::Value> = Vec::new();
+    let mut flagged_students = 0;
+    let (mut new_column_lesson, mut truncates, mut grade_after) = (false, 0, false);
+    for (topic, _, _, payload) in &messages {
+        if topic.ends_with(".deadletter.v1") {
+            dead.push(serde_json::from_slice(payload).expect("dead letters are JSON"));
+            continue;
+        }
+        let Ok(Message::Event(e)) = reg.decode_message(payload) else {
+            continue;
+        };
+        match (e.entity.name, e.op) {
+            ("student", Op::Read) if e.quality.iter().any(|q| q == "snils_invalid") => {
+                flagged_students += 1
+            }
+            ("lesson", Op::Create) => new_column_lesson = true,
+            ("teaching_assignment", Op::Truncate) => truncates += 1,
+            ("grade", Op::Create) if e.actor.as_deref() == Some("op:after-drift") => {
+                grade_after = true
+            }
+            _ => {}
+        }
+    }
+    // Invalid SNILS: published, flagged; as many as the journal holds.
+    let invalid: i64 = {
+        let rows = c
+            .query(
+                "SELECT snils FROM journal.students WHERE snils IS NOT NULL",
+                &[],
+            )
+            .await
+            .unwrap();
+        rows.iter()
+            .filter(|r| vitrina::identifiers::normalize_snils(r.get::<_, &str>(0)).is_err())
+            .count() as i64
+    };
+    assert!(invalid > 0);
+    assert_eq!(
+        flagged_students, invalid,
+        "every student with an invalid SNILS is published with the flag"
+    );
+    assert!(
+        new_column_lesson,
+        "an added column is ignored, the row still published"
+    );
+    assert_eq!(
+        truncates, 3,
+        "TRUNCATE reaches every partition of the topic"
+    );
+    assert!(grade_after, "changes after the drift still flow");
+    let reasons: Vec<String> = dead
+        .iter()
+        .map(|d| d["reason"].as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.contains("`pe_group`") && r.contains("journal.medical_exemptions")),
+        "a dropped mapped column is dead-lettered with the reason: {reasons:?}"
+    );
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.contains("journal.subjects") && r.contains("Bool")),
+        "an unparsable value is dead-lettered: {reasons:?}"
+    );
+    for d in &dead {
+        assert!(d["lsn"].as_str().unwrap().contains('/'));
+        assert!(
+            !d.to_string().contains("maybe"),
+            "no values in dead letters"
+        );
+    }
+}
