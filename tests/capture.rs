@@ -29,12 +29,14 @@ fn spec(seed: u64, invalid: f64) -> RegionSpec {
 }
 
 type State = BTreeMap<(String, String), Vec<Val>>;
+/// Source position (commit LSN, change LSN) and state of the latest event per key.
+type Latest = HashMap<(String, String), ((u64, u64), Option<Vec<Val>>)>;
 
 /// What the topics say the journal holds: per (entity, key), the state of
 /// the event with the highest source position.
 fn fold(messages: &[(String, i32, Vec<u8>, Vec<u8>)], prefix: &str) -> (State, usize) {
     let reg = Registry::new();
-    let mut latest: HashMap<(String, String), ((u64, u64), Option<Vec<Val>>)> = HashMap::new();
+    let mut latest: Latest = HashMap::new();
     let mut truncated: HashMap<String, (u64, u64)> = HashMap::new();
     let mut events = 0;
     for (topic, _, _, payload) in messages {
