@@ -24,6 +24,7 @@
 
 #![deny(rustdoc::broken_intra_doc_links)]
 
+pub mod bench;
 pub mod capture;
 pub mod config;
 pub mod events;

@@ -80,6 +80,11 @@ enum Command {
     },
     /// Capture: stream the journal's changes to Kafka as depersonalized Avro events (until SIGINT/SIGTERM).
     Capture,
+    /// Benchmarks that print figures against a reference measured in the same run.
+    Bench {
+        #[command(subcommand)]
+        what: BenchWhat,
+    },
     /// List the event schemas (topic, Avro record, fingerprint); --write DIR writes the .avsc files.
     Schemas {
         #[arg(long)]
@@ -89,6 +94,26 @@ enum Command {
     Demo {
         #[arg(long, default_value_t = 30)]
         duration: u64,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchWhat {
+    /// Capture throughput vs pg_recvlogical on the same WAL range, and commit → ack latency at a steady rate.
+    Capture {
+        #[arg(long, default_value_t = 3)]
+        runs: u32,
+        /// Seconds of workload that write the WAL range.
+        #[arg(long, default_value_t = 20)]
+        seconds: u64,
+        #[arg(long, default_value_t = 4000)]
+        rate: u32,
+        #[arg(long, default_value_t = 2000)]
+        latency_rate: u32,
+        #[arg(long, default_value_t = 30)]
+        latency_seconds: u64,
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -223,6 +248,50 @@ async fn run(command: Command, mut cfg: Config) -> Result<()> {
                 c2.cancel();
             });
             vitrina::capture::run(&cfg, &ep, cancel).await?;
+        }
+        Command::Bench {
+            what:
+                BenchWhat::Capture {
+                    runs,
+                    seconds,
+                    rate,
+                    latency_rate,
+                    latency_seconds,
+                    json,
+                },
+        } => {
+            let knobs = vitrina::bench::Knobs {
+                runs,
+                seconds,
+                rate,
+                latency_rate,
+                latency_seconds,
+            };
+            let b = vitrina::bench::capture(&cfg, &knobs).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&b)?);
+            } else {
+                println!(
+                    "capture benchmark ({} changes, {:.1} MB of WAL, {} runs)",
+                    b.changes,
+                    b.wal_bytes as f64 / 1e6,
+                    b.runs.len()
+                );
+                for (i, (r, c)) in b.runs.iter().enumerate() {
+                    println!(
+                        "  run {}: pg_recvlogical {r:.3} s   capture (WAL → Kafka acked) {c:.3} s",
+                        i + 1
+                    );
+                }
+                println!(
+                    "  median: pg_recvlogical {:.3} s, capture {:.3} s; throughput ratio {:.2} (target ≥ 0.7); capture {:.0} changes/s",
+                    b.recvlogical_median_s, b.capture_median_s, b.throughput_ratio, b.capture_changes_per_s
+                );
+                println!(
+                    "  commit → ack latency at {} changes/s (achieved {:.0}/s, {} transactions): p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms (target p99 < 500 ms)",
+                    b.latency_rate_target, b.latency_rate_achieved, b.latency_transactions, b.latency_p50_ms, b.latency_p99_ms, b.latency_max_ms
+                );
+            }
         }
         Command::Schemas { write } => {
             let reg = vitrina::events::codec::Registry::new();

@@ -270,6 +270,15 @@ impl Publisher {
     }
 }
 
+/// What a benchmark or test watches from outside: the confirmed LSN and,
+/// when `record` is set, each transaction's commit → acknowledged latency.
+#[derive(Default)]
+pub struct Probe {
+    pub confirmed: AtomicU64,
+    pub record: std::sync::atomic::AtomicBool,
+    pub latencies: std::sync::Mutex<Vec<f64>>,
+}
+
 /// Awaits deliveries in production order and confirms LSNs.
 async fn acker(
     mut rx: mpsc::Receiver<Ack>,
@@ -277,6 +286,7 @@ async fn acker(
     in_flight: Arc<AtomicI64>,
     confirmed: Arc<AtomicU64>,
     last_commit_time: Arc<AtomicI64>,
+    probe: Option<Arc<Probe>>,
 ) -> Result<(), CaptureError> {
     while let Some(a) = rx.recv().await {
         match a {
@@ -320,6 +330,12 @@ async fn acker(
                 let latency =
                     (chrono::Utc::now().timestamp_micros() - commit_time_micros) as f64 / 1e6;
                 metrics::histogram!(obs::CAPTURE_ACK_LATENCY).record(latency.max(0.0));
+                if let Some(p) = &probe {
+                    p.confirmed.fetch_max(end_lsn, Ordering::SeqCst);
+                    if p.record.load(Ordering::Relaxed) {
+                        p.latencies.lock().unwrap().push(latency.max(0.0));
+                    }
+                }
                 metrics::counter!(obs::CAPTURE_TRANSACTIONS).increment(1);
                 metrics::gauge!(obs::CAPTURE_CONFIRMED_LSN).set(end_lsn as f64);
             }
@@ -377,6 +393,16 @@ pub async fn run(
     ep: &Endpoints,
     cancel: CancellationToken,
 ) -> Result<(), CaptureError> {
+    run_probed(cfg, ep, cancel, None).await
+}
+
+/// [`run`], reporting progress to `probe` (benchmarks).
+pub async fn run_probed(
+    cfg: &Config,
+    ep: &Endpoints,
+    cancel: CancellationToken,
+    probe: Option<Arc<Probe>>,
+) -> Result<(), CaptureError> {
     let c = &cfg.capture;
     let mapping = Mapping::load(c.mapping_file.as_deref())?;
     let dp = Depersonalizer::new(match c.hashing {
@@ -406,18 +432,20 @@ pub async fn run(
     topics.push(kafka::dead_letter_topic(&c.topic_prefix));
     kafka::ensure_topics(&brokers, &topics, c.partitions).await?;
     let producer = kafka::producer(&brokers, c.linger_ms, &c.compression)?;
+    let md = producer
+        .client()
+        .fetch_metadata(None, Duration::from_secs(30))
+        .map_err(|e| CaptureError::Delivery(format!("topic metadata: {e}")))?;
     let mut partitions = HashMap::new();
     for t in &topics {
-        let md = producer
-            .client()
-            .fetch_metadata(Some(t), Duration::from_secs(30))
-            .map_err(|e| CaptureError::Delivery(format!("metadata of {t}: {e}")))?;
         let n = md
             .topics()
-            .first()
+            .iter()
+            .find(|m| m.name() == t)
             .map(|m| m.partitions().len() as i32)
+            .filter(|n| *n > 0)
             .unwrap_or(c.partitions);
-        partitions.insert(t.clone(), n.max(1));
+        partitions.insert(t.clone(), n);
     }
 
     let rcfg = ReplicationStreamConfig::builder(c.slot.as_str(), c.publication.as_str())
@@ -443,6 +471,7 @@ pub async fn run(
         in_flight.clone(),
         confirmed.clone(),
         last_commit_time.clone(),
+        probe,
     ));
     let mut publisher = Publisher {
         producer: producer.clone(),

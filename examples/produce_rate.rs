@@ -1,0 +1,40 @@
+//! How fast the broker takes acknowledged messages, without capture:
+//! `cargo run --release --example produce_rate -- BROKERS N SIZE`.
+use std::time::Instant;
+
+use rdkafka::producer::{FutureProducer, FutureRecord};
+
+#[tokio::main]
+async fn main() {
+    let a: Vec<String> = std::env::args().collect();
+    let (brokers, n, size): (&str, usize, usize) =
+        (&a[1], a[2].parse().unwrap(), a[3].parse().unwrap());
+    let topic = format!("produce-rate-{}", std::process::id());
+    vitrina::kafka::ensure_topics(brokers, std::slice::from_ref(&topic), 3)
+        .await
+        .unwrap();
+    let p: FutureProducer = vitrina::kafka::producer(brokers, 5, "lz4").unwrap();
+    let payload = vec![b'x'; size];
+    let t0 = Instant::now();
+    let mut futs = Vec::with_capacity(n);
+    for i in 0..n {
+        let key = (i % 5000).to_string();
+        loop {
+            match p.send_result(FutureRecord::to(&topic).key(&key).payload(&payload)) {
+                Ok(f) => {
+                    futs.push(f);
+                    break;
+                }
+                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(1)).await,
+            }
+        }
+    }
+    for f in futs {
+        f.await.unwrap().unwrap();
+    }
+    let s = t0.elapsed().as_secs_f64();
+    println!(
+        "{n} messages of {size} B acknowledged in {s:.3} s: {:.0} msg/s",
+        n as f64 / s
+    );
+}

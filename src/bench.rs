@@ -1,0 +1,310 @@
+//! `vitrina bench capture`: capture's figures, each against a reference
+//! measured in the same run on the same machine.
+//!
+//! - Throughput: the live workload writes a WAL range while nobody reads;
+//!   then, run after run, `pg_recvlogical` (pgoutput, to /dev/null) and
+//!   capture (WAL → Kafka acknowledged) each read the whole range from a slot
+//!   of their own created before the workload. Medians and their ratio.
+//! - Latency: capture streams while the workload runs at a steady rate;
+//!   commit → Kafka-acknowledged latency per transaction, p50/p99.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+
+use crate::capture::{self, Probe};
+use crate::config::{Config, WorkloadConfig};
+use crate::pg;
+use crate::region::workload;
+use crate::stack::{Endpoints, Stack};
+
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    #[error("{0}")]
+    Failed(String),
+}
+
+fn fail(e: impl std::fmt::Display) -> BenchError {
+    BenchError::Failed(e.to_string())
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct CaptureBench {
+    pub wal_bytes: i64,
+    pub changes: u64,
+    pub runs: Vec<(f64, f64)>,
+    pub recvlogical_median_s: f64,
+    pub capture_median_s: f64,
+    pub throughput_ratio: f64,
+    pub capture_changes_per_s: f64,
+    pub latency_rate_target: u32,
+    pub latency_rate_achieved: f64,
+    pub latency_transactions: usize,
+    pub latency_p50_ms: f64,
+    pub latency_p99_ms: f64,
+    pub latency_max_ms: f64,
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i]
+}
+
+pub struct Knobs {
+    pub runs: u32,
+    pub seconds: u64,
+    pub rate: u32,
+    pub latency_rate: u32,
+    pub latency_seconds: u64,
+}
+
+pub async fn capture(cfg: &Config, knobs: &Knobs) -> Result<CaptureBench, BenchError> {
+    let stack = Stack::new(cfg).map_err(fail)?;
+    let ep = stack.endpoints().map_err(fail)?;
+    let db = cfg.postgres.journal_database.clone();
+    let sql = pg::connect(&ep.pg_config(&db)).await.map_err(fail)?;
+    let tag = format!("bench{}", std::process::id());
+    let publication = tag.clone();
+
+    // One publication, and 2 × runs slots at the same position.
+    let mapping =
+        capture::mapping::Mapping::load(cfg.capture.mapping_file.as_deref()).map_err(fail)?;
+    let tables: Vec<String> = mapping.tables.iter().map(|t| t.table.clone()).collect();
+    sql.batch_execute(&format!(
+        "CREATE PUBLICATION {publication} FOR TABLE {}",
+        tables.join(", ")
+    ))
+    .await
+    .map_err(fail)?;
+    for r in 0..knobs.runs {
+        for kind in ["recv", "cap"] {
+            sql.execute(
+                "SELECT pg_create_logical_replication_slot($1, 'pgoutput')",
+                &[&format!("{tag}_{kind}_{r}")],
+            )
+            .await
+            .map_err(fail)?;
+        }
+    }
+    let start_lsn: String = sql
+        .query_one("SELECT pg_current_wal_lsn()::text", &[])
+        .await
+        .map_err(fail)?
+        .get(0);
+    eprintln!(
+        "bench: workload {} s at {} changes/s writes the WAL range",
+        knobs.seconds, knobs.rate
+    );
+    let w = WorkloadConfig {
+        rate: knobs.rate,
+        duration_s: knobs.seconds,
+        sessions: 8,
+        mass_enrolment: 0,
+        seed: 11,
+    };
+    let report = workload::run(&ep.pg_config(&db), &w, false)
+        .await
+        .map_err(fail)?;
+    // A marker that ends the range for both readers.
+    let end_lsn: String = sql
+        .query_one(
+            "SELECT pg_logical_emit_message(true, 'vitrina.bench.end', '')::text",
+            &[],
+        )
+        .await
+        .map_err(fail)?
+        .get(0);
+    let end = capture::preflight::parse_lsn(&end_lsn).unwrap_or(0);
+    let wal_bytes: i64 = sql
+        .query_one(
+            "SELECT pg_wal_lsn_diff($1::text::pg_lsn, $2::text::pg_lsn)::int8",
+            &[&end_lsn, &start_lsn],
+        )
+        .await
+        .map_err(fail)?
+        .get(0);
+    eprintln!(
+        "bench: {} changes, {:.1} MB of WAL",
+        report.changes,
+        wal_bytes as f64 / 1e6
+    );
+
+    let bin = stack
+        .postgres()
+        .map_err(fail)?
+        .bin_dir
+        .join("pg_recvlogical");
+    let mut runs = Vec::new();
+    for r in 0..knobs.runs {
+        let t0 = Instant::now();
+        let status = tokio::process::Command::new(&bin)
+            .args([
+                "-h",
+                &ep.pg_host,
+                "-p",
+                &ep.pg_port.to_string(),
+                "-U",
+                &ep.pg_user,
+                "-d",
+                &db,
+            ])
+            .args([
+                "--slot",
+                &format!("{tag}_recv_{r}"),
+                "--start",
+                "-E",
+                &end_lsn,
+            ])
+            .args([
+                "-o",
+                "proto_version=1",
+                "-o",
+                &format!("publication_names={publication}"),
+            ])
+            .args(["-f", "/dev/null"])
+            .status()
+            .await
+            .map_err(fail)?;
+        if !status.success() {
+            return Err(fail(format!("pg_recvlogical failed: {status}")));
+        }
+        let reference = t0.elapsed().as_secs_f64();
+
+        let mut c = cfg.clone();
+        c.capture.slot = format!("{tag}_cap_{r}");
+        c.capture.publication = publication.clone();
+        c.capture.topic_prefix = format!("{tag}-{r}");
+        c.capture.snapshot = false;
+        c.capture.heartbeat_interval_ms = 3_600_000;
+        c.state_dir = cfg.state_dir.clone();
+        let secs = timed_capture(&c, &ep, end).await?;
+        eprintln!(
+            "bench: run {}: pg_recvlogical {reference:.3} s, capture {secs:.3} s",
+            r + 1
+        );
+        runs.push((reference, secs));
+    }
+    for r in 0..knobs.runs {
+        for kind in ["recv", "cap"] {
+            let _ = sql
+                .execute(
+                    "SELECT pg_drop_replication_slot($1)",
+                    &[&format!("{tag}_{kind}_{r}")],
+                )
+                .await;
+        }
+    }
+
+    // Latency at a steady rate, capture streaming and caught up.
+    let mut c = cfg.clone();
+    c.capture.slot = format!("{tag}_lat");
+    c.capture.publication = publication.clone();
+    c.capture.topic_prefix = format!("{tag}-lat");
+    c.capture.snapshot = false;
+    c.capture.heartbeat_interval_ms = 5000;
+    let probe = Arc::new(Probe::default());
+    let cancel = CancellationToken::new();
+    let (c2, ep2, cancel2, probe2) = (c.clone(), ep.clone(), cancel.clone(), probe.clone());
+    let task =
+        tokio::spawn(async move { capture::run_probed(&c2, &ep2, cancel2, Some(probe2)).await });
+    // Wait until it streams.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while probe.confirmed.load(Ordering::SeqCst) == 0 {
+        if Instant::now() > deadline || task.is_finished() {
+            return Err(fail("capture did not start streaming for the latency run"));
+        }
+        let _ = sql
+            .execute(
+                "SELECT pg_logical_emit_message(true, 'vitrina.bench.warmup', '')",
+                &[],
+            )
+            .await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    probe.record.store(true, Ordering::SeqCst);
+    eprintln!(
+        "bench: latency at {} changes/s for {} s",
+        knobs.latency_rate, knobs.latency_seconds
+    );
+    let w = WorkloadConfig {
+        rate: knobs.latency_rate,
+        duration_s: knobs.latency_seconds,
+        sessions: 8,
+        mass_enrolment: 0,
+        seed: 12,
+    };
+    let lat_report = workload::run(&ep.pg_config(&db), &w, false)
+        .await
+        .map_err(fail)?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    probe.record.store(false, Ordering::SeqCst);
+    cancel.cancel();
+    let _ = task.await;
+    let _ = sql
+        .execute("SELECT pg_drop_replication_slot($1)", &[&c.capture.slot])
+        .await;
+    let _ = sql
+        .batch_execute(&format!("DROP PUBLICATION {publication}"))
+        .await;
+    let mut lat = probe.latencies.lock().unwrap().clone();
+    lat.sort_by(|a, b| a.partial_cmp(b).unwrap());
+
+    let mut refs: Vec<f64> = runs.iter().map(|r| r.0).collect();
+    let mut caps: Vec<f64> = runs.iter().map(|r| r.1).collect();
+    let (mr, mc) = (median(&mut refs), median(&mut caps));
+    Ok(CaptureBench {
+        wal_bytes,
+        changes: report.changes,
+        runs,
+        recvlogical_median_s: mr,
+        capture_median_s: mc,
+        throughput_ratio: mr / mc,
+        capture_changes_per_s: report.changes as f64 / mc,
+        latency_rate_target: knobs.latency_rate,
+        latency_rate_achieved: lat_report.changes_per_second,
+        latency_transactions: lat.len(),
+        latency_p50_ms: percentile(&lat, 0.5) * 1000.0,
+        latency_p99_ms: percentile(&lat, 0.99) * 1000.0,
+        latency_max_ms: lat.last().copied().unwrap_or(f64::NAN) * 1000.0,
+    })
+}
+
+/// Seconds capture takes from start until everything up to `end` is
+/// acknowledged by Kafka and confirmed.
+async fn timed_capture(cfg: &Config, ep: &Endpoints, end: u64) -> Result<f64, BenchError> {
+    let probe = Arc::new(Probe::default());
+    let cancel = CancellationToken::new();
+    let t0 = Instant::now();
+    let (c2, ep2, cancel2, probe2) = (cfg.clone(), ep.clone(), cancel.clone(), probe.clone());
+    let task =
+        tokio::spawn(async move { capture::run_probed(&c2, &ep2, cancel2, Some(probe2)).await });
+    loop {
+        if probe.confirmed.load(Ordering::SeqCst) >= end {
+            break;
+        }
+        if task.is_finished() {
+            let r = task.await.map_err(fail)?;
+            return Err(fail(format!("capture stopped early: {r:?}")));
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    cancel.cancel();
+    let _ = task.await;
+    Ok(secs)
+}
