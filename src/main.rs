@@ -90,10 +90,16 @@ enum Command {
         #[arg(long)]
         write: Option<PathBuf>,
     },
-    /// The demo: up, migrate, generate (if the journal is empty), then the live workload.
+    /// The demo: up, migrate, generate (if the journal is empty), then capture streams the live workload to Kafka.
     Demo {
+        /// Seconds of live workload.
         #[arg(long, default_value_t = 30)]
         duration: u64,
+        /// Schools in the demo region (the full default region is `vitrina generate`).
+        #[arg(long, default_value_t = 5)]
+        schools: u32,
+        #[arg(long, default_value_t = 300)]
+        students_per_school: u32,
     },
 }
 
@@ -330,7 +336,11 @@ async fn run(command: Command, mut cfg: Config) -> Result<()> {
                 );
             }
         }
-        Command::Demo { duration } => {
+        Command::Demo {
+            duration,
+            schools,
+            students_per_school,
+        } => {
             let stack = Stack::new(&cfg)?;
             let st = tokio::task::spawn_blocking(move || stack.up()).await??;
             print_status(&st);
@@ -342,18 +352,74 @@ async fn run(command: Command, mut cfg: Config) -> Result<()> {
                 .await?
                 .get(0);
             if students == 0 {
+                cfg.region.schools = schools;
+                cfg.region.students_per_school = students_per_school;
+                cfg.validate()?;
                 generate(&cfg, false, false).await?;
             } else {
                 println!("journal already holds {students} students; keeping them");
             }
+
+            // Capture: initial load (first run), then streaming.
+            vitrina::observability::install_exporter(&cfg.capture.metrics_listen)
+                .map_err(anyhow::Error::msg)?;
+            vitrina::observability::describe_capture();
+            let probe = std::sync::Arc::new(vitrina::capture::Probe::default());
+            let cancel = tokio_util::sync::CancellationToken::new();
+            let (c2, ep2, cancel2, probe2) =
+                (cfg.clone(), ep.clone(), cancel.clone(), probe.clone());
+            let capture = tokio::spawn(async move {
+                vitrina::capture::run_probed(&c2, &ep2, cancel2, Some(probe2)).await
+            });
+            println!(
+                "capture: starting (metrics on http://{}/metrics)",
+                cfg.capture.metrics_listen
+            );
+            let t0 = std::time::Instant::now();
+            while probe.confirmed.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+                if capture.is_finished() {
+                    capture.await??;
+                    anyhow::bail!("capture stopped before streaming");
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+            let loaded = probe.events.load(std::sync::atomic::Ordering::SeqCst);
+            println!(
+                "capture: streaming after {:.1} s ({} events of the initial load published)",
+                t0.elapsed().as_secs_f64(),
+                loaded
+            );
             cfg.workload.duration_s = duration;
             if cfg.workload.mass_enrolment == 0 {
                 cfg.workload.mass_enrolment = 300;
             }
             run_workload(&cfg, false).await?;
+            let end: String = client
+                .query_one(
+                    "SELECT pg_logical_emit_message(true, 'vitrina.demo.end', '')::text",
+                    &[],
+                )
+                .await?
+                .get(0);
+            let end = vitrina::capture::preflight::parse_lsn(&end).unwrap_or(0);
+            let t1 = std::time::Instant::now();
+            while probe.confirmed.load(std::sync::atomic::Ordering::SeqCst) < end {
+                anyhow::ensure!(!capture.is_finished(), "capture stopped while catching up");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
             println!(
-                "\njournal: {}\nthe stack keeps running; `vitrina status` shows it, `vitrina down` stops it",
-                ep.pg_url(&cfg.postgres.journal_database)
+                "capture: caught up {:.2} s after the workload ended; {} events on Kafka ({} from the live workload), topics {}.<entity>.v1",
+                t1.elapsed().as_secs_f64(),
+                probe.events.load(std::sync::atomic::Ordering::SeqCst),
+                probe.events.load(std::sync::atomic::Ordering::SeqCst) - loaded,
+                cfg.capture.topic_prefix
+            );
+            cancel.cancel();
+            capture.await??;
+            println!(
+                "\njournal: {}\nkafka: {}\nthe stack keeps running; `vitrina status` shows it, `vitrina capture` resumes streaming, `vitrina down` stops it",
+                ep.pg_url(&cfg.postgres.journal_database),
+                ep.kafka_brokers.as_deref().unwrap_or("-")
             );
         }
     }

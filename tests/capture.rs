@@ -159,7 +159,7 @@ async fn every_committed_change_reaches_kafka_and_nothing_else_and_no_personal_d
         .unwrap();
     let name = format!("capall{}", std::process::id());
     let child = common::spawn_capture(&db, &name);
-    common::wait_caught_up(&cfg, &name, Duration::from_secs(120)).await;
+    common::wait_caught_up(&cfg, &name, Duration::from_secs(240)).await;
     let w = WorkloadConfig {
         rate: 400,
         duration_s: 4,
@@ -169,7 +169,7 @@ async fn every_committed_change_reaches_kafka_and_nothing_else_and_no_personal_d
     };
     let report = workload::run(&cfg, &w, false).await.unwrap();
     assert_eq!(report.failed_transactions, 0);
-    common::wait_caught_up(&cfg, &name, Duration::from_secs(120)).await;
+    common::wait_caught_up(&cfg, &name, Duration::from_secs(240)).await;
     let messages = common::read_all(&name);
     stop(child);
 
@@ -263,7 +263,7 @@ async fn sigkill_at_random_moments_loses_nothing_and_duplicates_keep_their_ids()
     }
     let report = load_task.await.unwrap();
     assert_eq!(report.failed_transactions, 0);
-    common::wait_caught_up(&cfg, &name, Duration::from_secs(120)).await;
+    common::wait_caught_up(&cfg, &name, Duration::from_secs(240)).await;
     let messages = common::read_all(&name);
     stop(child);
 
@@ -317,7 +317,7 @@ async fn an_idle_journal_keeps_the_slot_advancing() {
     let db = common::db_name(&cfg);
     let name = format!("capidle{}", std::process::id());
     let child = common::spawn_capture(&db, &name);
-    common::wait_caught_up(&cfg, &name, Duration::from_secs(60)).await;
+    common::wait_caught_up(&cfg, &name, Duration::from_secs(180)).await;
     let c = vitrina::pg::connect(&cfg).await.unwrap();
     let (flush0, restart0, _) = slot_pos(&c, &name).await;
     for _ in 0..3 {
@@ -363,7 +363,7 @@ async fn bad_input_and_schema_drift_are_flagged_or_dead_lettered_and_capture_kee
         .unwrap();
     let name = format!("capbad{}", std::process::id());
     let mut child = common::spawn_capture(&db, &name);
-    common::wait_caught_up(&cfg, &name, Duration::from_secs(120)).await;
+    common::wait_caught_up(&cfg, &name, Duration::from_secs(240)).await;
     let c = vitrina::pg::connect(&cfg).await.unwrap();
     c.batch_execute(
         "ALTER TABLE journal.lessons ADD COLUMN classroom_note text;
@@ -380,7 +380,7 @@ async fn bad_input_and_schema_drift_are_flagged_or_dead_lettered_and_capture_kee
     )
     .await
     .unwrap();
-    common::wait_caught_up(&cfg, &name, Duration::from_secs(60)).await;
+    common::wait_caught_up(&cfg, &name, Duration::from_secs(180)).await;
     assert!(child.try_wait().unwrap().is_none(), "capture keeps running");
     let messages = common::read_all(&name);
     stop(child);
@@ -459,4 +459,50 @@ async fn bad_input_and_schema_drift_are_flagged_or_dead_lettered_and_capture_kee
             "no values in dead letters"
         );
     }
+}
+
+fn run_capture_to_exit(db: &str, name: &str) -> (Option<i32>, String) {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_vitrina"));
+    common::child_env(&mut cmd, db, name);
+    let out = cmd.arg("capture").output().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_capture_on_the_same_slot_is_refused_with_a_hint() {
+    let cfg = common::journal_db("t_cap_twice").await;
+    let db = common::db_name(&cfg);
+    let name = format!("captwice{}", std::process::id());
+    let first = common::spawn_capture(&db, &name);
+    common::wait_caught_up(&cfg, &name, Duration::from_secs(180)).await;
+    let (code, err) = run_capture_to_exit(&db, &name);
+    stop(first);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("is active in process") && err.contains("another capture"),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publication_missing_a_mapped_table_is_refused_with_a_hint() {
+    let cfg = common::journal_db("t_cap_pub").await;
+    let db = common::db_name(&cfg);
+    let name = format!("cappub{}", std::process::id());
+    let c = vitrina::pg::connect(&cfg).await.unwrap();
+    c.batch_execute(&format!(
+        "CREATE PUBLICATION {name} FOR TABLE journal.grades"
+    ))
+    .await
+    .unwrap();
+    let (code, err) = run_capture_to_exit(&db, &name);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains(&format!("ALTER PUBLICATION {name} ADD TABLE"))
+            && err.contains("journal.students"),
+        "{err}"
+    );
 }

@@ -275,6 +275,8 @@ impl Publisher {
 #[derive(Default)]
 pub struct Probe {
     pub confirmed: AtomicU64,
+    /// Events acknowledged by Kafka.
+    pub events: AtomicU64,
     pub record: std::sync::atomic::AtomicBool,
     pub latencies: std::sync::Mutex<Vec<f64>>,
 }
@@ -294,6 +296,9 @@ async fn acker(
                 match f.await {
                     Ok(Ok(_)) => {
                         metrics::counter!(obs::CAPTURE_EVENTS, "entity" => entity, "op" => op.symbol()).increment(1);
+                        if let Some(p) = &probe {
+                            p.events.fetch_add(1, Ordering::Relaxed);
+                        }
                     }
                     Ok(Err((e, _))) => return Err(CaptureError::Delivery(e.to_string())),
                     Err(_) => {
