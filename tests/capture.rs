@@ -325,7 +325,6 @@ async fn an_idle_journal_keeps_the_slot_advancing() {
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
     let (flush1, restart1, lag1) = slot_pos(&c, &name).await;
-    stop(child);
     let lsn = |s: &str| vitrina::capture::preflight::parse_lsn(s).unwrap();
     assert!(
         lsn(&flush1) > lsn(&flush0),
@@ -335,10 +334,12 @@ async fn an_idle_journal_keeps_the_slot_advancing() {
         lsn(&restart1) > lsn(&restart0),
         "the slot releases WAL: restart_lsn {restart0} → {restart1}"
     );
-    assert!(
-        lag1 < 256.0 * 1024.0,
-        "unconfirmed WAL stays small: {lag1} bytes"
-    );
+    let _ = lag1;
+    // Whatever the WAL end was a moment ago (other databases of the test
+    // cluster write WAL too), the slot confirms past it within a few
+    // heartbeats: nothing piles up behind an idle journal.
+    common::wait_caught_up(&cfg, &name, Duration::from_secs(10)).await;
+    stop(child);
     // Watermarks went to every partition.
     let messages = common::read_all(&name);
     let reg = Registry::new();

@@ -217,8 +217,16 @@ impl LocalPostgres {
         let mut c = self.cmd("pg_ctl");
         c.arg("-D")
             .arg(self.data_dir())
-            .args(["-m", "fast", "-w", "stop"]);
-        self.run(c, "pg_ctl stop")?;
+            .args(["-m", "fast", "-w", "-t", "30", "stop"]);
+        if self.run(c, "pg_ctl stop").is_err() {
+            // A replication client that does not read can hold a fast
+            // shutdown; the local cluster is ours to stop.
+            let mut c = self.cmd("pg_ctl");
+            c.arg("-D")
+                .arg(self.data_dir())
+                .args(["-m", "immediate", "-w", "stop"]);
+            self.run(c, "pg_ctl stop -m immediate")?;
+        }
         Ok(true)
     }
 }

@@ -103,6 +103,7 @@ pub fn child_env(cmd: &mut std::process::Command, db: &str, name: &str) {
 /// Starts `vitrina capture` for database `db`, with slot, publication and
 /// topic prefix `name`; its output goes to target/test-logs/<name>.log.
 pub fn spawn_capture(db: &str, name: &str) -> std::process::Child {
+    use std::os::unix::process::CommandExt;
     let logs = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/test-logs");
     std::fs::create_dir_all(&logs).unwrap();
     let log = std::fs::OpenOptions::new()
@@ -114,9 +115,17 @@ pub fn spawn_capture(db: &str, name: &str) -> std::process::Child {
     child_env(&mut cmd, db, name);
     cmd.arg("capture")
         .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .expect("spawn vitrina capture")
+        .stderr(log);
+    // A test that panics must not leave capture running (it would hold a
+    // walsender and stall the cluster's shutdown): it dies with the test.
+    // SAFETY: prctl in the child before exec; async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    cmd.spawn().expect("spawn vitrina capture")
 }
 
 pub fn db_name(cfg: &tokio_postgres::Config) -> String {
