@@ -118,6 +118,9 @@ pub struct CaptureConfig {
     pub topic_prefix: String,
     /// Partitions of each topic created at start.
     pub partitions: i32,
+    /// Replication factor of topics created at start (3 on a production
+    /// Kafka cluster; 1 on the local single broker).
+    pub replication_factor: i32,
     /// Interval of heartbeats (a logical message through the slot) and the
     /// watermarks sent to every partition after each one.
     pub heartbeat_interval_ms: u64,
@@ -149,6 +152,7 @@ impl Default for CaptureConfig {
             publication: "vitrina".into(),
             topic_prefix: "vitrina".into(),
             partitions: 3,
+            replication_factor: 1,
             heartbeat_interval_ms: 5000,
             mapping_file: None,
             hashing: Hashing::Plain,
@@ -435,6 +439,9 @@ impl Config {
         }
         if c.partitions < 1 || c.partitions > 1000 {
             return bad("capture.partitions", "must be within 1..=1000");
+        }
+        if c.replication_factor < 1 {
+            return bad("capture.replication_factor", "must be at least 1");
         }
         if c.heartbeat_interval_ms < 100 {
             return bad("capture.heartbeat_interval_ms", "must be at least 100");

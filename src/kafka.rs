@@ -62,6 +62,7 @@ pub async fn ensure_topics(
     brokers: &str,
     topics: &[String],
     partitions: i32,
+    replication_factor: i32,
 ) -> Result<(), KafkaError> {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
         .set("bootstrap.servers", brokers)
@@ -73,7 +74,7 @@ pub async fn ensure_topics(
     let new: Vec<NewTopic> = topics
         .iter()
         .map(|t| {
-            NewTopic::new(t, partitions, TopicReplication::Fixed(1))
+            NewTopic::new(t, partitions, TopicReplication::Fixed(replication_factor))
                 .set("retention.ms", "-1")
                 .set("retention.bytes", "-1")
         })

@@ -235,14 +235,14 @@ async fn sigkill_at_random_moments_loses_nothing_and_duplicates_keep_their_ids()
         .await
         .unwrap();
     let name = format!("capkill{}", std::process::id());
-    // Kills start at once: the first ones land in the initial load and
-    // exercise its per-table resume, the later ones in streaming.
+    // The first kills land in the initial load and exercise its per-table
+    // resume; then ten more while capture streams the live workload.
     let mut child = common::spawn_capture(&db, &name);
     let wcfg = cfg.clone();
     let load_task = tokio::spawn(async move {
         let w = WorkloadConfig {
             rate: 300,
-            duration_s: 25,
+            duration_s: 40,
             sessions: 4,
             mass_enrolment: 300,
             seed: 9,
@@ -250,13 +250,27 @@ async fn sigkill_at_random_moments_loses_nothing_and_duplicates_keep_their_ids()
         workload::run(&wcfg, &w, false).await.unwrap()
     });
     let mut rng = vitrina::region::rng::Rng::new(std::process::id() as u64);
-    let mut kills = 0;
-    while kills < 10 {
-        tokio::time::sleep(Duration::from_millis(rng.range(400, 2200) as u64)).await;
+    let kill = |child: &mut std::process::Child| {
         unsafe {
             libc::kill(child.id() as i32, libc::SIGKILL);
         }
         let _ = child.wait();
+    };
+    for _ in 0..2 {
+        tokio::time::sleep(Duration::from_millis(rng.range(300, 1500) as u64)).await;
+        kill(&mut child);
+        slot_free(&cfg, &name).await;
+        child = common::spawn_capture(&db, &name);
+    }
+    let mut kills = 2;
+    while kills < 12 {
+        common::wait_caught_up(&cfg, &name, Duration::from_secs(240)).await;
+        tokio::time::sleep(Duration::from_millis(rng.range(200, 1500) as u64)).await;
+        assert!(
+            !load_task.is_finished(),
+            "kills land during the live workload"
+        );
+        kill(&mut child);
         kills += 1;
         slot_free(&cfg, &name).await;
         child = common::spawn_capture(&db, &name);
@@ -293,8 +307,19 @@ async fn sigkill_at_random_moments_loses_nothing_and_duplicates_keep_their_ids()
             );
         }
     }
+    let log = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join(format!("target/test-logs/{name}.log")),
+    )
+    .unwrap();
+    let streaming_runs = log.matches("streaming").count();
+    assert!(
+        streaming_runs >= 11,
+        "ten kills hit a streaming capture ({streaming_runs} streaming starts)"
+    );
     eprintln!(
-        "{kills} kills, {} messages, {duplicates} re-sent events (identical)",
+        "{kills} kills ({} resumed an interrupted initial load), {} messages, {duplicates} re-sent events (identical)",
+        log.matches("resuming the interrupted initial load").count(),
         messages.len()
     );
 }

@@ -435,7 +435,7 @@ pub async fn run_probed(
     topics.sort();
     topics.dedup();
     topics.push(kafka::dead_letter_topic(&c.topic_prefix));
-    kafka::ensure_topics(&brokers, &topics, c.partitions).await?;
+    kafka::ensure_topics(&brokers, &topics, c.partitions, c.replication_factor).await?;
     let producer = kafka::producer(&brokers, c.linger_ms, &c.compression)?;
     let md = producer
         .client()
