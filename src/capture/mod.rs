@@ -281,6 +281,17 @@ pub struct Probe {
     pub latencies: std::sync::Mutex<Vec<f64>>,
 }
 
+/// One delivery report: acknowledged, or the reason it is not.
+async fn delivered(f: DeliveryFuture) -> Result<(), CaptureError> {
+    match f.await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err((e, _))) => Err(CaptureError::Delivery(e.to_string())),
+        Err(_) => Err(CaptureError::Delivery(
+            "delivery report lost (producer gone)".into(),
+        )),
+    }
+}
+
 /// Awaits deliveries in production order and confirms LSNs.
 async fn acker(
     mut rx: mpsc::Receiver<Ack>,
@@ -293,32 +304,16 @@ async fn acker(
     while let Some(a) = rx.recv().await {
         match a {
             Ack::Delivery(f, entity, op) => {
-                match f.await {
-                    Ok(Ok(_)) => {
-                        metrics::counter!(obs::CAPTURE_EVENTS, "entity" => entity, "op" => op.symbol()).increment(1);
-                        if let Some(p) = &probe {
-                            p.events.fetch_add(1, Ordering::Relaxed);
-                        }
-                    }
-                    Ok(Err((e, _))) => return Err(CaptureError::Delivery(e.to_string())),
-                    Err(_) => {
-                        return Err(CaptureError::Delivery(
-                            "delivery report lost (producer gone)".into(),
-                        ))
-                    }
-                }
+                delivered(f).await?;
                 in_flight.fetch_sub(1, Ordering::Relaxed);
+                metrics::counter!(obs::CAPTURE_EVENTS, "entity" => entity, "op" => op.symbol())
+                    .increment(1);
+                if let Some(p) = &probe {
+                    p.events.fetch_add(1, Ordering::Relaxed);
+                }
             }
             Ack::Other(f) => {
-                match f.await {
-                    Ok(Ok(_)) => {}
-                    Ok(Err((e, _))) => return Err(CaptureError::Delivery(e.to_string())),
-                    Err(_) => {
-                        return Err(CaptureError::Delivery(
-                            "delivery report lost (producer gone)".into(),
-                        ))
-                    }
-                }
+                delivered(f).await?;
                 in_flight.fetch_sub(1, Ordering::Relaxed);
             }
             Ack::Mark(tx) => {
