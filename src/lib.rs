@@ -35,4 +35,5 @@ pub mod observability;
 pub mod pg;
 pub mod privacy;
 pub mod region;
+pub mod showcase;
 pub mod stack;

@@ -1,0 +1,274 @@
+//! Applying a batch of events to the showcase, with the consumed offsets,
+//! in one PostgreSQL transaction.
+//!
+//! Invariants:
+//! - Idempotent: applying an event twice leaves the showcase unchanged.
+//! - Order-safe: a row is replaced only by an event with a higher source
+//!   position `(commit_lsn, lsn)`; deletes leave tombstones with their
+//!   position; a TRUNCATE tombstones every row older than itself.
+//! - One statement per entity per batch (`unnest` of typed arrays), no
+//!   per-event round trips; offsets are written in the same transaction, so
+//!   rows and offsets commit together or not at all.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, NaiveDate, NaiveTime, Utc};
+use tokio_postgres::types::ToSql;
+use tokio_postgres::Client;
+
+use super::SCHEMA;
+use crate::events::contract::{Entity, Ty};
+use crate::events::{Event, Op, Val};
+use crate::pg::PgError;
+
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Applied {
+    /// Rows inserted or replaced (including tombstones).
+    pub written: u64,
+    /// Events older than what the showcase holds (or superseded in the batch).
+    pub skipped: u64,
+    pub truncated: u64,
+}
+
+fn pos(e: &Event) -> (u64, u64) {
+    (e.source.commit_lsn, e.source.lsn)
+}
+
+enum Col {
+    I64(Vec<Option<i64>>),
+    I32(Vec<Option<i32>>),
+    F64(Vec<Option<f64>>),
+    Bool(Vec<Option<bool>>),
+    Text(Vec<Option<String>>),
+    Date(Vec<Option<NaiveDate>>),
+    Ts(Vec<Option<DateTime<Utc>>>),
+    Time(Vec<Option<NaiveTime>>),
+}
+
+impl Col {
+    fn new(ty: Ty) -> Col {
+        match ty {
+            Ty::Long => Col::I64(Vec::new()),
+            Ty::Int => Col::I32(Vec::new()),
+            Ty::Double => Col::F64(Vec::new()),
+            Ty::Bool => Col::Bool(Vec::new()),
+            Ty::Str => Col::Text(Vec::new()),
+            Ty::Date => Col::Date(Vec::new()),
+            Ty::Timestamp => Col::Ts(Vec::new()),
+            Ty::Time => Col::Time(Vec::new()),
+        }
+    }
+
+    fn push(&mut self, v: Option<&Val>) {
+        let epoch = NaiveDate::from_ymd_opt(1970, 1, 1).unwrap();
+        match (self, v) {
+            (Col::I64(c), Some(Val::Long(x))) => c.push(Some(*x)),
+            (Col::I32(c), Some(Val::Int(x))) => c.push(Some(*x)),
+            (Col::F64(c), Some(Val::Double(x))) => c.push(Some(*x)),
+            (Col::Bool(c), Some(Val::Bool(x))) => c.push(Some(*x)),
+            (Col::Text(c), Some(Val::Str(x))) => c.push(Some(x.clone())),
+            (Col::Date(c), Some(Val::Date(d))) => {
+                c.push(Some(epoch + chrono::Duration::days(*d as i64)))
+            }
+            (Col::Ts(c), Some(Val::Timestamp(t))) => c.push(DateTime::from_timestamp_micros(*t)),
+            (Col::Time(c), Some(Val::Time(t))) => {
+                c.push(NaiveTime::from_num_seconds_from_midnight_opt(
+                    (*t / 1_000_000) as u32,
+                    ((*t % 1_000_000) * 1000) as u32,
+                ))
+            }
+            (Col::I64(c), _) => c.push(None),
+            (Col::I32(c), _) => c.push(None),
+            (Col::F64(c), _) => c.push(None),
+            (Col::Bool(c), _) => c.push(None),
+            (Col::Text(c), _) => c.push(None),
+            (Col::Date(c), _) => c.push(None),
+            (Col::Ts(c), _) => c.push(None),
+            (Col::Time(c), _) => c.push(None),
+        }
+    }
+
+    fn as_sql(&self) -> &(dyn ToSql + Sync) {
+        match self {
+            Col::I64(c) => c,
+            Col::I32(c) => c,
+            Col::F64(c) => c,
+            Col::Bool(c) => c,
+            Col::Text(c) => c,
+            Col::Date(c) => c,
+            Col::Ts(c) => c,
+            Col::Time(c) => c,
+        }
+    }
+
+    fn array_type(ty: Ty) -> &'static str {
+        match ty {
+            Ty::Long => "bigint[]",
+            Ty::Int => "integer[]",
+            Ty::Double => "float8[]",
+            Ty::Bool => "boolean[]",
+            Ty::Str => "text[]",
+            Ty::Date => "date[]",
+            Ty::Timestamp => "timestamptz[]",
+            Ty::Time => "time[]",
+        }
+    }
+}
+
+fn upsert_sql(e: &Entity) -> String {
+    let names: Vec<&str> = e.fields.iter().map(|f| f.name).collect();
+    let mut casts = vec!["$1::text[]".to_string()];
+    for (i, f) in e.fields.iter().enumerate() {
+        casts.push(format!("${}::{}", i + 2, Col::array_type(f.ty)));
+    }
+    let n = e.fields.len() + 2;
+    casts.push(format!("${n}::boolean[]"));
+    casts.push(format!("${}::bigint[]", n + 1));
+    casts.push(format!("${}::bigint[]", n + 2));
+    casts.push(format!("${}::timestamptz[]", n + 3));
+    casts.push(format!("${}::text[]", n + 4));
+    let all_cols = format!(
+        "key, {}, deleted, source_commit_lsn, source_lsn, source_commit_time, event_id",
+        names.join(", ")
+    );
+    let sets: Vec<String> = names
+        .iter()
+        .chain(
+            [
+                "deleted",
+                "source_commit_lsn",
+                "source_lsn",
+                "source_commit_time",
+                "event_id",
+            ]
+            .iter(),
+        )
+        .map(|c| format!("{c} = EXCLUDED.{c}"))
+        .collect();
+    format!(
+        "INSERT INTO {SCHEMA}.{t} AS cur ({all_cols}) SELECT * FROM unnest({casts})
+         ON CONFLICT (key) DO UPDATE SET {sets}, applied_at = now()
+         WHERE (cur.source_commit_lsn, cur.source_lsn) < (EXCLUDED.source_commit_lsn, EXCLUDED.source_lsn)",
+        t = e.name,
+        casts = casts.join(", "),
+        sets = sets.join(", ")
+    )
+}
+
+/// Applies `events` and records `offsets` (topic, partition, next offset)
+/// in one transaction.
+pub async fn apply_batch(
+    client: &mut Client,
+    events: &[Event],
+    offsets: &[(String, i32, i64)],
+) -> Result<Applied, PgError> {
+    let mut applied = Applied::default();
+    // Per entity: the latest truncate, and the latest event per key.
+    let mut truncates: HashMap<&str, (&Event, (u64, u64))> = HashMap::new();
+    for e in events.iter().filter(|e| e.op == Op::Truncate) {
+        let t = truncates.entry(e.entity.name).or_insert((e, pos(e)));
+        if pos(e) > t.1 {
+            *t = (e, pos(e));
+        }
+    }
+    let mut latest: HashMap<(&str, &str), &Event> = HashMap::new();
+    for e in events.iter().filter(|e| e.op != Op::Truncate) {
+        if truncates
+            .get(e.entity.name)
+            .is_some_and(|(_, t)| pos(e) < *t)
+        {
+            applied.skipped += 1;
+            continue;
+        }
+        match latest.entry((e.entity.name, e.key.as_str())) {
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(e);
+            }
+            std::collections::hash_map::Entry::Occupied(mut o) => {
+                applied.skipped += 1;
+                if pos(e) > pos(o.get()) {
+                    o.insert(e);
+                }
+            }
+        }
+    }
+    let mut by_entity: HashMap<&str, (&'static Entity, Vec<&Event>)> = HashMap::new();
+    for e in latest.into_values() {
+        by_entity
+            .entry(e.entity.name)
+            .or_insert((e.entity, Vec::new()))
+            .1
+            .push(e);
+    }
+
+    let tx = client
+        .transaction()
+        .await
+        .map_err(PgError::query("starting an apply transaction"))?;
+    for (name, (t, _)) in &truncates {
+        let n = tx
+            .execute(
+                &format!(
+                    "UPDATE {SCHEMA}.{name} SET deleted = true, source_commit_lsn = $1, source_lsn = $2, source_commit_time = $3, event_id = $4, applied_at = now()
+                     WHERE NOT deleted AND (source_commit_lsn, source_lsn) < ($1, $2)"
+                ),
+                &[
+                    &(t.source.commit_lsn as i64),
+                    &(t.source.lsn as i64),
+                    &DateTime::from_timestamp_micros(t.source.commit_time_micros),
+                    &t.event_id,
+                ],
+            )
+            .await
+            .map_err(PgError::query(format!("truncating showcase.{name}")))?;
+        applied.truncated += n;
+    }
+    for (entity, evs) in by_entity.values() {
+        let mut keys = Vec::with_capacity(evs.len());
+        let mut cols: Vec<Col> = entity.fields.iter().map(|f| Col::new(f.ty)).collect();
+        let (mut deleted, mut commit_lsn, mut lsn, mut commit_time, mut ids) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for e in evs {
+            keys.push(e.key.clone());
+            for (i, c) in cols.iter_mut().enumerate() {
+                c.push(e.after.as_ref().map(|a| &a[i]));
+            }
+            deleted.push(e.after.is_none());
+            commit_lsn.push(e.source.commit_lsn as i64);
+            lsn.push(e.source.lsn as i64);
+            commit_time.push(DateTime::from_timestamp_micros(e.source.commit_time_micros));
+            ids.push(e.event_id.clone());
+        }
+        let mut params: Vec<&(dyn ToSql + Sync)> = vec![&keys];
+        params.extend(cols.iter().map(Col::as_sql));
+        params.push(&deleted);
+        params.push(&commit_lsn);
+        params.push(&lsn);
+        params.push(&commit_time);
+        params.push(&ids);
+        let n = tx
+            .execute(&upsert_sql(entity), &params)
+            .await
+            .map_err(PgError::query(format!(
+                "upserting into showcase.{}",
+                entity.name
+            )))?;
+        applied.written += n;
+        applied.skipped += evs.len() as u64 - n;
+    }
+    for (topic, partition, next) in offsets {
+        tx.execute(
+            &format!(
+                "INSERT INTO {SCHEMA}.consumer_offsets (topic, partition, next_offset) VALUES ($1, $2, $3)
+                 ON CONFLICT (topic, partition) DO UPDATE SET next_offset = EXCLUDED.next_offset, updated_at = now()"
+            ),
+            &[topic, partition, next],
+        )
+        .await
+        .map_err(PgError::query("recording consumed offsets"))?;
+    }
+    tx.commit()
+        .await
+        .map_err(PgError::query("committing an apply transaction"))?;
+    Ok(applied)
+}

@@ -1,0 +1,86 @@
+//! The showcase (витрина) schema: one table per entity of the event
+//! contract, generated from it, plus the projector's bookkeeping.
+//!
+//! Invariants:
+//! - No names and no raw identifiers: the columns are the contract's
+//!   fields, which carry only depersonalized ids.
+//! - Every row carries the source position (commit LSN, change LSN) and
+//!   commit time of the change that produced it; a deleted row stays as a
+//!   tombstone (`deleted = true`) with its position, so an older event
+//!   delivered again can never bring it back.
+//! - Applying an event is order-safe: a row is only replaced by an event
+//!   with a higher source position ([`apply`]).
+
+pub mod apply;
+
+use crate::events::contract::{Entity, Ty, ENTITIES};
+
+/// Schema holding the showcase tables.
+pub const SCHEMA: &str = "showcase";
+
+fn sql_type(ty: Ty) -> &'static str {
+    match ty {
+        Ty::Long => "bigint",
+        Ty::Int => "integer",
+        Ty::Double => "double precision",
+        Ty::Bool => "boolean",
+        Ty::Str => "text",
+        Ty::Date => "date",
+        Ty::Timestamp => "timestamptz",
+        Ty::Time => "time",
+    }
+}
+
+/// `CREATE TABLE` of one entity.
+pub fn table_ddl(e: &Entity) -> String {
+    let mut cols = vec!["    key text PRIMARY KEY".to_string()];
+    for f in e.fields {
+        // Stored nullable: a tombstone keeps only its key and position.
+        cols.push(format!("    {} {}", f.name, sql_type(f.ty)));
+    }
+    cols.push("    deleted boolean NOT NULL DEFAULT false".into());
+    cols.push("    source_commit_lsn bigint NOT NULL".into());
+    cols.push("    source_lsn bigint NOT NULL".into());
+    cols.push("    source_commit_time timestamptz NOT NULL".into());
+    cols.push("    event_id text NOT NULL".into());
+    cols.push("    applied_at timestamptz NOT NULL DEFAULT now()".into());
+    format!(
+        "CREATE TABLE IF NOT EXISTS {SCHEMA}.{} (\n{}\n);\nCOMMENT ON TABLE {SCHEMA}.{} IS {};\n",
+        e.name,
+        cols.join(",\n"),
+        e.name,
+        quote(e.doc)
+    )
+}
+
+fn quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+/// The whole showcase schema: entity tables and the projector's offsets.
+pub fn ddl() -> String {
+    let mut out = format!("CREATE SCHEMA IF NOT EXISTS {SCHEMA};\n");
+    for e in ENTITIES {
+        out.push_str(&table_ddl(e));
+    }
+    out.push_str(&format!(
+        "CREATE TABLE IF NOT EXISTS {SCHEMA}.consumer_offsets (
+    topic text NOT NULL,
+    partition integer NOT NULL,
+    next_offset bigint NOT NULL,
+    updated_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (topic, partition)
+);
+COMMENT ON TABLE {SCHEMA}.consumer_offsets IS 'Kafka offsets consumed, committed in the same transaction as the rows they produced.';
+"
+    ));
+    out
+}
+
+/// Creates the showcase schema (idempotent).
+pub async fn migrate(client: &tokio_postgres::Client) -> Result<(), crate::pg::PgError> {
+    client
+        .batch_execute(&ddl())
+        .await
+        .map_err(crate::pg::PgError::query("creating the showcase schema"))
+}
