@@ -80,6 +80,26 @@ pub struct Config {
     pub region: RegionConfig,
     pub workload: WorkloadConfig,
     pub capture: CaptureConfig,
+    pub projector: ProjectorConfig,
+}
+
+/// The projector: event topics → the showcase database.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProjectorConfig {
+    /// Showcase database (on the journal's server in the local stack).
+    pub database: String,
+    /// Prometheus exporter address.
+    pub metrics_listen: String,
+}
+
+impl Default for ProjectorConfig {
+    fn default() -> Self {
+        ProjectorConfig {
+            database: "showcase".into(),
+            metrics_listen: "127.0.0.1:9465".into(),
+        }
+    }
 }
 
 impl Default for Config {
@@ -92,6 +112,7 @@ impl Default for Config {
             region: RegionConfig::default(),
             workload: WorkloadConfig::default(),
             capture: CaptureConfig::default(),
+            projector: ProjectorConfig::default(),
         }
     }
 }

@@ -34,6 +34,7 @@ pub mod kafka;
 pub mod observability;
 pub mod pg;
 pub mod privacy;
+pub mod projector;
 pub mod region;
 pub mod showcase;
 pub mod stack;

@@ -85,6 +85,8 @@ enum Command {
         #[command(subcommand)]
         what: BenchWhat,
     },
+    /// Project the event topics into the showcase database (until SIGINT/SIGTERM).
+    Project,
     /// List the event schemas (topic, Avro record, fingerprint); --write DIR writes the .avsc files.
     Schemas {
         #[arg(long)]
@@ -298,6 +300,28 @@ async fn run(command: Command, mut cfg: Config) -> Result<()> {
                     b.latency_rate_target, b.latency_rate_achieved, b.latency_transactions, b.latency_p50_ms, b.latency_p99_ms, b.latency_max_ms
                 );
             }
+        }
+        Command::Project => {
+            let ep = Stack::new(&cfg)?.endpoints()?;
+            if cfg.postgres.host.is_none() {
+                pg::ensure_database(&ep.pg_config("postgres"), &cfg.projector.database).await?;
+            }
+            vitrina::observability::install_exporter(&cfg.projector.metrics_listen)
+                .map_err(anyhow::Error::msg)?;
+            vitrina::observability::describe_projector();
+            let cancel = tokio_util::sync::CancellationToken::new();
+            let c2 = cancel.clone();
+            tokio::spawn(async move {
+                let mut term =
+                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                        .expect("SIGTERM handler");
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+                c2.cancel();
+            });
+            vitrina::projector::run(&cfg, &ep, &cfg.projector.database, cancel).await?;
         }
         Command::Schemas { write } => {
             let reg = vitrina::events::codec::Registry::new();

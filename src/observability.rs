@@ -20,6 +20,52 @@ pub const CAPTURE_SNAPSHOT_ROWS: &str = "vitrina_capture_snapshot_rows_total";
 pub const CAPTURE_SNAPSHOT_TABLES_DONE: &str = "vitrina_capture_snapshot_tables_done";
 pub const CAPTURE_SNAPSHOT_TABLES: &str = "vitrina_capture_snapshot_tables";
 
+pub const PROJECTOR_EVENTS: &str = "vitrina_projector_events_total";
+pub const PROJECTOR_ROWS_WRITTEN: &str = "vitrina_projector_rows_written_total";
+pub const PROJECTOR_DEAD_LETTERS: &str = "vitrina_projector_dead_letters_total";
+pub const PROJECTOR_BATCH_SECONDS: &str = "vitrina_projector_batch_seconds";
+pub const PROJECTOR_VISIBLE_LATENCY: &str = "vitrina_projector_commit_to_visible_seconds";
+pub const SHOWCASE_FRESHNESS: &str = "vitrina_showcase_freshness_seconds";
+pub const SHOWCASE_SLA_STATE: &str = "vitrina_showcase_sla_state";
+
+/// Describes the projector metrics.
+pub fn describe_projector() {
+    describe_counter!(
+        PROJECTOR_EVENTS,
+        Unit::Count,
+        "Events consumed and applied (including replays the order guard skipped)."
+    );
+    describe_counter!(
+        PROJECTOR_ROWS_WRITTEN,
+        Unit::Count,
+        "Showcase rows inserted or replaced."
+    );
+    describe_counter!(
+        PROJECTOR_DEAD_LETTERS,
+        Unit::Count,
+        "Messages that failed to decode, sent to the dead-letter topic, by topic."
+    );
+    describe_histogram!(
+        PROJECTOR_BATCH_SECONDS,
+        Unit::Seconds,
+        "Duration of one apply transaction."
+    );
+    describe_histogram!(
+        PROJECTOR_VISIBLE_LATENCY,
+        Unit::Seconds,
+        "Journal commit to visible in the showcase, per entity."
+    );
+    describe_gauge!(
+        SHOWCASE_FRESHNESS,
+        Unit::Seconds,
+        "Now minus fresh_as_of: every journal change older than this is visible."
+    );
+    describe_gauge!(
+        SHOWCASE_SLA_STATE,
+        "1 for the current SLA state (ok, at_risk, breached), 0 for the others."
+    );
+}
+
 /// Describes the capture metrics (call once after installing the exporter).
 pub fn describe_capture() {
     describe_counter!(

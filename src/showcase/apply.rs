@@ -162,6 +162,20 @@ pub async fn apply_batch(
     events: &[Event],
     offsets: &[(String, i32, i64)],
 ) -> Result<Applied, PgError> {
+    apply_with_watermarks(client, events, offsets, &[]).await
+}
+
+/// A watermark consumed from (topic, partition): journal commit time (µs) and LSN.
+pub type WatermarkAt = (String, i32, i64, u64);
+
+/// [`apply_batch`], also recording the watermarks consumed in the batch
+/// (they follow every event of their partition applied here or before).
+pub async fn apply_with_watermarks(
+    client: &mut Client,
+    events: &[Event],
+    offsets: &[(String, i32, i64)],
+    watermarks: &[WatermarkAt],
+) -> Result<Applied, PgError> {
     let mut applied = Applied::default();
     // Per entity: the latest truncate, and the latest event per key.
     let mut truncates: HashMap<&str, (&Event, (u64, u64))> = HashMap::new();
@@ -256,11 +270,23 @@ pub async fn apply_batch(
         applied.written += n;
         applied.skipped += evs.len() as u64 - n;
     }
+    for (topic, partition, time, lsn) in watermarks {
+        tx.execute(
+            &format!(
+                "INSERT INTO {SCHEMA}.watermarks (topic, partition, commit_time, commit_lsn) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (topic, partition) DO UPDATE SET commit_time = greatest({SCHEMA}.watermarks.commit_time, EXCLUDED.commit_time),
+                   commit_lsn = greatest({SCHEMA}.watermarks.commit_lsn, EXCLUDED.commit_lsn), updated_at = now()"
+            ),
+            &[topic, partition, &DateTime::from_timestamp_micros(*time), &(*lsn as i64)],
+        )
+        .await
+        .map_err(PgError::query("recording watermarks"))?;
+    }
     for (topic, partition, next) in offsets {
         tx.execute(
             &format!(
                 "INSERT INTO {SCHEMA}.consumer_offsets (topic, partition, next_offset) VALUES ($1, $2, $3)
-                 ON CONFLICT (topic, partition) DO UPDATE SET next_offset = EXCLUDED.next_offset, updated_at = now()"
+                 ON CONFLICT (topic, partition) DO UPDATE SET next_offset = greatest({SCHEMA}.consumer_offsets.next_offset, EXCLUDED.next_offset), updated_at = now()"
             ),
             &[topic, partition, next],
         )

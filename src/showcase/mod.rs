@@ -72,6 +72,22 @@ pub fn ddl() -> String {
     PRIMARY KEY (topic, partition)
 );
 COMMENT ON TABLE {SCHEMA}.consumer_offsets IS 'Kafka offsets consumed, committed in the same transaction as the rows they produced.';
+CREATE TABLE IF NOT EXISTS {SCHEMA}.watermarks (
+    topic text NOT NULL,
+    partition integer NOT NULL,
+    commit_time timestamptz NOT NULL,
+    commit_lsn bigint NOT NULL,
+    updated_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (topic, partition)
+);
+COMMENT ON TABLE {SCHEMA}.watermarks IS 'Latest capture watermark applied per partition: every journal change committed up to commit_time on that partition is in the showcase.';
+CREATE TABLE IF NOT EXISTS {SCHEMA}.status (
+    id integer PRIMARY KEY CHECK (id = 1),
+    fresh_as_of timestamptz,
+    sla_state text NOT NULL,
+    updated_at timestamptz NOT NULL DEFAULT now()
+);
+COMMENT ON TABLE {SCHEMA}.status IS 'fresh_as_of: every change committed in the journal up to this time is visible in the showcase. sla_state: ok, at_risk or breached (600 s budget).';
 "
     ));
     out
