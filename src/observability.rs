@@ -25,6 +25,7 @@ pub const PROJECTOR_ROWS_WRITTEN: &str = "vitrina_projector_rows_written_total";
 pub const PROJECTOR_DEAD_LETTERS: &str = "vitrina_projector_dead_letters_total";
 pub const PROJECTOR_BATCH_SECONDS: &str = "vitrina_projector_batch_seconds";
 pub const PROJECTOR_VISIBLE_LATENCY: &str = "vitrina_projector_commit_to_visible_seconds";
+pub const PROJECTOR_REWINDS: &str = "vitrina_projector_rewinds_total";
 pub const SHOWCASE_FRESHNESS: &str = "vitrina_showcase_freshness_seconds";
 pub const SHOWCASE_SLA_STATE: &str = "vitrina_showcase_sla_state";
 

@@ -185,6 +185,24 @@ pub async fn run(
             {
                 continue;
             }
+            {
+                // The broker must hand us the partition from the offset we
+                // asked for. Seen with tansu: a fetch from the middle of a
+                // record batch returns the next batch. Rewind the partition
+                // to its beginning; what is applied already is skipped above.
+                let known = offsets.lock().unwrap().get(&k).copied().unwrap_or(0);
+                let expected = next.get(&k).copied().unwrap_or(known);
+                if m.offset() > expected {
+                    tracing::warn!(topic = %k.0, partition = k.1, expected, got = m.offset(), "broker skipped offsets; rewinding the partition");
+                    metrics::counter!(obs::PROJECTOR_REWINDS).increment(1);
+                    consumer
+                        .seek(&k.0, k.1, Offset::Beginning, Duration::from_secs(10))
+                        .map_err(|e| {
+                            ProjectorError::Consumer(format!("rewinding {}[{}]: {e}", k.0, k.1))
+                        })?;
+                    continue;
+                }
+            }
             next.insert(k.clone(), m.offset() + 1);
             match registry.decode_message(m.payload().unwrap_or_default()) {
                 Ok(Decoded::Event(e)) => events.push(e),

@@ -100,6 +100,33 @@ pub fn child_env(cmd: &mut std::process::Command, db: &str, name: &str) {
         .env("VITRINA_LOG", "warn,vitrina=info");
 }
 
+/// Starts `vitrina project` from topics `name` into database `showcase`.
+pub fn spawn_projector(db: &str, name: &str, showcase: &str) -> std::process::Child {
+    use std::os::unix::process::CommandExt;
+    let logs = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/test-logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(logs.join(format!("{name}-projector.log")))
+        .unwrap();
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_vitrina"));
+    child_env(&mut cmd, db, name);
+    cmd.env("VITRINA_PROJECTOR__DATABASE", showcase)
+        .env("VITRINA_PROJECTOR__METRICS_LISTEN", "127.0.0.1:0")
+        .arg("project")
+        .stdout(log.try_clone().unwrap())
+        .stderr(log);
+    // SAFETY: prctl in the child before exec; async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    cmd.spawn().expect("spawn vitrina project")
+}
+
 /// Starts `vitrina capture` for database `db`, with slot, publication and
 /// topic prefix `name`; its output goes to target/test-logs/<name>.log.
 pub fn spawn_capture(db: &str, name: &str) -> std::process::Child {
