@@ -242,20 +242,7 @@ async fn run(command: Command, mut cfg: Config) -> Result<()> {
             vitrina::observability::install_exporter(&cfg.capture.metrics_listen)
                 .map_err(anyhow::Error::msg)?;
             vitrina::observability::describe_capture();
-            let cancel = tokio_util::sync::CancellationToken::new();
-            let c2 = cancel.clone();
-            tokio::spawn(async move {
-                let mut term =
-                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                        .expect("SIGTERM handler");
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-                tracing::info!("stopping: draining acknowledgements");
-                c2.cancel();
-            });
-            vitrina::capture::run(&cfg, &ep, cancel).await?;
+            vitrina::capture::run(&cfg, &ep, shutdown_on_signal()).await?;
         }
         Command::Bench {
             what:
@@ -309,19 +296,8 @@ async fn run(command: Command, mut cfg: Config) -> Result<()> {
             vitrina::observability::install_exporter(&cfg.projector.metrics_listen)
                 .map_err(anyhow::Error::msg)?;
             vitrina::observability::describe_projector();
-            let cancel = tokio_util::sync::CancellationToken::new();
-            let c2 = cancel.clone();
-            tokio::spawn(async move {
-                let mut term =
-                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                        .expect("SIGTERM handler");
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-                c2.cancel();
-            });
-            vitrina::projector::run(&cfg, &ep, &cfg.projector.database, cancel).await?;
+            vitrina::projector::run(&cfg, &ep, &cfg.projector.database, shutdown_on_signal())
+                .await?;
         }
         Command::Schemas { write } => {
             let reg = vitrina::events::codec::Registry::new();
@@ -448,6 +424,24 @@ async fn run(command: Command, mut cfg: Config) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// A token cancelled on SIGINT or SIGTERM: long-running commands drain and
+/// stop cleanly.
+fn shutdown_on_signal() -> tokio_util::sync::CancellationToken {
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let c2 = cancel.clone();
+    tokio::spawn(async move {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        tracing::info!("stopping: draining work in flight");
+        c2.cancel();
+    });
+    cancel
 }
 
 fn print_status(st: &[vitrina::stack::ServiceStatus]) {

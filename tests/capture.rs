@@ -9,12 +9,9 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
 use chrono::NaiveDate;
-use vitrina::capture::mapping::Mapping;
-use vitrina::capture::snapshot::parse_copy_line;
 use vitrina::config::WorkloadConfig;
 use vitrina::events::codec::Registry;
 use vitrina::events::{Message, Op, Val};
-use vitrina::privacy::{Depersonalizer, Mode};
 use vitrina::region::{load, workload, RegionSpec};
 
 fn spec(seed: u64, invalid: f64) -> RegionSpec {
@@ -70,60 +67,6 @@ fn fold(messages: &[(String, i32, Vec<u8>, Vec<u8>)], prefix: &str) -> (State, u
     (state, events)
 }
 
-/// The same, computed from the journal directly under the same mapping.
-async fn expected(cfg: &tokio_postgres::Config) -> State {
-    let c = vitrina::pg::connect(cfg).await.unwrap();
-    let dp = Depersonalizer::new(Mode::Plain);
-    let mut out = State::new();
-    for t in Mapping::reference().tables {
-        let cols = t.columns();
-        let sql = format!(
-            "COPY (SELECT {} FROM {}) TO STDOUT",
-            cols.join(", "),
-            t.table
-        );
-        let stream = c.copy_out(&sql).await.unwrap();
-        use futures::StreamExt;
-        let chunks: Vec<_> = stream.collect().await;
-        let bytes: Vec<u8> = chunks
-            .into_iter()
-            .flat_map(|b| b.unwrap().to_vec())
-            .collect();
-        for line in String::from_utf8(bytes).unwrap().lines() {
-            let row: BTreeMap<String, Option<String>> =
-                cols.iter().cloned().zip(parse_copy_line(line)).collect();
-            let m = t.map_row(&row, &dp).unwrap();
-            out.insert((t.entity.name.to_string(), m.key), m.after);
-        }
-    }
-    out
-}
-
-fn assert_same(got: &State, want: &State) {
-    let missing: Vec<_> = want
-        .keys()
-        .filter(|k| !got.contains_key(*k))
-        .take(5)
-        .collect();
-    let extra: Vec<_> = got
-        .keys()
-        .filter(|k| !want.contains_key(*k))
-        .take(5)
-        .collect();
-    let differ: Vec<_> = want
-        .iter()
-        .filter(|(k, v)| got.get(*k).is_some_and(|g| g != *v))
-        .map(|(k, _)| k)
-        .take(5)
-        .collect();
-    assert!(
-        missing.is_empty() && extra.is_empty() && differ.is_empty(),
-        "topics vs journal: {} vs {} entities; missing {missing:?}; extra {extra:?}; different {differ:?}",
-        got.len(),
-        want.len()
-    );
-}
-
 fn stop(mut child: std::process::Child) {
     unsafe {
         libc::kill(child.id() as i32, libc::SIGTERM);
@@ -174,13 +117,13 @@ async fn every_committed_change_reaches_kafka_and_nothing_else_and_no_personal_d
     stop(child);
 
     let (got, events) = fold(&messages, &name);
-    let want = expected(&cfg).await;
+    let want = common::journal_state(&cfg).await;
     assert!(
         events as u64 > report.changes,
         "{events} events for {} workload changes plus the snapshot",
         report.changes
     );
-    assert_same(&got, &want);
+    common::assert_same_state("topics vs journal", &got, &want);
 
     // No personal data on any topic: names, raw SNILS, passports, birth certificates.
     let c = vitrina::pg::connect(&cfg).await.unwrap();
@@ -282,7 +225,11 @@ async fn sigkill_at_random_moments_loses_nothing_and_duplicates_keep_their_ids()
     stop(child);
 
     let (got, _) = fold(&messages, &name);
-    assert_same(&got, &expected(&cfg).await);
+    common::assert_same_state(
+        "topics vs journal",
+        &got,
+        &common::journal_state(&cfg).await,
+    );
 
     // A change sent twice is the same event: same id, same bytes.
     let reg = Registry::new();

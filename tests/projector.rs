@@ -9,41 +9,11 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use chrono::{DateTime, NaiveDate, NaiveTime, Timelike, Utc};
-use vitrina::capture::mapping::Mapping;
-use vitrina::capture::snapshot::parse_copy_line;
 use vitrina::config::WorkloadConfig;
 use vitrina::events::{contract::ENTITIES, Ty, Val};
-use vitrina::privacy::{Depersonalizer, Mode};
 use vitrina::region::{load, workload, RegionSpec};
 
 type State = BTreeMap<(String, String), Vec<Val>>;
-
-async fn journal_state(cfg: &tokio_postgres::Config) -> State {
-    let c = vitrina::pg::connect(cfg).await.unwrap();
-    let dp = Depersonalizer::new(Mode::Plain);
-    let mut out = State::new();
-    for t in Mapping::reference().tables {
-        let cols = t.columns();
-        let sql = format!(
-            "COPY (SELECT {} FROM {}) TO STDOUT",
-            cols.join(", "),
-            t.table
-        );
-        use futures::StreamExt;
-        let chunks: Vec<_> = c.copy_out(&sql).await.unwrap().collect().await;
-        let bytes: Vec<u8> = chunks
-            .into_iter()
-            .flat_map(|b| b.unwrap().to_vec())
-            .collect();
-        for line in String::from_utf8(bytes).unwrap().lines() {
-            let row: BTreeMap<String, Option<String>> =
-                cols.iter().cloned().zip(parse_copy_line(line)).collect();
-            let m = t.map_row(&row, &dp).unwrap();
-            out.insert((t.entity.name.to_string(), m.key), m.after);
-        }
-    }
-    out
-}
 
 async fn showcase_state(cfg: &tokio_postgres::Config) -> State {
     let c = vitrina::pg::connect(cfg).await.unwrap();
@@ -85,31 +55,6 @@ async fn showcase_state(cfg: &tokio_postgres::Config) -> State {
         }
     }
     out
-}
-
-fn assert_same(got: &State, want: &State) {
-    let missing: Vec<_> = want
-        .keys()
-        .filter(|k| !got.contains_key(*k))
-        .take(5)
-        .collect();
-    let extra: Vec<_> = got
-        .keys()
-        .filter(|k| !want.contains_key(*k))
-        .take(5)
-        .collect();
-    let differ: Vec<_> = want
-        .iter()
-        .filter(|(k, v)| got.get(*k).is_some_and(|g| g != *v))
-        .map(|(k, _)| k)
-        .take(5)
-        .collect();
-    assert!(
-        missing.is_empty() && extra.is_empty() && differ.is_empty(),
-        "showcase vs journal: {} vs {} rows; missing {missing:?}; extra {extra:?}; different {differ:?}",
-        got.len(),
-        want.len()
-    );
 }
 
 /// Waits until the projector's stored offsets reach the end of every topic.
@@ -218,7 +163,11 @@ async fn showcase_equals_the_journal_after_a_workload_with_the_projector_killed_
     assert_eq!(report.failed_transactions, 0);
     common::wait_caught_up(&cfg, &name, Duration::from_secs(240)).await;
     wait_projected(&showcase, &name, Duration::from_secs(240)).await;
-    assert_same(&showcase_state(&showcase).await, &journal_state(&cfg).await);
+    common::assert_same_state(
+        "showcase vs journal",
+        &showcase_state(&showcase).await,
+        &common::journal_state(&cfg).await,
+    );
 
     // Freshness is truthful: near the heartbeat interval while capture runs…
     tokio::time::sleep(Duration::from_secs(2)).await;

@@ -100,23 +100,31 @@ pub fn child_env(cmd: &mut std::process::Command, db: &str, name: &str) {
         .env("VITRINA_LOG", "warn,vitrina=info");
 }
 
-/// Starts `vitrina project` from topics `name` into database `showcase`.
-pub fn spawn_projector(db: &str, name: &str, showcase: &str) -> std::process::Child {
+/// Starts `vitrina <command>` for journal `db` with slot, publication and
+/// topic prefix `name`; output goes to target/test-logs/<log>.log. The
+/// child dies with the test (a panicking test must not leave capture
+/// holding a walsender, which stalls the cluster's shutdown).
+pub fn spawn_vitrina(
+    command: &str,
+    db: &str,
+    name: &str,
+    log: &str,
+    env: &[(&str, &str)],
+) -> std::process::Child {
     use std::os::unix::process::CommandExt;
     let logs = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/test-logs");
     std::fs::create_dir_all(&logs).unwrap();
-    let log = std::fs::OpenOptions::new()
+    let out = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
-        .open(logs.join(format!("{name}-projector.log")))
+        .open(logs.join(format!("{log}.log")))
         .unwrap();
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_vitrina"));
     child_env(&mut cmd, db, name);
-    cmd.env("VITRINA_PROJECTOR__DATABASE", showcase)
-        .env("VITRINA_PROJECTOR__METRICS_LISTEN", "127.0.0.1:0")
-        .arg("project")
-        .stdout(log.try_clone().unwrap())
-        .stderr(log);
+    cmd.envs(env.iter().copied())
+        .arg(command)
+        .stdout(out.try_clone().unwrap())
+        .stderr(out);
     // SAFETY: prctl in the child before exec; async-signal-safe.
     unsafe {
         cmd.pre_exec(|| {
@@ -124,35 +132,90 @@ pub fn spawn_projector(db: &str, name: &str, showcase: &str) -> std::process::Ch
             Ok(())
         });
     }
-    cmd.spawn().expect("spawn vitrina project")
+    cmd.spawn()
+        .unwrap_or_else(|e| panic!("spawn vitrina {command}: {e}"))
 }
 
-/// Starts `vitrina capture` for database `db`, with slot, publication and
-/// topic prefix `name`; its output goes to target/test-logs/<name>.log.
+/// `vitrina capture` for journal `db` (slot, publication, topic prefix `name`).
 pub fn spawn_capture(db: &str, name: &str) -> std::process::Child {
-    use std::os::unix::process::CommandExt;
-    let logs = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/test-logs");
-    std::fs::create_dir_all(&logs).unwrap();
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(logs.join(format!("{name}.log")))
-        .unwrap();
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_vitrina"));
-    child_env(&mut cmd, db, name);
-    cmd.arg("capture")
-        .stdout(log.try_clone().unwrap())
-        .stderr(log);
-    // A test that panics must not leave capture running (it would hold a
-    // walsender and stall the cluster's shutdown): it dies with the test.
-    // SAFETY: prctl in the child before exec; async-signal-safe.
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            Ok(())
-        });
+    spawn_vitrina("capture", db, name, name, &[])
+}
+
+/// `vitrina project` from topics `name` into database `showcase`.
+pub fn spawn_projector(db: &str, name: &str, showcase: &str) -> std::process::Child {
+    spawn_vitrina(
+        "project",
+        db,
+        name,
+        &format!("{name}-projector"),
+        &[
+            ("VITRINA_PROJECTOR__DATABASE", showcase),
+            ("VITRINA_PROJECTOR__METRICS_LISTEN", "127.0.0.1:0"),
+        ],
+    )
+}
+
+/// What the journal holds, per (entity, key), mapped as capture maps it.
+pub async fn journal_state(
+    cfg: &tokio_postgres::Config,
+) -> std::collections::BTreeMap<(String, String), Vec<vitrina::events::Val>> {
+    use futures::StreamExt;
+    let c = vitrina::pg::connect(cfg).await.unwrap();
+    let dp = vitrina::privacy::Depersonalizer::new(vitrina::privacy::Mode::Plain);
+    let mut out = std::collections::BTreeMap::new();
+    for t in vitrina::capture::mapping::Mapping::reference().tables {
+        let cols = t.columns();
+        let sql = format!(
+            "COPY (SELECT {} FROM {}) TO STDOUT",
+            cols.join(", "),
+            t.table
+        );
+        let chunks: Vec<_> = c.copy_out(&sql).await.unwrap().collect().await;
+        let bytes: Vec<u8> = chunks
+            .into_iter()
+            .flat_map(|b| b.unwrap().to_vec())
+            .collect();
+        for line in String::from_utf8(bytes).unwrap().lines() {
+            let row: std::collections::BTreeMap<String, Option<String>> = cols
+                .iter()
+                .cloned()
+                .zip(vitrina::capture::snapshot::parse_copy_line(line))
+                .collect();
+            let m = t.map_row(&row, &dp).unwrap();
+            out.insert((t.entity.name.to_string(), m.key), m.after);
+        }
     }
-    cmd.spawn().expect("spawn vitrina capture")
+    out
+}
+
+/// Asserts two (entity, key) → state maps are equal, naming a few differences.
+pub fn assert_same_state(
+    what: &str,
+    got: &std::collections::BTreeMap<(String, String), Vec<vitrina::events::Val>>,
+    want: &std::collections::BTreeMap<(String, String), Vec<vitrina::events::Val>>,
+) {
+    let missing: Vec<_> = want
+        .keys()
+        .filter(|k| !got.contains_key(*k))
+        .take(5)
+        .collect();
+    let extra: Vec<_> = got
+        .keys()
+        .filter(|k| !want.contains_key(*k))
+        .take(5)
+        .collect();
+    let differ: Vec<_> = want
+        .iter()
+        .filter(|(k, v)| got.get(*k).is_some_and(|g| g != *v))
+        .map(|(k, _)| k)
+        .take(5)
+        .collect();
+    assert!(
+        missing.is_empty() && extra.is_empty() && differ.is_empty(),
+        "{what}: {} vs {} entities; missing {missing:?}; extra {extra:?}; different {differ:?}",
+        got.len(),
+        want.len()
+    );
 }
 
 pub fn db_name(cfg: &tokio_postgres::Config) -> String {
