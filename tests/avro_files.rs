@@ -5,6 +5,15 @@ use apache_avro::rabin::Rabin;
 use apache_avro::Schema;
 use vitrina::events::{codec::Registry, schema, ENTITIES};
 
+/// The schema's CRC-64-AVRO fingerprint as lowercase hex, as `vitrina schemas` prints it.
+fn hex_fingerprint(s: &Schema) -> String {
+    s.fingerprint::<Rabin>()
+        .bytes
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 #[test]
 fn avro_dir_matches_the_contract() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("avro");
@@ -25,12 +34,7 @@ fn avro_dir_matches_the_contract() {
             path.display()
         );
         let parsed = Schema::parse_str(&text).unwrap();
-        let fp: String = parsed
-            .fingerprint::<Rabin>()
-            .bytes
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        let fp = hex_fingerprint(&parsed);
         let (_, want) = fps.iter().find(|(x, _)| x.name == e.name).unwrap();
         assert_eq!(&fp, want, "{}", e.name);
     }
@@ -47,12 +51,7 @@ fn avro_dir_matches_the_contract() {
     let wm = std::fs::read_to_string(dir.join(schema::WATERMARK_FILE)).unwrap();
     assert_eq!(wm, schema::watermark_text(), "avro/watermark.avsc is stale");
     let parsed = Schema::parse_str(&wm).unwrap();
-    let fp: String = parsed
-        .fingerprint::<Rabin>()
-        .bytes
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let fp = hex_fingerprint(&parsed);
     assert_eq!(fp, reg.watermark_fingerprint());
     assert_eq!(files, ENTITIES.len() + 1, "no stray schemas in avro/");
 }

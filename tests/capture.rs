@@ -68,29 +68,11 @@ fn fold(messages: &[(String, i32, Vec<u8>, Vec<u8>)], prefix: &str) -> (State, u
 }
 
 fn stop(mut child: std::process::Child) {
-    unsafe {
-        libc::kill(child.id() as i32, libc::SIGTERM);
-    }
-    let _ = child.wait();
+    common::kill(&mut child, libc::SIGTERM);
 }
 
 async fn slot_free(cfg: &tokio_postgres::Config, slot: &str) {
-    let c = vitrina::pg::connect(cfg).await.unwrap();
-    for _ in 0..100 {
-        let active: Option<bool> = c
-            .query_opt(
-                "SELECT active FROM pg_replication_slots WHERE slot_name = $1",
-                &[&slot],
-            )
-            .await
-            .unwrap()
-            .map(|r| r.get(0));
-        if active != Some(true) {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("slot {slot} stayed active");
+    common::wait_slot_active(cfg, slot, false, Duration::from_secs(10)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -181,27 +163,11 @@ async fn sigkill_at_random_moments_loses_nothing_and_duplicates_keep_their_ids()
     // The first kills land in the initial load and exercise its per-table
     // resume; then ten more while capture streams the live workload.
     let mut child = common::spawn_capture(&db, &name);
-    let wcfg = cfg.clone();
-    let load_task = tokio::spawn(async move {
-        let w = WorkloadConfig {
-            rate: 300,
-            duration_s: 40,
-            sessions: 4,
-            mass_enrolment: 300,
-            seed: 9,
-        };
-        workload::run(&wcfg, &w, false).await.unwrap()
-    });
+    let load_task = common::spawn_workload(&cfg, 40, 300, 9);
     let mut rng = vitrina::region::rng::Rng::new(std::process::id() as u64);
-    let kill = |child: &mut std::process::Child| {
-        unsafe {
-            libc::kill(child.id() as i32, libc::SIGKILL);
-        }
-        let _ = child.wait();
-    };
     for _ in 0..2 {
         tokio::time::sleep(Duration::from_millis(rng.range(300, 1500) as u64)).await;
-        kill(&mut child);
+        common::kill(&mut child, libc::SIGKILL);
         slot_free(&cfg, &name).await;
         child = common::spawn_capture(&db, &name);
     }
@@ -213,7 +179,7 @@ async fn sigkill_at_random_moments_loses_nothing_and_duplicates_keep_their_ids()
             !load_task.is_finished(),
             "kills land during the live workload"
         );
-        kill(&mut child);
+        common::kill(&mut child, libc::SIGKILL);
         kills += 1;
         slot_free(&cfg, &name).await;
         child = common::spawn_capture(&db, &name);

@@ -9,9 +9,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use chrono::{DateTime, NaiveDate, NaiveTime, Timelike, Utc};
-use vitrina::config::WorkloadConfig;
 use vitrina::events::{contract::ENTITIES, Ty, Val};
-use vitrina::region::{load, workload, RegionSpec};
+use vitrina::region::{load, RegionSpec};
 
 type State = BTreeMap<(String, String), Vec<Val>>;
 
@@ -115,13 +114,6 @@ async fn freshness(c: &tokio_postgres::Client) -> (f64, String) {
     )
 }
 
-fn kill(child: &mut std::process::Child, sig: i32) {
-    unsafe {
-        libc::kill(child.id() as i32, sig);
-    }
-    let _ = child.wait();
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn showcase_equals_the_journal_after_a_workload_with_the_projector_killed_ten_times() {
     let cfg = common::journal_db("t_proj").await;
@@ -142,21 +134,11 @@ async fn showcase_equals_the_journal_after_a_workload_with_the_projector_killed_
     common::wait_caught_up(&cfg, &name, Duration::from_secs(240)).await;
     let mut projector = common::spawn_projector(&db, &name, &show_db);
 
-    let wcfg = cfg.clone();
-    let load_task = tokio::spawn(async move {
-        let w = WorkloadConfig {
-            rate: 300,
-            duration_s: 30,
-            sessions: 4,
-            mass_enrolment: 200,
-            seed: 5,
-        };
-        workload::run(&wcfg, &w, false).await.unwrap()
-    });
+    let load_task = common::spawn_workload(&cfg, 30, 200, 5);
     let mut rng = vitrina::region::rng::Rng::new(std::process::id() as u64);
     for _ in 0..10 {
         tokio::time::sleep(Duration::from_millis(rng.range(500, 2500) as u64)).await;
-        kill(&mut projector, libc::SIGKILL);
+        common::kill(&mut projector, libc::SIGKILL);
         projector = common::spawn_projector(&db, &name, &show_db);
     }
     let report = load_task.await.unwrap();
@@ -178,12 +160,12 @@ async fn showcase_equals_the_journal_after_a_workload_with_the_projector_killed_
         "freshness {fresh} s, {state}"
     );
     // …and it grows by about the time capture is stopped.
-    kill(&mut capture, libc::SIGTERM);
+    common::kill(&mut capture, libc::SIGTERM);
     tokio::time::sleep(Duration::from_secs(6)).await;
     let (stale, _) = freshness(&c).await;
     assert!(
         stale >= fresh + 4.0,
         "freshness grows while capture is down: {fresh} → {stale}"
     );
-    kill(&mut projector, libc::SIGTERM);
+    common::kill(&mut projector, libc::SIGTERM);
 }

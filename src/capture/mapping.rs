@@ -206,6 +206,14 @@ impl Mapping {
     pub fn table(&self, qualified: &str) -> Option<&TableMapping> {
         self.tables.iter().find(|t| t.table == qualified)
     }
+
+    /// The mapping of `schema`.`table`, without building the qualified name
+    /// (called for every change capture receives).
+    pub fn table_of(&self, schema: &str, table: &str) -> Option<&TableMapping> {
+        self.tables
+            .iter()
+            .find(|t| t.table.split_once('.') == Some((schema, table)))
+    }
 }
 
 impl TableMapping {

@@ -29,7 +29,7 @@ pub mod mapping;
 pub mod preflight;
 pub mod snapshot;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -45,7 +45,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, Hashing};
 use crate::events::codec::Registry;
-use crate::events::{self, Event, Op, Source, Watermark};
+use crate::events::{self, Event, Op, Source, Watermark, ENTITIES};
 use crate::kafka;
 use crate::observability as obs;
 use crate::pg::{self, PgError};
@@ -126,6 +126,8 @@ pub struct Publisher {
     acks: mpsc::Sender<Ack>,
     prefix: String,
     slot: String,
+    /// Topic of each entity, named once rather than per event.
+    topics: HashMap<&'static str, String>,
     partitions: HashMap<String, i32>,
     in_flight: Arc<AtomicI64>,
 }
@@ -157,6 +159,13 @@ impl Publisher {
         }
     }
 
+    fn topic(&self, entity: &str) -> &str {
+        self.topics
+            .get(entity)
+            .map(String::as_str)
+            .unwrap_or_default()
+    }
+
     async fn enqueue(&self, a: Ack) -> Result<(), CaptureError> {
         self.acks
             .send(a)
@@ -165,10 +174,10 @@ impl Publisher {
     }
 
     pub async fn send_event(&mut self, e: &Event, partition_key: &str) -> Result<(), CaptureError> {
-        let topic = kafka::topic(&self.prefix, e.entity.name);
         match self.registry.encode(e) {
             Ok(bytes) => {
-                let f = self.produce(&topic, partition_key, &bytes, None).await?;
+                let topic = self.topic(e.entity.name);
+                let f = self.produce(topic, partition_key, &bytes, None).await?;
                 for q in &e.quality {
                     metrics::counter!(obs::CAPTURE_QUALITY_FLAGS, "entity" => e.entity.name, "flag" => q.clone()).increment(1);
                 }
@@ -195,14 +204,14 @@ impl Publisher {
     /// TRUNCATE events go to every partition, so each key's stream sees
     /// the truncate in order with its own events.
     pub async fn send_to_all_partitions(&mut self, e: &Event) -> Result<(), CaptureError> {
-        let topic = kafka::topic(&self.prefix, e.entity.name);
         let bytes = self
             .registry
             .encode(e)
             .map_err(|err| CaptureError::Task(err.to_string()))?;
-        let n = self.partitions.get(&topic).copied().unwrap_or(1);
+        let topic = self.topic(e.entity.name);
+        let n = self.partitions.get(topic).copied().unwrap_or(1);
         for p in 0..n {
-            let f = self.produce(&topic, &e.key, &bytes, Some(p)).await?;
+            let f = self.produce(topic, &e.key, &bytes, Some(p)).await?;
             self.enqueue(Ack::Delivery(f, e.entity.name, e.op)).await?;
         }
         Ok(())
@@ -479,6 +488,10 @@ pub async fn run_probed(
         acks: tx,
         prefix: c.topic_prefix.clone(),
         slot: c.slot.clone(),
+        topics: ENTITIES
+            .iter()
+            .map(|e| (e.name, kafka::topic(&c.topic_prefix, e.name)))
+            .collect(),
         partitions,
         in_flight: in_flight.clone(),
     };
@@ -702,7 +715,7 @@ async fn handle(
     skip_before: &HashMap<String, u64>,
     heartbeat_prefix: &str,
 ) -> Result<(), CaptureError> {
-    let (table_of, op, new, old) = match ev {
+    let (tm, op, new, old) = match ev {
         EventType::Begin {
             transaction_id,
             final_lsn,
@@ -738,7 +751,12 @@ async fn handle(
             table,
             data,
             ..
-        } => (format!("{schema}.{table}"), Op::Create, Some(data), None),
+        } => (
+            mapping.table_of(&schema, &table),
+            Op::Create,
+            Some(data),
+            None,
+        ),
         EventType::Update {
             schema,
             table,
@@ -746,7 +764,7 @@ async fn handle(
             old_data,
             ..
         } => (
-            format!("{schema}.{table}"),
+            mapping.table_of(&schema, &table),
             Op::Update,
             Some(new_data),
             old_data,
@@ -757,7 +775,7 @@ async fn handle(
             old_data,
             ..
         } => (
-            format!("{schema}.{table}"),
+            mapping.table_of(&schema, &table),
             Op::Delete,
             None,
             Some(old_data),
@@ -789,8 +807,8 @@ async fn handle(
         }
         _ => return Ok(()),
     };
-    let Some(tm) = mapping.table(&table_of) else {
-        return Ok(());
+    let Some(tm) = tm else {
+        return Ok(()); // not a mapped table
     };
     if skip_before
         .get(tm.table.as_str())
@@ -911,6 +929,3 @@ async fn side_tasks(
         }
     }
 }
-
-/// Rows of a snapshot or WAL change, by column, for tests and the snapshot.
-pub type TextRow = BTreeMap<String, Option<String>>;

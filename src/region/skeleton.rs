@@ -5,7 +5,7 @@
 
 use chrono::{Datelike, Duration, NaiveDate, NaiveDateTime, NaiveTime};
 
-use super::calendar::{self, academic_year_of, programme_kind, ymd, SUBJECTS};
+use super::calendar::{academic_year_of, programme_kind, ymd, SUBJECTS};
 use super::names;
 use super::rng::Rng;
 use super::RegionSpec;
@@ -917,8 +917,4 @@ pub fn teacher_of(class: &Class, subject: usize) -> i64 {
         .find(|(s, _)| *s == subject)
         .map(|(_, t)| *t)
         .unwrap_or(class.homeroom_teacher_id)
-}
-
-pub fn subject_periods(year: i32, level: i16) -> Vec<calendar::Period> {
-    calendar::periods(year, level)
 }

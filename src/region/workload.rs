@@ -472,7 +472,6 @@ impl Plan {
             Plan::Lesson {
                 grades, absences, ..
             } => 1 + grades.len() as u64 + absences.len() as u64,
-            Plan::Transfer { .. } => 1,
             _ => 1,
         }
     }

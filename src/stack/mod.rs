@@ -322,10 +322,6 @@ impl Stack {
             kafka_brokers,
         })
     }
-
-    pub fn state_dir(&self) -> &Path {
-        &self.state_dir
-    }
 }
 
 /// The port to start a service on: the one it runs on, else the configured

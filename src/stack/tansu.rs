@@ -5,7 +5,7 @@
 //! running broker, and tests inject broker faults with SIGSTOP/SIGCONT.
 
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -127,10 +127,6 @@ impl LocalBroker {
         }
         let _ = std::fs::remove_file(self.pid_path());
         Ok(true)
-    }
-
-    pub fn root(&self) -> &Path {
-        &self.root
     }
 }
 

@@ -222,6 +222,71 @@ pub fn db_name(cfg: &tokio_postgres::Config) -> String {
     cfg.get_dbname().unwrap().to_string()
 }
 
+/// Waits until slot `slot` is (or is no longer) held by a walsender.
+pub async fn wait_slot_active(
+    cfg: &tokio_postgres::Config,
+    slot: &str,
+    active: bool,
+    timeout: std::time::Duration,
+) {
+    let c = vitrina::pg::connect(cfg).await.unwrap();
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let now: Option<bool> = c
+            .query_opt(
+                "SELECT active FROM pg_replication_slots WHERE slot_name = $1",
+                &[&slot],
+            )
+            .await
+            .unwrap()
+            .map(|r| r.get(0));
+        if (now == Some(true)) == active {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "slot {slot} did not become {} in {timeout:?}",
+            if active {
+                "active (capture streaming)"
+            } else {
+                "free"
+            }
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+/// Stops a child: `sig` (SIGTERM to let it drain, SIGKILL to crash it), then reaps it.
+pub fn kill(child: &mut std::process::Child, sig: i32) {
+    // SAFETY: kill(2) on our own child.
+    unsafe {
+        libc::kill(child.id() as i32, sig);
+    }
+    let _ = child.wait();
+}
+
+/// Runs the live workload in the background.
+pub fn spawn_workload(
+    cfg: &tokio_postgres::Config,
+    duration_s: u64,
+    mass_enrolment: u32,
+    seed: u64,
+) -> tokio::task::JoinHandle<vitrina::region::workload::WorkloadReport> {
+    let cfg = cfg.clone();
+    tokio::spawn(async move {
+        let w = vitrina::config::WorkloadConfig {
+            rate: 300,
+            duration_s,
+            sessions: 4,
+            mass_enrolment,
+            seed,
+        };
+        vitrina::region::workload::run(&cfg, &w, false)
+            .await
+            .unwrap()
+    })
+}
+
 /// Waits until capture streams (the slot is active: the initial load is
 /// over) and the slot has confirmed everything written before that.
 pub async fn wait_caught_up(
@@ -230,25 +295,7 @@ pub async fn wait_caught_up(
     timeout: std::time::Duration,
 ) {
     let c = vitrina::pg::connect(cfg).await.unwrap();
-    let deadline = std::time::Instant::now() + timeout;
-    loop {
-        let active: Option<bool> = c
-            .query_opt(
-                "SELECT active FROM pg_replication_slots WHERE slot_name = $1",
-                &[&slot],
-            )
-            .await
-            .unwrap()
-            .map(|r| r.get(0));
-        if active == Some(true) {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "capture did not start streaming on {slot} in {timeout:?}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    }
+    wait_slot_active(cfg, slot, true, timeout).await;
     let target: String = c
         .query_one("SELECT pg_current_wal_insert_lsn()::text", &[])
         .await
