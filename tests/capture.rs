@@ -417,7 +417,13 @@ async fn a_second_capture_on_the_same_slot_is_refused_with_a_hint() {
     let name = format!("captwice{}", std::process::id());
     let first = common::spawn_capture(&db, &name);
     common::wait_caught_up(&cfg, &name, Duration::from_secs(180)).await;
+    let mut first = first;
     let (code, err) = run_capture_to_exit(&db, &name);
+    assert!(
+        first.try_wait().unwrap().is_none(),
+        "the first capture keeps running: {}",
+        common::log_tail(&name, 40)
+    );
     stop(first);
     assert_eq!(code, Some(1), "{err}");
     assert!(

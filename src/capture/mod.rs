@@ -622,7 +622,7 @@ pub async fn run_probed(
     stream
         .start(None)
         .await
-        .map_err(|e| CaptureError::Replication(e.to_string()))?;
+        .map_err(|e| start_error(&c.slot, e))?;
     tracing::info!(slot = %c.slot, publication = %c.publication, "streaming");
 
     // Heartbeats and slot metrics on their own connection.
@@ -690,6 +690,25 @@ pub async fn run_probed(
     let _ = stream.stop().await;
     tracing::info!(confirmed = %format_lsn(confirmed.load(Ordering::SeqCst)), "capture stopped");
     result.and(drained)
+}
+
+/// START_REPLICATION's refusal because another process took the slot
+/// between our preflight and now reads as the preflight's own error.
+fn start_error(slot: &str, e: ReplicationError) -> CaptureError {
+    let text = e.to_string();
+    if text.contains("55006") {
+        let pid = text
+            .split("is active for PID ")
+            .nth(1)
+            .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
+        return CaptureError::SlotActive {
+            slot: slot.to_string(),
+            pid,
+        };
+    }
+    CaptureError::Replication(text)
 }
 
 async fn slot_lsn(sql: &tokio_postgres::Client, slot: &str) -> Result<u64, CaptureError> {
@@ -927,5 +946,28 @@ async fn side_tasks(
                 / 1e6;
             metrics::gauge!(obs::CAPTURE_LAG_SECONDS).set(age.max(0.0));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_slot_taken_between_preflight_and_start_reads_as_slot_active() {
+        let e = ReplicationError::TransientConnection(
+            "[55006] START_REPLICATION did not enter COPY mode: ERROR: replication slot \"s1\" is active for PID 7017 (SQLSTATE 55006)".into(),
+        );
+        match start_error("s1", e) {
+            CaptureError::SlotActive { slot, pid } => {
+                assert_eq!((slot.as_str(), pid), ("s1", 7017))
+            }
+            other => panic!("{other}"),
+        }
+        let other = ReplicationError::TransientConnection("connection reset".into());
+        assert!(matches!(
+            start_error("s1", other),
+            CaptureError::Replication(_)
+        ));
     }
 }

@@ -100,6 +100,16 @@ pub fn child_env(cmd: &mut std::process::Command, db: &str, name: &str) {
         .env("VITRINA_LOG", "warn,vitrina=info");
 }
 
+/// The last `lines` lines of target/test-logs/<log>.log, for failure messages.
+pub fn log_tail(log: &str, lines: usize) -> String {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("target/test-logs")
+        .join(format!("{log}.log"));
+    let text = std::fs::read_to_string(&path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
 /// Starts `vitrina <command>` for journal `db` with slot, publication and
 /// topic prefix `name`; output goes to target/test-logs/<log>.log. The
 /// child dies with the test (a panicking test must not leave capture
@@ -232,25 +242,35 @@ pub async fn wait_slot_active(
     let c = vitrina::pg::connect(cfg).await.unwrap();
     let deadline = std::time::Instant::now() + timeout;
     loop {
-        let now: Option<bool> = c
+        // Held by a walsender that streams: a walsender still creating the
+        // slot also holds it, before capture's initial load has even begun.
+        let now: Option<(bool, bool)> = c
             .query_opt(
-                "SELECT active FROM pg_replication_slots WHERE slot_name = $1",
+                "SELECT r.active, r.active AND coalesce(s.state IN ('catchup', 'streaming'), false)
+                   FROM pg_replication_slots r LEFT JOIN pg_stat_replication s ON s.pid = r.active_pid
+                  WHERE r.slot_name = $1",
                 &[&slot],
             )
             .await
             .unwrap()
-            .map(|r| r.get(0));
-        if (now == Some(true)) == active {
+            .map(|r| (r.get(0), r.get(1)));
+        let done = match now {
+            Some((_, streaming)) if active => streaming,
+            Some((held, _)) => !held,
+            None => !active,
+        };
+        if done {
             return;
         }
         assert!(
             std::time::Instant::now() < deadline,
-            "slot {slot} did not become {} in {timeout:?}",
+            "slot {slot} did not become {} in {timeout:?}; the end of its log:\n{}",
             if active {
                 "active (capture streaming)"
             } else {
                 "free"
-            }
+            },
+            log_tail(slot, 40)
         );
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
