@@ -49,8 +49,8 @@ async fn rows(c: &tokio_postgres::Client) -> Vec<(String, Option<String>, bool, 
 async fn schema_applies_twice_and_holds_no_names() {
     let cfg = common::fresh_db("t_show_schema").await;
     let c = vitrina::pg::connect(&cfg).await.unwrap();
-    showcase::migrate(&c).await.unwrap();
-    showcase::migrate(&c).await.unwrap();
+    showcase::migrate(&c, showcase::SCHEMA).await.unwrap();
+    showcase::migrate(&c, showcase::SCHEMA).await.unwrap();
     let cols: Vec<String> = c
         .query("SELECT column_name::text FROM information_schema.columns WHERE table_schema = 'showcase'", &[])
         .await
@@ -80,7 +80,7 @@ async fn schema_applies_twice_and_holds_no_names() {
 async fn apply_is_order_safe_idempotent_and_commits_offsets_with_rows() {
     let cfg = common::fresh_db("t_show_apply").await;
     let mut c = vitrina::pg::connect(&cfg).await.unwrap();
-    showcase::migrate(&c).await.unwrap();
+    showcase::migrate(&c, showcase::SCHEMA).await.unwrap();
 
     let batch = vec![
         subject(1, "Математика", 100, 101, Op::Create),
@@ -89,7 +89,7 @@ async fn apply_is_order_safe_idempotent_and_commits_offsets_with_rows() {
         subject(3, "Химия", 100, 103, Op::Create),
         subject(3, "", 300, 301, Op::Delete),
     ];
-    let a = apply_batch(&mut c, &batch, &[("t".into(), 0, 5)])
+    let a = apply_batch(&mut c, showcase::SCHEMA, &batch, &[("t".into(), 0, 5)])
         .await
         .unwrap();
     assert_eq!(a.written, 3);
@@ -98,14 +98,16 @@ async fn apply_is_order_safe_idempotent_and_commits_offsets_with_rows() {
     assert!(first[2].2, "a delete leaves a tombstone");
 
     // The same batch again, and the old events in another order: nothing changes.
-    let again = apply_batch(&mut c, &batch, &[("t".into(), 0, 5)])
+    let again = apply_batch(&mut c, showcase::SCHEMA, &batch, &[("t".into(), 0, 5)])
         .await
         .unwrap();
     assert_eq!(again.written, 0);
     let mut reversed = batch.clone();
     reversed.reverse();
     for e in reversed {
-        apply_batch(&mut c, &[e], &[]).await.unwrap();
+        apply_batch(&mut c, showcase::SCHEMA, &[e], &[])
+            .await
+            .unwrap();
     }
     assert_eq!(
         rows(&c).await,
@@ -116,6 +118,7 @@ async fn apply_is_order_safe_idempotent_and_commits_offsets_with_rows() {
     // A truncate tombstones older rows; a newer event revives its key.
     apply_batch(
         &mut c,
+        showcase::SCHEMA,
         &[
             subject(0, "", 400, 0, Op::Truncate),
             subject(2, "Астрономия", 500, 501, Op::Update),
@@ -138,4 +141,146 @@ async fn apply_is_order_safe_idempotent_and_commits_offsets_with_rows() {
         .unwrap()
         .get(0);
     assert_eq!(next, 7);
+}
+
+/// An event of `entity` with the named fields set (others null).
+fn event(entity: &str, key: i64, commit_lsn: u64, fields: &[(&str, Val)]) -> Event {
+    let e = contract::entity(entity).unwrap();
+    let mut after = vec![Val::Null; e.fields.len()];
+    after[0] = Val::Long(key);
+    for (name, v) in fields {
+        let i = e.fields.iter().position(|f| f.name == *name).unwrap();
+        after[i] = v.clone();
+    }
+    let table = format!("journal.{entity}");
+    Event {
+        event_id: vitrina::events::change_event_id(commit_lsn, commit_lsn, &table),
+        entity: e,
+        op: Op::Update,
+        key: key.to_string(),
+        source: Source {
+            lsn: commit_lsn,
+            commit_lsn,
+            txid: 1,
+            commit_time_micros: 1_700_000_000_000_000 + commit_lsn as i64,
+            table,
+            snapshot: false,
+        },
+        actor: None,
+        quality: vec![],
+        after: Some(after),
+    }
+}
+
+fn ill(key: i64, student: i64, lsn: u64, code: &str) -> Event {
+    event(
+        "attendance",
+        key,
+        lsn,
+        &[
+            ("student_id", Val::Long(student)),
+            ("code", Val::Str(code.into())),
+            ("reason", Val::Str("ОРВИ".into())),
+        ],
+    )
+}
+
+fn consent(key: i64, student: i64, lsn: u64, status: &str) -> Event {
+    event(
+        "consent",
+        key,
+        lsn,
+        &[
+            ("student_id", Val::Long(student)),
+            ("kind", Val::Str("medical_data_transfer".into())),
+            ("status", Val::Str(status.into())),
+        ],
+    )
+}
+
+async fn reasons(c: &tokio_postgres::Client) -> Vec<(String, Option<String>)> {
+    c.query(
+        "SELECT key, reason FROM showcase.attendance ORDER BY key",
+        &[],
+    )
+    .await
+    .unwrap()
+    .iter()
+    .map(|r| (r.get(0), r.get(1)))
+    .collect()
+}
+
+#[tokio::test]
+async fn medical_detail_shows_only_under_consent_whatever_the_arrival_order() {
+    let cfg = common::fresh_db("t_show_consent").await;
+    let mut c = vitrina::pg::connect(&cfg).await.unwrap();
+    showcase::migrate(&c, showcase::SCHEMA).await.unwrap();
+    let s = showcase::SCHEMA;
+    let shown = |k: &str, r: Option<&str>| (k.to_string(), r.map(String::from));
+
+    // Illness of student 7 before any consent: held back; code Н is not medical.
+    apply_batch(&mut c, s, &[ill(1, 7, 100, "Б"), ill(2, 7, 101, "Н")], &[])
+        .await
+        .unwrap();
+    assert_eq!(
+        reasons(&c).await,
+        vec![shown("1", None), shown("2", Some("ОРВИ"))]
+    );
+    // The consent arrives (later, from another topic): the detail appears.
+    apply_batch(&mut c, s, &[consent(50, 7, 90, "granted")], &[])
+        .await
+        .unwrap();
+    assert_eq!(reasons(&c).await[0], shown("1", Some("ОРВИ")));
+    // A new illness mark under active consent is shown at once.
+    apply_batch(&mut c, s, &[ill(3, 7, 110, "Б")], &[])
+        .await
+        .unwrap();
+    assert_eq!(reasons(&c).await[2], shown("3", Some("ОРВИ")));
+    // Revocation redacts everything shown for that student.
+    apply_batch(&mut c, s, &[consent(50, 7, 120, "revoked")], &[])
+        .await
+        .unwrap();
+    assert_eq!(
+        reasons(&c).await,
+        vec![shown("1", None), shown("2", Some("ОРВИ")), shown("3", None)]
+    );
+    // An older "granted" delivered again does not bring it back.
+    apply_batch(&mut c, s, &[consent(50, 7, 90, "granted")], &[])
+        .await
+        .unwrap();
+    assert_eq!(reasons(&c).await[0], shown("1", None));
+    // Another student's consent changes nothing for student 7; a consent
+    // deleted from the journal redacts like a revocation.
+    apply_batch(
+        &mut c,
+        s,
+        &[consent(51, 8, 130, "granted"), ill(4, 8, 131, "Б")],
+        &[],
+    )
+    .await
+    .unwrap();
+    assert_eq!(reasons(&c).await[3], shown("4", Some("ОРВИ")));
+    let mut gone = consent(51, 8, 140, "granted");
+    gone.op = Op::Delete;
+    gone.after = None;
+    apply_batch(&mut c, s, &[gone], &[]).await.unwrap();
+    assert_eq!(
+        reasons(&c).await,
+        vec![
+            shown("1", None),
+            shown("2", Some("ОРВИ")),
+            shown("3", None),
+            shown("4", None)
+        ]
+    );
+    // The detail held back lives outside the showcase schema.
+    let private: i64 = c
+        .query_one(
+            "SELECT count(*) FROM showcase_private.attendance_medical WHERE reason IS NOT NULL",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(private, 4);
 }

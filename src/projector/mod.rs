@@ -100,7 +100,7 @@ pub async fn run(
 ) -> Result<(), ProjectorError> {
     let prefix = &cfg.capture.topic_prefix;
     let mut client = pg::connect(&ep.pg_config(showcase_db)).await?;
-    showcase::migrate(&client).await?;
+    showcase::migrate(&client, showcase::SCHEMA).await?;
     let offsets: Offsets = Arc::new(Mutex::new(HashMap::new()));
     for r in client
         .query(
@@ -237,7 +237,9 @@ pub async fn run(
             let t0 = Instant::now();
             let offs: Vec<(String, i32, i64)> =
                 next.iter().map(|((t, p), o)| (t.clone(), *p, *o)).collect();
-            let a = apply::apply_with_watermarks(&mut client, &events, &offs, &marks).await?;
+            let a =
+                apply::apply_with_watermarks(&mut client, showcase::SCHEMA, &events, &offs, &marks)
+                    .await?;
             {
                 let mut known = offsets.lock().unwrap();
                 for ((t, p), o) in next {

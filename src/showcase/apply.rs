@@ -16,7 +16,7 @@ use chrono::{DateTime, NaiveDate, NaiveTime, Utc};
 use tokio_postgres::types::ToSql;
 use tokio_postgres::Client;
 
-use super::SCHEMA;
+use super::consent::{self, Medical};
 use crate::events::contract::{Entity, Ty};
 use crate::events::{Event, Op, Val};
 use crate::pg::PgError;
@@ -28,6 +28,44 @@ pub struct Applied {
     /// Events older than what the showcase holds (or superseded in the batch).
     pub skipped: u64,
     pub truncated: u64,
+    /// Showcase rows whose medical detail was revealed or redacted.
+    pub consent_updates: u64,
+}
+
+/// The raw medical detail of `evs`, into the private table (order-safe).
+async fn upsert_private(
+    tx: &tokio_postgres::Transaction<'_>,
+    schema: &str,
+    m: &Medical,
+    held: &[usize],
+    evs: &[&Event],
+) -> Result<(), PgError> {
+    let keys: Vec<&str> = evs.iter().map(|e| e.key.as_str()).collect();
+    let students: Vec<Option<i64>> = evs.iter().map(|e| consent::student_of(e)).collect();
+    let fields: Vec<Vec<Option<&str>>> = held
+        .iter()
+        .map(|i| {
+            evs.iter()
+                .map(|e| match e.after.as_ref().map(|a| &a[*i]) {
+                    Some(Val::Str(s)) => Some(s.as_str()),
+                    _ => None,
+                })
+                .collect()
+        })
+        .collect();
+    let commit_lsn: Vec<i64> = evs.iter().map(|e| e.source.commit_lsn as i64).collect();
+    let lsn: Vec<i64> = evs.iter().map(|e| e.source.lsn as i64).collect();
+    let mut params: Vec<&(dyn ToSql + Sync)> = vec![&keys, &students];
+    params.extend(fields.iter().map(|f| f as &(dyn ToSql + Sync)));
+    params.push(&commit_lsn);
+    params.push(&lsn);
+    tx.execute(&consent::private_upsert_sql(m, schema), &params)
+        .await
+        .map_err(PgError::query(format!(
+            "keeping the medical detail of {}",
+            m.entity
+        )))?;
+    Ok(())
 }
 
 fn pos(e: &Event) -> (u64, u64) {
@@ -115,7 +153,7 @@ impl Col {
     }
 }
 
-fn upsert_sql(e: &Entity) -> String {
+fn upsert_sql(schema: &str, e: &Entity) -> String {
     let names: Vec<&str> = e.fields.iter().map(|f| f.name).collect();
     let mut casts = vec!["$1::text[]".to_string()];
     for (i, f) in e.fields.iter().enumerate() {
@@ -146,7 +184,7 @@ fn upsert_sql(e: &Entity) -> String {
         .map(|c| format!("{c} = EXCLUDED.{c}"))
         .collect();
     format!(
-        "INSERT INTO {SCHEMA}.{t} AS cur ({all_cols}) SELECT * FROM unnest({casts})
+        "INSERT INTO {schema}.{t} AS cur ({all_cols}) SELECT * FROM unnest({casts})
          ON CONFLICT (key) DO UPDATE SET {sets}, applied_at = now()
          WHERE (cur.source_commit_lsn, cur.source_lsn) < (EXCLUDED.source_commit_lsn, EXCLUDED.source_lsn)",
         t = e.name,
@@ -159,10 +197,11 @@ fn upsert_sql(e: &Entity) -> String {
 /// in one transaction.
 pub async fn apply_batch(
     client: &mut Client,
+    schema: &str,
     events: &[Event],
     offsets: &[(String, i32, i64)],
 ) -> Result<Applied, PgError> {
-    apply_with_watermarks(client, events, offsets, &[]).await
+    apply_with_watermarks(client, schema, events, offsets, &[]).await
 }
 
 /// A watermark consumed from (topic, partition): journal commit time (µs) and LSN.
@@ -172,6 +211,7 @@ pub type WatermarkAt = (String, i32, i64, u64);
 /// (they follow every event of their partition applied here or before).
 pub async fn apply_with_watermarks(
     client: &mut Client,
+    schema: &str,
     events: &[Event],
     offsets: &[(String, i32, i64)],
     watermarks: &[WatermarkAt],
@@ -219,11 +259,40 @@ pub async fn apply_with_watermarks(
         .transaction()
         .await
         .map_err(PgError::query("starting an apply transaction"))?;
+
+    // Students whose shown medical detail may change with this batch.
+    let mut students: Vec<i64> = Vec::new();
+    let all_students = truncates.contains_key("consent");
+    for (entity, evs) in by_entity.values() {
+        if entity.name == "consent" || consent::medical(entity.name).is_some() {
+            students.extend(evs.iter().filter_map(|e| consent::student_of(e)));
+        }
+        if entity.name == "consent" {
+            // A deleted consent no longer names its student: look it up.
+            let gone: Vec<String> = evs
+                .iter()
+                .filter(|e| e.after.is_none())
+                .map(|e| e.key.clone())
+                .collect();
+            if !gone.is_empty() {
+                for r in tx
+                    .query(
+                        &format!("SELECT student_id FROM {schema}.consent WHERE key = ANY($1) AND student_id IS NOT NULL"),
+                        &[&gone],
+                    )
+                    .await
+                    .map_err(PgError::query("reading deleted consents"))?
+                {
+                    students.push(r.get(0));
+                }
+            }
+        }
+    }
     for (name, (t, _)) in &truncates {
         let n = tx
             .execute(
                 &format!(
-                    "UPDATE {SCHEMA}.{name} SET deleted = true, source_commit_lsn = $1, source_lsn = $2, source_commit_time = $3, event_id = $4, applied_at = now()
+                    "UPDATE {schema}.{name} SET deleted = true, source_commit_lsn = $1, source_lsn = $2, source_commit_time = $3, event_id = $4, applied_at = now()
                      WHERE NOT deleted AND (source_commit_lsn, source_lsn) < ($1, $2)"
                 ),
                 &[
@@ -236,16 +305,35 @@ pub async fn apply_with_watermarks(
             .await
             .map_err(PgError::query(format!("truncating showcase.{name}")))?;
         applied.truncated += n;
+        if let Some(m) = consent::medical(name) {
+            tx.execute(
+                &consent::private_truncate_sql(m, schema),
+                &[&(t.source.commit_lsn as i64), &(t.source.lsn as i64)],
+            )
+            .await
+            .map_err(PgError::query(format!(
+                "truncating the medical detail of {name}"
+            )))?;
+        }
     }
     for (entity, evs) in by_entity.values() {
         let mut keys = Vec::with_capacity(evs.len());
         let mut cols: Vec<Col> = entity.fields.iter().map(|f| Col::new(f.ty)).collect();
         let (mut deleted, mut commit_lsn, mut lsn, mut commit_time, mut ids) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let medical = consent::medical(entity.name);
+        let held: Vec<usize> = medical.map(Medical::field_indexes).unwrap_or_default();
         for e in evs {
             keys.push(e.key.clone());
+            // Medical detail enters the showcase row only through the
+            // consent refresh below.
+            let hold = medical.is_some_and(|m| e.after.as_deref().is_some_and(|a| m.applies(a)));
             for (i, c) in cols.iter_mut().enumerate() {
-                c.push(e.after.as_ref().map(|a| &a[i]));
+                if hold && held.contains(&i) {
+                    c.push(None);
+                } else {
+                    c.push(e.after.as_ref().map(|a| &a[i]));
+                }
             }
             deleted.push(e.after.is_none());
             commit_lsn.push(e.source.commit_lsn as i64);
@@ -261,7 +349,7 @@ pub async fn apply_with_watermarks(
         params.push(&commit_time);
         params.push(&ids);
         let n = tx
-            .execute(&upsert_sql(entity), &params)
+            .execute(&upsert_sql(schema, entity), &params)
             .await
             .map_err(PgError::query(format!(
                 "upserting into showcase.{}",
@@ -269,13 +357,30 @@ pub async fn apply_with_watermarks(
             )))?;
         applied.written += n;
         applied.skipped += evs.len() as u64 - n;
+        if let Some(m) = medical {
+            upsert_private(&tx, schema, m, &held, evs).await?;
+        }
+    }
+    if all_students || !students.is_empty() {
+        students.sort_unstable();
+        students.dedup();
+        let filter: Option<&Vec<i64>> = (!all_students).then_some(&students);
+        for m in consent::MEDICAL {
+            applied.consent_updates += tx
+                .execute(&consent::refresh_sql(m, schema), &[&filter])
+                .await
+                .map_err(PgError::query(format!(
+                    "applying consent to the medical detail of {}",
+                    m.entity
+                )))?;
+        }
     }
     for (topic, partition, time, lsn) in watermarks {
         tx.execute(
             &format!(
-                "INSERT INTO {SCHEMA}.watermarks (topic, partition, commit_time, commit_lsn) VALUES ($1, $2, $3, $4)
-                 ON CONFLICT (topic, partition) DO UPDATE SET commit_time = greatest({SCHEMA}.watermarks.commit_time, EXCLUDED.commit_time),
-                   commit_lsn = greatest({SCHEMA}.watermarks.commit_lsn, EXCLUDED.commit_lsn), updated_at = now()"
+                "INSERT INTO {schema}.watermarks (topic, partition, commit_time, commit_lsn) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (topic, partition) DO UPDATE SET commit_time = greatest({schema}.watermarks.commit_time, EXCLUDED.commit_time),
+                   commit_lsn = greatest({schema}.watermarks.commit_lsn, EXCLUDED.commit_lsn), updated_at = now()"
             ),
             &[topic, partition, &DateTime::from_timestamp_micros(*time), &(*lsn as i64)],
         )
@@ -285,8 +390,8 @@ pub async fn apply_with_watermarks(
     for (topic, partition, next) in offsets {
         tx.execute(
             &format!(
-                "INSERT INTO {SCHEMA}.consumer_offsets (topic, partition, next_offset) VALUES ($1, $2, $3)
-                 ON CONFLICT (topic, partition) DO UPDATE SET next_offset = greatest({SCHEMA}.consumer_offsets.next_offset, EXCLUDED.next_offset), updated_at = now()"
+                "INSERT INTO {schema}.consumer_offsets (topic, partition, next_offset) VALUES ($1, $2, $3)
+                 ON CONFLICT (topic, partition) DO UPDATE SET next_offset = greatest({schema}.consumer_offsets.next_offset, EXCLUDED.next_offset), updated_at = now()"
             ),
             &[topic, partition, next],
         )

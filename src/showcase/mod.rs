@@ -12,10 +12,12 @@
 //!   with a higher source position ([`apply`]).
 
 pub mod apply;
+pub mod consent;
 
 use crate::events::contract::{Entity, Ty, ENTITIES};
 
-/// Schema holding the showcase tables.
+/// Schema holding the showcase tables readers use; a replay builds a
+/// shadow schema next to it and swaps it in.
 pub const SCHEMA: &str = "showcase";
 
 fn sql_type(ty: Ty) -> &'static str {
@@ -32,7 +34,7 @@ fn sql_type(ty: Ty) -> &'static str {
 }
 
 /// `CREATE TABLE` of one entity.
-pub fn table_ddl(e: &Entity) -> String {
+pub fn table_ddl(schema: &str, e: &Entity) -> String {
     let mut cols = vec!["    key text PRIMARY KEY".to_string()];
     for f in e.fields {
         // Stored nullable: a tombstone keeps only its key and position.
@@ -45,7 +47,7 @@ pub fn table_ddl(e: &Entity) -> String {
     cols.push("    event_id text NOT NULL".into());
     cols.push("    applied_at timestamptz NOT NULL DEFAULT now()".into());
     format!(
-        "CREATE TABLE IF NOT EXISTS {SCHEMA}.{} (\n{}\n);\nCOMMENT ON TABLE {SCHEMA}.{} IS {};\n",
+        "CREATE TABLE IF NOT EXISTS {schema}.{} (\n{}\n);\nCOMMENT ON TABLE {schema}.{} IS {};\n",
         e.name,
         cols.join(",\n"),
         e.name,
@@ -57,22 +59,23 @@ fn quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
 }
 
-/// The whole showcase schema: entity tables and the projector's offsets.
-pub fn ddl() -> String {
-    let mut out = format!("CREATE SCHEMA IF NOT EXISTS {SCHEMA};\n");
+/// The whole showcase schema `schema`: entity tables, the projector's
+/// offsets, watermarks and status, and the consent-held medical detail.
+pub fn ddl(schema: &str) -> String {
+    let mut out = format!("CREATE SCHEMA IF NOT EXISTS {schema};\n");
     for e in ENTITIES {
-        out.push_str(&table_ddl(e));
+        out.push_str(&table_ddl(schema, e));
     }
     out.push_str(&format!(
-        "CREATE TABLE IF NOT EXISTS {SCHEMA}.consumer_offsets (
+        "CREATE TABLE IF NOT EXISTS {schema}.consumer_offsets (
     topic text NOT NULL,
     partition integer NOT NULL,
     next_offset bigint NOT NULL,
     updated_at timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (topic, partition)
 );
-COMMENT ON TABLE {SCHEMA}.consumer_offsets IS 'Kafka offsets consumed, committed in the same transaction as the rows they produced.';
-CREATE TABLE IF NOT EXISTS {SCHEMA}.watermarks (
+COMMENT ON TABLE {schema}.consumer_offsets IS 'Kafka offsets consumed, committed in the same transaction as the rows they produced.';
+CREATE TABLE IF NOT EXISTS {schema}.watermarks (
     topic text NOT NULL,
     partition integer NOT NULL,
     commit_time timestamptz NOT NULL,
@@ -80,23 +83,34 @@ CREATE TABLE IF NOT EXISTS {SCHEMA}.watermarks (
     updated_at timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (topic, partition)
 );
-COMMENT ON TABLE {SCHEMA}.watermarks IS 'Latest capture watermark applied per partition: every journal change committed up to commit_time on that partition is in the showcase.';
-CREATE TABLE IF NOT EXISTS {SCHEMA}.status (
+COMMENT ON TABLE {schema}.watermarks IS 'Latest capture watermark applied per partition: every journal change committed up to commit_time on that partition is in the showcase.';
+CREATE TABLE IF NOT EXISTS {schema}.status (
     id integer PRIMARY KEY CHECK (id = 1),
     fresh_as_of timestamptz,
     sla_state text NOT NULL,
     updated_at timestamptz NOT NULL DEFAULT now()
 );
-COMMENT ON TABLE {SCHEMA}.status IS 'fresh_as_of: every change committed in the journal up to this time is visible in the showcase. sla_state: ok, at_risk or breached (600 s budget).';
+COMMENT ON TABLE {schema}.status IS 'fresh_as_of: every change committed in the journal up to this time is visible in the showcase. sla_state: ok, at_risk or breached (600 s budget).';
+CREATE TABLE IF NOT EXISTS {schema}.entity_freshness (
+    entity text PRIMARY KEY,
+    fresh_as_of timestamptz,
+    sla_state text NOT NULL,
+    updated_at timestamptz NOT NULL DEFAULT now()
+);
+COMMENT ON TABLE {schema}.entity_freshness IS 'fresh_as_of per entity: from the watermarks of that entity''s topic partitions only.';
 "
     ));
+    out.push_str(&consent::ddl(schema));
     out
 }
 
-/// Creates the showcase schema (idempotent).
-pub async fn migrate(client: &tokio_postgres::Client) -> Result<(), crate::pg::PgError> {
+/// Creates the showcase schema `schema` (idempotent).
+pub async fn migrate(
+    client: &tokio_postgres::Client,
+    schema: &str,
+) -> Result<(), crate::pg::PgError> {
     client
-        .batch_execute(&ddl())
+        .batch_execute(&ddl(schema))
         .await
         .map_err(crate::pg::PgError::query("creating the showcase schema"))
 }

@@ -1,0 +1,237 @@
+//! Consent-gated medical detail (seed 002, 004: medical data leave the
+//! region only with a parent's written consent).
+//!
+//! Medical detail (an illness reason on attendance code Б, the diagnosis
+//! group and PE group of a ЕМИАС exemption) is shown in a showcase table
+//! only while the student has an active consent of kind
+//! `medical_data_transfer` (any parent, status `granted`, not deleted).
+//!
+//! Invariants:
+//! - The raw detail is kept in `<schema>_private.<entity>_medical`, a schema
+//!   readers are not granted; the showcase row holds it or NULL.
+//! - After every batch, the detail of every student the batch touched
+//!   (their medical rows or their consents) is recomputed from the private
+//!   copy and the consent rows. The result does not depend on the order in
+//!   which consent and medical events arrive: a consent applied after the
+//!   attendance it covers still reveals it, a revocation redacts what was
+//!   shown before.
+
+use crate::events::contract::{Entity, ENTITIES};
+use crate::events::{Event, Val};
+
+/// Consent kind that allows medical detail.
+pub const CONSENT_KIND: &str = "medical_data_transfer";
+
+/// An entity with medical fields, shown only under consent.
+pub struct Medical {
+    pub entity: &'static str,
+    /// Text fields holding medical detail.
+    pub fields: &'static [&'static str],
+    /// Only rows where this field equals this value are medical (all when None).
+    pub when: Option<(&'static str, &'static str)>,
+}
+
+pub const MEDICAL: &[Medical] = &[
+    Medical {
+        entity: "attendance",
+        fields: &["reason"],
+        when: Some(("code", "Б")),
+    },
+    Medical {
+        entity: "medical_exemption",
+        fields: &["diagnosis_group", "pe_group"],
+        when: None,
+    },
+];
+
+pub fn medical(entity: &str) -> Option<&'static Medical> {
+    MEDICAL.iter().find(|m| m.entity == entity)
+}
+
+pub fn private_schema(schema: &str) -> String {
+    format!("{schema}_private")
+}
+
+fn entity(name: &str) -> &'static Entity {
+    ENTITIES
+        .iter()
+        .find(|e| e.name == name)
+        .expect("medical entities are in the contract")
+}
+
+fn field_index(e: &Entity, name: &str) -> usize {
+    e.fields
+        .iter()
+        .position(|f| f.name == name)
+        .expect("medical fields are in the contract")
+}
+
+impl Medical {
+    /// Positions of the medical fields in the entity's record.
+    pub fn field_indexes(&self) -> Vec<usize> {
+        let e = entity(self.entity);
+        self.fields.iter().map(|f| field_index(e, f)).collect()
+    }
+
+    /// Whether this state (the contract's field values) holds medical detail.
+    pub fn applies(&self, after: &[Val]) -> bool {
+        match self.when {
+            None => true,
+            Some((field, value)) => {
+                matches!(&after[field_index(entity(self.entity), field)], Val::Str(s) if s == value)
+            }
+        }
+    }
+
+    fn private_table(&self, schema: &str) -> String {
+        format!("{}.{}_medical", private_schema(schema), self.entity)
+    }
+}
+
+/// Student id of an event's state, for entities that have one.
+pub fn student_of(e: &Event) -> Option<i64> {
+    let i = field_index(e.entity, "student_id");
+    match e.after.as_ref()?.get(i)? {
+        Val::Long(id) => Some(*id),
+        _ => None,
+    }
+}
+
+/// Private tables and the indexes the recomputation needs.
+pub fn ddl(schema: &str) -> String {
+    let private = private_schema(schema);
+    let mut out = format!(
+        "CREATE SCHEMA IF NOT EXISTS {private};
+COMMENT ON SCHEMA {private} IS 'Medical detail held back until a parent consents; not for showcase readers.';
+CREATE INDEX IF NOT EXISTS consent_student_idx ON {schema}.consent (student_id);
+"
+    );
+    for m in MEDICAL {
+        let cols: Vec<String> = m.fields.iter().map(|f| format!("    {f} text")).collect();
+        out.push_str(&format!(
+            "CREATE TABLE IF NOT EXISTS {table} (
+    key text PRIMARY KEY,
+    student_id bigint,
+{cols},
+    source_commit_lsn bigint NOT NULL,
+    source_lsn bigint NOT NULL
+);
+CREATE INDEX IF NOT EXISTS {e}_student_idx ON {schema}.{e} (student_id);
+",
+            table = m.private_table(schema),
+            e = m.entity,
+            cols = cols.join(",\n")
+        ));
+    }
+    out
+}
+
+/// Order-safe upsert of the raw medical detail (`$1` keys, `$2` students,
+/// then one text array per field, then commit LSNs and LSNs).
+pub fn private_upsert_sql(m: &Medical, schema: &str) -> String {
+    let n = m.fields.len();
+    let mut casts = vec!["$1::text[]".to_string(), "$2::bigint[]".to_string()];
+    casts.extend((0..n).map(|i| format!("${}::text[]", i + 3)));
+    casts.push(format!("${}::bigint[]", n + 3));
+    casts.push(format!("${}::bigint[]", n + 4));
+    let sets: Vec<String> = ["student_id"]
+        .iter()
+        .chain(m.fields.iter())
+        .chain(["source_commit_lsn", "source_lsn"].iter())
+        .map(|c| format!("{c} = EXCLUDED.{c}"))
+        .collect();
+    format!(
+        "INSERT INTO {t} AS cur (key, student_id, {fields}, source_commit_lsn, source_lsn)
+         SELECT * FROM unnest({casts})
+         ON CONFLICT (key) DO UPDATE SET {sets}
+         WHERE (cur.source_commit_lsn, cur.source_lsn) < (EXCLUDED.source_commit_lsn, EXCLUDED.source_lsn)",
+        t = m.private_table(schema),
+        fields = m.fields.join(", "),
+        casts = casts.join(", "),
+        sets = sets.join(", ")
+    )
+}
+
+/// Clears the private detail older than a TRUNCATE's position (`$1`, `$2`).
+pub fn private_truncate_sql(m: &Medical, schema: &str) -> String {
+    let nulls: Vec<String> = m.fields.iter().map(|f| format!("{f} = NULL")).collect();
+    format!(
+        "UPDATE {t} SET {nulls}, source_commit_lsn = $1, source_lsn = $2
+         WHERE (source_commit_lsn, source_lsn) < ($1, $2)",
+        t = m.private_table(schema),
+        nulls = nulls.join(", ")
+    )
+}
+
+/// Recomputes the shown detail of the students in `$1` (all when NULL):
+/// the private value under an active consent, NULL otherwise. Touches only
+/// rows whose shown value changes.
+pub fn refresh_sql(m: &Medical, schema: &str) -> String {
+    let shown: Vec<String> = m
+        .fields
+        .iter()
+        .map(|f| format!("CASE WHEN ok.granted THEN p.{f} END AS {f}"))
+        .collect();
+    let sets: Vec<String> = m.fields.iter().map(|f| format!("{f} = v.{f}")).collect();
+    let cur: Vec<String> = m.fields.iter().map(|f| format!("s.{f}")).collect();
+    let new: Vec<String> = m.fields.iter().map(|f| format!("v.{f}")).collect();
+    let when = m
+        .when
+        .map(|(f, v)| format!("AND a.{f} = '{v}'"))
+        .unwrap_or_default();
+    format!(
+        "UPDATE {schema}.{e} s SET {sets}
+         FROM (
+           SELECT a.key, {shown}
+           FROM {schema}.{e} a
+           JOIN {private} p ON p.key = a.key
+           CROSS JOIN LATERAL (SELECT EXISTS (
+               SELECT 1 FROM {schema}.consent c
+               WHERE c.student_id = a.student_id AND c.kind = '{CONSENT_KIND}'
+                 AND c.status = 'granted' AND NOT c.deleted) AS granted) ok
+           WHERE NOT a.deleted {when}
+             AND ($1::bigint[] IS NULL OR a.student_id = ANY($1::bigint[]))
+         ) v
+         WHERE s.key = v.key AND ({cur}) IS DISTINCT FROM ({new})",
+        e = m.entity,
+        private = m.private_table(schema),
+        shown = shown.join(", "),
+        sets = sets.join(", "),
+        cur = cur.join(", "),
+        new = new.join(", "),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::contract::Ty;
+
+    #[test]
+    fn medical_fields_are_text_fields_of_entities_with_a_student() {
+        for m in MEDICAL {
+            let e = entity(m.entity);
+            for i in m.field_indexes() {
+                assert_eq!(e.fields[i].ty, Ty::Str, "{}.{}", m.entity, e.fields[i].name);
+            }
+            field_index(e, "student_id");
+            if let Some((f, _)) = m.when {
+                field_index(e, f);
+            }
+        }
+        field_index(entity("consent"), "student_id");
+    }
+
+    #[test]
+    fn only_illness_marks_are_medical() {
+        let m = medical("attendance").unwrap();
+        let e = entity("attendance");
+        let mut after = vec![Val::Null; e.fields.len()];
+        after[field_index(e, "code")] = Val::Str("Б".into());
+        assert!(m.applies(&after));
+        after[field_index(e, "code")] = Val::Str("Н".into());
+        assert!(!m.applies(&after));
+        assert!(medical("medical_exemption").unwrap().applies(&after));
+        assert!(medical("grade").is_none());
+    }
+}
