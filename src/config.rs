@@ -89,8 +89,23 @@ pub struct Config {
 pub struct ProjectorConfig {
     /// Showcase database (on the journal's server in the local stack).
     pub database: String,
-    /// Prometheus exporter address.
+    /// Prometheus exporter address (`/metrics`, `/healthz`, `/readyz`).
     pub metrics_listen: String,
+    /// Exporter address of `vitrina replay` while it runs.
+    pub replay_metrics_listen: String,
+    /// Freshness budget: a change must be visible this many seconds after
+    /// its journal commit (the law's 10 minutes).
+    pub sla_budget_s: u64,
+    /// Freshness above this is "at risk": the projector switches to
+    /// catch-up mode and alerts warn before the budget is spent.
+    pub at_risk_s: u64,
+    /// Events per apply transaction in normal operation.
+    pub batch_size: usize,
+    /// Longest wait to fill a batch, in milliseconds.
+    pub batch_wait_ms: u64,
+    /// Events per apply transaction in catch-up mode (SLA at risk or
+    /// breached, or far behind the log).
+    pub catch_up_batch_size: usize,
 }
 
 impl Default for ProjectorConfig {
@@ -98,6 +113,12 @@ impl Default for ProjectorConfig {
         ProjectorConfig {
             database: "showcase".into(),
             metrics_listen: "127.0.0.1:9465".into(),
+            replay_metrics_listen: "127.0.0.1:9466".into(),
+            sla_budget_s: 600,
+            at_risk_s: 300,
+            batch_size: 5000,
+            batch_wait_ms: 100,
+            catch_up_batch_size: 50_000,
         }
     }
 }
@@ -424,6 +445,28 @@ impl Config {
                 "postgres.port",
                 "is set but postgres.host is not; set both for an external server, or neither for the local stack",
             );
+        }
+        let p = &self.projector;
+        if p.sla_budget_s == 0 {
+            return bad("projector.sla_budget_s", "must be at least 1");
+        }
+        if p.at_risk_s == 0 || p.at_risk_s >= p.sla_budget_s {
+            return bad(
+                "projector.at_risk_s",
+                format!(
+                    "must be within 1..{} (below projector.sla_budget_s)",
+                    p.sla_budget_s
+                ),
+            );
+        }
+        if p.batch_size == 0 || p.catch_up_batch_size < p.batch_size {
+            return bad(
+                "projector.catch_up_batch_size",
+                "must be at least projector.batch_size, which must be at least 1",
+            );
+        }
+        if p.batch_wait_ms == 0 || p.batch_wait_ms > 60_000 {
+            return bad("projector.batch_wait_ms", "must be within 1..=60000");
         }
         if self.kafka.session_timeout_ms < 1000 {
             return bad("kafka.session_timeout_ms", "must be at least 1000");

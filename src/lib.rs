@@ -28,6 +28,7 @@ pub mod bench;
 pub mod capture;
 pub mod config;
 pub mod events;
+pub mod http;
 pub mod identifiers;
 pub mod journal;
 pub mod kafka;

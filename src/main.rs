@@ -87,6 +87,21 @@ enum Command {
     },
     /// Project the event topics into the showcase database (until SIGINT/SIGTERM).
     Project,
+    /// Rebuild the showcase from the event log into a shadow schema while the live one serves, then swap it in.
+    Replay {
+        /// Rebuild from this time (RFC 3339, e.g. 2026-11-01T00:00:00Z) instead of the start of the log.
+        #[arg(long)]
+        from: Option<String>,
+        /// Build the shadow (showcase_replay) and report, but do not swap it in.
+        #[arg(long)]
+        no_swap: bool,
+        /// Drop an interrupted replay's shadow instead of resuming it.
+        #[arg(long)]
+        restart: bool,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// List the event schemas (topic, Avro record, fingerprint); --write DIR writes the .avsc files.
     Schemas {
         #[arg(long)]
@@ -239,7 +254,8 @@ async fn run(command: Command, mut cfg: Config) -> Result<()> {
         }
         Command::Capture => {
             let ep = Stack::new(&cfg)?.endpoints()?;
-            vitrina::observability::install_exporter(&cfg.capture.metrics_listen)
+            vitrina::http::serve(&cfg.capture.metrics_listen)
+                .await
                 .map_err(anyhow::Error::msg)?;
             vitrina::observability::describe_capture();
             vitrina::capture::run(&cfg, &ep, shutdown_on_signal()).await?;
@@ -293,11 +309,54 @@ async fn run(command: Command, mut cfg: Config) -> Result<()> {
             if cfg.postgres.host.is_none() {
                 pg::ensure_database(&ep.pg_config("postgres"), &cfg.projector.database).await?;
             }
-            vitrina::observability::install_exporter(&cfg.projector.metrics_listen)
+            vitrina::http::serve(&cfg.projector.metrics_listen)
+                .await
                 .map_err(anyhow::Error::msg)?;
             vitrina::observability::describe_projector();
             vitrina::projector::run(&cfg, &ep, &cfg.projector.database, shutdown_on_signal())
                 .await?;
+        }
+        Command::Replay {
+            from,
+            no_swap,
+            restart,
+            json,
+        } => {
+            let from = from
+                .map(|f| {
+                    chrono::DateTime::parse_from_rfc3339(&f)
+                        .map(|t| t.with_timezone(&chrono::Utc))
+                        .map_err(|e| {
+                            anyhow::anyhow!(
+                                "--from `{f}` is not an RFC 3339 time ({e}); example: 2026-11-01T00:00:00+03:00"
+                            )
+                        })
+                })
+                .transpose()?;
+            let ep = Stack::new(&cfg)?.endpoints()?;
+            vitrina::http::serve(&cfg.projector.replay_metrics_listen)
+                .await
+                .map_err(anyhow::Error::msg)?;
+            vitrina::observability::describe_projector();
+            vitrina::observability::describe_replay();
+            let opts = vitrina::projector::replay::Options {
+                from,
+                swap: !no_swap,
+                restart,
+            };
+            let r = vitrina::projector::replay::run(
+                &cfg,
+                &ep,
+                &cfg.projector.database,
+                &opts,
+                shutdown_on_signal(),
+            )
+            .await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                print_replay(&r);
+            }
         }
         Command::Schemas { write } => {
             let reg = vitrina::events::codec::Registry::new();
@@ -361,7 +420,8 @@ async fn run(command: Command, mut cfg: Config) -> Result<()> {
             }
 
             // Capture: initial load (first run), then streaming.
-            vitrina::observability::install_exporter(&cfg.capture.metrics_listen)
+            vitrina::http::serve(&cfg.capture.metrics_listen)
+                .await
                 .map_err(anyhow::Error::msg)?;
             vitrina::observability::describe_capture();
             let probe = std::sync::Arc::new(vitrina::capture::Probe::default());
@@ -442,6 +502,41 @@ fn shutdown_on_signal() -> tokio_util::sync::CancellationToken {
         c2.cancel();
     });
     cancel
+}
+
+fn print_replay(r: &vitrina::projector::replay::Report) {
+    println!(
+        "replayed {} events in {:.1} s ({:.0} events/s); {}",
+        r.events,
+        r.seconds,
+        r.events_per_s,
+        if r.swapped {
+            "swapped in (the old showcase is kept as showcase_previous)"
+        } else {
+            "not swapped (the shadow is showcase_replay)"
+        }
+    );
+    if r.ahead_of_live > 0 {
+        println!(
+            "the replay applied {} messages the old showcase had not yet: differences below may be those",
+            r.ahead_of_live
+        );
+    }
+    println!(
+        "{:<22} {:>10} {:>10}  {:<20} {:<20} ",
+        "TABLE", "OLD ROWS", "NEW ROWS", "OLD CHECKSUM", "NEW CHECKSUM"
+    );
+    for t in &r.tables {
+        println!(
+            "{:<22} {:>10} {:>10}  {:<20} {:<20} {}",
+            t.table,
+            t.old_rows,
+            t.new_rows,
+            t.old_checksum,
+            t.new_checksum,
+            if t.same() { "same" } else { "DIFFERENT" }
+        );
+    }
 }
 
 fn print_status(st: &[vitrina::stack::ServiceStatus]) {

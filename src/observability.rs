@@ -26,7 +26,21 @@ pub const PROJECTOR_DEAD_LETTERS: &str = "vitrina_projector_dead_letters_total";
 pub const PROJECTOR_BATCH_SECONDS: &str = "vitrina_projector_batch_seconds";
 pub const PROJECTOR_VISIBLE_LATENCY: &str = "vitrina_projector_commit_to_visible_seconds";
 pub const PROJECTOR_REWINDS: &str = "vitrina_projector_rewinds_total";
+pub const PROJECTOR_CONSENT_UPDATES: &str = "vitrina_projector_consent_updates_total";
+pub const PROJECTOR_BATCH_EVENTS: &str = "vitrina_projector_batch_messages";
+pub const PROJECTOR_CATCH_UP: &str = "vitrina_projector_catch_up_mode";
+pub const PROJECTOR_LAG_MESSAGES: &str = "vitrina_projector_consumer_lag_messages";
+pub const PROJECTOR_LAG_SECONDS: &str = "vitrina_projector_consumer_lag_seconds";
 pub const SHOWCASE_FRESHNESS: &str = "vitrina_showcase_freshness_seconds";
+pub const SHOWCASE_ENTITY_FRESHNESS: &str = "vitrina_showcase_entity_freshness_seconds";
+pub const SHOWCASE_SLA_BREACHES: &str = "vitrina_showcase_sla_breaches_total";
+pub const REPLAY_EVENTS: &str = "vitrina_replay_events_total";
+pub const REPLAY_PROGRESS: &str = "vitrina_replay_progress_ratio";
+pub const REPLAY_REMAINING: &str = "vitrina_replay_remaining_messages";
+pub const REPLAY_SWAPS: &str = "vitrina_replay_swaps_total";
+pub const QUALITY_VIOLATIONS: &str = "vitrina_quality_violations";
+pub const QUALITY_PENDING: &str = "vitrina_quality_pending_references";
+pub const QUALITY_CHECK_RUNS: &str = "vitrina_quality_check_runs_total";
 pub const SHOWCASE_SLA_STATE: &str = "vitrina_showcase_sla_state";
 
 /// Describes the projector metrics.
@@ -55,6 +69,55 @@ pub fn describe_projector() {
         PROJECTOR_VISIBLE_LATENCY,
         Unit::Seconds,
         "Journal commit to visible in the showcase, per entity."
+    );
+    describe_counter!(
+        PROJECTOR_CONSENT_UPDATES,
+        Unit::Count,
+        "Showcase rows whose medical detail was revealed (consent granted) or redacted (revoked)."
+    );
+    describe_histogram!(
+        PROJECTOR_BATCH_EVENTS,
+        Unit::Count,
+        "Messages per apply transaction."
+    );
+    describe_gauge!(
+        PROJECTOR_CATCH_UP,
+        "1 while the projector is in catch-up mode (larger batches), 0 otherwise."
+    );
+    describe_gauge!(
+        PROJECTOR_LAG_MESSAGES,
+        Unit::Count,
+        "Messages in the log not yet applied, per topic and partition."
+    );
+    describe_gauge!(
+        PROJECTOR_LAG_SECONDS,
+        Unit::Seconds,
+        "Age of the last applied record while more wait, per topic and partition (0 when caught up)."
+    );
+    describe_gauge!(
+        SHOWCASE_ENTITY_FRESHNESS,
+        Unit::Seconds,
+        "Now minus fresh_as_of of one entity's topic partitions."
+    );
+    describe_counter!(
+        SHOWCASE_SLA_BREACHES,
+        Unit::Count,
+        "Transitions into the breached SLA state."
+    );
+    describe_counter!(
+        QUALITY_CHECK_RUNS,
+        Unit::Count,
+        "Quality-check rounds run over the showcase."
+    );
+    describe_gauge!(
+        QUALITY_VIOLATIONS,
+        Unit::Count,
+        "Showcase rows failing a quality check, by check (completeness, consistency, connectedness)."
+    );
+    describe_gauge!(
+        QUALITY_PENDING,
+        Unit::Count,
+        "References to entities not yet in the showcase (late arrivals held as pending), by entity."
     );
     describe_gauge!(
         SHOWCASE_FRESHNESS,
@@ -145,18 +208,21 @@ pub fn describe_capture() {
     );
 }
 
-/// Starts the Prometheus exporter on `listen` (`host:port`).
-pub fn install_exporter(listen: &str) -> Result<(), String> {
-    let addr: std::net::SocketAddr = listen
-        .parse()
-        .map_err(|e| format!("metrics_listen `{listen}` is not host:port: {e}"))?;
-    metrics_exporter_prometheus::PrometheusBuilder::new()
-        .with_http_listener(addr)
-        .set_buckets(&[
-            0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 600.0,
-        ])
-        .map_err(|e| e.to_string())?
-        .install()
-        .map_err(|e| format!("cannot serve metrics on {listen}: {e}"))?;
-    Ok(())
+/// Describes the replay metrics.
+pub fn describe_replay() {
+    describe_counter!(
+        REPLAY_EVENTS,
+        Unit::Count,
+        "Events applied to the shadow showcase by the running replay."
+    );
+    describe_gauge!(
+        REPLAY_PROGRESS,
+        "Share of the log the replay has applied (0..1)."
+    );
+    describe_gauge!(
+        REPLAY_REMAINING,
+        Unit::Count,
+        "Messages the replay has still to apply before it can swap."
+    );
+    describe_counter!(REPLAY_SWAPS, Unit::Count, "Shadow showcases swapped in.");
 }

@@ -12,11 +12,15 @@
 //! - Apply is idempotent and order-safe ([`crate::showcase::apply`]), so a
 //!   batch replayed after a crash changes nothing twice.
 //! - `fresh_as_of` is the oldest of the latest watermarks over all
-//!   partitions: every journal change committed up to it is visible. It
-//!   stops moving when capture stops, and moves with heartbeats when the
-//!   journal is idle.
+//!   partitions (per entity: over that entity's partitions): every journal
+//!   change committed up to it is visible. It stops moving when capture
+//!   stops, and moves with heartbeats when the journal is idle.
 //! - An event that fails to decode goes to the dead-letter topic with the
 //!   reason and its position; the partition goes on.
+//! - When the SLA is at risk or breached, or the projector is far behind
+//!   the log, it applies larger batches (catch-up mode) and says so.
+
+pub mod replay;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -45,9 +49,13 @@ pub enum ProjectorError {
     Kafka(#[from] kafka::KafkaError),
     #[error("Kafka consumer: {0}")]
     Consumer(String),
+    #[error("{0}")]
+    Replay(String),
 }
 
-type Offsets = Arc<Mutex<HashMap<(String, i32), i64>>>;
+/// (topic, partition)
+pub type Tp = (String, i32);
+type Offsets = Arc<Mutex<HashMap<Tp, i64>>>;
 
 /// Positions newly assigned partitions at the offsets the showcase holds.
 struct SeekToShowcase {
@@ -86,89 +94,157 @@ impl ConsumerContext for SeekToShowcase {
     }
 }
 
-pub struct Knobs {
-    pub batch_size: usize,
-    pub batch_wait: Duration,
+/// SLA state of a freshness age.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sla {
+    Ok,
+    AtRisk,
+    Breached,
 }
 
-/// Runs the projector until `cancel`.
-pub async fn run(
-    cfg: &Config,
-    ep: &Endpoints,
-    showcase_db: &str,
-    cancel: CancellationToken,
-) -> Result<(), ProjectorError> {
-    let prefix = &cfg.capture.topic_prefix;
-    let mut client = pg::connect(&ep.pg_config(showcase_db)).await?;
-    showcase::migrate(&client, showcase::SCHEMA).await?;
-    let offsets: Offsets = Arc::new(Mutex::new(HashMap::new()));
-    for r in client
-        .query(
-            "SELECT topic, partition, next_offset FROM showcase.consumer_offsets",
-            &[],
-        )
-        .await
-        .map_err(PgError::query("reading consumer offsets"))?
-    {
-        offsets
-            .lock()
-            .unwrap()
-            .insert((r.get(0), r.get(1)), r.get(2));
+impl Sla {
+    pub fn of(age_s: Option<f64>, at_risk_s: u64, budget_s: u64) -> Sla {
+        match age_s {
+            Some(a) if a < at_risk_s as f64 => Sla::Ok,
+            Some(a) if a < budget_s as f64 => Sla::AtRisk,
+            _ => Sla::Breached,
+        }
     }
-    let brokers = ep
-        .kafka(&cfg.state_dir)
-        .map_err(|e| ProjectorError::Consumer(e.to_string()))?
-        .to_string();
-    let topics: Vec<String> = ENTITIES
-        .iter()
-        .map(|e| kafka::topic(prefix, e.name))
-        .collect();
-    kafka::ensure_topics(
-        &brokers,
-        &topics,
-        cfg.capture.partitions,
-        cfg.capture.replication_factor,
-    )
-    .await?;
-    let consumer: StreamConsumer<SeekToShowcase> = ClientConfig::new()
-        .set("bootstrap.servers", &brokers)
-        .set("group.id", format!("{prefix}-projector-{showcase_db}"))
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .set("auto.offset.reset", "earliest")
-        .set(
-            "session.timeout.ms",
-            cfg.kafka.session_timeout_ms.to_string(),
-        )
-        .set("log_level", "4")
-        .create_with_context(SeekToShowcase {
-            offsets: offsets.clone(),
-        })
-        .map_err(|e| ProjectorError::Consumer(e.to_string()))?;
-    let topic_refs: Vec<&str> = topics.iter().map(String::as_str).collect();
-    consumer
-        .subscribe(&topic_refs)
-        .map_err(|e| ProjectorError::Consumer(e.to_string()))?;
-    let dlq: FutureProducer = kafka::producer(&brokers, 5, "lz4")?;
-    let registry = Registry::new();
-    let expected_partitions = (topics.len() as i64) * cfg.capture.partitions as i64;
-    let knobs = Knobs {
-        batch_size: 5000,
-        batch_wait: Duration::from_millis(100),
-    };
-    tracing::info!(topics = topics.len(), database = showcase_db, "projecting");
 
-    loop {
-        // Gather a batch.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Sla::Ok => "ok",
+            Sla::AtRisk => "at_risk",
+            Sla::Breached => "breached",
+        }
+    }
+}
+
+/// What one batch did.
+#[derive(Debug, Default)]
+pub struct Step {
+    /// Messages consumed (events, watermarks, dead letters).
+    pub messages: usize,
+    pub events: usize,
+    pub applied: apply::Applied,
+}
+
+/// A consumer group applying the event topics to one showcase schema.
+pub struct Projection {
+    consumer: StreamConsumer<SeekToShowcase>,
+    client: tokio_postgres::Client,
+    schema: String,
+    prefix: String,
+    topics: Vec<String>,
+    offsets: Offsets,
+    /// Journal commit time (µs) of the last record applied per partition.
+    last_time: HashMap<Tp, i64>,
+    registry: Registry,
+    dlq: FutureProducer,
+    brokers: String,
+}
+
+impl Projection {
+    /// Connects to the showcase database, creates schema `schema` if needed,
+    /// and subscribes group `group` to the event topics.
+    pub async fn open(
+        cfg: &Config,
+        ep: &Endpoints,
+        showcase_db: &str,
+        schema: &str,
+        group: &str,
+    ) -> Result<Projection, ProjectorError> {
+        let prefix = cfg.capture.topic_prefix.clone();
+        let client = pg::connect(&ep.pg_config(showcase_db)).await?;
+        showcase::migrate(&client, schema).await?;
+        let offsets: Offsets = Arc::new(Mutex::new(stored_offsets(&client, schema).await?));
+        let brokers = ep
+            .kafka(&cfg.state_dir)
+            .map_err(|e| ProjectorError::Consumer(e.to_string()))?
+            .to_string();
+        let topics = event_topics(&prefix);
+        kafka::ensure_topics(
+            &brokers,
+            &topics,
+            cfg.capture.partitions,
+            cfg.capture.replication_factor,
+        )
+        .await?;
+        let consumer: StreamConsumer<SeekToShowcase> = ClientConfig::new()
+            .set("bootstrap.servers", &brokers)
+            .set("group.id", group)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set(
+                "session.timeout.ms",
+                cfg.kafka.session_timeout_ms.to_string(),
+            )
+            .set("log_level", "4")
+            .create_with_context(SeekToShowcase {
+                offsets: offsets.clone(),
+            })
+            .map_err(|e| ProjectorError::Consumer(e.to_string()))?;
+        let topic_refs: Vec<&str> = topics.iter().map(String::as_str).collect();
+        consumer
+            .subscribe(&topic_refs)
+            .map_err(|e| ProjectorError::Consumer(e.to_string()))?;
+        let dlq: FutureProducer = kafka::producer(&brokers, 5, "lz4")?;
+        Ok(Projection {
+            consumer,
+            client,
+            schema: schema.to_string(),
+            prefix,
+            topics,
+            offsets,
+            last_time: HashMap::new(),
+            registry: Registry::new(),
+            dlq,
+            brokers,
+        })
+    }
+
+    pub fn client(&self) -> &tokio_postgres::Client {
+        &self.client
+    }
+
+    pub fn brokers(&self) -> &str {
+        &self.brokers
+    }
+
+    pub fn topics(&self) -> &[String] {
+        &self.topics
+    }
+
+    /// Next offset to apply, per partition, as committed in the showcase.
+    pub fn offsets(&self) -> HashMap<Tp, i64> {
+        self.offsets.lock().unwrap().clone()
+    }
+
+    /// Commit time (µs) of the last record applied from each partition.
+    pub fn last_times(&self) -> &HashMap<Tp, i64> {
+        &self.last_time
+    }
+
+    /// Gathers up to `batch_size` messages (waiting at most `wait`) and
+    /// applies them with their offsets in one transaction.
+    pub async fn step(
+        &mut self,
+        batch_size: usize,
+        wait: Duration,
+        cancel: &CancellationToken,
+    ) -> Result<Step, ProjectorError> {
+        let mut step = Step::default();
         let mut events = Vec::new();
         let mut marks = Vec::new();
-        let mut next: HashMap<(String, i32), i64> = HashMap::new();
-        let deadline = Instant::now() + knobs.batch_wait;
-        while events.len() + marks.len() < knobs.batch_size {
+        let mut next: HashMap<Tp, i64> = HashMap::new();
+        let mut times: HashMap<Tp, i64> = HashMap::new();
+        let deadline = Instant::now() + wait;
+        while step.messages < batch_size {
             let left = deadline.saturating_duration_since(Instant::now());
             let m = tokio::select! {
                 _ = cancel.cancelled() => break,
-                r = tokio::time::timeout(left.max(Duration::from_millis(1)), consumer.recv()) => r,
+                r = tokio::time::timeout(left.max(Duration::from_millis(1)), self.consumer.recv()) => r,
             };
             let m = match m {
                 Err(_) => break,
@@ -176,132 +252,389 @@ pub async fn run(
                 Ok(Ok(m)) => m,
             };
             let k = (m.topic().to_string(), m.partition());
+            let known = self.offsets.lock().unwrap().get(&k).copied();
             // Never apply below what the showcase already holds.
-            if offsets
-                .lock()
-                .unwrap()
-                .get(&k)
-                .is_some_and(|o| m.offset() < *o)
-            {
+            if known.is_some_and(|o| m.offset() < o) {
                 continue;
             }
-            {
-                // The broker must hand us the partition from the offset we
-                // asked for. Seen with tansu: a fetch from the middle of a
-                // record batch returns the next batch. Rewind the partition
-                // to its beginning; what is applied already is skipped above.
-                let known = offsets.lock().unwrap().get(&k).copied().unwrap_or(0);
-                let expected = next.get(&k).copied().unwrap_or(known);
-                if m.offset() > expected {
-                    tracing::warn!(topic = %k.0, partition = k.1, expected, got = m.offset(), "broker skipped offsets; rewinding the partition");
-                    metrics::counter!(obs::PROJECTOR_REWINDS).increment(1);
-                    consumer
-                        .seek(&k.0, k.1, Offset::Beginning, Duration::from_secs(10))
-                        .map_err(|e| {
-                            ProjectorError::Consumer(format!("rewinding {}[{}]: {e}", k.0, k.1))
-                        })?;
-                    continue;
-                }
+            // The broker must hand us the partition from the offset we
+            // asked for. Seen with tansu: a fetch from the middle of a
+            // record batch returns the next batch. Rewind the partition to
+            // its beginning; what is applied already is skipped above.
+            let expected = next.get(&k).copied().unwrap_or(known.unwrap_or(0));
+            if m.offset() > expected {
+                tracing::warn!(topic = %k.0, partition = k.1, expected, got = m.offset(), "broker skipped offsets; rewinding the partition");
+                metrics::counter!(obs::PROJECTOR_REWINDS).increment(1);
+                self.consumer
+                    .seek(&k.0, k.1, Offset::Beginning, Duration::from_secs(10))
+                    .map_err(|e| {
+                        ProjectorError::Consumer(format!("rewinding {}[{}]: {e}", k.0, k.1))
+                    })?;
+                continue;
             }
+            step.messages += 1;
             next.insert(k.clone(), m.offset() + 1);
-            match registry.decode_message(m.payload().unwrap_or_default()) {
-                Ok(Decoded::Event(e)) => events.push(e),
-                Ok(Decoded::Watermark(w)) => {
-                    marks.push((k.0, k.1, w.commit_time_micros, w.commit_lsn))
-                }
-                Err(err) => {
-                    metrics::counter!(obs::PROJECTOR_DEAD_LETTERS, "topic" => m.topic().to_string()).increment(1);
-                    tracing::warn!(topic = m.topic(), partition = m.partition(), offset = m.offset(), reason = %err, "event dead-lettered");
-                    let body = serde_json::json!({
-                        "stage": "projector", "reason": err.to_string(), "topic": m.topic(),
-                        "partition": m.partition(), "offset": m.offset(),
-                    })
-                    .to_string();
-                    let dlt = kafka::dead_letter_topic(prefix);
-                    let r = dlq
-                        .send(
-                            FutureRecord::to(&dlt).key(m.topic()).payload(&body),
-                            Duration::from_secs(0),
-                        )
-                        .await;
-                    if let Err((e, _)) = r {
-                        return Err(ProjectorError::Consumer(format!("dead-letter topic: {e}")));
-                    }
-                }
-            }
-        }
-        if cancel.is_cancelled() && next.is_empty() {
-            return Ok(());
-        }
-        if !next.is_empty() {
-            let t0 = Instant::now();
-            let offs: Vec<(String, i32, i64)> =
-                next.iter().map(|((t, p), o)| (t.clone(), *p, *o)).collect();
-            let a =
-                apply::apply_with_watermarks(&mut client, showcase::SCHEMA, &events, &offs, &marks)
-                    .await?;
+            match self
+                .registry
+                .decode_message(m.payload().unwrap_or_default())
             {
-                let mut known = offsets.lock().unwrap();
-                for ((t, p), o) in next {
-                    let e = known.entry((t, p)).or_insert(0);
-                    *e = (*e).max(o);
+                Ok(Decoded::Event(e)) => {
+                    times.insert(k, e.source.commit_time_micros);
+                    events.push(e);
                 }
-            }
-            metrics::counter!(obs::PROJECTOR_EVENTS).increment(events.len() as u64);
-            metrics::counter!(obs::PROJECTOR_ROWS_WRITTEN).increment(a.written);
-            metrics::histogram!(obs::PROJECTOR_BATCH_SECONDS).record(t0.elapsed().as_secs_f64());
-            let now = chrono::Utc::now().timestamp_micros();
-            for e in &events {
-                let lag = (now - e.source.commit_time_micros) as f64 / 1e6;
-                if !e.source.snapshot {
-                    metrics::histogram!(obs::PROJECTOR_VISIBLE_LATENCY, "entity" => e.entity.name)
-                        .record(lag.max(0.0));
+                Ok(Decoded::Watermark(w)) => {
+                    times.insert(k.clone(), w.commit_time_micros);
+                    marks.push((k.0, k.1, w.commit_time_micros, w.commit_lsn));
                 }
+                Err(err) => self.dead_letter(&m, &err.to_string()).await?,
             }
         }
-        update_freshness(&client, expected_partitions).await?;
-        if cancel.is_cancelled() {
-            return Ok(());
+        if next.is_empty() {
+            return Ok(step);
         }
+        let t0 = Instant::now();
+        let offs: Vec<(String, i32, i64)> =
+            next.iter().map(|((t, p), o)| (t.clone(), *p, *o)).collect();
+        step.applied =
+            apply::apply_with_watermarks(&mut self.client, &self.schema, &events, &offs, &marks)
+                .await?;
+        {
+            let mut known = self.offsets.lock().unwrap();
+            for ((t, p), o) in next {
+                let e = known.entry((t, p)).or_insert(0);
+                *e = (*e).max(o);
+            }
+        }
+        self.last_time.extend(times);
+        step.events = events.len();
+        metrics::counter!(obs::PROJECTOR_EVENTS).increment(events.len() as u64);
+        metrics::counter!(obs::PROJECTOR_ROWS_WRITTEN).increment(step.applied.written);
+        metrics::counter!(obs::PROJECTOR_CONSENT_UPDATES).increment(step.applied.consent_updates);
+        metrics::histogram!(obs::PROJECTOR_BATCH_SECONDS).record(t0.elapsed().as_secs_f64());
+        metrics::histogram!(obs::PROJECTOR_BATCH_EVENTS).record(step.messages as f64);
+        let now = chrono::Utc::now().timestamp_micros();
+        for e in events.iter().filter(|e| !e.source.snapshot) {
+            let lag = (now - e.source.commit_time_micros) as f64 / 1e6;
+            metrics::histogram!(obs::PROJECTOR_VISIBLE_LATENCY, "entity" => e.entity.name)
+                .record(lag.max(0.0));
+        }
+        Ok(step)
+    }
+
+    async fn dead_letter(
+        &self,
+        m: &rdkafka::message::BorrowedMessage<'_>,
+        reason: &str,
+    ) -> Result<(), ProjectorError> {
+        metrics::counter!(obs::PROJECTOR_DEAD_LETTERS, "topic" => m.topic().to_string())
+            .increment(1);
+        tracing::warn!(
+            topic = m.topic(),
+            partition = m.partition(),
+            offset = m.offset(),
+            reason,
+            "event dead-lettered"
+        );
+        let body = serde_json::json!({
+            "stage": "projector", "reason": reason, "topic": m.topic(),
+            "partition": m.partition(), "offset": m.offset(),
+        })
+        .to_string();
+        let dlt = kafka::dead_letter_topic(&self.prefix);
+        self.dlq
+            .send(
+                FutureRecord::to(&dlt).key(m.topic()).payload(&body),
+                Duration::from_secs(0),
+            )
+            .await
+            .map_err(|(e, _)| ProjectorError::Consumer(format!("dead-letter topic: {e}")))?;
+        Ok(())
     }
 }
 
-/// Recomputes `fresh_as_of` and the SLA state, in the showcase and as metrics.
-async fn update_freshness(
+/// The event topics (not the dead-letter topic).
+pub fn event_topics(prefix: &str) -> Vec<String> {
+    ENTITIES
+        .iter()
+        .map(|e| kafka::topic(prefix, e.name))
+        .collect()
+}
+
+async fn stored_offsets(
     client: &tokio_postgres::Client,
-    expected_partitions: i64,
+    schema: &str,
+) -> Result<HashMap<Tp, i64>, ProjectorError> {
+    Ok(client
+        .query(
+            &format!("SELECT topic, partition, next_offset FROM {schema}.consumer_offsets"),
+            &[],
+        )
+        .await
+        .map_err(PgError::query("reading consumer offsets"))?
+        .iter()
+        .map(|r| ((r.get(0), r.get(1)), r.get(2)))
+        .collect())
+}
+
+/// End offsets (next offset to be written) of every partition of `topics`.
+/// Blocking: call from a blocking task.
+pub fn end_offsets(brokers: &str, topics: &[String]) -> Result<HashMap<Tp, i64>, ProjectorError> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("log_level", "3")
+        .create()
+        .map_err(|e| ProjectorError::Consumer(e.to_string()))?;
+    let md = consumer
+        .fetch_metadata(None, Duration::from_secs(10))
+        .map_err(|e| ProjectorError::Consumer(format!("metadata: {e}")))?;
+    let mut out = HashMap::new();
+    for t in md
+        .topics()
+        .iter()
+        .filter(|t| topics.iter().any(|x| x == t.name()))
+    {
+        for p in t.partitions() {
+            let (_, hi) = consumer
+                .fetch_watermarks(t.name(), p.id(), Duration::from_secs(10))
+                .map_err(|e| ProjectorError::Consumer(format!("offsets of {}: {e}", t.name())))?;
+            out.insert((t.name().to_string(), p.id()), hi);
+        }
+    }
+    Ok(out)
+}
+
+/// Runs the live projector into schema `showcase` until `cancel`.
+pub async fn run(
+    cfg: &Config,
+    ep: &Endpoints,
+    showcase_db: &str,
+    cancel: CancellationToken,
 ) -> Result<(), ProjectorError> {
-    let r = client
-        .query_one(
-            "SELECT count(*), extract(epoch FROM now() - min(commit_time))::float8 FROM showcase.watermarks",
+    let group = format!("{}-projector-{showcase_db}", cfg.capture.topic_prefix);
+    let mut p = Projection::open(cfg, ep, showcase_db, showcase::SCHEMA, &group).await?;
+    let p_cfg = &cfg.projector;
+    let partitions_per_topic = cfg.capture.partitions as i64;
+    let health = crate::http::health();
+    tracing::info!(
+        topics = p.topics.len(),
+        database = showcase_db,
+        "projecting"
+    );
+
+    // Log end offsets, refreshed in the background for lag.
+    let ends: Arc<Mutex<HashMap<Tp, i64>>> = Arc::default();
+    let lag_task = {
+        let (ends, brokers, topics, cancel) = (
+            ends.clone(),
+            p.brokers.clone(),
+            p.topics.clone(),
+            cancel.clone(),
+        );
+        tokio::spawn(async move {
+            while !cancel.is_cancelled() {
+                let (b, t) = (brokers.clone(), topics.clone());
+                if let Ok(Ok(e)) = tokio::task::spawn_blocking(move || end_offsets(&b, &t)).await {
+                    *ends.lock().unwrap() = e;
+                }
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            }
+        })
+    };
+
+    let mut sla = Sla::Breached;
+    let mut catch_up = false;
+    let mut last_status = Instant::now() - Duration::from_secs(10);
+    let result = loop {
+        health.beat();
+        let lag_total = report_lag(&p, &ends.lock().unwrap());
+        let want_catch_up = sla != Sla::Ok || lag_total > p_cfg.catch_up_batch_size as i64;
+        if want_catch_up != catch_up {
+            catch_up = want_catch_up;
+            tracing::info!(
+                catch_up,
+                sla = sla.as_str(),
+                behind = lag_total,
+                "{}",
+                if catch_up {
+                    "catch-up mode: larger batches until fresh and caught up"
+                } else {
+                    "normal mode"
+                }
+            );
+            metrics::gauge!(obs::PROJECTOR_CATCH_UP).set(if catch_up { 1.0 } else { 0.0 });
+        }
+        let (size, wait) = if catch_up {
+            (
+                p_cfg.catch_up_batch_size,
+                Duration::from_millis(p_cfg.batch_wait_ms * 5),
+            )
+        } else {
+            (p_cfg.batch_size, Duration::from_millis(p_cfg.batch_wait_ms))
+        };
+        let step = match p.step(size, wait, &cancel).await {
+            Ok(s) => s,
+            Err(e) => break Err(e),
+        };
+        // Freshness at least once a second, and after every applied batch.
+        if step.messages > 0 || last_status.elapsed() >= Duration::from_secs(1) {
+            last_status = Instant::now();
+            let now = match update_freshness(
+                &p.client,
+                showcase::SCHEMA,
+                &p.prefix,
+                partitions_per_topic,
+                p_cfg,
+            )
+            .await
+            {
+                Ok(s) => s,
+                Err(e) => break Err(e),
+            };
+            if now == Sla::Breached && sla != Sla::Breached {
+                metrics::counter!(obs::SHOWCASE_SLA_BREACHES).increment(1);
+                tracing::error!(
+                    "freshness SLA breached: changes older than {} s are not all visible",
+                    p_cfg.sla_budget_s
+                );
+            }
+            sla = now;
+            match sla {
+                Sla::Breached => health.not_ready("freshness SLA breached"),
+                _ => health.ready(),
+            }
+        }
+        if cancel.is_cancelled() {
+            break Ok(());
+        }
+    };
+    lag_task.abort();
+    result
+}
+
+/// Publishes consumer lag per partition (messages and seconds); returns
+/// the total in messages.
+fn report_lag(p: &Projection, ends: &HashMap<Tp, i64>) -> i64 {
+    let applied = p.offsets.lock().unwrap();
+    let now = chrono::Utc::now().timestamp_micros();
+    let mut total = 0;
+    for (tp, end) in ends {
+        let at = applied.get(tp).copied().unwrap_or(0);
+        let behind = (end - at).max(0);
+        total += behind;
+        // Seconds: how old the last applied record is while more wait; 0
+        // when caught up.
+        let secs = if behind == 0 {
+            0.0
+        } else {
+            p.last_time
+                .get(tp)
+                .map(|t| (now - t).max(0) as f64 / 1e6)
+                .unwrap_or(0.0)
+        };
+        let labels = [("topic", tp.0.clone()), ("partition", tp.1.to_string())];
+        metrics::gauge!(obs::PROJECTOR_LAG_MESSAGES, &labels).set(behind as f64);
+        metrics::gauge!(obs::PROJECTOR_LAG_SECONDS, &labels).set(secs);
+    }
+    total
+}
+
+/// Recomputes `fresh_as_of` and the SLA state, overall and per entity, in
+/// the showcase and as metrics. A topic whose partitions have not all
+/// reported a watermark yet has no freshness (breached).
+pub async fn update_freshness(
+    client: &tokio_postgres::Client,
+    schema: &str,
+    prefix: &str,
+    partitions_per_topic: i64,
+    p: &crate::config::ProjectorConfig,
+) -> Result<Sla, ProjectorError> {
+    let rows = client
+        .query(
+            &format!(
+                "SELECT topic, count(*), extract(epoch FROM now() - min(commit_time))::float8
+                   FROM {schema}.watermarks GROUP BY topic"
+            ),
             &[],
         )
         .await
         .map_err(PgError::query("reading watermarks"))?;
-    let (n, age): (i64, Option<f64>) = (r.get(0), r.get(1));
-    let age = if n >= expected_partitions { age } else { None };
-    let state = match age {
-        Some(a) if a < 300.0 => "ok",
-        Some(a) if a < 600.0 => "at_risk",
-        _ => "breached",
-    };
+    let by_topic: HashMap<String, Option<f64>> = rows
+        .iter()
+        .map(|r| {
+            let (t, n, age): (String, i64, Option<f64>) = (r.get(0), r.get(1), r.get(2));
+            (t, if n >= partitions_per_topic { age } else { None })
+        })
+        .collect();
+    let mut overall: Option<f64> = Some(0.0);
+    let mut per_entity: Vec<(&str, Option<f64>, Sla)> = Vec::new();
+    for e in ENTITIES {
+        let age = by_topic
+            .get(&kafka::topic(prefix, e.name))
+            .copied()
+            .flatten();
+        overall = match (overall, age) {
+            (Some(o), Some(a)) => Some(o.max(a)),
+            _ => None,
+        };
+        per_entity.push((e.name, age, Sla::of(age, p.at_risk_s, p.sla_budget_s)));
+    }
+    let sla = Sla::of(overall, p.at_risk_s, p.sla_budget_s);
     client
         .execute(
-            "INSERT INTO showcase.status (id, fresh_as_of, sla_state) VALUES (1, now() - make_interval(secs => $1), $2)
-             ON CONFLICT (id) DO UPDATE SET fresh_as_of = EXCLUDED.fresh_as_of, sla_state = EXCLUDED.sla_state, updated_at = now()",
-            &[&age, &state],
+            &format!(
+                "INSERT INTO {schema}.status (id, fresh_as_of, sla_state) VALUES (1, now() - make_interval(secs => $1), $2)
+                 ON CONFLICT (id) DO UPDATE SET fresh_as_of = EXCLUDED.fresh_as_of, sla_state = EXCLUDED.sla_state, updated_at = now()"
+            ),
+            &[&overall, &sla.as_str()],
         )
         .await
-        .map_err(PgError::query("updating showcase.status"))?;
-    if let Some(a) = age {
+        .map_err(PgError::query("updating the showcase status"))?;
+    let names: Vec<&str> = per_entity.iter().map(|x| x.0).collect();
+    let ages: Vec<Option<f64>> = per_entity.iter().map(|x| x.1).collect();
+    let states: Vec<&str> = per_entity.iter().map(|x| x.2.as_str()).collect();
+    client
+        .execute(
+            &format!(
+                "INSERT INTO {schema}.entity_freshness (entity, fresh_as_of, sla_state)
+                 SELECT e, now() - make_interval(secs => a), s FROM unnest($1::text[], $2::float8[], $3::text[]) AS x(e, a, s)
+                 ON CONFLICT (entity) DO UPDATE SET fresh_as_of = EXCLUDED.fresh_as_of, sla_state = EXCLUDED.sla_state, updated_at = now()"
+            ),
+            &[&names, &ages, &states],
+        )
+        .await
+        .map_err(PgError::query("updating the per-entity freshness"))?;
+    if let Some(a) = overall {
         metrics::gauge!(obs::SHOWCASE_FRESHNESS).set(a);
     }
-    for s in ["ok", "at_risk", "breached"] {
-        metrics::gauge!(obs::SHOWCASE_SLA_STATE, "state" => s).set(if s == state {
+    for (name, age, _) in &per_entity {
+        if let Some(a) = age {
+            metrics::gauge!(obs::SHOWCASE_ENTITY_FRESHNESS, "entity" => *name).set(*a);
+        }
+    }
+    for s in [Sla::Ok, Sla::AtRisk, Sla::Breached] {
+        metrics::gauge!(obs::SHOWCASE_SLA_STATE, "state" => s.as_str()).set(if s == sla {
             1.0
         } else {
             0.0
         });
     }
-    Ok(())
+    Ok(sla)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sla_state_follows_the_thresholds() {
+        assert_eq!(Sla::of(Some(10.0), 300, 600), Sla::Ok);
+        assert_eq!(Sla::of(Some(300.0), 300, 600), Sla::AtRisk);
+        assert_eq!(Sla::of(Some(599.9), 300, 600), Sla::AtRisk);
+        assert_eq!(Sla::of(Some(600.0), 300, 600), Sla::Breached);
+        assert_eq!(
+            Sla::of(None, 300, 600),
+            Sla::Breached,
+            "unknown freshness is no freshness"
+        );
+    }
 }

@@ -259,6 +259,10 @@ pub async fn apply_with_watermarks(
         .transaction()
         .await
         .map_err(PgError::query("starting an apply transaction"))?;
+    // A replay's swap pauses us here (see projector::replay).
+    tx.execute(crate::projector::replay::apply_lock_sql(), &[&schema])
+        .await
+        .map_err(PgError::query("taking the apply lock"))?;
 
     // Students whose shown medical detail may change with this batch.
     let mut students: Vec<i64> = Vec::new();

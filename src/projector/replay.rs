@@ -1,0 +1,417 @@
+//! Replay: rebuild the showcase from the event log into a shadow schema
+//! while the live projector keeps serving, then swap it in atomically.
+//!
+//! ```text
+//!   log ──replay group──▶ showcase_replay ──(caught up)──▶ lock live apply
+//!                                                        ▶ catch up to the live offsets
+//!                                                        ▶ showcase → showcase_previous
+//!                                                        ▶ showcase_replay → showcase
+//! ```
+//!
+//! Invariants:
+//! - The live projector takes a shared advisory lock (keyed by its schema
+//!   name) in every apply transaction; the swap takes it exclusively, so no
+//!   live batch is half-way when the schemas change names.
+//! - The swap happens only when the shadow has applied at least every
+//!   offset the live showcase has, so nothing the live showcase showed is
+//!   missing from its replacement. A live projector that then applies
+//!   events the shadow already holds changes nothing (apply is idempotent).
+//! - `--from T`: the shadow starts as the live rows last changed before T
+//!   and consumes from the first offset at or after T on every partition.
+//!   Events carry whole row states, so this equals a replay from the start.
+//! - A replay interrupted before the swap resumes from the shadow's own
+//!   offsets (`--restart` drops the shadow instead).
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use indicatif::{ProgressBar, ProgressStyle};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+use super::{end_offsets, Projection, ProjectorError, Tp};
+use crate::config::Config;
+use crate::events::ENTITIES;
+use crate::observability as obs;
+use crate::pg::PgError;
+use crate::showcase::{self, consent};
+use crate::stack::Endpoints;
+
+/// Schema the replay builds.
+pub const SHADOW: &str = "showcase_replay";
+/// Where the replaced showcase is kept (until the next replay).
+pub const PREVIOUS: &str = "showcase_previous";
+
+pub struct Options {
+    /// Rebuild from this time instead of the start of the log.
+    pub from: Option<DateTime<Utc>>,
+    /// Swap the shadow in when caught up (else leave it for inspection).
+    pub swap: bool,
+    /// Drop an existing shadow instead of resuming it.
+    pub restart: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct TableReport {
+    pub table: String,
+    pub old_rows: i64,
+    pub new_rows: i64,
+    pub old_checksum: String,
+    pub new_checksum: String,
+}
+
+impl TableReport {
+    pub fn same(&self) -> bool {
+        self.old_rows == self.new_rows && self.old_checksum == self.new_checksum
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub events: u64,
+    pub seconds: f64,
+    pub events_per_s: f64,
+    pub swapped: bool,
+    /// Messages the shadow had applied beyond the live showcase at the
+    /// swap (differences in the report may come from them).
+    pub ahead_of_live: i64,
+    pub tables: Vec<TableReport>,
+}
+
+fn lock_key(schema: &str) -> String {
+    format!("vitrina.apply.{schema}")
+}
+
+/// The shared lock every apply transaction into `schema` takes first.
+pub fn apply_lock_sql() -> &'static str {
+    "SELECT pg_advisory_xact_lock_shared(hashtext('vitrina.apply.' || $1::text))"
+}
+
+async fn schema_exists(c: &tokio_postgres::Client, schema: &str) -> Result<bool, ProjectorError> {
+    Ok(c.query_one(
+        "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)",
+        &[&schema],
+    )
+    .await
+    .map_err(PgError::query("looking up a schema"))?
+    .get(0))
+}
+
+async fn drop_shadow(c: &tokio_postgres::Client) -> Result<(), ProjectorError> {
+    c.batch_execute(&format!(
+        "DROP SCHEMA IF EXISTS {SHADOW} CASCADE; DROP SCHEMA IF EXISTS {} CASCADE;",
+        consent::private_schema(SHADOW)
+    ))
+    .await
+    .map_err(PgError::query("dropping the shadow showcase"))?;
+    Ok(())
+}
+
+/// Runs a replay; see the module docs.
+pub async fn run(
+    cfg: &Config,
+    ep: &Endpoints,
+    showcase_db: &str,
+    opts: &Options,
+    cancel: CancellationToken,
+) -> Result<Report, ProjectorError> {
+    let t0 = Instant::now();
+    let admin = crate::pg::connect(&ep.pg_config(showcase_db)).await?;
+    showcase::migrate(&admin, showcase::SCHEMA).await?;
+    if opts.restart || opts.from.is_some() {
+        drop_shadow(&admin).await?;
+    } else if schema_exists(&admin, SHADOW).await? {
+        tracing::info!("resuming the replay in {SHADOW} (--restart starts over)");
+    }
+    let fresh = !schema_exists(&admin, SHADOW).await?;
+    showcase::migrate(&admin, SHADOW).await?;
+    if let (Some(from), true) = (opts.from, fresh) {
+        seed_from(cfg, ep, &admin, from).await?;
+    }
+    let group = format!("{}-replay-{showcase_db}", cfg.capture.topic_prefix);
+    let mut p = Projection::open(cfg, ep, showcase_db, SHADOW, &group).await?;
+    let start: i64 = p.offsets().values().sum();
+
+    // Phase 1: up to the log's end as it was when we started.
+    let (b, t) = (p.brokers().to_string(), p.topics().to_vec());
+    let ends = tokio::task::spawn_blocking(move || end_offsets(&b, &t))
+        .await
+        .map_err(|e| ProjectorError::Replay(e.to_string()))??;
+    let total: i64 = ends.values().sum::<i64>() - start;
+    let bar = progress_bar(total.max(0) as u64);
+    let mut events = 0u64;
+    let batch = cfg.projector.catch_up_batch_size;
+    let mut last_log = Instant::now();
+    loop {
+        let behind = remaining(&p.offsets(), &ends);
+        let done = total - behind;
+        bar.set_position(done.max(0) as u64);
+        metrics::gauge!(obs::REPLAY_REMAINING).set(behind as f64);
+        metrics::gauge!(obs::REPLAY_PROGRESS).set(if total > 0 {
+            done as f64 / total as f64
+        } else {
+            1.0
+        });
+        if last_log.elapsed() > Duration::from_secs(10) {
+            last_log = Instant::now();
+            tracing::info!(applied = done, remaining = behind, "replaying");
+        }
+        if behind == 0 {
+            break;
+        }
+        if cancel.is_cancelled() {
+            bar.abandon_with_message("interrupted; run again to resume");
+            return Err(ProjectorError::Replay(
+                "interrupted before the swap; `vitrina replay` resumes from the shadow's offsets"
+                    .into(),
+            ));
+        }
+        let s = p.step(batch, Duration::from_millis(500), &cancel).await?;
+        events += s.events as u64;
+        metrics::counter!(obs::REPLAY_EVENTS).increment(s.events as u64);
+    }
+    bar.finish_with_message("caught up");
+
+    let mut report = Report {
+        events,
+        seconds: 0.0,
+        events_per_s: 0.0,
+        swapped: false,
+        ahead_of_live: 0,
+        tables: Vec::new(),
+    };
+    if !opts.swap {
+        report.tables = compare(&admin, showcase::SCHEMA, SHADOW).await?;
+    } else {
+        // Phase 2, with live apply paused: reach the live offsets, compare, swap.
+        let mut admin = admin;
+        let tx = admin
+            .transaction()
+            .await
+            .map_err(PgError::query("starting the swap"))?;
+        tx.execute(
+            "SELECT pg_advisory_xact_lock(hashtext($1))",
+            &[&lock_key(showcase::SCHEMA)],
+        )
+        .await
+        .map_err(PgError::query("pausing the live projector"))?;
+        let live: HashMap<Tp, i64> = tx
+            .query(
+                &format!(
+                    "SELECT topic, partition, next_offset FROM {}.consumer_offsets",
+                    showcase::SCHEMA
+                ),
+                &[],
+            )
+            .await
+            .map_err(PgError::query("reading the live offsets"))?
+            .iter()
+            .map(|r| ((r.get(0), r.get(1)), r.get(2)))
+            .collect();
+        let paused = Instant::now();
+        while remaining(&p.offsets(), &live) > 0 {
+            if paused.elapsed() > Duration::from_secs(120) {
+                return Err(ProjectorError::Replay(
+                    "the shadow did not reach the live showcase's offsets within 120 s of pausing it; nothing swapped".into(),
+                ));
+            }
+            let s = p.step(batch, Duration::from_millis(200), &cancel).await?;
+            events += s.events as u64;
+        }
+        report.ahead_of_live = p
+            .offsets()
+            .iter()
+            .map(|(k, o)| o - live.get(k).copied().unwrap_or(0))
+            .sum();
+        report.tables = compare(&tx, showcase::SCHEMA, SHADOW).await?;
+        let (live_p, shadow_p, prev_p) = (
+            consent::private_schema(showcase::SCHEMA),
+            consent::private_schema(SHADOW),
+            consent::private_schema(PREVIOUS),
+        );
+        tx.batch_execute(&format!(
+            "DROP SCHEMA IF EXISTS {PREVIOUS} CASCADE;
+             DROP SCHEMA IF EXISTS {prev_p} CASCADE;
+             ALTER SCHEMA {live} RENAME TO {PREVIOUS};
+             ALTER SCHEMA {live_p} RENAME TO {prev_p};
+             ALTER SCHEMA {SHADOW} RENAME TO {live};
+             ALTER SCHEMA {shadow_p} RENAME TO {live_p};",
+            live = showcase::SCHEMA
+        ))
+        .await
+        .map_err(PgError::query("swapping the shadow showcase in"))?;
+        tx.commit()
+            .await
+            .map_err(PgError::query("committing the swap"))?;
+        report.swapped = true;
+        metrics::counter!(obs::REPLAY_SWAPS).increment(1);
+        tracing::info!(
+            paused_ms = paused.elapsed().as_millis() as u64,
+            "swapped: the replayed showcase is live; the old one is {PREVIOUS}"
+        );
+    }
+    report.events = events;
+    report.seconds = t0.elapsed().as_secs_f64();
+    report.events_per_s = events as f64 / report.seconds.max(1e-9);
+    Ok(report)
+}
+
+fn remaining(have: &HashMap<Tp, i64>, want: &HashMap<Tp, i64>) -> i64 {
+    want.iter()
+        .map(|(k, w)| (w - have.get(k).copied().unwrap_or(0)).max(0))
+        .sum()
+}
+
+fn progress_bar(len: u64) -> ProgressBar {
+    let bar = ProgressBar::new(len);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{spinner} replay [{bar:30}] {human_pos}/{human_len} events  {per_sec}  ETA {eta}  {msg}",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
+    );
+    if !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    bar
+}
+
+/// Row counts (not deleted) and an order-independent checksum of every
+/// entity table in both schemas. The checksum covers keys, states,
+/// tombstones and source positions, not `applied_at`.
+async fn compare(
+    c: &impl tokio_postgres::GenericClient,
+    old: &str,
+    new: &str,
+) -> Result<Vec<TableReport>, ProjectorError> {
+    let mut out = Vec::new();
+    for e in ENTITIES {
+        let mut cols = vec!["key"];
+        cols.extend(e.fields.iter().map(|f| f.name));
+        cols.extend([
+            "deleted",
+            "source_commit_lsn",
+            "source_lsn",
+            "source_commit_time",
+            "event_id",
+        ]);
+        let row = format!("({})", cols.join(", "));
+        let one = |schema: &str| {
+            format!(
+                "SELECT count(*) FILTER (WHERE NOT deleted),
+                        coalesce(sum(('x' || substr(md5({row}::text), 1, 15))::bit(60)::bigint), 0)::text
+                   FROM {schema}.{t}",
+                t = e.name
+            )
+        };
+        let a = c
+            .query_one(&one(old), &[])
+            .await
+            .map_err(PgError::query(format!("checksumming {old}.{}", e.name)))?;
+        let b = c
+            .query_one(&one(new), &[])
+            .await
+            .map_err(PgError::query(format!("checksumming {new}.{}", e.name)))?;
+        out.push(TableReport {
+            table: e.name.to_string(),
+            old_rows: a.get(0),
+            new_rows: b.get(0),
+            old_checksum: a.get(1),
+            new_checksum: b.get(1),
+        });
+    }
+    Ok(out)
+}
+
+/// Seeds the shadow with the live rows last changed before `from`, their
+/// held-back medical detail, and offsets at `from` on every partition.
+async fn seed_from(
+    cfg: &Config,
+    ep: &Endpoints,
+    c: &tokio_postgres::Client,
+    from: DateTime<Utc>,
+) -> Result<(), ProjectorError> {
+    let live = showcase::SCHEMA;
+    for e in ENTITIES {
+        c.execute(
+            &format!(
+                "INSERT INTO {SHADOW}.{t} SELECT * FROM {live}.{t} WHERE source_commit_time < $1",
+                t = e.name
+            ),
+            &[&from],
+        )
+        .await
+        .map_err(PgError::query(format!("seeding {SHADOW}.{}", e.name)))?;
+    }
+    for m in consent::MEDICAL {
+        c.execute(
+            &format!(
+                "INSERT INTO {sp}.{t}_medical SELECT p.* FROM {lp}.{t}_medical p JOIN {SHADOW}.{t} s USING (key)",
+                sp = consent::private_schema(SHADOW),
+                lp = consent::private_schema(live),
+                t = m.entity
+            ),
+            &[],
+        )
+        .await
+        .map_err(PgError::query(format!("seeding the medical detail of {}", m.entity)))?;
+    }
+    let brokers = ep
+        .kafka(&cfg.state_dir)
+        .map_err(|e| ProjectorError::Consumer(e.to_string()))?
+        .to_string();
+    let topics = super::event_topics(&cfg.capture.topic_prefix);
+    let ms = from.timestamp_millis();
+    let at = tokio::task::spawn_blocking(move || -> Result<Vec<(Tp, i64)>, ProjectorError> {
+        let ends = end_offsets(&brokers, &topics)?;
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &brokers)
+            .set("log_level", "3")
+            .create()
+            .map_err(|e| ProjectorError::Consumer(e.to_string()))?;
+        let mut tpl = TopicPartitionList::new();
+        for (t, p) in ends.keys() {
+            tpl.add_partition_offset(t, *p, Offset::Offset(ms))
+                .map_err(|e| ProjectorError::Consumer(e.to_string()))?;
+        }
+        let found = consumer
+            .offsets_for_times(tpl, Duration::from_secs(30))
+            .map_err(|e| ProjectorError::Consumer(format!("offsets at {from}: {e}")))?;
+        Ok(found
+            .elements()
+            .iter()
+            .map(|e| {
+                let k = (e.topic().to_string(), e.partition());
+                let end = ends.get(&k).copied().unwrap_or(0);
+                // No message at or after `from`: start at the end.
+                let o = match e.offset() {
+                    Offset::Offset(o) => o.min(end),
+                    _ => end,
+                };
+                (k, o)
+            })
+            .collect())
+    })
+    .await
+    .map_err(|e| ProjectorError::Replay(e.to_string()))??;
+    for ((t, p), o) in &at {
+        c.execute(
+            &format!("INSERT INTO {SHADOW}.consumer_offsets (topic, partition, next_offset) VALUES ($1, $2, $3)"),
+            &[t, p, o],
+        )
+        .await
+        .map_err(PgError::query("seeding the replay offsets"))?;
+    }
+    let all: Option<Vec<i64>> = None;
+    for m in consent::MEDICAL {
+        c.execute(&consent::refresh_sql(m, SHADOW), &[&all])
+            .await
+            .map_err(PgError::query("applying consent to the seeded rows"))?;
+    }
+    tracing::info!(%from, partitions = at.len(), "shadow seeded with the rows last changed before the replay's start time");
+    Ok(())
+}
