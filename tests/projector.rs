@@ -196,6 +196,22 @@ async fn showcase_equals_the_journal_after_a_workload_with_the_projector_killed_
         common::kill(&mut projector, libc::SIGKILL);
         projector = common::spawn_projector(&db, &name, &show_db);
     }
+    // The last projector serves its endpoints on a known port, with a
+    // short SLA budget so that stopping capture breaches it in seconds.
+    common::kill(&mut projector, libc::SIGKILL);
+    let listen = format!("127.0.0.1:{}", common::free_port());
+    projector = common::spawn_vitrina(
+        "project",
+        &db,
+        &name,
+        &format!("{name}-projector"),
+        &[
+            ("VITRINA_PROJECTOR__DATABASE", show_db.as_str()),
+            ("VITRINA_PROJECTOR__METRICS_LISTEN", listen.as_str()),
+            ("VITRINA_PROJECTOR__SLA_BUDGET_S", "15"),
+            ("VITRINA_PROJECTOR__AT_RISK_S", "10"),
+        ],
+    );
     let report = load_task.await.unwrap();
     assert_eq!(report.failed_transactions, 0);
     common::wait_caught_up(&cfg, &name, Duration::from_secs(240)).await;
@@ -214,13 +230,56 @@ async fn showcase_equals_the_journal_after_a_workload_with_the_projector_killed_
         fresh < 10.0 && state == "ok",
         "freshness {fresh} s, {state}"
     );
-    // …and it grows by about the time capture is stopped.
+    assert_eq!(common::http_get(&listen, "/healthz").0, 200);
+    assert_eq!(
+        common::http_get(&listen, "/readyz"),
+        (200, "ready\n".into())
+    );
+    let (_, metrics) = common::http_get(&listen, "/metrics");
+    for name in [
+        "vitrina_showcase_freshness_seconds",
+        "vitrina_showcase_entity_freshness_seconds{entity=\"grade\"}",
+        "vitrina_showcase_sla_state{state=\"ok\"} 1",
+        "vitrina_projector_consumer_lag_messages{",
+        "vitrina_projector_consumer_lag_seconds{",
+        "vitrina_projector_commit_to_visible_seconds_bucket{entity=\"grade\"",
+        "vitrina_projector_batch_seconds_bucket",
+    ] {
+        assert!(metrics.contains(name), "/metrics lacks {name}:\n{metrics}");
+    }
+    // …and it grows by about the time capture is stopped, until the SLA
+    // is breached and the projector is no longer ready.
     common::kill(&mut capture, libc::SIGTERM);
     tokio::time::sleep(Duration::from_secs(6)).await;
     let (stale, _) = freshness(&c).await;
     assert!(
         stale >= fresh + 4.0,
         "freshness grows while capture is down: {fresh} → {stale}"
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while freshness(&c).await.1 != "breached" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the SLA is breached 15 s after capture stopped"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (code, why) = common::http_get(&listen, "/readyz");
+    assert_eq!((code, why.as_str()), (503, "freshness SLA breached\n"));
+    assert_eq!(
+        common::http_get(&listen, "/healthz").0,
+        200,
+        "alive though not ready"
+    );
+    let (_, metrics) = common::http_get(&listen, "/metrics");
+    assert!(
+        metrics.contains("vitrina_showcase_sla_breaches_total 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("vitrina_projector_catch_up_mode 1"),
+        "{metrics}"
     );
     common::kill(&mut projector, libc::SIGTERM);
 }
