@@ -106,6 +106,15 @@ pub struct ProjectorConfig {
     /// Events per apply transaction in catch-up mode (SLA at risk or
     /// breached, or far behind the log).
     pub catch_up_batch_size: usize,
+    /// Apply transactions run in parallel, each with its own topics and
+    /// their offsets (1: one transaction per batch; 2: grades apart from
+    /// the rest).
+    pub apply_connections: usize,
+    /// Seconds between quality-check rounds in the running projector.
+    pub quality_interval_s: u64,
+    /// A reference to a row not in the showcase is "pending" this long
+    /// (it may arrive late on another topic), then a violation.
+    pub pending_grace_s: u64,
 }
 
 impl Default for ProjectorConfig {
@@ -119,6 +128,9 @@ impl Default for ProjectorConfig {
             batch_size: 5000,
             batch_wait_ms: 100,
             catch_up_batch_size: 50_000,
+            apply_connections: 2,
+            quality_interval_s: 60,
+            pending_grace_s: 600,
         }
     }
 }
@@ -464,6 +476,12 @@ impl Config {
                 "projector.catch_up_batch_size",
                 "must be at least projector.batch_size, which must be at least 1",
             );
+        }
+        if !(1..=2).contains(&p.apply_connections) {
+            return bad("projector.apply_connections", "must be 1 or 2");
+        }
+        if p.quality_interval_s == 0 {
+            return bad("projector.quality_interval_s", "must be at least 1");
         }
         if p.batch_wait_ms == 0 || p.batch_wait_ms > 60_000 {
             return bad("projector.batch_wait_ms", "must be within 1..=60000");

@@ -87,6 +87,12 @@ enum Command {
     },
     /// Project the event topics into the showcase database (until SIGINT/SIGTERM).
     Project,
+    /// Run the quality checks (completeness, actuality, consistency, connectedness) over the showcase and report.
+    Quality {
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Rebuild the showcase from the event log into a shadow schema while the live one serves, then swap it in.
     Replay {
         /// Rebuild from this time (RFC 3339, e.g. 2026-11-01T00:00:00Z) instead of the start of the log.
@@ -107,7 +113,7 @@ enum Command {
         #[arg(long)]
         write: Option<PathBuf>,
     },
-    /// The demo: up, migrate, generate (if the journal is empty), then capture streams the live workload to Kafka.
+    /// The demo: up, migrate, generate (if the journal is empty), capture and projector, then the live workload through to the showcase.
     Demo {
         /// Seconds of live workload.
         #[arg(long, default_value_t = 30)]
@@ -135,6 +141,23 @@ enum BenchWhat {
         latency_rate: u32,
         #[arg(long, default_value_t = 30)]
         latency_seconds: u64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Commit → visible latency (p50/p99) at steady rates through capture and projector, and replay throughput.
+    Projector {
+        /// Runs per rate (medians are reported).
+        #[arg(long, default_value_t = 3)]
+        runs: u32,
+        /// Seconds of workload per run.
+        #[arg(long, default_value_t = 20)]
+        seconds: u64,
+        /// Target rates (changes/s), comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "2000,4000,6000,8000")]
+        rates: Vec<u32>,
+        /// Replays of the whole log into a fresh shadow.
+        #[arg(long, default_value_t = 3)]
+        replays: u32,
         #[arg(long)]
         json: bool,
     },
@@ -304,6 +327,53 @@ async fn run(command: Command, mut cfg: Config) -> Result<()> {
                 );
             }
         }
+        Command::Bench {
+            what:
+                BenchWhat::Projector {
+                    runs,
+                    seconds,
+                    rates,
+                    replays,
+                    json,
+                },
+        } => {
+            let knobs = vitrina::bench::ProjectorKnobs {
+                runs,
+                seconds,
+                rates,
+                replays,
+            };
+            let b = vitrina::bench::projector(&cfg, &knobs).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&b)?);
+            } else {
+                println!(
+                    "projector benchmark (initial load: {} events projected at {:.0} events/s)",
+                    b.initial_events, b.initial_events_per_s
+                );
+                for r in &b.rates {
+                    let ach: Vec<String> = r.achieved.iter().map(|a| format!("{a:.0}")).collect();
+                    println!(
+                        "  {:>5}/s (achieved {}): commit → visible p50 {:.0} ms, p99 {:.0} ms (medians of {} runs)",
+                        r.target,
+                        ach.join(", "),
+                        r.median_p50_ms,
+                        r.median_p99_ms,
+                        r.p99_ms.len()
+                    );
+                }
+                println!(
+                    "  highest rate with p99 < 10 s: {} (target at 2,000/s: p99 < 2 s)",
+                    b.max_rate_p99_under_10s
+                        .map(|r| format!("{r}/s"))
+                        .unwrap_or_else(|| "none".into())
+                );
+                println!(
+                    "  replay of {} events: median {:.0} events/s end to end, {:.0} events/s while applying (target ≥ 50,000)",
+                    b.replay_events, b.replay_median_events_per_s, b.replay_apply_median_events_per_s
+                );
+            }
+        }
         Command::Project => {
             let ep = Stack::new(&cfg)?.endpoints()?;
             if cfg.postgres.host.is_none() {
@@ -315,6 +385,36 @@ async fn run(command: Command, mut cfg: Config) -> Result<()> {
             vitrina::observability::describe_projector();
             vitrina::projector::run(&cfg, &ep, &cfg.projector.database, shutdown_on_signal())
                 .await?;
+        }
+        Command::Quality { json } => {
+            let ep = Stack::new(&cfg)?.endpoints()?;
+            let c = pg::connect(&ep.pg_config(&cfg.projector.database)).await?;
+            vitrina::showcase::migrate(&c, vitrina::showcase::SCHEMA).await?;
+            let r = vitrina::showcase::quality::run(
+                &c,
+                vitrina::showcase::SCHEMA,
+                cfg.projector.pending_grace_s,
+            )
+            .await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                println!(
+                    "{:<14} {:<36} {:>10} {:>8}  WHAT",
+                    "DIMENSION", "CHECK", "VIOLATIONS", "PENDING"
+                );
+                for f in &r.findings {
+                    println!(
+                        "{:<14} {:<36} {:>10} {:>8}  {}",
+                        f.dimension, f.check, f.violations, f.pending, f.what
+                    );
+                }
+                println!(
+                    "{} violations in all; pending references resolve when the referenced rows arrive (grace {} s)",
+                    r.violations(),
+                    cfg.projector.pending_grace_s
+                );
+            }
         }
         Command::Replay {
             from,
@@ -424,6 +524,7 @@ async fn run(command: Command, mut cfg: Config) -> Result<()> {
                 .await
                 .map_err(anyhow::Error::msg)?;
             vitrina::observability::describe_capture();
+            vitrina::observability::describe_projector();
             let probe = std::sync::Arc::new(vitrina::capture::Probe::default());
             let cancel = tokio_util::sync::CancellationToken::new();
             let (c2, ep2, cancel2, probe2) =
@@ -449,11 +550,49 @@ async fn run(command: Command, mut cfg: Config) -> Result<()> {
                 t0.elapsed().as_secs_f64(),
                 loaded
             );
+            // The projector: the event log into the showcase database.
+            if cfg.postgres.host.is_none() {
+                pg::ensure_database(&ep.pg_config("postgres"), &cfg.projector.database).await?;
+            }
+            let showcase = pg::connect(&ep.pg_config(&cfg.projector.database)).await?;
+            vitrina::showcase::migrate(&showcase, vitrina::showcase::SCHEMA).await?;
+            let (c3, ep3, cancel3) = (cfg.clone(), ep.clone(), cancel.clone());
+            let projector = tokio::spawn(async move {
+                vitrina::projector::run(&c3, &ep3, &c3.projector.database, cancel3).await
+            });
+            println!(
+                "projector: projecting into database {} (schema showcase)",
+                cfg.projector.database
+            );
+            let fresh_after = |since: chrono::DateTime<chrono::Utc>| {
+                let showcase = &showcase;
+                let projector = &projector;
+                async move {
+                    loop {
+                        let r = showcase
+                            .query_opt("SELECT fresh_as_of FROM showcase.status WHERE fresh_as_of >= $1", &[&since])
+                            .await?;
+                        if r.is_some() {
+                            return anyhow::Ok(());
+                        }
+                        anyhow::ensure!(!projector.is_finished(), "the projector stopped");
+                        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    }
+                }
+            };
+            let t2 = std::time::Instant::now();
+            fresh_after(chrono::Utc::now()).await?;
+            println!(
+                "projector: the initial load is in the showcase after {:.1} s",
+                t2.elapsed().as_secs_f64()
+            );
+
             cfg.workload.duration_s = duration;
             if cfg.workload.mass_enrolment == 0 {
                 cfg.workload.mass_enrolment = 300;
             }
             run_workload(&cfg, false).await?;
+            let workload_end = chrono::Utc::now();
             let end: String = client
                 .query_one(
                     "SELECT pg_logical_emit_message(true, 'vitrina.demo.end', '')::text",
@@ -474,11 +613,31 @@ async fn run(command: Command, mut cfg: Config) -> Result<()> {
                 probe.events.load(std::sync::atomic::Ordering::SeqCst) - loaded,
                 cfg.capture.topic_prefix
             );
+            let t3 = std::time::Instant::now();
+            fresh_after(workload_end).await?;
+            println!(
+                "showcase: every change up to the workload's end visible {:.2} s after it (fresh_as_of; the SLA is 600 s)",
+                t3.elapsed().as_secs_f64()
+            );
+            let q = vitrina::showcase::quality::run(
+                &showcase,
+                vitrina::showcase::SCHEMA,
+                cfg.projector.pending_grace_s,
+            )
+            .await?;
+            let pending: i64 = q.findings.iter().map(|f| f.pending).sum();
+            println!(
+                "quality: {} violations, {} references pending (`vitrina quality` for the report)",
+                q.violations(),
+                pending
+            );
             cancel.cancel();
             capture.await??;
+            projector.await??;
             println!(
-                "\njournal: {}\nkafka: {}\nthe stack keeps running; `vitrina status` shows it, `vitrina capture` resumes streaming, `vitrina down` stops it",
+                "\njournal: {}\nshowcase: {}\nkafka: {}\nthe stack keeps running; `vitrina status` shows it, `vitrina capture` and `vitrina project` resume, `vitrina down` stops it",
                 ep.pg_url(&cfg.postgres.journal_database),
+                ep.pg_url(&cfg.projector.database),
                 ep.kafka_brokers.as_deref().unwrap_or("-")
             );
         }

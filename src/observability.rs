@@ -112,12 +112,12 @@ pub fn describe_projector() {
     describe_gauge!(
         QUALITY_VIOLATIONS,
         Unit::Count,
-        "Showcase rows failing a quality check, by check (completeness, consistency, connectedness)."
+        "Showcase rows failing a quality check, by dimension (completeness, actuality, consistency, connectedness) and check."
     );
     describe_gauge!(
         QUALITY_PENDING,
         Unit::Count,
-        "References to entities not yet in the showcase (late arrivals held as pending), by entity."
+        "References to rows not yet in the showcase, within the grace period (late arrivals held as pending), by check."
     );
     describe_gauge!(
         SHOWCASE_FRESHNESS,

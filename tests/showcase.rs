@@ -284,3 +284,156 @@ async fn medical_detail_shows_only_under_consent_whatever_the_arrival_order() {
         .get(0);
     assert_eq!(private, 4);
 }
+
+fn finding<'a>(
+    r: &'a vitrina::showcase::quality::QualityReport,
+    check: &str,
+) -> &'a vitrina::showcase::quality::Finding {
+    r.findings
+        .iter()
+        .find(|f| f.check == check)
+        .unwrap_or_else(|| panic!("no check {check}"))
+}
+
+#[tokio::test]
+async fn quality_checks_find_each_kind_of_fault_and_hold_late_references_as_pending() {
+    use vitrina::showcase::quality;
+    let cfg = common::fresh_db("t_show_quality").await;
+    let mut c = vitrina::pg::connect(&cfg).await.unwrap();
+    showcase::migrate(&c, showcase::SCHEMA).await.unwrap();
+    let s = showcase::SCHEMA;
+    let d = |day: i32| Val::Date(day);
+    let grade = |key: i64, student: i64, lesson: i64, mark: Val, lsn: u64| {
+        event(
+            "grade",
+            key,
+            lsn,
+            &[
+                ("student_id", Val::Long(student)),
+                ("lesson_id", Val::Long(lesson)),
+                ("class_id", Val::Long(1)),
+                ("subject_id", Val::Long(1)),
+                ("teacher_id", Val::Long(1)),
+                ("kind", Val::Str("current".into())),
+                ("mark", mark),
+                ("weight", Val::Double(1.0)),
+                ("created_at", Val::Timestamp(0)),
+                ("updated_at", Val::Timestamp(0)),
+            ],
+        )
+    };
+    // Grades for student 10 and lesson 20 arrive before either exists;
+    // one mark is off the scale, one grade has no kind.
+    let mut no_kind = grade(3, 10, 20, Val::Int(4), 103);
+    no_kind.after.as_mut().unwrap()[6] = Val::Null;
+    apply_batch(
+        &mut c,
+        s,
+        &[
+            grade(1, 10, 20, Val::Int(5), 101),
+            grade(2, 10, 20, Val::Int(7), 102),
+            no_kind,
+        ],
+        &[],
+    )
+    .await
+    .unwrap();
+    let r = quality::run(&c, s, 600).await.unwrap();
+    assert_eq!(finding(&r, "grade_mark_out_of_scale").violations, 1);
+    assert_eq!(finding(&r, "grade_required_fields").violations, 1);
+    let by_student = finding(&r, "grade_student_id");
+    assert_eq!(
+        (by_student.violations, by_student.pending),
+        (0, 3),
+        "late, not lost"
+    );
+    // With no grace, the same references are violations.
+    let strict = quality::run(&c, s, 0).await.unwrap();
+    assert_eq!(finding(&strict, "grade_student_id").violations, 3);
+
+    // The student and the lesson arrive: resolved. The lesson is then
+    // deleted: attendance for it is inconsistent.
+    let student = event("student", 10, 200, &[("sex", Val::Str("F".into()))]);
+    let lesson = event("lesson", 20, 201, &[("class_id", Val::Long(1))]);
+    let mark = event(
+        "attendance",
+        30,
+        202,
+        &[
+            ("student_id", Val::Long(10)),
+            ("lesson_id", Val::Long(20)),
+            ("code", Val::Str("Н".into())),
+        ],
+    );
+    apply_batch(&mut c, s, &[student, lesson, mark], &[])
+        .await
+        .unwrap();
+    let r = quality::run(&c, s, 0).await.unwrap();
+    assert_eq!(
+        (
+            finding(&r, "grade_student_id").violations,
+            finding(&r, "grade_student_id").pending
+        ),
+        (0, 0),
+        "resolved when the student arrived"
+    );
+    assert_eq!(finding(&r, "grade_lesson_id").violations, 0);
+    let mut gone = event("lesson", 20, 300, &[]);
+    gone.op = Op::Delete;
+    gone.after = None;
+    apply_batch(&mut c, s, &[gone], &[]).await.unwrap();
+    let r = quality::run(&c, s, 0).await.unwrap();
+    assert_eq!(finding(&r, "attendance_for_deleted_lesson").violations, 1);
+
+    // Two classes of one school in one year at once; a transfer that
+    // leaves the first class is fine.
+    let class = |key: i64| {
+        event(
+            "class",
+            key,
+            400 + key as u64,
+            &[
+                ("organization_id", Val::Long(1)),
+                ("academic_year", Val::Int(2026)),
+            ],
+        )
+    };
+    let order = |key: i64, from: Option<i64>, to: i64, lsn: u64| {
+        let mut f = vec![
+            ("student_id", Val::Long(10)),
+            ("to_class_id", Val::Long(to)),
+            ("effective_date", d(20_300)),
+        ];
+        if let Some(from) = from {
+            f.push(("from_class_id", Val::Long(from)));
+        }
+        event("enrolment_order", key, lsn, &f)
+    };
+    apply_batch(
+        &mut c,
+        s,
+        &[
+            class(41),
+            class(42),
+            order(51, None, 41, 500),
+            order(52, None, 42, 501),
+        ],
+        &[],
+    )
+    .await
+    .unwrap();
+    let r = quality::run(&c, s, 0).await.unwrap();
+    assert_eq!(finding(&r, "student_in_two_classes").violations, 1);
+    apply_batch(&mut c, s, &[order(52, Some(41), 42, 600)], &[])
+        .await
+        .unwrap();
+    let r = quality::run(&c, s, 0).await.unwrap();
+    assert_eq!(finding(&r, "student_in_two_classes").violations, 0);
+    // Results are kept in the showcase for readers.
+    let kept: i64 = c
+        .query_one("SELECT count(*) FROM showcase.quality", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(kept as usize, r.findings.len());
+}

@@ -127,20 +127,59 @@ pub struct Step {
     pub messages: usize,
     pub events: usize,
     pub applied: apply::Applied,
+    /// Time spent receiving and decoding, and in the apply transaction.
+    pub gather: Duration,
+    pub apply: Duration,
 }
 
-/// A consumer group applying the event topics to one showcase schema.
-pub struct Projection {
+/// Messages gathered for one apply transaction.
+#[derive(Default)]
+struct Batch {
+    messages: usize,
+    events: Vec<crate::events::Event>,
+    marks: Vec<apply::WatermarkAt>,
+    /// Next offset per partition after this batch.
+    next: HashMap<Tp, i64>,
+    /// Commit time (µs) of the batch's last record per partition.
+    times: HashMap<Tp, i64>,
+    gather: Duration,
+}
+
+/// The Kafka side: the consumer, decoding, dead letters.
+struct Source {
     consumer: StreamConsumer<SeekToShowcase>,
-    client: tokio_postgres::Client,
-    schema: String,
+    registry: Registry,
+    dlq: FutureProducer,
     prefix: String,
-    topics: Vec<String>,
+    /// Next offset expected per partition: what is applied or in flight.
+    gathered: HashMap<Tp, i64>,
+}
+
+/// The PostgreSQL side: apply transactions into one schema. With two
+/// connections, grades (two thirds of the log) and the other topics are
+/// applied in parallel transactions, each committing its own topics'
+/// offsets; consent and the medical entities stay in one transaction.
+struct Sink {
+    client: tokio_postgres::Client,
+    second: Option<tokio_postgres::Client>,
+    schema: String,
     offsets: Offsets,
     /// Journal commit time (µs) of the last record applied per partition.
     last_time: HashMap<Tp, i64>,
-    registry: Registry,
-    dlq: FutureProducer,
+    /// Benchmarks: commit → visible seconds of every streamed event.
+    probe: Option<LatencyProbe>,
+}
+
+/// Collects commit → visible latencies (seconds) for benchmarks.
+pub type LatencyProbe = Arc<Mutex<Vec<f64>>>;
+
+/// A consumer group applying the event topics to one showcase schema.
+/// Gathering the next batch overlaps applying the previous one.
+pub struct Projection {
+    source: Source,
+    sink: Sink,
+    in_flight: Option<Batch>,
+    topics: Vec<String>,
     brokers: String,
 }
 
@@ -157,7 +196,8 @@ impl Projection {
         let prefix = cfg.capture.topic_prefix.clone();
         let client = pg::connect(&ep.pg_config(showcase_db)).await?;
         showcase::migrate(&client, schema).await?;
-        let offsets: Offsets = Arc::new(Mutex::new(stored_offsets(&client, schema).await?));
+        let stored = stored_offsets(&client, schema).await?;
+        let offsets: Offsets = Arc::new(Mutex::new(stored.clone()));
         let brokers = ep
             .kafka(&cfg.state_dir)
             .map_err(|e| ProjectorError::Consumer(e.to_string()))?
@@ -190,22 +230,35 @@ impl Projection {
             .subscribe(&topic_refs)
             .map_err(|e| ProjectorError::Consumer(e.to_string()))?;
         let dlq: FutureProducer = kafka::producer(&brokers, 5, "lz4")?;
+        let second = if cfg.projector.apply_connections > 1 {
+            Some(pg::connect(&ep.pg_config(showcase_db)).await?)
+        } else {
+            None
+        };
         Ok(Projection {
-            consumer,
-            client,
-            schema: schema.to_string(),
-            prefix,
+            source: Source {
+                consumer,
+                registry: Registry::new(),
+                dlq,
+                prefix,
+                gathered: stored,
+            },
+            sink: Sink {
+                client,
+                second,
+                schema: schema.to_string(),
+                offsets,
+                last_time: HashMap::new(),
+                probe: None,
+            },
+            in_flight: None,
             topics,
-            offsets,
-            last_time: HashMap::new(),
-            registry: Registry::new(),
-            dlq,
             brokers,
         })
     }
 
     pub fn client(&self) -> &tokio_postgres::Client {
-        &self.client
+        &self.sink.client
     }
 
     pub fn brokers(&self) -> &str {
@@ -218,29 +271,64 @@ impl Projection {
 
     /// Next offset to apply, per partition, as committed in the showcase.
     pub fn offsets(&self) -> HashMap<Tp, i64> {
-        self.offsets.lock().unwrap().clone()
+        self.sink.offsets.lock().unwrap().clone()
     }
 
-    /// Commit time (µs) of the last record applied from each partition.
-    pub fn last_times(&self) -> &HashMap<Tp, i64> {
-        &self.last_time
-    }
-
-    /// Gathers up to `batch_size` messages (waiting at most `wait`) and
-    /// applies them with their offsets in one transaction.
+    /// Applies the batch gathered by the previous call while gathering the
+    /// next one (up to `batch_size` messages, waiting at most `wait`). With
+    /// `cap`, a partition is not read at or beyond its cap (a partition
+    /// missing from `cap` is not read at all).
     pub async fn step(
         &mut self,
         batch_size: usize,
         wait: Duration,
         cancel: &CancellationToken,
+        cap: Option<&HashMap<Tp, i64>>,
     ) -> Result<Step, ProjectorError> {
-        let mut step = Step::default();
-        let mut events = Vec::new();
-        let mut marks = Vec::new();
-        let mut next: HashMap<Tp, i64> = HashMap::new();
-        let mut times: HashMap<Tp, i64> = HashMap::new();
-        let deadline = Instant::now() + wait;
-        while step.messages < batch_size {
+        let source = &mut self.source;
+        let sink = &mut self.sink;
+        let (applied, gathered) = match self.in_flight.take() {
+            Some(b) => {
+                let (a, g) = tokio::join!(sink.apply(b), source.gather(batch_size, wait, cancel, cap));
+                (a?, g?)
+            }
+            None => (
+                Step::default(),
+                source.gather(batch_size, wait, cancel, cap).await?,
+            ),
+        };
+        if gathered.messages > 0 {
+            self.in_flight = Some(gathered);
+        }
+        Ok(applied)
+    }
+
+    /// Applies what is gathered and not yet applied.
+    pub async fn flush(&mut self) -> Result<Step, ProjectorError> {
+        match self.in_flight.take() {
+            Some(b) => self.sink.apply(b).await,
+            None => Ok(Step::default()),
+        }
+    }
+
+    /// Whether a gathered batch waits to be applied.
+    pub fn has_in_flight(&self) -> bool {
+        self.in_flight.is_some()
+    }
+}
+
+impl Source {
+    async fn gather(
+        &mut self,
+        batch_size: usize,
+        wait: Duration,
+        cancel: &CancellationToken,
+        cap: Option<&HashMap<Tp, i64>>,
+    ) -> Result<Batch, ProjectorError> {
+        let mut b = Batch::default();
+        let t0 = Instant::now();
+        let deadline = t0 + wait;
+        while b.messages < batch_size {
             let left = deadline.saturating_duration_since(Instant::now());
             let m = tokio::select! {
                 _ = cancel.cancelled() => break,
@@ -252,16 +340,23 @@ impl Projection {
                 Ok(Ok(m)) => m,
             };
             let k = (m.topic().to_string(), m.partition());
-            let known = self.offsets.lock().unwrap().get(&k).copied();
-            // Never apply below what the showcase already holds.
-            if known.is_some_and(|o| m.offset() < o) {
+            let expected = self.gathered.get(&k).copied().unwrap_or(0);
+            // Never apply twice what is applied or in flight.
+            if m.offset() < expected {
                 continue;
+            }
+            if let Some(cap) = cap {
+                if m.offset() >= cap.get(&k).copied().unwrap_or(0) {
+                    let mut tpl = TopicPartitionList::new();
+                    tpl.add_partition(&k.0, k.1);
+                    let _ = self.consumer.pause(&tpl);
+                    continue;
+                }
             }
             // The broker must hand us the partition from the offset we
             // asked for. Seen with tansu: a fetch from the middle of a
             // record batch returns the next batch. Rewind the partition to
             // its beginning; what is applied already is skipped above.
-            let expected = next.get(&k).copied().unwrap_or(known.unwrap_or(0));
             if m.offset() > expected {
                 tracing::warn!(topic = %k.0, partition = k.1, expected, got = m.offset(), "broker skipped offsets; rewinding the partition");
                 metrics::counter!(obs::PROJECTOR_REWINDS).increment(1);
@@ -272,53 +367,26 @@ impl Projection {
                     })?;
                 continue;
             }
-            step.messages += 1;
-            next.insert(k.clone(), m.offset() + 1);
+            b.messages += 1;
+            self.gathered.insert(k.clone(), m.offset() + 1);
+            b.next.insert(k.clone(), m.offset() + 1);
             match self
                 .registry
                 .decode_message(m.payload().unwrap_or_default())
             {
                 Ok(Decoded::Event(e)) => {
-                    times.insert(k, e.source.commit_time_micros);
-                    events.push(e);
+                    b.times.insert(k, e.source.commit_time_micros);
+                    b.events.push(e);
                 }
                 Ok(Decoded::Watermark(w)) => {
-                    times.insert(k.clone(), w.commit_time_micros);
-                    marks.push((k.0, k.1, w.commit_time_micros, w.commit_lsn));
+                    b.times.insert(k.clone(), w.commit_time_micros);
+                    b.marks.push((k.0, k.1, w.commit_time_micros, w.commit_lsn));
                 }
                 Err(err) => self.dead_letter(&m, &err.to_string()).await?,
             }
         }
-        if next.is_empty() {
-            return Ok(step);
-        }
-        let t0 = Instant::now();
-        let offs: Vec<(String, i32, i64)> =
-            next.iter().map(|((t, p), o)| (t.clone(), *p, *o)).collect();
-        step.applied =
-            apply::apply_with_watermarks(&mut self.client, &self.schema, &events, &offs, &marks)
-                .await?;
-        {
-            let mut known = self.offsets.lock().unwrap();
-            for ((t, p), o) in next {
-                let e = known.entry((t, p)).or_insert(0);
-                *e = (*e).max(o);
-            }
-        }
-        self.last_time.extend(times);
-        step.events = events.len();
-        metrics::counter!(obs::PROJECTOR_EVENTS).increment(events.len() as u64);
-        metrics::counter!(obs::PROJECTOR_ROWS_WRITTEN).increment(step.applied.written);
-        metrics::counter!(obs::PROJECTOR_CONSENT_UPDATES).increment(step.applied.consent_updates);
-        metrics::histogram!(obs::PROJECTOR_BATCH_SECONDS).record(t0.elapsed().as_secs_f64());
-        metrics::histogram!(obs::PROJECTOR_BATCH_EVENTS).record(step.messages as f64);
-        let now = chrono::Utc::now().timestamp_micros();
-        for e in events.iter().filter(|e| !e.source.snapshot) {
-            let lag = (now - e.source.commit_time_micros) as f64 / 1e6;
-            metrics::histogram!(obs::PROJECTOR_VISIBLE_LATENCY, "entity" => e.entity.name)
-                .record(lag.max(0.0));
-        }
-        Ok(step)
+        b.gather = t0.elapsed();
+        Ok(b)
     }
 
     async fn dead_letter(
@@ -328,13 +396,7 @@ impl Projection {
     ) -> Result<(), ProjectorError> {
         metrics::counter!(obs::PROJECTOR_DEAD_LETTERS, "topic" => m.topic().to_string())
             .increment(1);
-        tracing::warn!(
-            topic = m.topic(),
-            partition = m.partition(),
-            offset = m.offset(),
-            reason,
-            "event dead-lettered"
-        );
+        tracing::warn!(topic = m.topic(), partition = m.partition(), offset = m.offset(), reason, "event dead-lettered");
         let body = serde_json::json!({
             "stage": "projector", "reason": reason, "topic": m.topic(),
             "partition": m.partition(), "offset": m.offset(),
@@ -349,6 +411,80 @@ impl Projection {
             .await
             .map_err(|(e, _)| ProjectorError::Consumer(format!("dead-letter topic: {e}")))?;
         Ok(())
+    }
+}
+
+impl Sink {
+    /// Applies `b` with its offsets and watermarks in one transaction.
+    async fn apply(&mut self, mut b: Batch) -> Result<Step, ProjectorError> {
+        let t0 = Instant::now();
+        let offs: Vec<(String, i32, i64)> =
+            b.next.iter().map(|((t, p), o)| (t.clone(), *p, *o)).collect();
+        let applied = match self.second.as_mut() {
+            None => {
+                apply::apply_with_watermarks(
+                    &mut self.client,
+                    &self.schema,
+                    &b.events,
+                    &offs,
+                    &b.marks,
+                )
+                .await?
+            }
+            Some(second) => {
+                let apart = |topic: &str| topic.ends_with(".grade.v1");
+                let (ea, eb): (Vec<_>, Vec<_>) = std::mem::take(&mut b.events)
+                    .into_iter()
+                    .partition(|e| e.entity.name == "grade");
+                let (oa, ob): (Vec<_>, Vec<_>) = offs.into_iter().partition(|o| apart(&o.0));
+                let (ma, mb): (Vec<_>, Vec<_>) =
+                    b.marks.iter().cloned().partition(|m| apart(&m.0));
+                let (ra, rb) = tokio::join!(
+                    apply::apply_with_watermarks(&mut self.client, &self.schema, &ea, &oa, &ma),
+                    apply::apply_with_watermarks(second, &self.schema, &eb, &ob, &mb),
+                );
+                let (ra, rb) = (ra?, rb?);
+                b.events = ea;
+                b.events.extend(eb);
+                apply::Applied {
+                    written: ra.written + rb.written,
+                    skipped: ra.skipped + rb.skipped,
+                    truncated: ra.truncated + rb.truncated,
+                    consent_updates: ra.consent_updates + rb.consent_updates,
+                }
+            }
+        };
+        {
+            let mut known = self.offsets.lock().unwrap();
+            for (k, o) in b.next {
+                let e = known.entry(k).or_insert(0);
+                *e = (*e).max(o);
+            }
+        }
+        self.last_time.extend(b.times);
+        let step = Step {
+            messages: b.messages,
+            events: b.events.len(),
+            applied,
+            gather: b.gather,
+            apply: t0.elapsed(),
+        };
+        metrics::counter!(obs::PROJECTOR_EVENTS).increment(step.events as u64);
+        metrics::counter!(obs::PROJECTOR_ROWS_WRITTEN).increment(step.applied.written);
+        metrics::counter!(obs::PROJECTOR_CONSENT_UPDATES).increment(step.applied.consent_updates);
+        metrics::histogram!(obs::PROJECTOR_BATCH_SECONDS).record(step.apply.as_secs_f64());
+        metrics::histogram!(obs::PROJECTOR_BATCH_EVENTS).record(step.messages as f64);
+        let now = chrono::Utc::now().timestamp_micros();
+        let mut probe = self.probe.as_ref().map(|p| p.lock().unwrap());
+        for e in b.events.iter().filter(|e| !e.source.snapshot) {
+            let lag = ((now - e.source.commit_time_micros) as f64 / 1e6).max(0.0);
+            metrics::histogram!(obs::PROJECTOR_VISIBLE_LATENCY, "entity" => e.entity.name)
+                .record(lag);
+            if let Some(p) = probe.as_mut() {
+                p.push(lag);
+            }
+        }
+        Ok(step)
     }
 }
 
@@ -410,8 +546,20 @@ pub async fn run(
     showcase_db: &str,
     cancel: CancellationToken,
 ) -> Result<(), ProjectorError> {
+    run_probed(cfg, ep, showcase_db, cancel, None).await
+}
+
+/// [`run`], recording commit → visible latencies into `probe`.
+pub async fn run_probed(
+    cfg: &Config,
+    ep: &Endpoints,
+    showcase_db: &str,
+    cancel: CancellationToken,
+    probe: Option<LatencyProbe>,
+) -> Result<(), ProjectorError> {
     let group = format!("{}-projector-{showcase_db}", cfg.capture.topic_prefix);
     let mut p = Projection::open(cfg, ep, showcase_db, showcase::SCHEMA, &group).await?;
+    p.sink.probe = probe;
     let p_cfg = &cfg.projector;
     let partitions_per_topic = cfg.capture.partitions as i64;
     let health = crate::http::health();
@@ -437,6 +585,38 @@ pub async fn run(
                     *ends.lock().unwrap() = e;
                 }
                 tokio::time::sleep(Duration::from_secs(5)).await;
+            }
+        })
+    };
+
+    // Quality checks on their own connection, every quality_interval_s.
+    let quality_task = {
+        let (pg, cancel, every, grace) = (
+            ep.pg_config(showcase_db),
+            cancel.clone(),
+            Duration::from_secs(p_cfg.quality_interval_s),
+            p_cfg.pending_grace_s,
+        );
+        tokio::spawn(async move {
+            let Ok(c) = pg::connect(&pg).await else {
+                tracing::error!("quality checks: cannot connect to the showcase database");
+                return;
+            };
+            while !cancel.is_cancelled() {
+                match showcase::quality::run(&c, showcase::SCHEMA, grace).await {
+                    Ok(r) if r.violations() > 0 => {
+                        tracing::warn!(
+                            violations = r.violations(),
+                            "quality checks found violations (vitrina quality)"
+                        )
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "quality checks failed"),
+                }
+                tokio::select! {
+                    _ = cancel.cancelled() => {}
+                    _ = tokio::time::sleep(every) => {}
+                }
             }
         })
     };
@@ -471,7 +651,7 @@ pub async fn run(
         } else {
             (p_cfg.batch_size, Duration::from_millis(p_cfg.batch_wait_ms))
         };
-        let step = match p.step(size, wait, &cancel).await {
+        let step = match p.step(size, wait, &cancel, None).await {
             Ok(s) => s,
             Err(e) => break Err(e),
         };
@@ -479,9 +659,9 @@ pub async fn run(
         if step.messages > 0 || last_status.elapsed() >= Duration::from_secs(1) {
             last_status = Instant::now();
             let now = match update_freshness(
-                &p.client,
+                p.client(),
                 showcase::SCHEMA,
-                &p.prefix,
+                &cfg.capture.topic_prefix,
                 partitions_per_topic,
                 p_cfg,
             )
@@ -504,17 +684,18 @@ pub async fn run(
             }
         }
         if cancel.is_cancelled() {
-            break Ok(());
+            break p.flush().await.map(|_| ());
         }
     };
     lag_task.abort();
+    quality_task.abort();
     result
 }
 
 /// Publishes consumer lag per partition (messages and seconds); returns
 /// the total in messages.
 fn report_lag(p: &Projection, ends: &HashMap<Tp, i64>) -> i64 {
-    let applied = p.offsets.lock().unwrap();
+    let applied = p.sink.offsets.lock().unwrap();
     let now = chrono::Utc::now().timestamp_micros();
     let mut total = 0;
     for (tp, end) in ends {
@@ -526,7 +707,8 @@ fn report_lag(p: &Projection, ends: &HashMap<Tp, i64>) -> i64 {
         let secs = if behind == 0 {
             0.0
         } else {
-            p.last_time
+            p.sink
+                .last_time
                 .get(tp)
                 .map(|t| (now - t).max(0) as f64 / 1e6)
                 .unwrap_or(0.0)

@@ -40,6 +40,29 @@ async fn upsert_private(
     held: &[usize],
     evs: &[&Event],
 ) -> Result<(), PgError> {
+    // Only states that hold medical detail are kept; an update or delete
+    // that leaves none clears what an earlier state kept (order-safe).
+    let (evs, cleared): (Vec<&Event>, Vec<&Event>) = evs
+        .iter()
+        .partition(|e| e.after.as_deref().is_some_and(|a| m.applies(a)));
+    let cleared: Vec<&Event> = cleared
+        .into_iter()
+        .filter(|e| matches!(e.op, Op::Update | Op::Delete))
+        .collect();
+    if !cleared.is_empty() {
+        let keys: Vec<&str> = cleared.iter().map(|e| e.key.as_str()).collect();
+        let commit_lsn: Vec<i64> = cleared.iter().map(|e| e.source.commit_lsn as i64).collect();
+        let lsn: Vec<i64> = cleared.iter().map(|e| e.source.lsn as i64).collect();
+        tx.execute(&consent::private_clear_sql(m, schema), &[&keys, &commit_lsn, &lsn])
+            .await
+            .map_err(PgError::query(format!(
+                "clearing the medical detail of {}",
+                m.entity
+            )))?;
+    }
+    if evs.is_empty() {
+        return Ok(());
+    }
     let keys: Vec<&str> = evs.iter().map(|e| e.key.as_str()).collect();
     let students: Vec<Option<i64>> = evs.iter().map(|e| consent::student_of(e)).collect();
     let fields: Vec<Vec<Option<&str>>> = held
@@ -265,11 +288,21 @@ pub async fn apply_with_watermarks(
         .map_err(PgError::query("taking the apply lock"))?;
 
     // Students whose shown medical detail may change with this batch.
+    // Students whose consent changed: all their medical rows; and the
+    // medical rows this batch wrote.
     let mut students: Vec<i64> = Vec::new();
     let all_students = truncates.contains_key("consent");
+    let mut medical_keys: HashMap<&str, Vec<String>> = HashMap::new();
     for (entity, evs) in by_entity.values() {
-        if entity.name == "consent" || consent::medical(entity.name).is_some() {
+        if entity.name == "consent" {
             students.extend(evs.iter().filter_map(|e| consent::student_of(e)));
+        }
+        if let Some(m) = consent::medical(entity.name) {
+            medical_keys.entry(entity.name).or_default().extend(
+                evs.iter()
+                    .filter(|e| e.after.as_deref().is_some_and(|a| m.applies(a)))
+                    .map(|e| e.key.clone()),
+            );
         }
         if entity.name == "consent" {
             // A deleted consent no longer names its student: look it up.
@@ -365,13 +398,14 @@ pub async fn apply_with_watermarks(
             upsert_private(&tx, schema, m, &held, evs).await?;
         }
     }
-    if all_students || !students.is_empty() {
-        students.sort_unstable();
-        students.dedup();
-        let filter: Option<&Vec<i64>> = (!all_students).then_some(&students);
-        for m in consent::MEDICAL {
+    students.sort_unstable();
+    students.dedup();
+    let filter: Option<&Vec<i64>> = (!all_students).then_some(&students);
+    for m in consent::MEDICAL {
+        let keys = medical_keys.remove(m.entity).unwrap_or_default();
+        if all_students || !students.is_empty() || !keys.is_empty() {
             applied.consent_updates += tx
-                .execute(&consent::refresh_sql(m, schema), &[&filter])
+                .execute(&consent::refresh_sql(m, schema), &[&filter, &keys])
                 .await
                 .map_err(PgError::query(format!(
                     "applying consent to the medical detail of {}",

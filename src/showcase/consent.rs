@@ -152,6 +152,18 @@ pub fn private_upsert_sql(m: &Medical, schema: &str) -> String {
     )
 }
 
+/// Clears the private detail of keys `$1` older than positions (`$2`, `$3`).
+pub fn private_clear_sql(m: &Medical, schema: &str) -> String {
+    let nulls: Vec<String> = m.fields.iter().map(|f| format!("{f} = NULL")).collect();
+    format!(
+        "UPDATE {t} p SET {nulls}, source_commit_lsn = x.cl, source_lsn = x.l
+         FROM unnest($1::text[], $2::bigint[], $3::bigint[]) AS x(key, cl, l)
+         WHERE p.key = x.key AND (p.source_commit_lsn, p.source_lsn) < (x.cl, x.l)",
+        t = m.private_table(schema),
+        nulls = nulls.join(", ")
+    )
+}
+
 /// Clears the private detail older than a TRUNCATE's position (`$1`, `$2`).
 pub fn private_truncate_sql(m: &Medical, schema: &str) -> String {
     let nulls: Vec<String> = m.fields.iter().map(|f| format!("{f} = NULL")).collect();
@@ -163,9 +175,10 @@ pub fn private_truncate_sql(m: &Medical, schema: &str) -> String {
     )
 }
 
-/// Recomputes the shown detail of the students in `$1` (all when NULL):
-/// the private value under an active consent, NULL otherwise. Touches only
-/// rows whose shown value changes.
+/// Recomputes the shown detail of the rows of the students in `$1` (all
+/// when NULL) and of the rows keyed `$2`: the private value under an
+/// active consent, NULL otherwise. Touches only rows whose shown value
+/// changes.
 pub fn refresh_sql(m: &Medical, schema: &str) -> String {
     let shown: Vec<String> = m
         .fields
@@ -190,7 +203,7 @@ pub fn refresh_sql(m: &Medical, schema: &str) -> String {
                WHERE c.student_id = a.student_id AND c.kind = '{CONSENT_KIND}'
                  AND c.status = 'granted' AND NOT c.deleted) AS granted) ok
            WHERE NOT a.deleted {when}
-             AND ($1::bigint[] IS NULL OR a.student_id = ANY($1::bigint[]))
+             AND ($1::bigint[] IS NULL OR a.student_id = ANY($1::bigint[]) OR a.key = ANY($2::text[]))
          ) v
          WHERE s.key = v.key AND ({cur}) IS DISTINCT FROM ({new})",
         e = m.entity,

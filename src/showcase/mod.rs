@@ -13,6 +13,7 @@
 
 pub mod apply;
 pub mod consent;
+pub mod quality;
 
 use crate::events::contract::{Entity, Ty, ENTITIES};
 
@@ -101,6 +102,7 @@ COMMENT ON TABLE {schema}.entity_freshness IS 'fresh_as_of per entity: from the 
 "
     ));
     out.push_str(&consent::ddl(schema));
+    out.push_str(&quality::ddl(schema));
     out
 }
 
