@@ -316,7 +316,7 @@ pub struct ProjectorBench {
     pub initial_events: u64,
     pub initial_events_per_s: f64,
     pub rates: Vec<RateRun>,
-    /// Highest target rate whose median p99 stayed under 10 s.
+    /// Highest achieved rate (median over runs) whose median p99 stayed under 10 s.
     pub max_rate_p99_under_10s: Option<u32>,
     /// Replays of the whole log into a fresh shadow: events/s, end to end
     /// (group join, apply, SET LOGGED, checksums) and while applying.
@@ -455,10 +455,12 @@ pub async fn projector(cfg: &Config, knobs: &ProjectorKnobs) -> Result<Projector
         run.median_p99_ms = median(&mut run.p99_ms.clone());
         rates.push(run);
     }
+    // The rate reached, not the one asked for: on a small machine the
+    // workload, capture, projector and PostgreSQL share the cores.
     let max_rate = rates
         .iter()
         .filter(|r| r.median_p99_ms < 10_000.0)
-        .map(|r| r.target)
+        .map(|r| median(&mut r.achieved.clone()).round() as u32)
         .max();
     cancel.cancel();
     let _ = capture.await;

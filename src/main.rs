@@ -363,7 +363,7 @@ async fn run(command: Command, mut cfg: Config) -> Result<()> {
                     );
                 }
                 println!(
-                    "  highest rate with p99 < 10 s: {} (target at 2,000/s: p99 < 2 s)",
+                    "  highest achieved rate with p99 < 10 s: {} (target at 2,000/s: p99 < 2 s)",
                     b.max_rate_p99_under_10s
                         .map(|r| format!("{r}/s"))
                         .unwrap_or_else(|| "none".into())
@@ -570,7 +570,10 @@ async fn run(command: Command, mut cfg: Config) -> Result<()> {
                 async move {
                     loop {
                         let r = showcase
-                            .query_opt("SELECT fresh_as_of FROM showcase.status WHERE fresh_as_of >= $1", &[&since])
+                            .query_opt(
+                                "SELECT fresh_as_of FROM showcase.status WHERE fresh_as_of >= $1",
+                                &[&since],
+                            )
                             .await?;
                         if r.is_some() {
                             return anyhow::Ok(());

@@ -43,8 +43,18 @@ pub const QUALITY_PENDING: &str = "vitrina_quality_pending_references";
 pub const QUALITY_CHECK_RUNS: &str = "vitrina_quality_check_runs_total";
 pub const SHOWCASE_SLA_STATE: &str = "vitrina_showcase_sla_state";
 
-/// Describes the projector metrics.
+/// Describes the projector metrics, and starts its event counters at 0 so
+/// that `rate()` and alerts see a series before the first event.
 pub fn describe_projector() {
+    for c in [
+        PROJECTOR_REWINDS,
+        PROJECTOR_CONSENT_UPDATES,
+        SHOWCASE_SLA_BREACHES,
+        PROJECTOR_EVENTS,
+        PROJECTOR_ROWS_WRITTEN,
+    ] {
+        metrics::counter!(c).increment(0);
+    }
     describe_counter!(
         PROJECTOR_EVENTS,
         Unit::Count,
@@ -130,8 +140,13 @@ pub fn describe_projector() {
     );
 }
 
-/// Describes the capture metrics (call once after installing the exporter).
+/// Describes the capture metrics (call once after installing the exporter),
+/// and starts the error counters at 0.
 pub fn describe_capture() {
+    for kind in ["replication", "heartbeat"] {
+        metrics::counter!(CAPTURE_ERRORS, "kind" => kind).increment(0);
+    }
+    metrics::counter!(CAPTURE_WATERMARKS).increment(0);
     describe_counter!(
         CAPTURE_EVENTS,
         Unit::Count,
@@ -208,8 +223,10 @@ pub fn describe_capture() {
     );
 }
 
-/// Describes the replay metrics.
+/// Describes the replay metrics (counters start at 0).
 pub fn describe_replay() {
+    metrics::counter!(REPLAY_EVENTS).increment(0);
+    metrics::counter!(REPLAY_SWAPS).increment(0);
     describe_counter!(
         REPLAY_EVENTS,
         Unit::Count,

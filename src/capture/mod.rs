@@ -414,6 +414,14 @@ pub async fn run_probed(
 ) -> Result<(), CaptureError> {
     let c = &cfg.capture;
     let mapping = Mapping::load(c.mapping_file.as_deref())?;
+    // Dead-letter series exist from the start, at 0, so that increase()
+    // and alerts see the first one.
+    for t in &mapping.tables {
+        for kind in ["unmappable", "encode"] {
+            metrics::counter!(obs::CAPTURE_DEAD_LETTERS, "table" => t.table.clone(), "kind" => kind)
+                .increment(0);
+        }
+    }
     let dp = Depersonalizer::new(match c.hashing {
         Hashing::Plain => Mode::Plain,
         Hashing::Keyed => Mode::Keyed(

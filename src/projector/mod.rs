@@ -230,6 +230,9 @@ impl Projection {
             .subscribe(&topic_refs)
             .map_err(|e| ProjectorError::Consumer(e.to_string()))?;
         let dlq: FutureProducer = kafka::producer(&brokers, 5, "lz4")?;
+        for t in &topics {
+            metrics::counter!(obs::PROJECTOR_DEAD_LETTERS, "topic" => t.clone()).increment(0);
+        }
         let second = if cfg.projector.apply_connections > 1 {
             Some(pg::connect(&ep.pg_config(showcase_db)).await?)
         } else {
@@ -289,7 +292,8 @@ impl Projection {
         let sink = &mut self.sink;
         let (applied, gathered) = match self.in_flight.take() {
             Some(b) => {
-                let (a, g) = tokio::join!(sink.apply(b), source.gather(batch_size, wait, cancel, cap));
+                let (a, g) =
+                    tokio::join!(sink.apply(b), source.gather(batch_size, wait, cancel, cap));
                 (a?, g?)
             }
             None => (
@@ -396,7 +400,13 @@ impl Source {
     ) -> Result<(), ProjectorError> {
         metrics::counter!(obs::PROJECTOR_DEAD_LETTERS, "topic" => m.topic().to_string())
             .increment(1);
-        tracing::warn!(topic = m.topic(), partition = m.partition(), offset = m.offset(), reason, "event dead-lettered");
+        tracing::warn!(
+            topic = m.topic(),
+            partition = m.partition(),
+            offset = m.offset(),
+            reason,
+            "event dead-lettered"
+        );
         let body = serde_json::json!({
             "stage": "projector", "reason": reason, "topic": m.topic(),
             "partition": m.partition(), "offset": m.offset(),
@@ -418,8 +428,11 @@ impl Sink {
     /// Applies `b` with its offsets and watermarks in one transaction.
     async fn apply(&mut self, mut b: Batch) -> Result<Step, ProjectorError> {
         let t0 = Instant::now();
-        let offs: Vec<(String, i32, i64)> =
-            b.next.iter().map(|((t, p), o)| (t.clone(), *p, *o)).collect();
+        let offs: Vec<(String, i32, i64)> = b
+            .next
+            .iter()
+            .map(|((t, p), o)| (t.clone(), *p, *o))
+            .collect();
         let applied = match self.second.as_mut() {
             None => {
                 apply::apply_with_watermarks(
@@ -437,8 +450,7 @@ impl Sink {
                     .into_iter()
                     .partition(|e| e.entity.name == "grade");
                 let (oa, ob): (Vec<_>, Vec<_>) = offs.into_iter().partition(|o| apart(&o.0));
-                let (ma, mb): (Vec<_>, Vec<_>) =
-                    b.marks.iter().cloned().partition(|m| apart(&m.0));
+                let (ma, mb): (Vec<_>, Vec<_>) = b.marks.iter().cloned().partition(|m| apart(&m.0));
                 let (ra, rb) = tokio::join!(
                     apply::apply_with_watermarks(&mut self.client, &self.schema, &ea, &oa, &ma),
                     apply::apply_with_watermarks(second, &self.schema, &eb, &ob, &mb),

@@ -179,7 +179,9 @@ pub async fn run(
                     .into(),
             ));
         }
-        let s = p.step(batch, Duration::from_millis(500), &cancel, None).await?;
+        let s = p
+            .step(batch, Duration::from_millis(500), &cancel, None)
+            .await?;
         events += s.events as u64;
         gather += s.gather;
         applying += s.apply;
@@ -306,19 +308,18 @@ async fn set_logged(c: &tokio_postgres::Client, logged: bool) -> Result<(), Proj
 async fn live_offsets(
     c: &impl tokio_postgres::GenericClient,
 ) -> Result<HashMap<Tp, i64>, ProjectorError> {
-    Ok(c
-        .query(
-            &format!(
-                "SELECT topic, partition, next_offset FROM {}.consumer_offsets",
-                showcase::SCHEMA
-            ),
-            &[],
-        )
-        .await
-        .map_err(PgError::query("reading the live offsets"))?
-        .iter()
-        .map(|r| ((r.get(0), r.get(1)), r.get(2)))
-        .collect())
+    Ok(c.query(
+        &format!(
+            "SELECT topic, partition, next_offset FROM {}.consumer_offsets",
+            showcase::SCHEMA
+        ),
+        &[],
+    )
+    .await
+    .map_err(PgError::query("reading the live offsets"))?
+    .iter()
+    .map(|r| ((r.get(0), r.get(1)), r.get(2)))
+    .collect())
 }
 
 fn remaining(have: &HashMap<Tp, i64>, want: &HashMap<Tp, i64>) -> i64 {
@@ -470,9 +471,12 @@ async fn seed_from(
     }
     let all: Option<Vec<i64>> = None;
     for m in consent::MEDICAL {
-        c.execute(&consent::refresh_sql(m, SHADOW), &[&all, &Vec::<String>::new()])
-            .await
-            .map_err(PgError::query("applying consent to the seeded rows"))?;
+        c.execute(
+            &consent::refresh_sql(m, SHADOW),
+            &[&all, &Vec::<String>::new()],
+        )
+        .await
+        .map_err(PgError::query("applying consent to the seeded rows"))?;
     }
     tracing::info!(%from, partitions = at.len(), "shadow seeded with the rows last changed before the replay's start time");
     Ok(())

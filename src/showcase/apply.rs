@@ -53,12 +53,15 @@ async fn upsert_private(
         let keys: Vec<&str> = cleared.iter().map(|e| e.key.as_str()).collect();
         let commit_lsn: Vec<i64> = cleared.iter().map(|e| e.source.commit_lsn as i64).collect();
         let lsn: Vec<i64> = cleared.iter().map(|e| e.source.lsn as i64).collect();
-        tx.execute(&consent::private_clear_sql(m, schema), &[&keys, &commit_lsn, &lsn])
-            .await
-            .map_err(PgError::query(format!(
-                "clearing the medical detail of {}",
-                m.entity
-            )))?;
+        tx.execute(
+            &consent::private_clear_sql(m, schema),
+            &[&keys, &commit_lsn, &lsn],
+        )
+        .await
+        .map_err(PgError::query(format!(
+            "clearing the medical detail of {}",
+            m.entity
+        )))?;
     }
     if evs.is_empty() {
         return Ok(());

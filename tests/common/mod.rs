@@ -49,9 +49,60 @@ pub fn stack() -> &'static TestStack {
             .up()
             .unwrap_or_else(|e| panic!("starting the test stack: {e}"));
         let ep = stack.endpoints().expect("endpoints");
+        let admin = ep.pg_config("postgres");
+        std::thread::spawn(move || {
+            tokio::runtime::Runtime::new()
+                .unwrap()
+                .block_on(clean_leftovers(&admin))
+        })
+        .join()
+        .expect("cleaning the test stack");
         drop(lock);
         TestStack { cfg, ep }
     })
+}
+
+/// Drops what finished test processes left behind: their replication
+/// slots (which would hold WAL and use up max_replication_slots) and their
+/// databases (`<prefix>_<pid>_<n>` of a pid no longer running).
+async fn clean_leftovers(admin: &tokio_postgres::Config) {
+    let c = vitrina::pg::connect(admin).await.expect("admin connection");
+    let rows = c
+        .query(
+            "SELECT slot_name::text, database::text FROM pg_replication_slots WHERE NOT active",
+            &[],
+        )
+        .await
+        .unwrap();
+    let gone = |db: &str| {
+        db.rsplit('_')
+            .nth(1)
+            .and_then(|p| p.parse::<u32>().ok())
+            .is_some_and(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists())
+    };
+    for r in rows {
+        let (slot, db): (String, Option<String>) = (r.get(0), r.get(1));
+        if db.as_deref().is_some_and(gone) {
+            let _ = c
+                .execute("SELECT pg_drop_replication_slot($1)", &[&slot])
+                .await;
+        }
+    }
+    let dbs: Vec<String> = c
+        .query(
+            "SELECT datname::text FROM pg_database WHERE datname LIKE 't\\_%'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    for db in dbs.iter().filter(|d| gone(d)) {
+        let _ = c
+            .batch_execute(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))
+            .await;
+    }
 }
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
@@ -167,11 +218,18 @@ pub fn spawn_projector(db: &str, name: &str, showcase: &str) -> std::process::Ch
 
 /// A TCP port free right now on 127.0.0.1.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    free_ports(1)[0]
+}
+
+/// `n` distinct TCP ports free right now on 127.0.0.1 (held together while
+/// chosen, so the kernel cannot hand out one twice).
+pub fn free_ports(n: usize) -> Vec<u16> {
+    let held: Vec<std::net::TcpListener> = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    held.iter()
+        .map(|l| l.local_addr().unwrap().port())
+        .collect()
 }
 
 /// GET `path` from `addr`: (status code, body); (0, error) when unreachable.

@@ -1,0 +1,594 @@
+//! The SRE surface: Prometheus rules (promtool), the Grafana dashboard, the
+//! runbook links, the compose stack, and a real Prometheus scraping a
+//! running pipeline until an alert fires.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use chrono::NaiveDate;
+use vitrina::region::{load, RegionSpec};
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+const RULES: &str = "dashboards/prometheus/vitrina-rules.yml";
+const RULE_TESTS: &str = "dashboards/prometheus/vitrina-rules.test.yml";
+const DASHBOARD: &str = "dashboards/grafana/vitrina.json";
+
+fn promtool() -> std::process::Command {
+    std::process::Command::new("promtool")
+}
+
+fn rules() -> serde_yaml::Value {
+    serde_yaml::from_str(&std::fs::read_to_string(root().join(RULES)).unwrap()).unwrap()
+}
+
+/// Every rule of the rules file.
+fn all_rules() -> Vec<serde_yaml::Value> {
+    rules()["groups"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .flat_map(|g| g["rules"].as_sequence().unwrap().clone())
+        .collect()
+}
+
+/// Metric names in a PromQL expression (recording-rule names included).
+fn metric_names(expr: &str) -> BTreeSet<String> {
+    let re = regex_lite::Regex::new(r"\b(vitrina[_:][a-z0-9_:]+|up)\b").unwrap();
+    re.find_iter(expr).map(|m| m.as_str().to_string()).collect()
+}
+
+fn dashboard() -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(root().join(DASHBOARD)).unwrap())
+        .expect("the dashboard is valid JSON")
+}
+
+fn dashboard_exprs() -> Vec<String> {
+    dashboard()["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|p| p["targets"].as_array().cloned().unwrap_or_default())
+        .map(|t| t["expr"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// GitHub-style anchors of the markdown headings in `path`.
+fn anchors(path: &Path) -> BTreeSet<String> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .filter(|l| l.starts_with('#'))
+        .map(|l| {
+            l.trim_start_matches('#')
+                .trim()
+                .to_lowercase()
+                .chars()
+                .filter(|c| c.is_alphanumeric() || *c == ' ' || *c == '-' || *c == '_')
+                .map(|c| if c == ' ' { '-' } else { c })
+                .collect()
+        })
+        .collect()
+}
+
+#[test]
+fn promtool_checks_and_unit_tests_the_rules() {
+    let check = promtool()
+        .args(["check", "rules"])
+        .arg(root().join(RULES))
+        .output()
+        .expect("promtool runs (scripts/bootstrap installs the prometheus package)");
+    assert!(
+        check.status.success(),
+        "promtool check rules: {}{}",
+        String::from_utf8_lossy(&check.stdout),
+        String::from_utf8_lossy(&check.stderr)
+    );
+    let test = promtool()
+        .args(["test", "rules"])
+        .arg(root().join(RULE_TESTS))
+        .output()
+        .unwrap();
+    assert!(
+        test.status.success(),
+        "promtool test rules: {}{}",
+        String::from_utf8_lossy(&test.stdout),
+        String::from_utf8_lossy(&test.stderr)
+    );
+    // Every alert has a case that fires it and one where it stays silent.
+    let tests: serde_yaml::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(root().join(RULE_TESTS)).unwrap()).unwrap();
+    let cases: Vec<(String, bool)> = tests["tests"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .flat_map(|t| t["alert_rule_test"].as_sequence().unwrap().clone())
+        .map(|c| {
+            (
+                c["alertname"].as_str().unwrap().to_string(),
+                !c["exp_alerts"].as_sequence().unwrap().is_empty(),
+            )
+        })
+        .collect();
+    for r in all_rules().iter().filter(|r| r["alert"].is_string()) {
+        let name = r["alert"].as_str().unwrap();
+        assert!(
+            cases.iter().any(|(n, fires)| n == name && *fires),
+            "no test case fires {name}"
+        );
+        assert!(
+            cases.iter().any(|(n, fires)| n == name && !*fires),
+            "no test case keeps {name} silent"
+        );
+    }
+}
+
+#[test]
+fn every_alert_links_to_a_runbook_section_that_exists() {
+    let sections = anchors(&root().join("docs/operations.md"));
+    for r in all_rules().iter().filter(|r| r["alert"].is_string()) {
+        let url = r["annotations"]["runbook_url"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{:?} has no runbook_url", r["alert"]));
+        let (file, anchor) = url.split_once('#').expect("runbook_url names a section");
+        assert_eq!(file, "docs/operations.md");
+        assert!(
+            sections.contains(anchor),
+            "{:?} links to #{anchor}, not a section of docs/operations.md: {sections:?}",
+            r["alert"]
+        );
+    }
+}
+
+#[test]
+fn the_dashboard_is_provisionable_and_uses_only_recorded_or_exported_names() {
+    let d = dashboard();
+    assert!(d["title"].is_string() && d["uid"].is_string());
+    let provisioned: serde_yaml::Value = serde_yaml::from_str(
+        &std::fs::read_to_string(
+            root().join("dashboards/grafana/provisioning/datasources/prometheus.yml"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let uid = provisioned["datasources"][0]["uid"].as_str().unwrap();
+    let mut ids = BTreeSet::new();
+    for p in d["panels"].as_array().unwrap() {
+        assert!(
+            ids.insert(p["id"].as_i64().unwrap()),
+            "panel ids are unique"
+        );
+        for k in ["x", "y", "w", "h"] {
+            assert!(
+                p["gridPos"][k].is_i64(),
+                "panel {} has gridPos.{k}",
+                p["title"]
+            );
+        }
+        if p["type"] == "row" {
+            continue;
+        }
+        assert_eq!(
+            p["datasource"]["uid"], uid,
+            "panel {} uses the provisioned datasource",
+            p["title"]
+        );
+        let targets = p["targets"].as_array().unwrap();
+        assert!(
+            !targets.is_empty(),
+            "panel {} queries something",
+            p["title"]
+        );
+    }
+    // Recording rules used by the dashboard are defined.
+    let recorded: BTreeSet<String> = all_rules()
+        .iter()
+        .filter_map(|r| r["record"].as_str().map(String::from))
+        .collect();
+    for e in dashboard_exprs() {
+        for n in metric_names(&e).into_iter().filter(|n| n.contains(':')) {
+            assert!(recorded.contains(&n), "{n} is not recorded by {RULES}");
+        }
+    }
+}
+
+#[test]
+fn the_compose_stack_references_existing_files_and_the_code_defaults() {
+    let dir = root().join("docker");
+    let compose: serde_yaml::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(dir.join("compose.yml")).unwrap()).unwrap();
+    let services = compose["services"].as_mapping().unwrap();
+    for name in [
+        "kafka",
+        "journal",
+        "showcase",
+        "capture",
+        "projector",
+        "prometheus",
+        "grafana",
+    ] {
+        assert!(services.contains_key(name), "compose has service {name}");
+    }
+    for (name, s) in services {
+        for v in s["volumes"].as_sequence().cloned().unwrap_or_default() {
+            let host = v.as_str().unwrap().split(':').next().unwrap();
+            if host.starts_with('.') {
+                assert!(
+                    dir.join(host).exists(),
+                    "{:?} mounts {host}, which does not exist",
+                    name
+                );
+            }
+        }
+        if let Some(b) = s.get("build") {
+            let ctx = dir.join(b["context"].as_str().unwrap());
+            assert!(ctx.join(b["dockerfile"].as_str().unwrap()).exists());
+        }
+    }
+    // The Dockerfile copies what the build needs.
+    let dockerfile = std::fs::read_to_string(dir.join("Dockerfile")).unwrap();
+    for l in dockerfile
+        .lines()
+        .filter(|l| l.starts_with("COPY ") && !l.contains("--from"))
+    {
+        for src in l
+            .split_whitespace()
+            .skip(1)
+            .collect::<Vec<_>>()
+            .split_last()
+            .unwrap()
+            .1
+        {
+            assert!(
+                root().join(src).exists(),
+                "Dockerfile copies {src}, which does not exist"
+            );
+        }
+    }
+    // Ports agree with the code's defaults, and health checks use them.
+    let d = vitrina::config::Config::default();
+    let port = |listen: &str| listen.rsplit(':').next().unwrap().to_string();
+    for (svc, listen) in [
+        ("capture", d.capture.metrics_listen.as_str()),
+        ("projector", d.projector.metrics_listen.as_str()),
+    ] {
+        let p = port(listen);
+        let s = &services[svc];
+        let ports: Vec<String> = s["ports"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_str().unwrap().to_string())
+            .collect();
+        assert!(
+            ports.contains(&format!("{p}:{p}")),
+            "{svc} publishes {p}: {ports:?}"
+        );
+        let hc = serde_yaml::to_string(&s["healthcheck"]["test"]).unwrap();
+        assert!(
+            hc.contains(&format!("localhost:{p}/")),
+            "{svc} health check uses {p}"
+        );
+        let env = &s["environment"];
+        let key = format!("VITRINA_{}__METRICS_LISTEN", svc.to_uppercase());
+        assert_eq!(
+            env[key.as_str()].as_str(),
+            Some(format!("0.0.0.0:{p}").as_str())
+        );
+    }
+    // Prometheus scrapes those ports and loads the rules file we test.
+    let prom: serde_yaml::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(dir.join("prometheus.yml")).unwrap())
+            .unwrap();
+    let targets = serde_yaml::to_string(&prom["scrape_configs"]).unwrap();
+    assert!(targets.contains("capture:9464") && targets.contains("projector:9465"));
+    let mounted = serde_yaml::to_string(&services["prometheus"]["volumes"]).unwrap();
+    let rule_file = prom["rule_files"][0].as_str().unwrap();
+    assert!(
+        mounted.contains(&format!("../{RULES}:{rule_file}")),
+        "the rules file Prometheus loads is {RULES}"
+    );
+    // The compose config file is a valid vitrina config.
+    let text = std::fs::read_to_string(dir.join("vitrina.toml")).unwrap();
+    let c: vitrina::config::Config = toml::from_str(&text).expect("docker/vitrina.toml parses");
+    c.validate().unwrap();
+    assert_eq!(
+        port(&c.capture.metrics_listen),
+        port(&d.capture.metrics_listen)
+    );
+}
+
+// ---------------------------------------------------------------------------
+// A real Prometheus against a running pipeline.
+
+fn encode(q: &str) -> String {
+    q.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+fn prom_query(addr: &str, q: &str) -> Vec<serde_json::Value> {
+    let (code, body) = common::http_get(addr, &format!("/api/v1/query?query={}", encode(q)));
+    assert_eq!(code, 200, "query {q}: {body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    v["data"]["result"].as_array().cloned().unwrap_or_default()
+}
+
+fn firing(addr: &str) -> BTreeSet<String> {
+    let (_, body) = common::http_get(addr, "/api/v1/alerts");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+    v["data"]["alerts"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .filter(|a| a["state"] == "firing")
+        .map(|a| a["labels"]["alertname"].as_str().unwrap_or("").to_string())
+        .collect()
+}
+
+/// Metric names in Prometheus text exposition.
+fn exported(text: &str) -> BTreeSet<String> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .map(|l| l.split(['{', ' ']).next().unwrap().to_string())
+        .collect()
+}
+
+fn wait_for(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !ok() {
+        assert!(Instant::now() < deadline, "{what} within {timeout:?}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prometheus_scrapes_the_pipeline_sees_it_move_and_fires_when_capture_stops() {
+    use std::os::unix::process::CommandExt;
+    let cfg = common::journal_db("t_sre").await;
+    let db = common::db_name(&cfg);
+    let spec = RegionSpec {
+        seed: 61,
+        schools: 1,
+        students_per_school: 20,
+        history_years: 1,
+        as_of: NaiveDate::from_ymd_opt(2026, 11, 20).unwrap(),
+        invalid_identifier_share: 0.1,
+    };
+    load::load(&cfg, &spec, 2, false, false).await.unwrap();
+    let showcase = common::fresh_db("t_sre_show").await;
+    let show_db = common::db_name(&showcase);
+    let name = format!("sre{}", std::process::id());
+    let ports: Vec<String> = common::free_ports(4)
+        .iter()
+        .map(|p| format!("127.0.0.1:{p}"))
+        .collect();
+    let (cap_at, proj_at, replay_at, prom_at) = (
+        ports[0].clone(),
+        ports[1].clone(),
+        ports[2].clone(),
+        ports[3].clone(),
+    );
+    let mut capture = common::spawn_vitrina(
+        "capture",
+        &db,
+        &name,
+        &name,
+        &[("VITRINA_CAPTURE__METRICS_LISTEN", cap_at.as_str())],
+    );
+    common::wait_caught_up(&cfg, &name, Duration::from_secs(240)).await;
+    let mut projector = common::spawn_vitrina(
+        "project",
+        &db,
+        &name,
+        &format!("{name}-projector"),
+        &[
+            ("VITRINA_PROJECTOR__DATABASE", show_db.as_str()),
+            ("VITRINA_PROJECTOR__METRICS_LISTEN", proj_at.as_str()),
+            ("VITRINA_PROJECTOR__SLA_BUDGET_S", "20"),
+            ("VITRINA_PROJECTOR__AT_RISK_S", "10"),
+            ("VITRINA_PROJECTOR__QUALITY_INTERVAL_S", "2"),
+        ],
+    );
+
+    // Prometheus with the rules as shipped, their `for:` shortened to 5 s.
+    let dir = root().join(format!("target/test-logs/prometheus-{name}"));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let rules = std::fs::read_to_string(root().join(RULES)).unwrap();
+    let re = regex_lite::Regex::new(r"for: \d+m").unwrap();
+    std::fs::write(
+        dir.join("rules.yml"),
+        re.replace_all(&rules, "for: 5s").as_ref(),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("prometheus.yml"),
+        format!(
+            "global: {{scrape_interval: 1s, evaluation_interval: 1s}}
+rule_files: [rules.yml]
+scrape_configs:
+  - job_name: vitrina-capture
+    static_configs: [{{targets: ['{cap_at}']}}]
+  - job_name: vitrina-projector
+    static_configs: [{{targets: ['{proj_at}']}}]
+"
+        ),
+    )
+    .unwrap();
+    let log = std::fs::File::create(dir.join("prometheus.log")).unwrap();
+    let mut prom = std::process::Command::new("prometheus");
+    prom.arg(format!(
+        "--config.file={}",
+        dir.join("prometheus.yml").display()
+    ))
+    .arg(format!(
+        "--storage.tsdb.path={}",
+        dir.join("data").display()
+    ))
+    .arg(format!("--web.listen-address={prom_at}"))
+    .stdout(log.try_clone().unwrap())
+    .stderr(log);
+    // SAFETY: prctl in the child before exec; async-signal-safe.
+    unsafe {
+        prom.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    let mut prom = prom
+        .spawn()
+        .expect("prometheus runs (scripts/bootstrap installs the prometheus package)");
+    wait_for("Prometheus ready", Duration::from_secs(60), || {
+        common::http_get(&prom_at, "/-/ready").0 == 200
+    });
+
+    let p = prom_at.clone();
+    tokio::task::spawn_blocking(move || {
+        wait_for("both targets scraped", Duration::from_secs(60), || {
+            prom_query(&p, "up == 1").len() == 2
+        })
+    })
+    .await
+    .unwrap();
+
+    // Bad input on both sides: a retyped column (capture dead letter) and
+    // bytes that are no event (projector dead letter).
+    let c = vitrina::pg::connect(&cfg).await.unwrap();
+    c.batch_execute(
+        "ALTER TABLE journal.subjects ALTER COLUMN pass_fail TYPE text;
+         INSERT INTO journal.subjects (id, code, name, pass_fail) VALUES (998, 'Y', 'Проба', 'maybe');",
+    )
+    .await
+    .unwrap();
+    {
+        use rdkafka::producer::{FutureProducer, FutureRecord};
+        let p: FutureProducer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", common::stack().brokers())
+            .create()
+            .unwrap();
+        let topic = format!("{name}.grade.v1");
+        p.send(
+            FutureRecord::to(&topic).key("x").payload(b"not an event"),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    }
+    let load_task = common::spawn_workload(&cfg, 8, 0, 3);
+    let report = load_task.await.unwrap();
+    assert_eq!(report.failed_transactions, 0);
+
+    // The pipeline's metrics are in Prometheus and moving.
+    let p = prom_at.clone();
+    tokio::task::spawn_blocking(move || {
+        wait_for(
+            "capture events rate > 0 in Prometheus",
+            Duration::from_secs(60),
+            || prom_query(&p, "sum(rate(vitrina_capture_events_total[15s])) > 0").len() == 1,
+        );
+        wait_for(
+            "projector events rate > 0 in Prometheus",
+            Duration::from_secs(60),
+            || prom_query(&p, "sum(rate(vitrina_projector_events_total[15s])) > 0").len() == 1,
+        );
+        wait_for(
+            "freshness and SLA state in Prometheus",
+            Duration::from_secs(60),
+            || {
+                !prom_query(&p, "vitrina_showcase_freshness_seconds").is_empty()
+                    && !prom_query(&p, "vitrina:showcase_breached:bool").is_empty()
+            },
+        );
+    })
+    .await
+    .unwrap();
+
+    // A replay exports its own metrics while it runs: sample them.
+    let replay_names = {
+        let (db, name, show_db, at) =
+            (db.clone(), name.clone(), show_db.clone(), replay_at.clone());
+        let child = std::thread::spawn(move || {
+            let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_vitrina"));
+            common::child_env(&mut cmd, &db, &name);
+            cmd.env("VITRINA_PROJECTOR__DATABASE", &show_db)
+                .env("VITRINA_PROJECTOR__REPLAY_METRICS_LISTEN", &at)
+                .args(["replay", "--no-swap"])
+                .output()
+                .unwrap()
+        });
+        let mut names = BTreeSet::new();
+        while !child.is_finished() {
+            let (code, text) = common::http_get(&replay_at, "/metrics");
+            if code == 200 {
+                names.extend(exported(&text));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let out = child.join().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        names
+    };
+
+    // Every name the dashboard and the rules use is exported by the running
+    // pipeline (or recorded by the rules).
+    let mut have = replay_names;
+    have.extend(exported(&common::http_get(&cap_at, "/metrics").1));
+    have.extend(exported(&common::http_get(&proj_at, "/metrics").1));
+    have.insert("up".into());
+    let mut used = BTreeSet::new();
+    for e in dashboard_exprs() {
+        used.extend(metric_names(&e));
+    }
+    for r in all_rules() {
+        used.extend(metric_names(r["expr"].as_str().unwrap()));
+        if let Some(rec) = r["record"].as_str() {
+            have.insert(rec.to_string());
+        }
+    }
+    let missing: Vec<&String> = used.iter().filter(|n| !have.contains(*n)).collect();
+    assert!(
+        missing.is_empty(),
+        "used by dashboards or rules but not exported: {missing:?}\nexported: {have:?}"
+    );
+
+    // Stop capture: Prometheus sees it down, and freshness breaches the
+    // shortened budget (20 s).
+    common::kill(&mut capture, libc::SIGTERM);
+    let p = prom_at.clone();
+    tokio::task::spawn_blocking(move || {
+        wait_for(
+            "VitrinaCaptureDown and VitrinaFreshnessOverBudget firing",
+            Duration::from_secs(120),
+            || {
+                let f = firing(&p);
+                f.contains("VitrinaCaptureDown") && f.contains("VitrinaFreshnessOverBudget")
+            },
+        );
+        let f = firing(&p);
+        assert!(f.contains("VitrinaDeadLetters"), "dead letters seen: {f:?}");
+        assert!(
+            !f.contains("VitrinaProjectorDown"),
+            "the projector is up: {f:?}"
+        );
+    })
+    .await
+    .unwrap();
+    common::kill(&mut projector, libc::SIGTERM);
+    common::kill(&mut prom, libc::SIGTERM);
+}
