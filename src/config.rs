@@ -20,7 +20,12 @@ use serde::{Deserialize, Serialize};
 /// Environment variables with this prefix override configuration keys.
 pub const ENV_PREFIX: &str = "VITRINA_";
 /// Environment variables that carry the prefix but are not overrides.
-const ENV_RESERVED: &[&str] = &["VITRINA_CONFIG", "VITRINA_LOG", "VITRINA_TEST_STACK_DIR"];
+const ENV_RESERVED: &[&str] = &[
+    "VITRINA_CONFIG",
+    "VITRINA_LOG",
+    "VITRINA_LOG_JSON",
+    "VITRINA_TEST_STACK_DIR",
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {

@@ -39,3 +39,4 @@ pub mod projector;
 pub mod region;
 pub mod showcase;
 pub mod stack;
+pub mod status;

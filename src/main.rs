@@ -19,8 +19,8 @@ struct Cli {
     /// Config file (TOML). Keys can be overridden with VITRINA_<SECTION>__<KEY>.
     #[arg(long, short, env = "VITRINA_CONFIG", global = true)]
     config: Option<PathBuf>,
-    /// Log as JSON lines instead of text.
-    #[arg(long, global = true)]
+    /// Log as JSON lines instead of text (or VITRINA_LOG_JSON=1).
+    #[arg(long, global = true, env = "VITRINA_LOG_JSON", value_parser = clap::builder::BoolishValueParser::new())]
     log_json: bool,
     #[command(subcommand)]
     command: Command,
@@ -171,6 +171,9 @@ fn init_tracing(json: bool) {
     });
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        // Batch spans (capture_txn, projector_batch) log when they close,
+        // with their source positions and duration, at debug level.
+        .with_span_events(tracing_subscriber::fmt::format::FmtSpan::CLOSE)
         .with_writer(std::io::stderr);
     if json {
         b.json().init();
@@ -225,10 +228,22 @@ async fn run(command: Command, mut cfg: Config) -> Result<()> {
         Command::Status { json } => {
             let stack = Stack::new(&cfg)?;
             let st = stack.status()?;
+            let pipeline = match stack.endpoints() {
+                Ok(ep) => Some(vitrina::status::pipeline(&cfg, &ep).await),
+                Err(_) => None,
+            };
             if json {
-                println!("{}", serde_json::to_string_pretty(&st)?);
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(
+                        &serde_json::json!({"services": st, "pipeline": pipeline})
+                    )?
+                );
             } else {
                 print_status(&st);
+                if let Some(p) = &pipeline {
+                    print!("{}", vitrina::status::render(p, cfg.projector.sla_budget_s));
+                }
             }
         }
         Command::Config => {

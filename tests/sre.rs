@@ -385,7 +385,10 @@ async fn prometheus_scrapes_the_pipeline_sees_it_move_and_fires_when_capture_sto
         &db,
         &name,
         &name,
-        &[("VITRINA_CAPTURE__METRICS_LISTEN", cap_at.as_str())],
+        &[
+            ("VITRINA_CAPTURE__METRICS_LISTEN", cap_at.as_str()),
+            ("VITRINA_LOG", "warn,vitrina=info,vitrina::capture=debug"),
+        ],
     );
     common::wait_caught_up(&cfg, &name, Duration::from_secs(240)).await;
     let mut projector = common::spawn_vitrina(
@@ -399,6 +402,8 @@ async fn prometheus_scrapes_the_pipeline_sees_it_move_and_fires_when_capture_sto
             ("VITRINA_PROJECTOR__SLA_BUDGET_S", "20"),
             ("VITRINA_PROJECTOR__AT_RISK_S", "10"),
             ("VITRINA_PROJECTOR__QUALITY_INTERVAL_S", "2"),
+            ("VITRINA_LOG", "warn,vitrina=info,vitrina::projector=debug"),
+            ("VITRINA_LOG_JSON", "1"),
         ],
     );
 
@@ -567,6 +572,34 @@ scrape_configs:
         "used by dashboards or rules but not exported: {missing:?}\nexported: {have:?}"
     );
 
+    // The on-call view reads the same pipeline.
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_vitrina"));
+    common::child_env(&mut cmd, &db, &name);
+    let out = cmd
+        .env("VITRINA_PROJECTOR__DATABASE", &show_db)
+        .args(["status", "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let st: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let p = &st["pipeline"];
+    assert!(p["capture"]["active_pid"].is_i64(), "capture streams: {p}");
+    assert!(p["capture"]["retained_wal_bytes"].is_i64(), "{p}");
+    assert_eq!(
+        p["showcase"]["entities"].as_array().unwrap().len(),
+        14,
+        "{p}"
+    );
+    assert!(p["showcase"]["freshness_s"].as_f64().unwrap() < 20.0, "{p}");
+    assert!(
+        p["dead_letters"].as_i64().unwrap() >= 2,
+        "both dead letters counted: {p}"
+    );
+
     // Stop capture: Prometheus sees it down, and freshness breaches the
     // shortened budget (20 s).
     common::kill(&mut capture, libc::SIGTERM);
@@ -591,4 +624,25 @@ scrape_configs:
     .unwrap();
     common::kill(&mut projector, libc::SIGTERM);
     common::kill(&mut prom, libc::SIGTERM);
+
+    // One span per batch, with its source positions: capture's per journal
+    // transaction, the projector's per apply batch (as JSON log lines).
+    let cap_log = common::log_tail(&name, 100_000);
+    assert!(
+        cap_log.contains("capture_txn") && cap_log.contains("commit_lsn"),
+        "capture logs its transaction spans"
+    );
+    let proj_log = common::log_tail(&format!("{name}-projector"), 100_000);
+    let span_line = proj_log
+        .lines()
+        .find(|l| l.contains("projector_batch") && l.contains("last_commit_lsn"))
+        .expect("the projector logs its batch spans");
+    let v: serde_json::Value = serde_json::from_str(span_line).expect("JSON log lines");
+    assert!(
+        v["span"]["first_commit_lsn"]
+            .as_str()
+            .unwrap()
+            .contains('/'),
+        "{v}"
+    );
 }

@@ -42,6 +42,7 @@ use rdkafka::error::{KafkaError as RdKafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::config::{Config, Hashing};
 use crate::events::codec::Registry;
@@ -762,10 +763,23 @@ async fn handle(
             ..
         } => {
             let t = commit_timestamp.timestamp_micros();
-            if txn.heartbeat {
-                publisher.watermarks(txn.commit_lsn, t).await?;
+            // One span per journal transaction (capture's batch), with its
+            // source positions; FmtSpan::CLOSE logs it at debug level.
+            let span = tracing::debug_span!(
+                "capture_txn",
+                xid = txn.xid,
+                commit_lsn = %format_lsn(txn.commit_lsn),
+                end_lsn = %format_lsn(end_lsn.value()),
+                heartbeat = txn.heartbeat
+            );
+            return async {
+                if txn.heartbeat {
+                    publisher.watermarks(txn.commit_lsn, t).await?;
+                }
+                publisher.commit(end_lsn.value(), t).await
             }
-            return publisher.commit(end_lsn.value(), t).await;
+            .instrument(span)
+            .await;
         }
         EventType::Message { prefix, .. } => {
             if &*prefix == heartbeat_prefix {

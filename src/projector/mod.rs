@@ -31,6 +31,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientConfig, ClientContext, Message, Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::config::Config;
 use crate::events::codec::Registry;
@@ -60,6 +61,8 @@ type Offsets = Arc<Mutex<HashMap<Tp, i64>>>;
 /// Positions newly assigned partitions at the offsets the showcase holds.
 struct SeekToShowcase {
     offsets: Offsets,
+    /// Partitions currently assigned to this member.
+    assigned: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl ClientContext for SeekToShowcase {}
@@ -85,10 +88,13 @@ impl ConsumerContext for SeekToShowcase {
                 partitions = assign.count(),
                 "assigned; positioned at the showcase's offsets"
             );
+            self.assigned
+                .store(assign.count(), std::sync::atomic::Ordering::SeqCst);
             if let Err(e) = consumer.assign(&assign) {
                 tracing::error!(error = %e, "assign failed");
             }
         } else {
+            self.assigned.store(0, std::sync::atomic::Ordering::SeqCst);
             let _ = consumer.unassign();
         }
     }
@@ -153,6 +159,11 @@ struct Source {
     prefix: String,
     /// Next offset expected per partition: what is applied or in flight.
     gathered: HashMap<Tp, i64>,
+    assigned: Arc<std::sync::atomic::AtomicUsize>,
+    /// Since when no partition is assigned, and how long that may last.
+    unassigned_since: Option<Instant>,
+    rejoin_after: Duration,
+    topics: Vec<String>,
 }
 
 /// The PostgreSQL side: apply transactions into one schema. With two
@@ -194,6 +205,7 @@ impl Projection {
         group: &str,
     ) -> Result<Projection, ProjectorError> {
         let prefix = cfg.capture.topic_prefix.clone();
+        let assigned = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let client = pg::connect(&ep.pg_config(showcase_db)).await?;
         showcase::migrate(&client, schema).await?;
         let stored = stored_offsets(&client, schema).await?;
@@ -223,6 +235,7 @@ impl Projection {
             .set("log_level", "4")
             .create_with_context(SeekToShowcase {
                 offsets: offsets.clone(),
+                assigned: assigned.clone(),
             })
             .map_err(|e| ProjectorError::Consumer(e.to_string()))?;
         let topic_refs: Vec<&str> = topics.iter().map(String::as_str).collect();
@@ -245,6 +258,10 @@ impl Projection {
                 dlq,
                 prefix,
                 gathered: stored,
+                assigned,
+                unassigned_since: None,
+                rejoin_after: Duration::from_millis(cfg.kafka.session_timeout_ms as u64 * 3),
+                topics: topics.clone(),
             },
             sink: Sink {
                 client,
@@ -329,6 +346,7 @@ impl Source {
         cancel: &CancellationToken,
         cap: Option<&HashMap<Tp, i64>>,
     ) -> Result<Batch, ProjectorError> {
+        self.watch_assignment()?;
         let mut b = Batch::default();
         let t0 = Instant::now();
         let deadline = t0 + wait;
@@ -393,6 +411,33 @@ impl Source {
         Ok(b)
     }
 
+    /// A member left without partitions for several session timeouts
+    /// rejoins the group. Seen with tansu: members killed in quick
+    /// succession leave the survivor with an empty assignment and no
+    /// rebalance once their sessions expire. With at most as many members as
+    /// partitions, an empty assignment is never the steady state.
+    fn watch_assignment(&mut self) -> Result<(), ProjectorError> {
+        if self.assigned.load(std::sync::atomic::Ordering::SeqCst) > 0 {
+            self.unassigned_since = None;
+            return Ok(());
+        }
+        let since = *self.unassigned_since.get_or_insert_with(Instant::now);
+        if since.elapsed() < self.rejoin_after {
+            return Ok(());
+        }
+        tracing::warn!(
+            waited_s = since.elapsed().as_secs(),
+            "no partitions assigned; rejoining the consumer group"
+        );
+        self.consumer.unsubscribe();
+        let refs: Vec<&str> = self.topics.iter().map(String::as_str).collect();
+        self.consumer
+            .subscribe(&refs)
+            .map_err(|e| ProjectorError::Consumer(format!("rejoining the group: {e}")))?;
+        self.unassigned_since = Some(Instant::now());
+        Ok(())
+    }
+
     async fn dead_letter(
         &self,
         m: &rdkafka::message::BorrowedMessage<'_>,
@@ -426,7 +471,21 @@ impl Source {
 
 impl Sink {
     /// Applies `b` with its offsets and watermarks in one transaction.
-    async fn apply(&mut self, mut b: Batch) -> Result<Step, ProjectorError> {
+    async fn apply(&mut self, b: Batch) -> Result<Step, ProjectorError> {
+        // One span per apply batch, with the source positions it covers.
+        let lsns = || b.events.iter().map(|e| e.source.commit_lsn);
+        let span = tracing::debug_span!(
+            "projector_batch",
+            schema = %self.schema,
+            messages = b.messages,
+            events = b.events.len(),
+            first_commit_lsn = %crate::capture::preflight::format_lsn(lsns().min().unwrap_or(0)),
+            last_commit_lsn = %crate::capture::preflight::format_lsn(lsns().max().unwrap_or(0)),
+        );
+        self.apply_in_span(b).instrument(span).await
+    }
+
+    async fn apply_in_span(&mut self, mut b: Batch) -> Result<Step, ProjectorError> {
         let t0 = Instant::now();
         let offs: Vec<(String, i32, i64)> = b
             .next

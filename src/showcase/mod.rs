@@ -106,13 +106,85 @@ COMMENT ON TABLE {schema}.entity_freshness IS 'fresh_as_of per entity: from the 
     out
 }
 
-/// Creates the showcase schema `schema` (idempotent).
+/// Creates the showcase schema `schema`, or brings it up to date. A
+/// schema already at the current DDL is left alone without taking a lock
+/// on any table (a projector may be applying to it); migrations of one
+/// schema are serialized with an advisory lock.
 pub async fn migrate(
     client: &tokio_postgres::Client,
     schema: &str,
 ) -> Result<(), crate::pg::PgError> {
+    use crate::pg::PgError;
+    let version = ddl_version();
+    if is_current(client, schema, &version).await? {
+        return Ok(());
+    }
+    let lock = format!("vitrina.migrate.{schema}");
     client
-        .batch_execute(&ddl(schema))
+        .execute("SELECT pg_advisory_lock(hashtext($1))", &[&lock])
         .await
-        .map_err(crate::pg::PgError::query("creating the showcase schema"))
+        .map_err(PgError::query("locking the showcase migration"))?;
+    let result = async {
+        if is_current(client, schema, &version).await? {
+            return Ok(());
+        }
+        client
+            .batch_execute(&format!(
+                "BEGIN;
+                 {ddl}
+                 CREATE TABLE IF NOT EXISTS {schema}.schema_version (version text NOT NULL);
+                 DELETE FROM {schema}.schema_version;
+                 INSERT INTO {schema}.schema_version VALUES ('{version}');
+                 COMMIT;",
+                ddl = ddl(schema)
+            ))
+            .await
+            .map_err(PgError::query("creating the showcase schema"))
+    }
+    .await;
+    let _ = client
+        .execute("SELECT pg_advisory_unlock(hashtext($1))", &[&lock])
+        .await;
+    if result.is_err() {
+        let _ = client.batch_execute("ROLLBACK").await;
+    }
+    result
+}
+
+async fn is_current(
+    c: &tokio_postgres::Client,
+    schema: &str,
+    version: &str,
+) -> Result<bool, crate::pg::PgError> {
+    let q = crate::pg::PgError::query("reading the showcase schema version");
+    let present: bool = c
+        .query_one(
+            &format!("SELECT to_regclass('{schema}.schema_version') IS NOT NULL"),
+            &[],
+        )
+        .await
+        .map_err(q)?
+        .get(0);
+    if !present {
+        return Ok(false);
+    }
+    Ok(c.query_one(
+        &format!("SELECT EXISTS (SELECT 1 FROM {schema}.schema_version WHERE version = $1)"),
+        &[&version],
+    )
+    .await
+    .map_err(crate::pg::PgError::query(
+        "reading the showcase schema version",
+    ))?
+    .get(0))
+}
+
+/// A fingerprint of the DDL (FNV-1a over the schema-independent text).
+pub fn ddl_version() -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in ddl("{schema}").bytes() {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{h:016x}")
 }
