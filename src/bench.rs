@@ -381,7 +381,7 @@ pub async fn projector(cfg: &Config, knobs: &ProjectorKnobs) -> Result<Projector
 
     let lat: crate::projector::LatencyProbe = Arc::default();
     let (c3, ep3, cancel3, lat3) = (c.clone(), ep.clone(), cancel.clone(), lat.clone());
-    let projector = tokio::spawn(async move {
+    let mut projector = tokio::spawn(async move {
         crate::projector::run_probed(&c3, &ep3, &c3.projector.database, cancel3, Some(lat3)).await
     });
     let show = pg::connect(&ep.pg_config(&tag)).await.map_err(fail)?;
@@ -401,14 +401,16 @@ pub async fn projector(cfg: &Config, knobs: &ProjectorKnobs) -> Result<Projector
                     return Ok(());
                 }
                 if projector.is_finished() {
-                    return Err(fail("the projector stopped"));
+                    return Err(fail("the projector stopped (its error follows)"));
                 }
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
     };
     let t0 = Instant::now();
-    fresh_after(chrono::Utc::now()).await?;
+    if let Err(e) = fresh_after(chrono::Utc::now()).await {
+        return Err(fail(format!("{e}: {:?}", (&mut projector).await)));
+    }
     let initial_s = t0.elapsed().as_secs_f64();
     eprintln!(
         "bench: initial load projected in {initial_s:.1} s ({:.0} events/s)",
@@ -437,7 +439,9 @@ pub async fn projector(cfg: &Config, knobs: &ProjectorKnobs) -> Result<Projector
             let rep = workload::run(&ep.pg_config(&db), &w, false)
                 .await
                 .map_err(fail)?;
-            fresh_after(chrono::Utc::now()).await?;
+            if let Err(e) = fresh_after(chrono::Utc::now()).await {
+                return Err(fail(format!("{e}: {:?}", (&mut projector).await)));
+            }
             let mut l = std::mem::take(&mut *lat.lock().unwrap());
             l.sort_by(|a, b| a.partial_cmp(b).unwrap());
             let (p50, p99) = (percentile(&l, 0.5) * 1e3, percentile(&l, 0.99) * 1e3);
