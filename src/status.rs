@@ -92,10 +92,7 @@ pub async fn pipeline(cfg: &Config, ep: &Endpoints) -> Pipeline {
         Some(b) => {
             let mut topics = event_topics(&c.topic_prefix);
             topics.push(kafka::dead_letter_topic(&c.topic_prefix));
-            tokio::task::spawn_blocking(move || end_offsets(&b, &topics))
-                .await
-                .ok()
-                .and_then(|r| r.map_err(|e| e.to_string()).ok())
+            end_offsets(&b, &topics).await.ok()
         }
         None => None,
     };

@@ -143,8 +143,6 @@ pub struct Step {
 struct Batch {
     messages: usize,
     events: Vec<crate::events::Event>,
-    /// Per event: applied by the second connection's transaction.
-    second: Vec<bool>,
     marks: Vec<apply::WatermarkAt>,
     /// Next offset per partition after this batch.
     next: HashMap<Tp, i64>,
@@ -351,11 +349,6 @@ impl Projection {
     fn sink_mut(&mut self) -> &mut Sink {
         self.sink.as_mut().expect("no apply in flight")
     }
-
-    /// Whether a gathered batch waits to be applied.
-    pub fn has_in_flight(&self) -> bool {
-        self.in_flight.is_some()
-    }
 }
 
 impl Source {
@@ -368,6 +361,7 @@ impl Source {
     ) -> Result<Batch, ProjectorError> {
         self.watch_assignment()?;
         let mut b = Batch::default();
+        let mut cur: Tp = (String::new(), -1);
         let t0 = Instant::now();
         let deadline = t0 + wait;
         while b.messages < batch_size {
@@ -381,14 +375,19 @@ impl Source {
                 Ok(Err(e)) => return Err(ProjectorError::Consumer(e.to_string())),
                 Ok(Ok(m)) => m,
             };
-            let k = (m.topic().to_string(), m.partition());
-            let expected = self.gathered.get(&k).copied().unwrap_or(0);
+            // Messages come in runs per partition: the key is built once
+            // per run, and the maps below copy it only for a new partition.
+            if cur.1 != m.partition() || cur.0 != m.topic() {
+                cur = (m.topic().to_string(), m.partition());
+            }
+            let k = &cur;
+            let expected = self.gathered.get(k).copied().unwrap_or(0);
             // Never apply twice what is applied or in flight.
             if m.offset() < expected {
                 continue;
             }
             if let Some(cap) = cap {
-                if m.offset() >= cap.get(&k).copied().unwrap_or(0) {
+                if m.offset() >= cap.get(k).copied().unwrap_or(0) {
                     let mut tpl = TopicPartitionList::new();
                     tpl.add_partition(&k.0, k.1);
                     let _ = self.consumer.pause(&tpl);
@@ -410,20 +409,20 @@ impl Source {
                 continue;
             }
             b.messages += 1;
-            self.gathered.insert(k.clone(), m.offset() + 1);
-            b.next.insert(k.clone(), m.offset() + 1);
+            set(&mut self.gathered, k, m.offset() + 1);
+            set(&mut b.next, k, m.offset() + 1);
             match self
                 .registry
                 .decode_message(m.payload().unwrap_or_default())
             {
                 Ok(Decoded::Event(e)) => {
-                    b.second.push(on_second(&k.0, k.1));
-                    b.times.insert(k, e.source.commit_time_micros);
+                    set(&mut b.times, k, e.source.commit_time_micros);
                     b.events.push(e);
                 }
                 Ok(Decoded::Watermark(w)) => {
-                    b.times.insert(k.clone(), w.commit_time_micros);
-                    b.marks.push((k.0, k.1, w.commit_time_micros, w.commit_lsn));
+                    set(&mut b.times, k, w.commit_time_micros);
+                    b.marks
+                        .push((k.0.clone(), k.1, w.commit_time_micros, w.commit_lsn));
                 }
                 Err(err) => self.dead_letter(&m, &err.to_string()).await?,
             }
@@ -525,45 +524,16 @@ impl Sink {
                 .await?
             }
             Some(second) => {
-                let (mut ea, mut eb) = (Vec::new(), Vec::new());
-                for (e, second) in std::mem::take(&mut b.events).into_iter().zip(&b.second) {
-                    if *second {
-                        eb.push(e)
-                    } else {
-                        ea.push(e)
-                    }
-                }
-                let (ob, oa): (Vec<_>, Vec<_>) =
-                    offs.into_iter().partition(|o| on_second(&o.0, o.1));
+                let (eb, ea): (Vec<_>, Vec<_>) = std::mem::take(&mut b.events)
+                    .into_iter()
+                    .partition(|e| on_second_entity(e.entity.name));
+                let (ob, oa): (Vec<_>, Vec<_>) = offs.into_iter().partition(|o| on_second(&o.0));
                 let (mb, ma): (Vec<_>, Vec<_>) =
-                    b.marks.iter().cloned().partition(|m| on_second(&m.0, m.1));
-                let t = Instant::now();
+                    b.marks.iter().cloned().partition(|m| on_second(&m.0));
                 let (ra, rb) = tokio::join!(
-                    async {
-                        let r = apply::apply_with_watermarks(
-                            &mut self.client,
-                            &self.schema,
-                            &ea,
-                            &oa,
-                            &ma,
-                        )
-                        .await;
-                        (r, t.elapsed())
-                    },
-                    async {
-                        let r =
-                            apply::apply_with_watermarks(second, &self.schema, &eb, &ob, &mb).await;
-                        (r, t.elapsed())
-                    },
+                    apply::apply_with_watermarks(&mut self.client, &self.schema, &ea, &oa, &ma),
+                    apply::apply_with_watermarks(second, &self.schema, &eb, &ob, &mb),
                 );
-                tracing::debug!(
-                    first = ea.len(),
-                    first_ms = ra.1.as_millis() as u64,
-                    second = eb.len(),
-                    second_ms = rb.1.as_millis() as u64,
-                    "parallel apply"
-                );
-                let (ra, rb) = (ra.0, rb.0);
                 let (ra, rb) = (ra?, rb?);
                 b.events = ea;
                 b.events.extend(eb);
@@ -609,6 +579,16 @@ impl Sink {
     }
 }
 
+/// `map[k] = v`, copying the key only when it is new.
+fn set<V>(map: &mut HashMap<Tp, V>, k: &Tp, v: V) {
+    match map.get_mut(k) {
+        Some(slot) => *slot = v,
+        None => {
+            map.insert(k.clone(), v);
+        }
+    }
+}
+
 /// Which of two apply transactions a topic's events go to: grades (two
 /// thirds of the log) to the first, everything else to the second. The
 /// split is by topic, hence by table: the two transactions never write
@@ -616,8 +596,12 @@ impl Sink {
 /// delete can travel on different partitions, since a delete carries only
 /// the row's key, not its student.) Consent and the medical entities share
 /// a transaction.
-fn on_second(topic: &str, _partition: i32) -> bool {
+fn on_second(topic: &str) -> bool {
     !topic.ends_with(".grade.v1")
+}
+
+fn on_second_entity(entity: &str) -> bool {
+    entity != "grade"
 }
 
 /// The event topics (not the dead-letter topic).
@@ -644,9 +628,23 @@ async fn stored_offsets(
         .collect())
 }
 
-/// End offsets (next offset to be written) of every partition of `topics`.
-/// Blocking: call from a blocking task.
-pub fn end_offsets(brokers: &str, topics: &[String]) -> Result<HashMap<Tp, i64>, ProjectorError> {
+/// End offsets (next offset to be written) of every partition of `topics`,
+/// read on a blocking thread.
+pub async fn end_offsets(
+    brokers: &str,
+    topics: &[String],
+) -> Result<HashMap<Tp, i64>, ProjectorError> {
+    let (b, t) = (brokers.to_string(), topics.to_vec());
+    tokio::task::spawn_blocking(move || end_offsets_blocking(&b, &t))
+        .await
+        .map_err(|e| ProjectorError::Consumer(format!("reading end offsets: {e}")))?
+}
+
+/// [`end_offsets`] on the calling thread.
+pub fn end_offsets_blocking(
+    brokers: &str,
+    topics: &[String],
+) -> Result<HashMap<Tp, i64>, ProjectorError> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("log_level", "3")
@@ -712,8 +710,7 @@ pub async fn run_probed(
         );
         tokio::spawn(async move {
             while !cancel.is_cancelled() {
-                let (b, t) = (brokers.clone(), topics.clone());
-                if let Ok(Ok(e)) = tokio::task::spawn_blocking(move || end_offsets(&b, &t)).await {
+                if let Ok(e) = end_offsets(&brokers, &topics).await {
                     *ends.lock().unwrap() = e;
                 }
                 tokio::time::sleep(Duration::from_secs(5)).await;

@@ -32,7 +32,7 @@ use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-use super::{end_offsets, Projection, ProjectorError, Tp};
+use super::{end_offsets, end_offsets_blocking, Projection, ProjectorError, Tp};
 use crate::config::Config;
 use crate::events::ENTITIES;
 use crate::observability as obs;
@@ -145,10 +145,7 @@ pub async fn run(
     let start: i64 = p.offsets().values().sum();
 
     // Phase 1: up to the log's end as it was when we started.
-    let (b, t) = (p.brokers().to_string(), p.topics().to_vec());
-    let ends = tokio::task::spawn_blocking(move || end_offsets(&b, &t))
-        .await
-        .map_err(|e| ProjectorError::Replay(e.to_string()))??;
+    let ends = end_offsets(p.brokers(), p.topics()).await?;
     let total: i64 = ends.values().sum::<i64>() - start;
     let bar = progress_bar(total.max(0) as u64);
     let mut events = 0u64;
@@ -430,7 +427,7 @@ async fn seed_from(
     let topics = super::event_topics(&cfg.capture.topic_prefix);
     let ms = from.timestamp_millis();
     let at = tokio::task::spawn_blocking(move || -> Result<Vec<(Tp, i64)>, ProjectorError> {
-        let ends = end_offsets(&brokers, &topics)?;
+        let ends = end_offsets_blocking(&brokers, &topics)?;
         let consumer: BaseConsumer = ClientConfig::new()
             .set("bootstrap.servers", &brokers)
             .set("log_level", "3")

@@ -98,19 +98,20 @@ fn pos(e: &Event) -> (u64, u64) {
     (e.source.commit_lsn, e.source.lsn)
 }
 
-enum Col {
+/// One column of a batch, borrowing the events' strings (no per-row copies).
+enum Col<'a> {
     I64(Vec<Option<i64>>),
     I32(Vec<Option<i32>>),
     F64(Vec<Option<f64>>),
     Bool(Vec<Option<bool>>),
-    Text(Vec<Option<String>>),
+    Text(Vec<Option<&'a str>>),
     Date(Vec<Option<NaiveDate>>),
     Ts(Vec<Option<DateTime<Utc>>>),
     Time(Vec<Option<NaiveTime>>),
 }
 
-impl Col {
-    fn new(ty: Ty) -> Col {
+impl<'a> Col<'a> {
+    fn new(ty: Ty) -> Col<'a> {
         match ty {
             Ty::Long => Col::I64(Vec::new()),
             Ty::Int => Col::I32(Vec::new()),
@@ -123,14 +124,14 @@ impl Col {
         }
     }
 
-    fn push(&mut self, v: Option<&Val>) {
+    fn push(&mut self, v: Option<&'a Val>) {
         let epoch = NaiveDate::from_ymd_opt(1970, 1, 1).unwrap();
         match (self, v) {
             (Col::I64(c), Some(Val::Long(x))) => c.push(Some(*x)),
             (Col::I32(c), Some(Val::Int(x))) => c.push(Some(*x)),
             (Col::F64(c), Some(Val::Double(x))) => c.push(Some(*x)),
             (Col::Bool(c), Some(Val::Bool(x))) => c.push(Some(*x)),
-            (Col::Text(c), Some(Val::Str(x))) => c.push(Some(x.clone())),
+            (Col::Text(c), Some(Val::Str(x))) => c.push(Some(x.as_str())),
             (Col::Date(c), Some(Val::Date(d))) => {
                 c.push(Some(epoch + chrono::Duration::days(*d as i64)))
             }
@@ -364,7 +365,7 @@ pub async fn apply_with_watermarks(
         let medical = consent::medical(entity.name);
         let held: Vec<usize> = medical.map(Medical::field_indexes).unwrap_or_default();
         for e in evs {
-            keys.push(e.key.clone());
+            keys.push(e.key.as_str());
             // Medical detail enters the showcase row only through the
             // consent refresh below.
             let hold = medical.is_some_and(|m| e.after.as_deref().is_some_and(|a| m.applies(a)));
@@ -379,7 +380,7 @@ pub async fn apply_with_watermarks(
             commit_lsn.push(e.source.commit_lsn as i64);
             lsn.push(e.source.lsn as i64);
             commit_time.push(DateTime::from_timestamp_micros(e.source.commit_time_micros));
-            ids.push(e.event_id.clone());
+            ids.push(e.event_id.as_str());
         }
         let mut params: Vec<&(dyn ToSql + Sync)> = vec![&keys];
         params.extend(cols.iter().map(Col::as_sql));
