@@ -109,17 +109,14 @@ async fn wait_projected(showcase: &tokio_postgres::Config, prefix: &str, timeout
 /// from the journal tables.
 async fn under_consent(cfg: &tokio_postgres::Config, mut state: State) -> State {
     let c = vitrina::pg::connect(cfg).await.unwrap();
-    let consenting: std::collections::HashSet<i64> = c
-        .query(
-            "SELECT DISTINCT student_id FROM journal.parental_consents
-              WHERE kind = 'medical_data_transfer' AND status = 'granted'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let consenting: std::collections::HashSet<i64> = common::column(
+        &c,
+        "SELECT DISTINCT student_id FROM journal.parental_consents
+          WHERE kind = 'medical_data_transfer' AND status = 'granted'",
+    )
+    .await
+    .into_iter()
+    .collect();
     let index = |entity: &str, field: &str| {
         vitrina::events::contract::entity(entity)
             .unwrap()

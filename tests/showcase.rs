@@ -275,16 +275,11 @@ async fn medical_detail_shows_only_under_consent_whatever_the_arrival_order() {
     );
     // The detail held back lives outside the showcase schema, for the
     // illness marks only (1, 3, 4; mark 2 is an absence, not medical).
-    let private: Vec<String> = c
-        .query(
-            "SELECT key FROM showcase_private.attendance_medical WHERE reason IS NOT NULL ORDER BY key",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let private: Vec<String> = common::column(
+        &c,
+        "SELECT key FROM showcase_private.attendance_medical WHERE reason IS NOT NULL ORDER BY key",
+    )
+    .await;
     assert_eq!(private, ["1", "3", "4"]);
     // A correction from Б to Н clears what was held, order-safely.
     apply_batch(&mut c, s, &[ill(1, 7, 150, "Н")], &[])

@@ -88,16 +88,11 @@ async fn clean_leftovers(admin: &tokio_postgres::Config) {
                 .await;
         }
     }
-    let dbs: Vec<String> = c
-        .query(
-            "SELECT datname::text FROM pg_database WHERE datname LIKE 't\\_%'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let dbs: Vec<String> = column(
+        &c,
+        "SELECT datname::text FROM pg_database WHERE datname LIKE 't\\_%'",
+    )
+    .await;
     for db in dbs.iter().filter(|d| gone(d)) {
         let _ = c
             .batch_execute(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))
@@ -214,6 +209,19 @@ pub fn spawn_projector(db: &str, name: &str, showcase: &str) -> std::process::Ch
             ("VITRINA_PROJECTOR__METRICS_LISTEN", "127.0.0.1:0"),
         ],
     )
+}
+
+/// The first column of every row `sql` returns.
+pub async fn column<T>(c: &tokio_postgres::Client, sql: &str) -> Vec<T>
+where
+    T: for<'a> tokio_postgres::types::FromSql<'a>,
+{
+    c.query(sql, &[])
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
 }
 
 /// A TCP port free right now on 127.0.0.1.
