@@ -54,6 +54,10 @@ impl Health {
         *self.not_ready.lock().unwrap() = None;
     }
 
+    pub fn is_ready(&self) -> bool {
+        self.not_ready.lock().unwrap().is_none()
+    }
+
     pub fn not_ready(&self, why: impl Into<String>) {
         *self.not_ready.lock().unwrap() = Some(why.into());
     }

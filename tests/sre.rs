@@ -391,6 +391,11 @@ async fn prometheus_scrapes_the_pipeline_sees_it_move_and_fires_when_capture_sto
         ],
     );
     common::wait_caught_up(&cfg, &name, Duration::from_secs(240)).await;
+    assert_eq!(
+        common::http_get(&cap_at, "/readyz"),
+        (200, "ready\n".into())
+    );
+    assert_eq!(common::http_get(&cap_at, "/healthz").0, 200);
     let mut projector = common::spawn_vitrina(
         "project",
         &db,

@@ -413,6 +413,29 @@ pub async fn run_probed(
     cancel: CancellationToken,
     probe: Option<Arc<Probe>>,
 ) -> Result<(), CaptureError> {
+    // Alive while the initial load runs (no streaming loop turns yet);
+    // once streaming, the loop's own turns are the liveness signal.
+    let alive = {
+        let cancel = cancel.clone();
+        tokio::spawn(async move {
+            while !cancel.is_cancelled() && !crate::http::health().is_ready() {
+                crate::http::health().beat();
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            }
+        })
+    };
+    let r = run_inner(cfg, ep, cancel, probe).await;
+    alive.abort();
+    crate::http::health().not_ready("capture stopped");
+    r
+}
+
+async fn run_inner(
+    cfg: &Config,
+    ep: &Endpoints,
+    cancel: CancellationToken,
+    probe: Option<Arc<Probe>>,
+) -> Result<(), CaptureError> {
     let c = &cfg.capture;
     let mapping = Mapping::load(c.mapping_file.as_deref())?;
     // Dead-letter series exist from the start, at 0, so that increase()
@@ -633,6 +656,7 @@ pub async fn run_probed(
         .await
         .map_err(|e| start_error(&c.slot, e))?;
     tracing::info!(slot = %c.slot, publication = %c.publication, "streaming");
+    crate::http::health().ready();
 
     // Heartbeats and slot metrics on their own connection.
     let side = tokio::spawn(side_tasks(
@@ -646,7 +670,10 @@ pub async fn run_probed(
     let heartbeat_prefix = format!("vitrina.heartbeat.{}", c.slot);
     let mut txn = Txn::default();
     let mut acker_task = acker_task;
+    let health = crate::http::health();
     let result: Result<(), CaptureError> = loop {
+        // Heartbeat messages keep this loop turning on an idle journal.
+        health.beat();
         let ev = tokio::select! {
             r = stream.next_event(&cancel) => r,
             a = &mut acker_task => {
