@@ -7,11 +7,18 @@
 //!   of their own created before the workload. Medians and their ratio.
 //! - Latency: capture streams while the workload runs at a steady rate;
 //!   commit → Kafka-acknowledged latency per transaction, p50/p99.
+//! - Initial load: capture's load of the region (slot created, snapshot
+//!   copied, every row acknowledged by Kafka) against reading the same rows
+//!   with the same COPY statements and parallelism, bytes discarded.
+//! - A large transaction (a September mass enrolment of N students: 2N row
+//!   changes in one transaction): capture runs as a child process, and its
+//!   peak RSS (VmHWM) is read when the whole transaction is confirmed.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
 use crate::capture::{self, Probe};
@@ -45,6 +52,30 @@ pub struct CaptureBench {
     pub latency_p50_ms: f64,
     pub latency_p99_ms: f64,
     pub latency_max_ms: f64,
+    pub load: Option<LoadFigures>,
+    pub big_txn: Option<BigTxnFigures>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LoadFigures {
+    pub rows: u64,
+    /// (COPY reference s, capture s) per run.
+    pub runs: Vec<(f64, f64)>,
+    pub copy_median_s: f64,
+    pub capture_median_s: f64,
+    pub capture_rows_per_s: f64,
+    pub ratio: f64,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BigTxnFigures {
+    pub students: u32,
+    pub row_changes: u64,
+    pub commit_s: f64,
+    /// From the commit until capture confirmed the transaction's end.
+    pub confirm_s: f64,
+    pub idle_rss_mb: f64,
+    pub peak_rss_mb: f64,
 }
 
 fn median(v: &mut [f64]) -> f64 {
@@ -71,6 +102,12 @@ pub struct Knobs {
     pub rate: u32,
     pub latency_rate: u32,
     pub latency_seconds: u64,
+    /// Initial-load runs (0 skips the phase).
+    pub load_runs: u32,
+    /// Students in the large-transaction phase (0 skips it).
+    pub big_txn_students: u32,
+    /// The config file, for the capture child of the large-transaction phase.
+    pub config_file: Option<std::path::PathBuf>,
 }
 
 pub async fn capture(cfg: &Config, knobs: &Knobs) -> Result<CaptureBench, BenchError> {
@@ -91,6 +128,11 @@ pub async fn capture(cfg: &Config, knobs: &Knobs) -> Result<CaptureBench, BenchE
     ))
     .await
     .map_err(fail)?;
+    let load = if knobs.load_runs > 0 {
+        Some(initial_load(cfg, &ep, &mapping, &tag, knobs.load_runs).await?)
+    } else {
+        None
+    };
     for r in 0..knobs.runs {
         for kind in ["recv", "cap"] {
             sql.execute(
@@ -258,11 +300,17 @@ pub async fn capture(cfg: &Config, knobs: &Knobs) -> Result<CaptureBench, BenchE
     let _ = sql
         .execute("SELECT pg_drop_replication_slot($1)", &[&c.capture.slot])
         .await;
+    let mut lat = probe.latencies.lock().unwrap().clone();
+    lat.sort_by(|a, b| a.partial_cmp(b).unwrap());
+
+    let big_txn = if knobs.big_txn_students > 0 {
+        Some(big_transaction(cfg, &ep, &tag, knobs).await?)
+    } else {
+        None
+    };
     let _ = sql
         .batch_execute(&format!("DROP PUBLICATION {publication}"))
         .await;
-    let mut lat = probe.latencies.lock().unwrap().clone();
-    lat.sort_by(|a, b| a.partial_cmp(b).unwrap());
 
     let mut refs: Vec<f64> = runs.iter().map(|r| r.0).collect();
     let mut caps: Vec<f64> = runs.iter().map(|r| r.1).collect();
@@ -281,6 +329,256 @@ pub async fn capture(cfg: &Config, knobs: &Knobs) -> Result<CaptureBench, BenchE
         latency_p50_ms: percentile(&lat, 0.5) * 1000.0,
         latency_p99_ms: percentile(&lat, 0.99) * 1000.0,
         latency_max_ms: lat.last().copied().unwrap_or(f64::NAN) * 1000.0,
+        load,
+        big_txn,
+    })
+}
+
+/// Run after run: the mapped tables read with capture's own COPY statements
+/// on as many connections (the reference), then capture's initial load from
+/// a new slot until every row is acknowledged by Kafka.
+async fn initial_load(
+    cfg: &Config,
+    ep: &Endpoints,
+    mapping: &capture::mapping::Mapping,
+    tag: &str,
+    runs: u32,
+) -> Result<LoadFigures, BenchError> {
+    let db = &cfg.postgres.journal_database;
+    let window = capture::snapshot::window_start(
+        chrono::Local::now().date_naive(),
+        cfg.capture.history_years,
+    );
+    let statements: Vec<String> = mapping
+        .tables
+        .iter()
+        .map(|t| capture::snapshot::copy_sql(t, window))
+        .collect();
+    let conns = cfg.capture.snapshot_connections.max(1) as usize;
+    let mut figures = Vec::new();
+    let mut rows = 0;
+    for r in 0..runs {
+        let t0 = Instant::now();
+        let pg_cfg = ep.pg_config(db);
+        let counts: Vec<Result<u64, BenchError>> = futures::stream::iter(statements.clone())
+            .map(|stmt| {
+                let pg_cfg = pg_cfg.clone();
+                async move {
+                    use futures::StreamExt;
+                    let client = pg::connect(&pg_cfg).await.map_err(fail)?;
+                    let stream = client.copy_out(stmt.as_str()).await.map_err(fail)?;
+                    futures::pin_mut!(stream);
+                    let mut n = 0u64;
+                    while let Some(chunk) = stream.next().await {
+                        n += chunk.map_err(fail)?.iter().filter(|b| **b == b'\n').count() as u64;
+                    }
+                    Ok(n)
+                }
+            })
+            .buffer_unordered(conns)
+            .collect()
+            .await;
+        rows = counts.into_iter().sum::<Result<u64, BenchError>>()?;
+        let reference = t0.elapsed().as_secs_f64();
+
+        let mut c = cfg.clone();
+        c.capture.slot = format!("{tag}_load_{r}");
+        c.capture.publication = tag.to_string();
+        c.capture.topic_prefix = format!("{tag}-load-{r}");
+        c.capture.snapshot = true;
+        let probe = Arc::new(Probe::default());
+        let cancel = CancellationToken::new();
+        let t0 = Instant::now();
+        let (c2, ep2, cancel2, probe2) = (c.clone(), ep.clone(), cancel.clone(), probe.clone());
+        let task =
+            tokio::spawn(
+                async move { capture::run_probed(&c2, &ep2, cancel2, Some(probe2)).await },
+            );
+        while probe.loaded_rows.load(Ordering::SeqCst) == 0 {
+            if task.is_finished() {
+                let r = task.await.map_err(fail)?;
+                return Err(fail(format!(
+                    "capture stopped during the initial load: {r:?}"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let secs = t0.elapsed().as_secs_f64();
+        let loaded = probe.loaded_rows.load(Ordering::SeqCst);
+        cancel.cancel();
+        let _ = task.await;
+        let sql = pg::connect(&ep.pg_config(db)).await.map_err(fail)?;
+        let _ = sql
+            .execute("SELECT pg_drop_replication_slot($1)", &[&c.capture.slot])
+            .await;
+        let _ = std::fs::remove_file(
+            c.state_dir
+                .join("capture")
+                .join(format!("{}.json", c.capture.slot)),
+        );
+        eprintln!(
+            "bench: load run {}: COPY of {rows} rows {reference:.2} s, capture loaded {loaded} rows in {secs:.2} s ({:.0} rows/s)",
+            r + 1,
+            loaded as f64 / secs
+        );
+        figures.push((reference, secs));
+    }
+    let mut refs: Vec<f64> = figures.iter().map(|r| r.0).collect();
+    let mut caps: Vec<f64> = figures.iter().map(|r| r.1).collect();
+    let (mr, mc) = (median(&mut refs), median(&mut caps));
+    Ok(LoadFigures {
+        rows,
+        runs: figures,
+        copy_median_s: mr,
+        capture_median_s: mc,
+        capture_rows_per_s: rows as f64 / mc,
+        ratio: mr / mc,
+    })
+}
+
+/// KiB → MB of one line (`VmRSS:`, `VmHWM:`) of /proc/<pid>/status.
+fn proc_status_mb(pid: u32, field: &str) -> Option<f64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = text.lines().find(|l| l.starts_with(field))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024.0 / 1e6)
+}
+
+/// `vitrina capture` as a child streaming from a new slot; one mass
+/// enrolment of `students` in a single transaction; the child's peak RSS
+/// once the transaction is confirmed. The students and orders it added are
+/// deleted afterwards (the slot is gone by then).
+async fn big_transaction(
+    cfg: &Config,
+    ep: &Endpoints,
+    tag: &str,
+    knobs: &Knobs,
+) -> Result<BigTxnFigures, BenchError> {
+    let db = &cfg.postgres.journal_database;
+    let sql = pg::connect(&ep.pg_config(db)).await.map_err(fail)?;
+    let slot = format!("{tag}_big");
+    let max_ids: (i64, i64) = {
+        let r = sql
+            .query_one(
+                "SELECT (SELECT coalesce(max(id), 0) FROM journal.students),
+                        (SELECT coalesce(max(id), 0) FROM journal.enrolment_orders)",
+                &[],
+            )
+            .await
+            .map_err(fail)?;
+        (r.get(0), r.get(1))
+    };
+    let log = cfg.state_dir.join(format!("bench-capture-{tag}.log"));
+    let out = std::fs::File::create(&log).map_err(fail)?;
+    let mut cmd = tokio::process::Command::new(std::env::current_exe().map_err(fail)?);
+    if let Some(f) = &knobs.config_file {
+        cmd.arg("--config").arg(f);
+    }
+    let mut child = cmd
+        .arg("capture")
+        .env("VITRINA_STATE_DIR", &cfg.state_dir)
+        .env("VITRINA_CAPTURE__SLOT", &slot)
+        .env("VITRINA_CAPTURE__PUBLICATION", tag)
+        .env("VITRINA_CAPTURE__TOPIC_PREFIX", format!("{tag}-big"))
+        .env("VITRINA_CAPTURE__SNAPSHOT", "false")
+        .env("VITRINA_CAPTURE__METRICS_LISTEN", "127.0.0.1:0")
+        .env("VITRINA_LOG", "warn,vitrina=info")
+        .stdout(out.try_clone().map_err(fail)?)
+        .stderr(out)
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(fail)?;
+    let pid = child.id().ok_or_else(|| fail("capture child has no pid"))?;
+    // Streaming: the slot exists and its walsender is past the start.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let streaming = sql
+            .query_opt(
+                "SELECT 1 FROM pg_replication_slots s JOIN pg_stat_replication r ON r.pid = s.active_pid
+                 WHERE s.slot_name = $1 AND r.state IN ('catchup', 'streaming')",
+                &[&slot],
+            )
+            .await
+            .map_err(fail)?
+            .is_some();
+        if streaming {
+            break;
+        }
+        if Instant::now() > deadline || child.try_wait().map_err(fail)?.is_some() {
+            return Err(fail(format!(
+                "capture child did not start streaming; see {}",
+                log.display()
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let idle = proc_status_mb(pid, "VmRSS:").unwrap_or(f64::NAN);
+    eprintln!(
+        "bench: mass enrolment of {} students in one transaction (capture idle at {idle:.1} MB RSS)",
+        knobs.big_txn_students
+    );
+    let w = WorkloadConfig {
+        rate: 1,
+        duration_s: 0,
+        sessions: 1,
+        mass_enrolment: knobs.big_txn_students,
+        seed: 13,
+    };
+    let t0 = Instant::now();
+    let report = workload::run(&ep.pg_config(db), &w, false)
+        .await
+        .map_err(fail)?;
+    let commit_s = t0.elapsed().as_secs_f64();
+    let end: String = sql
+        .query_one("SELECT pg_current_wal_insert_lsn()::text", &[])
+        .await
+        .map_err(fail)?
+        .get(0);
+    let t1 = Instant::now();
+    let deadline = Instant::now() + Duration::from_secs(1800);
+    loop {
+        let done: Option<bool> = sql
+            .query_opt(
+                "SELECT confirmed_flush_lsn >= $2::text::pg_lsn FROM pg_replication_slots WHERE slot_name = $1",
+                &[&slot, &end],
+            )
+            .await
+            .map_err(fail)?
+            .and_then(|r| r.get(0));
+        if done == Some(true) {
+            break;
+        }
+        if Instant::now() > deadline || child.try_wait().map_err(fail)?.is_some() {
+            return Err(fail(format!(
+                "capture child did not confirm the transaction; see {}",
+                log.display()
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let confirm_s = t1.elapsed().as_secs_f64();
+    let peak = proc_status_mb(pid, "VmHWM:").unwrap_or(f64::NAN);
+    let _ = child.kill().await;
+    let _ = sql
+        .execute("SELECT pg_drop_replication_slot($1)", &[&slot])
+        .await;
+    let _ = sql
+        .execute(
+            "DELETE FROM journal.enrolment_orders WHERE id > $1",
+            &[&max_ids.1],
+        )
+        .await;
+    let _ = sql
+        .execute("DELETE FROM journal.students WHERE id > $1", &[&max_ids.0])
+        .await;
+    Ok(BigTxnFigures {
+        students: knobs.big_txn_students,
+        row_changes: report.mass_enrolment_changes,
+        commit_s,
+        confirm_s,
+        idle_rss_mb: idle,
+        peak_rss_mb: peak,
     })
 }
 

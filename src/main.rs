@@ -141,6 +141,12 @@ enum BenchWhat {
         latency_rate: u32,
         #[arg(long, default_value_t = 30)]
         latency_seconds: u64,
+        /// Runs of the initial load of the configured region (0 skips).
+        #[arg(long, default_value_t = 3)]
+        load_runs: u32,
+        /// Students of the one-transaction mass enrolment whose peak RSS is measured (0 skips).
+        #[arg(long, default_value_t = 1_000_000)]
+        big_txn_students: u32,
         #[arg(long)]
         json: bool,
     },
@@ -206,10 +212,10 @@ fn real_main(cli: Cli) -> Result<()> {
         .enable_all()
         .build()
         .context("starting the tokio runtime")?;
-    rt.block_on(run(cli.command, cfg))
+    rt.block_on(run(cli.command, cfg, cli.config))
 }
 
-async fn run(command: Command, mut cfg: Config) -> Result<()> {
+async fn run(command: Command, mut cfg: Config, config_file: Option<PathBuf>) -> Result<()> {
     match command {
         Command::Up => {
             let stack = Stack::new(&cfg)?;
@@ -306,6 +312,8 @@ async fn run(command: Command, mut cfg: Config) -> Result<()> {
                     rate,
                     latency_rate,
                     latency_seconds,
+                    load_runs,
+                    big_txn_students,
                     json,
                 },
         } => {
@@ -315,6 +323,9 @@ async fn run(command: Command, mut cfg: Config) -> Result<()> {
                 rate,
                 latency_rate,
                 latency_seconds,
+                load_runs,
+                big_txn_students,
+                config_file: config_file.clone(),
             };
             let b = vitrina::bench::capture(&cfg, &knobs).await?;
             if json {
@@ -340,6 +351,24 @@ async fn run(command: Command, mut cfg: Config) -> Result<()> {
                     "  commit → ack latency at {} changes/s (achieved {:.0}/s, {} transactions): p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms (target p99 < 500 ms)",
                     b.latency_rate_target, b.latency_rate_achieved, b.latency_transactions, b.latency_p50_ms, b.latency_p99_ms, b.latency_max_ms
                 );
+                if let Some(l) = &b.load {
+                    for (i, (r, c)) in l.runs.iter().enumerate() {
+                        println!(
+                            "  initial load run {}: COPY of the same rows {r:.2} s   capture (snapshot → Kafka acked) {c:.2} s",
+                            i + 1
+                        );
+                    }
+                    println!(
+                        "  initial load of {} rows: median COPY {:.2} s, capture {:.2} s ({:.0} rows/s, target ≥ 100,000); ratio to COPY {:.2}",
+                        l.rows, l.copy_median_s, l.capture_median_s, l.capture_rows_per_s, l.ratio
+                    );
+                }
+                if let Some(t) = &b.big_txn {
+                    println!(
+                        "  one transaction of {} row changes (mass enrolment of {} students, committed in {:.1} s): confirmed {:.1} s after commit; capture RSS idle {:.1} MB, peak {:.1} MB (target < 300 MiB)",
+                        t.row_changes, t.students, t.commit_s, t.confirm_s, t.idle_rss_mb, t.peak_rss_mb
+                    );
+                }
             }
         }
         Command::Bench {

@@ -289,6 +289,8 @@ pub struct Probe {
     pub events: AtomicU64,
     pub record: std::sync::atomic::AtomicBool,
     pub latencies: std::sync::Mutex<Vec<f64>>,
+    /// Rows of the initial load, set once every one is acknowledged.
+    pub loaded_rows: AtomicU64,
 }
 
 /// One delivery report: acknowledged, or the reason it is not.
@@ -512,7 +514,7 @@ async fn run_inner(
         in_flight.clone(),
         confirmed.clone(),
         last_commit_time.clone(),
-        probe,
+        probe.clone(),
     ));
     let mut publisher = Publisher {
         producer: producer.clone(),
@@ -557,7 +559,7 @@ async fn run_inner(
                 })?
                 .to_string();
             let tables: Vec<&TableMapping> = mapping.tables.iter().collect();
-            snapshot::load_tables(
+            let rows = snapshot::load_tables(
                 cfg,
                 ep,
                 &tables,
@@ -569,6 +571,9 @@ async fn run_inner(
                 &state_path,
             )
             .await?;
+            if let Some(p) = &probe {
+                p.loaded_rows.store(rows.max(1), Ordering::SeqCst);
+            }
         }
         state.done = true;
         state.save(&state_path);

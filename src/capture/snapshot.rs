@@ -128,7 +128,7 @@ pub async fn load_tables(
     publisher: &mut Publisher,
     state: &mut State,
     state_path: &Path,
-) -> Result<(), CaptureError> {
+) -> Result<u64, CaptureError> {
     let started = Instant::now();
     let window = window_start(chrono::Local::now().date_naive(), cfg.capture.history_years);
     let snapshot_time = chrono::Utc::now().timestamp_micros();
@@ -242,7 +242,28 @@ pub async fn load_tables(
         rows_per_second = rows as f64 / secs,
         "initial load finished"
     );
-    Ok(())
+    Ok(rows)
+}
+
+/// The COPY statement that reads table `t`'s mapped columns, limited to
+/// the history window.
+pub fn copy_sql(t: &TableMapping, window: NaiveDate) -> String {
+    let (schema, name) = t.table.split_once('.').expect("schema.table");
+    let col_list = t
+        .columns()
+        .iter()
+        .map(|c| pg::ident(c))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let filter = match &t.history {
+        Some(h) => format!(" WHERE {} >= DATE '{window}'", pg::ident(h)),
+        None => String::new(),
+    };
+    format!(
+        "COPY (SELECT {col_list} FROM {}.{}{filter}) TO STDOUT",
+        pg::ident(schema),
+        pg::ident(name)
+    )
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -275,21 +296,7 @@ async fn copy_table(
         t.table
     )))?;
     let cols = t.columns();
-    let (schema, name) = t.table.split_once('.').expect("schema.table");
-    let col_list = cols
-        .iter()
-        .map(|c| pg::ident(c))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let filter = match &t.history {
-        Some(h) => format!(" WHERE {} >= DATE '{window}'", pg::ident(h)),
-        None => String::new(),
-    };
-    let sql = format!(
-        "COPY (SELECT {col_list} FROM {}.{}{filter}) TO STDOUT",
-        pg::ident(schema),
-        pg::ident(name)
-    );
+    let sql = copy_sql(t, window);
     let stream = txn
         .copy_out(&sql)
         .await
