@@ -35,6 +35,7 @@ pub mod kafka;
 pub mod observability;
 pub mod pg;
 pub mod privacy;
+pub mod progress;
 pub mod projector;
 pub mod region;
 pub mod showcase;

@@ -407,9 +407,11 @@ async fn bad_input_and_schema_drift_are_flagged_or_dead_lettered_and_capture_kee
 }
 
 fn run_capture_to_exit(db: &str, name: &str) -> (Option<i32>, String) {
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_vitrina"));
-    common::child_env(&mut cmd, db, name);
-    let out = cmd.arg("capture").output().unwrap();
+    run_capture_to_exit_with(db, name, &[])
+}
+
+fn run_capture_to_exit_with(db: &str, name: &str, env: &[(&str, &str)]) -> (Option<i32>, String) {
+    let out = common::run_vitrina(db, name, &["capture"], env);
     (
         out.status.code(),
         String::from_utf8_lossy(&out.stderr).to_string(),
@@ -454,6 +456,61 @@ async fn a_publication_missing_a_mapped_table_is_refused_with_a_hint() {
     assert!(
         err.contains(&format!("ALTER PUBLICATION {name} ADD TABLE"))
             && err.contains("journal.students"),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_role_without_replication_is_refused_with_a_hint() {
+    let cfg = common::journal_db("t_cap_role").await;
+    let db = common::db_name(&cfg);
+    let name = format!("caprole{}", std::process::id());
+    let c = vitrina::pg::connect(&cfg).await.unwrap();
+    c.batch_execute(&format!(
+        "DROP ROLE IF EXISTS {name}; CREATE ROLE {name} LOGIN NOREPLICATION"
+    ))
+    .await
+    .unwrap();
+    let (code, err) = run_capture_to_exit_with(&db, &name, &[("VITRINA_POSTGRES__USER", &name)]);
+    let _ = c.batch_execute(&format!("DROP ROLE {name}")).await;
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains(&format!("user `{name}` lacks a privilege"))
+            && err.contains(&format!("ALTER ROLE {name} REPLICATION")),
+        "{err}"
+    );
+}
+
+/// A cluster of its own with `wal_level = replica`: capture refuses it
+/// before touching Kafka, saying which setting to change.
+#[test]
+fn wal_level_other_than_logical_is_refused_with_a_hint() {
+    let root = std::env::temp_dir().join(format!("vitrina-walreplica-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    let pg = vitrina::stack::postgres::LocalPostgres::new(
+        &vitrina::config::StackConfig::default(),
+        root.clone(),
+    )
+    .unwrap();
+    pg.init().unwrap();
+    let conf = pg.data_dir().join("postgresql.conf");
+    let mut text = std::fs::read_to_string(&conf).unwrap();
+    text.push_str("wal_level = replica\n");
+    std::fs::write(&conf, text).unwrap();
+    let port = pg.start(common::free_port()).unwrap();
+    let (code, err) = run_capture_to_exit_with(
+        "postgres",
+        "capwal",
+        &[
+            ("VITRINA_POSTGRES__HOST", "127.0.0.1"),
+            ("VITRINA_POSTGRES__PORT", &port.to_string()),
+        ],
+    );
+    let _ = pg.stop();
+    let _ = std::fs::remove_dir_all(&root);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("wal_level is `replica`") && err.contains("set wal_level = logical"),
         "{err}"
     );
 }

@@ -285,16 +285,21 @@ async fn showcase_equals_the_journal_after_a_workload_with_the_projector_killed_
 
 /// `vitrina replay <args> --json` against showcase database `showcase`.
 fn replay(db: &str, name: &str, showcase: &str, args: &[&str]) -> serde_json::Value {
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_vitrina"));
-    common::child_env(&mut cmd, db, name);
-    let out = cmd
-        .env("VITRINA_PROJECTOR__DATABASE", showcase)
-        .env("VITRINA_PROJECTOR__REPLAY_METRICS_LISTEN", "127.0.0.1:0")
-        .arg("replay")
-        .args(args)
-        .arg("--json")
-        .output()
-        .unwrap();
+    let args: Vec<&str> = ["replay"]
+        .iter()
+        .chain(args)
+        .chain(&["--json"])
+        .copied()
+        .collect();
+    let out = common::run_vitrina(
+        db,
+        name,
+        &args,
+        &[
+            ("VITRINA_PROJECTOR__DATABASE", showcase),
+            ("VITRINA_PROJECTOR__REPLAY_METRICS_LISTEN", "127.0.0.1:0"),
+        ],
+    );
     assert!(
         out.status.success(),
         "replay {args:?} failed: {}",

@@ -530,13 +530,15 @@ scrape_configs:
         let (db, name, show_db, at) =
             (db.clone(), name.clone(), show_db.clone(), replay_at.clone());
         let child = std::thread::spawn(move || {
-            let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_vitrina"));
-            common::child_env(&mut cmd, &db, &name);
-            cmd.env("VITRINA_PROJECTOR__DATABASE", &show_db)
-                .env("VITRINA_PROJECTOR__REPLAY_METRICS_LISTEN", &at)
-                .args(["replay", "--no-swap"])
-                .output()
-                .unwrap()
+            common::run_vitrina(
+                &db,
+                &name,
+                &["replay", "--no-swap"],
+                &[
+                    ("VITRINA_PROJECTOR__DATABASE", &show_db),
+                    ("VITRINA_PROJECTOR__REPLAY_METRICS_LISTEN", &at),
+                ],
+            )
         });
         let mut names = BTreeSet::new();
         while !child.is_finished() {
@@ -578,13 +580,12 @@ scrape_configs:
     );
 
     // The on-call view reads the same pipeline.
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_vitrina"));
-    common::child_env(&mut cmd, &db, &name);
-    let out = cmd
-        .env("VITRINA_PROJECTOR__DATABASE", &show_db)
-        .args(["status", "--json"])
-        .output()
-        .unwrap();
+    let out = common::run_vitrina(
+        &db,
+        &name,
+        &["status", "--json"],
+        &[("VITRINA_PROJECTOR__DATABASE", &show_db)],
+    );
     assert!(
         out.status.success(),
         "{}",

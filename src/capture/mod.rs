@@ -368,6 +368,19 @@ impl Row for WalRow<'_> {
     }
 }
 
+/// pgoutput v1 with logical messages (heartbeats) from `slot`, which
+/// exports a snapshot when created (the initial load reads at it).
+fn stream_config(slot: &str, publication: &str, temporary: bool) -> ReplicationStreamConfig {
+    ReplicationStreamConfig::builder(slot, publication)
+        .with_protocol_version(1)
+        .with_messages(true)
+        .with_slot_options(ReplicationSlotOptions {
+            temporary,
+            snapshot: Some("export".into()),
+            ..Default::default()
+        })
+}
+
 fn conn_string(ep: &Endpoints, database: &str) -> String {
     let auth = match &ep.pg_password {
         Some(p) => format!("{}:{}", ep.pg_user, urlencode(p.expose())),
@@ -491,15 +504,9 @@ async fn run_inner(
         partitions.insert(t.clone(), n);
     }
 
-    let rcfg = ReplicationStreamConfig::builder(c.slot.as_str(), c.publication.as_str())
-        .with_protocol_version(1)
-        .with_messages(true)
-        // Confirmed positions reach the server within a heartbeat or a second.
-        .with_feedback_interval(Duration::from_millis(c.heartbeat_interval_ms.min(1000)))
-        .with_slot_options(ReplicationSlotOptions {
-            snapshot: Some("export".into()),
-            ..Default::default()
-        });
+    // Confirmed positions reach the server within a heartbeat or a second.
+    let rcfg = stream_config(&c.slot, &c.publication, false)
+        .with_feedback_interval(Duration::from_millis(c.heartbeat_interval_ms.min(1000)));
     let mut stream = LogicalReplicationStream::new(&conn_string(ep, db), rcfg)
         .await
         .map_err(|e| CaptureError::Replication(e.to_string()))?;
@@ -590,13 +597,7 @@ async fn run_inner(
             "resuming the interrupted initial load"
         );
         let resume_slot = format!("{}_resume", c.slot);
-        let rcfg2 = ReplicationStreamConfig::builder(resume_slot.as_str(), c.publication.as_str())
-            .with_protocol_version(1)
-            .with_slot_options(ReplicationSlotOptions {
-                temporary: true,
-                snapshot: Some("export".into()),
-                ..Default::default()
-            });
+        let rcfg2 = stream_config(&resume_slot, &c.publication, true);
         let mut helper = LogicalReplicationStream::new(&conn_string(ep, db), rcfg2)
             .await
             .map_err(|e| CaptureError::Replication(e.to_string()))?;

@@ -17,16 +17,16 @@
 //!   1 September of `history_years` academic years before the current one)
 //!   are not loaded.
 
-use std::collections::{BTreeMap, HashMap};
+use std::borrow::Cow;
+use std::collections::HashMap;
 use std::path::Path;
 use std::time::Instant;
 
 use chrono::{Datelike, NaiveDate};
 use futures::StreamExt;
-use indicatif::{ProgressBar, ProgressStyle};
 use tokio::sync::mpsc;
 
-use super::mapping::TableMapping;
+use super::mapping::{Row, TableMapping};
 use super::{CaptureError, DeadLetter, Publisher};
 use crate::config::Config;
 use crate::events::{self, Event, Op, Source};
@@ -87,12 +87,16 @@ enum Item {
     Failed(CaptureError),
 }
 
-/// Splits one line of COPY text format into fields (`None` = NULL).
-pub fn parse_copy_line(line: &str) -> Vec<Option<String>> {
+/// Splits one line of COPY text format into fields (`None` = NULL). A
+/// field without escapes is borrowed from the line.
+pub fn parse_copy_line(line: &str) -> Vec<Option<Cow<'_, str>>> {
     line.split('\t')
         .map(|f| {
             if f == "\\N" {
                 return None;
+            }
+            if !f.contains('\\') {
+                return Some(Cow::Borrowed(f));
             }
             let mut out = String::with_capacity(f.len());
             let mut chars = f.chars();
@@ -112,9 +116,31 @@ pub fn parse_copy_line(line: &str) -> Vec<Option<String>> {
                     out.push(c);
                 }
             }
-            Some(out)
+            Some(Cow::Owned(out))
         })
         .collect()
+}
+
+/// One COPY line as a [`Row`]: the fields of `columns`, in their order.
+pub struct CopyRow<'a> {
+    columns: &'a [String],
+    fields: Vec<Option<Cow<'a, str>>>,
+}
+
+impl<'a> CopyRow<'a> {
+    pub fn parse(columns: &'a [String], line: &'a str) -> CopyRow<'a> {
+        CopyRow {
+            columns,
+            fields: parse_copy_line(line),
+        }
+    }
+}
+
+impl Row for CopyRow<'_> {
+    fn get(&self, column: &str) -> Option<Option<&str>> {
+        let i = self.columns.iter().position(|c| c == column)?;
+        self.fields.get(i).map(|v| v.as_deref())
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -172,17 +198,11 @@ pub async fn load_tables(
         }));
     }
     drop(tx);
-    let bar = ProgressBar::new(tables.len() as u64);
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{spinner} initial load [{bar:30}] {pos}/{len} tables  {msg}  ETA {eta}",
-        )
-        .expect("valid template")
-        .progress_chars("=> "),
+    let bar = crate::progress::bar(
+        tables.len() as u64,
+        "{spinner} initial load [{bar:30}] {pos}/{len} tables  {msg}  ETA {eta}",
+        true,
     );
-    if !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
-        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
-    }
     let mut rows: u64 = 0;
     let mut pending: Vec<(String, tokio::sync::oneshot::Receiver<()>)> = Vec::new();
     while let Some(item) = rx.recv().await {
@@ -310,8 +330,7 @@ async fn copy_table(
         let mut start = 0;
         while let Some(pos) = carry[start..].iter().position(|b| *b == b'\n') {
             let line = std::str::from_utf8(&carry[start..start + pos]).unwrap_or_default();
-            let fields = parse_copy_line(line);
-            let row: BTreeMap<String, Option<String>> = cols.iter().cloned().zip(fields).collect();
+            let row = CopyRow::parse(&cols, line);
             let item = match t.map_row(&row, dp) {
                 Ok(m) => Item::Event(
                     Box::new(Event {
@@ -375,5 +394,10 @@ mod tests {
             parse_copy_line("1\t\\N\ta\\tb\\\\c"),
             vec![Some("1".into()), None, Some("a\tb\\c".into())]
         );
+        let cols = vec!["id".to_string(), "note".to_string()];
+        let row = CopyRow::parse(&cols, "7\t\\N");
+        assert_eq!(row.get("id"), Some(Some("7")));
+        assert_eq!(row.get("note"), Some(None));
+        assert_eq!(row.get("gone"), None);
     }
 }

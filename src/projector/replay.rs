@@ -26,7 +26,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressBar;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serde::Serialize;
@@ -326,18 +326,11 @@ fn remaining(have: &HashMap<Tp, i64>, want: &HashMap<Tp, i64>) -> i64 {
 }
 
 fn progress_bar(len: u64) -> ProgressBar {
-    let bar = ProgressBar::new(len);
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{spinner} replay [{bar:30}] {human_pos}/{human_len} events  {per_sec}  ETA {eta}  {msg}",
-        )
-        .expect("valid template")
-        .progress_chars("=> "),
-    );
-    if !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
-        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
-    }
-    bar
+    crate::progress::bar(
+        len,
+        "{spinner} replay [{bar:30}] {human_pos}/{human_len} events  {per_sec}  ETA {eta}  {msg}",
+        true,
+    )
 }
 
 /// Row counts (not deleted) and an order-independent checksum of every

@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::SinkExt;
-use indicatif::{ProgressBar, ProgressStyle};
 use tokio_postgres::Client;
 
 use super::chunk::{self, Chunk};
@@ -139,20 +138,12 @@ pub async fn load(
     let jobs: Vec<(usize, usize)> = (0..sk.organizations.len())
         .flat_map(|s| (0..sk.years).map(move |y| (s, y)))
         .collect();
-    let bar = if progress {
-        let b = ProgressBar::new(jobs.len() as u64);
-        b.set_style(
-            ProgressStyle::with_template(
-                "{spinner} loading [{bar:30}] {pos}/{len} school-years  {msg}  ETA {eta}",
-            )
-            .expect("valid template")
-            .progress_chars("=> "),
-        );
-        b.enable_steady_tick(Duration::from_millis(200));
-        b
-    } else {
-        ProgressBar::hidden()
-    };
+    let bar = crate::progress::bar(
+        jobs.len() as u64,
+        "{spinner} loading [{bar:30}] {pos}/{len} school-years  {msg}  ETA {eta}",
+        progress,
+    );
+    bar.enable_steady_tick(Duration::from_millis(200));
     let next = Arc::new(AtomicUsize::new(0));
     let loaded = Arc::new(AtomicU64::new(rows.values().sum()));
     let jobs = Arc::new(jobs);

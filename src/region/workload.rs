@@ -22,7 +22,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::{Datelike, NaiveDate};
-use indicatif::{ProgressBar, ProgressStyle};
 use tokio_postgres::Client;
 
 use super::names;
@@ -288,17 +287,11 @@ pub async fn run(
     });
     let deadline = Instant::now() + Duration::from_secs(cfg.duration_s);
     let changes = Arc::new(AtomicU64::new(0));
-    let bar = if progress {
-        let b = ProgressBar::new(cfg.duration_s);
-        b.set_style(
-            ProgressStyle::with_template("{spinner} workload [{bar:30}] {pos}/{len} s  {msg}")
-                .expect("valid template")
-                .progress_chars("=> "),
-        );
-        b
-    } else {
-        ProgressBar::hidden()
-    };
+    let bar = crate::progress::bar(
+        cfg.duration_s,
+        "{spinner} workload [{bar:30}] {pos}/{len} s  {msg}",
+        progress,
+    );
     let mut tasks = Vec::new();
     for w in 0..cfg.sessions {
         let (state, pacer, changes) = (state.clone(), pacer.clone(), changes.clone());

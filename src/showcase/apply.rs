@@ -42,9 +42,10 @@ async fn upsert_private(
 ) -> Result<(), PgError> {
     // Only states that hold medical detail are kept; an update or delete
     // that leaves none clears what an earlier state kept (order-safe).
+    let holds = m.holds();
     let (evs, cleared): (Vec<&Event>, Vec<&Event>) = evs
         .iter()
-        .partition(|e| e.after.as_deref().is_some_and(|a| m.applies(a)));
+        .partition(|e| e.after.as_deref().is_some_and(&holds));
     let cleared: Vec<&Event> = cleared
         .into_iter()
         .filter(|e| matches!(e.op, Op::Update | Op::Delete))
@@ -302,9 +303,10 @@ pub async fn apply_with_watermarks(
             students.extend(evs.iter().filter_map(|e| consent::student_of(e)));
         }
         if let Some(m) = consent::medical(entity.name) {
+            let holds = m.holds();
             medical_keys.entry(entity.name).or_default().extend(
                 evs.iter()
-                    .filter(|e| e.after.as_deref().is_some_and(|a| m.applies(a)))
+                    .filter(|e| e.after.as_deref().is_some_and(&holds))
                     .map(|e| e.key.clone()),
             );
         }
@@ -364,11 +366,14 @@ pub async fn apply_with_watermarks(
             (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
         let medical = consent::medical(entity.name);
         let held: Vec<usize> = medical.map(Medical::field_indexes).unwrap_or_default();
+        let holds = medical.map(Medical::holds);
         for e in evs {
             keys.push(e.key.as_str());
             // Medical detail enters the showcase row only through the
             // consent refresh below.
-            let hold = medical.is_some_and(|m| e.after.as_deref().is_some_and(|a| m.applies(a)));
+            let hold = holds
+                .as_ref()
+                .is_some_and(|h| e.after.as_deref().is_some_and(h));
             for (i, c) in cols.iter_mut().enumerate() {
                 if hold && held.contains(&i) {
                     c.push(None);

@@ -73,13 +73,15 @@ impl Medical {
         self.fields.iter().map(|f| field_index(e, f)).collect()
     }
 
-    /// Whether this state (the contract's field values) holds medical detail.
-    pub fn applies(&self, after: &[Val]) -> bool {
-        match self.when {
+    /// Whether a state (the contract's field values) holds medical detail;
+    /// the condition's field is looked up once, not per state.
+    pub fn holds(&self) -> impl Fn(&[Val]) -> bool + 'static {
+        let when = self
+            .when
+            .map(|(field, value)| (field_index(entity(self.entity), field), value));
+        move |after: &[Val]| match when {
             None => true,
-            Some((field, value)) => {
-                matches!(&after[field_index(entity(self.entity), field)], Val::Str(s) if s == value)
-            }
+            Some((i, value)) => matches!(&after[i], Val::Str(s) if s == value),
         }
     }
 
@@ -241,10 +243,10 @@ mod tests {
         let e = entity("attendance");
         let mut after = vec![Val::Null; e.fields.len()];
         after[field_index(e, "code")] = Val::Str("Б".into());
-        assert!(m.applies(&after));
+        assert!(m.holds()(&after));
         after[field_index(e, "code")] = Val::Str("Н".into());
-        assert!(!m.applies(&after));
-        assert!(medical("medical_exemption").unwrap().applies(&after));
+        assert!(!m.holds()(&after));
+        assert!(medical("medical_exemption").unwrap().holds()(&after));
         assert!(medical("grade").is_none());
     }
 }

@@ -192,6 +192,22 @@ pub fn spawn_vitrina(
         .unwrap_or_else(|e| panic!("spawn vitrina {command}: {e}"))
 }
 
+/// Runs `vitrina <args>` to its end for journal `db` (slot, publication,
+/// topic prefix `name`), with `env` on top of the test environment.
+pub fn run_vitrina(
+    db: &str,
+    name: &str,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> std::process::Output {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_vitrina"));
+    child_env(&mut cmd, db, name);
+    cmd.envs(env.iter().copied())
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("vitrina {args:?}: {e}"))
+}
+
 /// `vitrina capture` for journal `db` (slot, publication, topic prefix `name`).
 pub fn spawn_capture(db: &str, name: &str) -> std::process::Child {
     spawn_vitrina("capture", db, name, name, &[])
@@ -285,11 +301,7 @@ pub async fn journal_state(
             .flat_map(|b| b.unwrap().to_vec())
             .collect();
         for line in String::from_utf8(bytes).unwrap().lines() {
-            let row: std::collections::BTreeMap<String, Option<String>> = cols
-                .iter()
-                .cloned()
-                .zip(vitrina::capture::snapshot::parse_copy_line(line))
-                .collect();
+            let row = vitrina::capture::snapshot::CopyRow::parse(&cols, line);
             let m = t.map_row(&row, &dp).unwrap();
             out.insert((t.entity.name.to_string(), m.key), m.after);
         }
