@@ -471,7 +471,18 @@ async fn a_role_without_replication_is_refused_with_a_hint() {
     ))
     .await
     .unwrap();
-    let (code, err) = run_capture_to_exit_with(&db, &name, &[("VITRINA_POSTGRES__USER", &name)]);
+    // The local stack always connects as its superuser: point capture at
+    // the same server as an external one, as this role.
+    let port = cfg.get_ports()[0].to_string();
+    let (code, err) = run_capture_to_exit_with(
+        &db,
+        &name,
+        &[
+            ("VITRINA_POSTGRES__HOST", "127.0.0.1"),
+            ("VITRINA_POSTGRES__PORT", &port),
+            ("VITRINA_POSTGRES__USER", &name),
+        ],
+    );
     let _ = c.batch_execute(&format!("DROP ROLE {name}")).await;
     assert_eq!(code, Some(1), "{err}");
     assert!(
