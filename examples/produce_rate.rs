@@ -14,7 +14,16 @@ async fn main() {
         .await
         .unwrap();
     let p: FutureProducer = vitrina::kafka::producer(brokers, 5, "lz4").unwrap();
-    let payload = vec![b'x'; size];
+    // Hex of a xorshift stream: compresses about as badly as hashed events.
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    let payload: Vec<u8> = (0..size)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            b"0123456789abcdef"[(x & 15) as usize]
+        })
+        .collect();
     let t0 = Instant::now();
     let mut futs = Vec::with_capacity(n);
     for i in 0..n {

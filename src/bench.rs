@@ -490,20 +490,14 @@ async fn big_transaction(
         .map_err(fail)?;
     let pid = child.id().ok_or_else(|| fail("capture child has no pid"))?;
     // Streaming: the slot exists and its walsender is past the start.
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let streaming = sql
-            .query_opt(
-                "SELECT 1 FROM pg_replication_slots s JOIN pg_stat_replication r ON r.pid = s.active_pid
-                 WHERE s.slot_name = $1 AND r.state IN ('catchup', 'streaming')",
-                &[&slot],
-            )
+    let slot_now = || async {
+        capture::preflight::slot_now(&sql, &slot)
             .await
-            .map_err(fail)?
-            .is_some();
-        if streaming {
-            break;
-        }
+            .map_err(fail)
+            .map(Option::unwrap_or_default)
+    };
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !slot_now().await?.streaming {
         if Instant::now() > deadline || child.try_wait().map_err(fail)?.is_some() {
             return Err(fail(format!(
                 "capture child did not start streaming; see {}",
@@ -535,20 +529,10 @@ async fn big_transaction(
         .await
         .map_err(fail)?
         .get(0);
+    let end = capture::preflight::parse_lsn(&end).unwrap_or(u64::MAX);
     let t1 = Instant::now();
     let deadline = Instant::now() + Duration::from_secs(1800);
-    loop {
-        let done: Option<bool> = sql
-            .query_opt(
-                "SELECT confirmed_flush_lsn >= $2::text::pg_lsn FROM pg_replication_slots WHERE slot_name = $1",
-                &[&slot, &end],
-            )
-            .await
-            .map_err(fail)?
-            .and_then(|r| r.get(0));
-        if done == Some(true) {
-            break;
-        }
+    while slot_now().await?.confirmed_flush < Some(end) {
         if Instant::now() > deadline || child.try_wait().map_err(fail)?.is_some() {
             return Err(fail(format!(
                 "capture child did not confirm the transaction; see {}",

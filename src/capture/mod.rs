@@ -713,6 +713,11 @@ async fn run_inner(
         if let Err(e) = r {
             break Err(e);
         }
+        // pg_walstream looks at its feedback timer only every 128 frames:
+        // on a quiet journal (a heartbeat is 3 frames) the confirmed
+        // position would reach the server minutes late and the slot would
+        // hold WAL meanwhile. Checking after every event costs a clock read.
+        stream.maybe_send_feedback().await;
     };
 
     // Drain: everything produced is acknowledged and confirmed, then told

@@ -7,6 +7,36 @@ use super::mapping::Mapping;
 use super::CaptureError;
 use crate::pg::PgError;
 
+/// A slot as it is now.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SlotNow {
+    /// Held by a process.
+    pub held: bool,
+    /// Held by a walsender that streams (one still creating the slot also
+    /// holds it, before capture's initial load has begun).
+    pub streaming: bool,
+    pub confirmed_flush: Option<u64>,
+}
+
+/// `slot` now, or None when it does not exist.
+pub async fn slot_now(client: &Client, slot: &str) -> Result<Option<SlotNow>, PgError> {
+    Ok(client
+        .query_opt(
+            "SELECT r.active, r.active AND coalesce(s.state IN ('catchup', 'streaming'), false),
+                    r.confirmed_flush_lsn::text
+               FROM pg_replication_slots r LEFT JOIN pg_stat_replication s ON s.pid = r.active_pid
+              WHERE r.slot_name = $1",
+            &[&slot],
+        )
+        .await
+        .map_err(PgError::query("reading pg_replication_slots"))?
+        .map(|r| SlotNow {
+            held: r.get(0),
+            streaming: r.get(1),
+            confirmed_flush: r.get::<_, Option<String>>(2).as_deref().and_then(parse_lsn),
+        }))
+}
+
 /// What preflight learned about the slot.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SlotState {

@@ -353,21 +353,12 @@ pub async fn wait_slot_active(
     let c = vitrina::pg::connect(cfg).await.unwrap();
     let deadline = std::time::Instant::now() + timeout;
     loop {
-        // Held by a walsender that streams: a walsender still creating the
-        // slot also holds it, before capture's initial load has even begun.
-        let now: Option<(bool, bool)> = c
-            .query_opt(
-                "SELECT r.active, r.active AND coalesce(s.state IN ('catchup', 'streaming'), false)
-                   FROM pg_replication_slots r LEFT JOIN pg_stat_replication s ON s.pid = r.active_pid
-                  WHERE r.slot_name = $1",
-                &[&slot],
-            )
+        let now = vitrina::capture::preflight::slot_now(&c, slot)
             .await
-            .unwrap()
-            .map(|r| (r.get(0), r.get(1)));
+            .unwrap();
         let done = match now {
-            Some((_, streaming)) if active => streaming,
-            Some((held, _)) => !held,
+            Some(s) if active => s.streaming,
+            Some(s) => !s.held,
             None => !active,
         };
         if done {
@@ -432,23 +423,20 @@ pub async fn wait_caught_up(
         .await
         .unwrap()
         .get(0);
+    let target = vitrina::capture::preflight::parse_lsn(&target).unwrap();
     let deadline = std::time::Instant::now() + timeout;
     loop {
         // The slot appears once capture created it (after its preflight).
-        let ok: Option<bool> = c
-            .query_opt(
-                "SELECT confirmed_flush_lsn >= $2::text::pg_lsn FROM pg_replication_slots WHERE slot_name = $1",
-                &[&slot, &target],
-            )
+        let now = vitrina::capture::preflight::slot_now(&c, slot)
             .await
-            .unwrap()
-            .and_then(|r| r.get(0));
-        if ok == Some(true) {
+            .unwrap();
+        if now.and_then(|s| s.confirmed_flush) >= Some(target) {
             return;
         }
         assert!(
             std::time::Instant::now() < deadline,
-            "slot {slot} did not reach {target} in {timeout:?}"
+            "slot {slot} did not reach {} in {timeout:?}",
+            vitrina::capture::preflight::format_lsn(target)
         );
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
