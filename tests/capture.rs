@@ -492,36 +492,112 @@ async fn a_role_without_replication_is_refused_with_a_hint() {
     );
 }
 
-/// A cluster of its own with `wal_level = replica`: capture refuses it
-/// before touching Kafka, saying which setting to change.
+/// A PostgreSQL cluster of this test's own (under the temp dir), with
+/// `settings` appended to its configuration; stopped and removed on drop.
+struct OwnCluster {
+    pg: vitrina::stack::postgres::LocalPostgres,
+    root: std::path::PathBuf,
+    port: u16,
+}
+
+impl OwnCluster {
+    fn start(tag: &str, settings: &str) -> OwnCluster {
+        let root = std::env::temp_dir().join(format!("vitrina-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let pg = vitrina::stack::postgres::LocalPostgres::new(
+            &vitrina::config::StackConfig::default(),
+            root.clone(),
+        )
+        .unwrap();
+        pg.init().unwrap();
+        let conf = pg.data_dir().join("postgresql.conf");
+        let mut text = std::fs::read_to_string(&conf).unwrap();
+        text.push_str(settings);
+        std::fs::write(&conf, text).unwrap();
+        let port = pg.start(common::free_port()).unwrap();
+        OwnCluster { pg, root, port }
+    }
+
+    fn config(&self) -> tokio_postgres::Config {
+        let mut c = tokio_postgres::Config::new();
+        c.host("127.0.0.1")
+            .port(self.port)
+            .user(vitrina::stack::postgres::SUPERUSER)
+            .dbname("postgres");
+        c
+    }
+
+    /// `vitrina capture` against this cluster's `postgres` database, to its exit.
+    fn capture_to_exit(&self, slot: &str) -> (Option<i32>, String) {
+        run_capture_to_exit_with(
+            "postgres",
+            slot,
+            &[
+                ("VITRINA_POSTGRES__HOST", "127.0.0.1"),
+                ("VITRINA_POSTGRES__PORT", &self.port.to_string()),
+            ],
+        )
+    }
+}
+
+impl Drop for OwnCluster {
+    fn drop(&mut self) {
+        let _ = self.pg.stop();
+        let _ = std::fs::remove_dir_all(&self.root);
+    }
+}
+
+/// `wal_level = replica`: capture refuses before touching Kafka, saying
+/// which setting to change.
 #[test]
 fn wal_level_other_than_logical_is_refused_with_a_hint() {
-    let root = std::env::temp_dir().join(format!("vitrina-walreplica-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&root);
-    let pg = vitrina::stack::postgres::LocalPostgres::new(
-        &vitrina::config::StackConfig::default(),
-        root.clone(),
-    )
-    .unwrap();
-    pg.init().unwrap();
-    let conf = pg.data_dir().join("postgresql.conf");
-    let mut text = std::fs::read_to_string(&conf).unwrap();
-    text.push_str("wal_level = replica\n");
-    std::fs::write(&conf, text).unwrap();
-    let port = pg.start(common::free_port()).unwrap();
-    let (code, err) = run_capture_to_exit_with(
-        "postgres",
-        "capwal",
-        &[
-            ("VITRINA_POSTGRES__HOST", "127.0.0.1"),
-            ("VITRINA_POSTGRES__PORT", &port.to_string()),
-        ],
-    );
-    let _ = pg.stop();
-    let _ = std::fs::remove_dir_all(&root);
+    let cluster = OwnCluster::start("walreplica", "wal_level = replica\n");
+    let (code, err) = cluster.capture_to_exit("capwal");
+    drop(cluster);
     assert_eq!(code, Some(1), "{err}");
     assert!(
         err.contains("wal_level is `replica`") && err.contains("set wal_level = logical"),
+        "{err}"
+    );
+}
+
+/// A slot whose WAL outgrew `max_slot_wal_keep_size` is lost: capture says
+/// so, and how to start again, instead of streaming with a gap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalidated_slot_is_refused_with_a_hint() {
+    let cluster = OwnCluster::start("slotlost", "max_slot_wal_keep_size = '1MB'\n");
+    let mut c = vitrina::pg::connect(&cluster.config()).await.unwrap();
+    vitrina::journal::migrate(&mut c).await.unwrap();
+    c.batch_execute("SELECT pg_create_logical_replication_slot('caplost', 'pgoutput')")
+        .await
+        .unwrap();
+    // WAL past the slot's keep size, then a checkpoint invalidates it.
+    for _ in 0..4 {
+        c.batch_execute(
+            "CREATE TABLE IF NOT EXISTS filler (x int);
+             INSERT INTO filler SELECT generate_series(1, 50000);
+             SELECT pg_switch_wal();",
+        )
+        .await
+        .unwrap();
+    }
+    c.batch_execute("CHECKPOINT").await.unwrap();
+    let status: String = c
+        .query_one(
+            "SELECT wal_status FROM pg_replication_slots WHERE slot_name = 'caplost'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(status, "lost", "the setup must invalidate the slot");
+    let (code, err) = cluster.capture_to_exit("caplost");
+    drop(c);
+    drop(cluster);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("replication slot `caplost` was invalidated")
+            && err.contains("pg_drop_replication_slot('caplost')"),
         "{err}"
     );
 }
