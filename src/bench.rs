@@ -227,13 +227,14 @@ pub async fn capture(cfg: &Config, knobs: &Knobs) -> Result<CaptureBench, BenchE
         }
         let reference = t0.elapsed().as_secs_f64();
 
-        let mut c = cfg.clone();
-        c.capture.slot = format!("{tag}_cap_{r}");
-        c.capture.publication = publication.clone();
-        c.capture.topic_prefix = format!("{tag}-{r}");
-        c.capture.snapshot = false;
-        c.capture.heartbeat_interval_ms = 3_600_000;
-        c.state_dir = cfg.state_dir.clone();
+        let c = capture_config(
+            cfg,
+            &format!("{tag}_cap_{r}"),
+            &publication,
+            &format!("{tag}-{r}"),
+            false,
+            3_600_000,
+        );
         let secs = timed_capture(&c, &ep, end).await?;
         eprintln!(
             "bench: run {}: pg_recvlogical {reference:.3} s, capture {secs:.3} s",
@@ -253,17 +254,17 @@ pub async fn capture(cfg: &Config, knobs: &Knobs) -> Result<CaptureBench, BenchE
     }
 
     // Latency at a steady rate, capture streaming and caught up.
-    let mut c = cfg.clone();
-    c.capture.slot = format!("{tag}_lat");
-    c.capture.publication = publication.clone();
-    c.capture.topic_prefix = format!("{tag}-lat");
-    c.capture.snapshot = false;
-    c.capture.heartbeat_interval_ms = 5000;
+    let c = capture_config(
+        cfg,
+        &format!("{tag}_lat"),
+        &publication,
+        &format!("{tag}-lat"),
+        false,
+        5000,
+    );
     let probe = Arc::new(Probe::default());
     let cancel = CancellationToken::new();
-    let (c2, ep2, cancel2, probe2) = (c.clone(), ep.clone(), cancel.clone(), probe.clone());
-    let task =
-        tokio::spawn(async move { capture::run_probed(&c2, &ep2, cancel2, Some(probe2)).await });
+    let task = spawn_capture(&c, &ep, &cancel, &probe);
     // Wait until it streams.
     let deadline = Instant::now() + Duration::from_secs(60);
     while probe.confirmed.load(Ordering::SeqCst) == 0 {
@@ -381,19 +382,18 @@ async fn initial_load(
         rows = counts.into_iter().sum::<Result<u64, BenchError>>()?;
         let reference = t0.elapsed().as_secs_f64();
 
-        let mut c = cfg.clone();
-        c.capture.slot = format!("{tag}_load_{r}");
-        c.capture.publication = tag.to_string();
-        c.capture.topic_prefix = format!("{tag}-load-{r}");
-        c.capture.snapshot = true;
+        let c = capture_config(
+            cfg,
+            &format!("{tag}_load_{r}"),
+            tag,
+            &format!("{tag}-load-{r}"),
+            true,
+            cfg.capture.heartbeat_interval_ms,
+        );
         let probe = Arc::new(Probe::default());
         let cancel = CancellationToken::new();
         let t0 = Instant::now();
-        let (c2, ep2, cancel2, probe2) = (c.clone(), ep.clone(), cancel.clone(), probe.clone());
-        let task =
-            tokio::spawn(
-                async move { capture::run_probed(&c2, &ep2, cancel2, Some(probe2)).await },
-            );
+        let task = spawn_capture(&c, ep, &cancel, &probe);
         while probe.loaded_rows.load(Ordering::SeqCst) == 0 {
             if task.is_finished() {
                 let r = task.await.map_err(fail)?;
@@ -566,15 +566,42 @@ async fn big_transaction(
     })
 }
 
+/// `cfg` with capture on its own slot, publication and topic prefix.
+fn capture_config(
+    cfg: &Config,
+    slot: &str,
+    publication: &str,
+    topic_prefix: &str,
+    snapshot: bool,
+    heartbeat_interval_ms: u64,
+) -> Config {
+    let mut c = cfg.clone();
+    c.capture.slot = slot.to_string();
+    c.capture.publication = publication.to_string();
+    c.capture.topic_prefix = topic_prefix.to_string();
+    c.capture.snapshot = snapshot;
+    c.capture.heartbeat_interval_ms = heartbeat_interval_ms;
+    c
+}
+
+/// Capture in this process, reporting to `probe`, until `cancel`.
+fn spawn_capture(
+    cfg: &Config,
+    ep: &Endpoints,
+    cancel: &CancellationToken,
+    probe: &Arc<Probe>,
+) -> tokio::task::JoinHandle<Result<(), capture::CaptureError>> {
+    let (c, ep, cancel, probe) = (cfg.clone(), ep.clone(), cancel.clone(), probe.clone());
+    tokio::spawn(async move { capture::run_probed(&c, &ep, cancel, Some(probe)).await })
+}
+
 /// Seconds capture takes from start until everything up to `end` is
 /// acknowledged by Kafka and confirmed.
 async fn timed_capture(cfg: &Config, ep: &Endpoints, end: u64) -> Result<f64, BenchError> {
     let probe = Arc::new(Probe::default());
     let cancel = CancellationToken::new();
     let t0 = Instant::now();
-    let (c2, ep2, cancel2, probe2) = (cfg.clone(), ep.clone(), cancel.clone(), probe.clone());
-    let task =
-        tokio::spawn(async move { capture::run_probed(&c2, &ep2, cancel2, Some(probe2)).await });
+    let task = spawn_capture(cfg, ep, &cancel, &probe);
     loop {
         if probe.confirmed.load(Ordering::SeqCst) >= end {
             break;
@@ -636,12 +663,7 @@ pub async fn projector(cfg: &Config, knobs: &ProjectorKnobs) -> Result<Projector
     let db = cfg.postgres.journal_database.clone();
     let sql = pg::connect(&ep.pg_config(&db)).await.map_err(fail)?;
     let tag = format!("benchp{}", std::process::id());
-    let mut c = cfg.clone();
-    c.capture.slot = tag.clone();
-    c.capture.publication = tag.clone();
-    c.capture.topic_prefix = tag.clone();
-    c.capture.snapshot = true;
-    c.capture.heartbeat_interval_ms = 1000;
+    let mut c = capture_config(cfg, &tag, &tag, &tag, true, 1000);
     c.projector.database = tag.clone();
     pg::ensure_database(&ep.pg_config("postgres"), &tag)
         .await
@@ -649,9 +671,7 @@ pub async fn projector(cfg: &Config, knobs: &ProjectorKnobs) -> Result<Projector
 
     let cap_probe = Arc::new(Probe::default());
     let cancel = CancellationToken::new();
-    let (c2, ep2, cancel2, probe2) = (c.clone(), ep.clone(), cancel.clone(), cap_probe.clone());
-    let capture =
-        tokio::spawn(async move { capture::run_probed(&c2, &ep2, cancel2, Some(probe2)).await });
+    let capture = spawn_capture(&c, &ep, &cancel, &cap_probe);
     while cap_probe.confirmed.load(Ordering::SeqCst) == 0 {
         if capture.is_finished() {
             return Err(fail("capture stopped before streaming"));

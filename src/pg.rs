@@ -81,6 +81,19 @@ pub async fn connect(cfg: &tokio_postgres::Config) -> Result<Client, PgError> {
 }
 
 /// Quotes an SQL identifier.
+/// `s` with every byte outside RFC 3986's unreserved set percent-encoded
+/// (URL userinfo, query values).
+pub fn percent_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
 pub fn ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }

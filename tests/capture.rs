@@ -8,21 +8,13 @@ mod common;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
-use chrono::NaiveDate;
 use vitrina::config::WorkloadConfig;
 use vitrina::events::codec::Registry;
 use vitrina::events::{Message, Op, Val};
 use vitrina::region::{load, workload, RegionSpec};
 
 fn spec(seed: u64, invalid: f64) -> RegionSpec {
-    RegionSpec {
-        seed,
-        schools: 1,
-        students_per_school: 40,
-        history_years: 1,
-        as_of: NaiveDate::from_ymd_opt(2026, 11, 20).unwrap(),
-        invalid_identifier_share: invalid,
-    }
+    common::small_region(seed, 1, 40, invalid)
 }
 
 type State = BTreeMap<(String, String), Vec<Val>>;

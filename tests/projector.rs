@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, NaiveDate, NaiveTime, Timelike, Utc};
 use vitrina::events::{contract::ENTITIES, Ty, Val};
-use vitrina::region::{load, RegionSpec};
+use vitrina::region::load;
 
 type State = BTreeMap<(String, String), Vec<Val>>;
 
@@ -170,14 +170,7 @@ async fn freshness(c: &tokio_postgres::Client) -> (f64, String) {
 async fn showcase_equals_the_journal_after_a_workload_with_the_projector_killed_ten_times() {
     let cfg = common::journal_db("t_proj").await;
     let db = common::db_name(&cfg);
-    let spec = RegionSpec {
-        seed: 51,
-        schools: 1,
-        students_per_school: 40,
-        history_years: 1,
-        as_of: NaiveDate::from_ymd_opt(2026, 11, 20).unwrap(),
-        invalid_identifier_share: 0.02,
-    };
+    let spec = common::small_region(51, 1, 40, 0.02);
     load::load(&cfg, &spec, 2, false, false).await.unwrap();
     let showcase = common::fresh_db("t_proj_show").await;
     let show_db = common::db_name(&showcase);
@@ -320,14 +313,7 @@ fn all_tables_same(report: &serde_json::Value) -> bool {
 async fn replay_rebuilds_the_showcase_beside_the_live_one_and_swaps_it_in() {
     let cfg = common::journal_db("t_replay").await;
     let db = common::db_name(&cfg);
-    let spec = RegionSpec {
-        seed: 52,
-        schools: 1,
-        students_per_school: 30,
-        history_years: 1,
-        as_of: NaiveDate::from_ymd_opt(2026, 11, 20).unwrap(),
-        invalid_identifier_share: 0.02,
-    };
+    let spec = common::small_region(52, 1, 30, 0.02);
     load::load(&cfg, &spec, 2, false, false).await.unwrap();
     let showcase = common::fresh_db("t_replay_show").await;
     let show_db = common::db_name(&showcase);

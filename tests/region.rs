@@ -4,20 +4,12 @@
 
 mod common;
 
-use chrono::NaiveDate;
 use vitrina::config::WorkloadConfig;
 use vitrina::identifiers as ids;
 use vitrina::region::{chunk, load, skeleton, workload, RegionSpec};
 
 fn spec(seed: u64, invalid: f64) -> RegionSpec {
-    RegionSpec {
-        seed,
-        schools: 2,
-        students_per_school: 60,
-        history_years: 1,
-        as_of: NaiveDate::from_ymd_opt(2026, 11, 20).unwrap(),
-        invalid_identifier_share: invalid,
-    }
+    common::small_region(seed, 2, 60, invalid)
 }
 
 fn all_bytes(s: &RegionSpec) -> Vec<u8> {

@@ -8,8 +8,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use chrono::NaiveDate;
-use vitrina::region::{load, RegionSpec};
+use vitrina::region::load;
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -306,19 +305,11 @@ fn the_compose_stack_references_existing_files_and_the_code_defaults() {
 // ---------------------------------------------------------------------------
 // A real Prometheus against a running pipeline.
 
-fn encode(q: &str) -> String {
-    q.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
 fn prom_query(addr: &str, q: &str) -> Vec<serde_json::Value> {
-    let (code, body) = common::http_get(addr, &format!("/api/v1/query?query={}", encode(q)));
+    let (code, body) = common::http_get(
+        addr,
+        &format!("/api/v1/query?query={}", vitrina::pg::percent_encode(q)),
+    );
     assert_eq!(code, 200, "query {q}: {body}");
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
     v["data"]["result"].as_array().cloned().unwrap_or_default()
@@ -355,17 +346,9 @@ fn wait_for(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prometheus_scrapes_the_pipeline_sees_it_move_and_fires_when_capture_stops() {
-    use std::os::unix::process::CommandExt;
     let cfg = common::journal_db("t_sre").await;
     let db = common::db_name(&cfg);
-    let spec = RegionSpec {
-        seed: 61,
-        schools: 1,
-        students_per_school: 20,
-        history_years: 1,
-        as_of: NaiveDate::from_ymd_opt(2026, 11, 20).unwrap(),
-        invalid_identifier_share: 0.1,
-    };
+    let spec = common::small_region(61, 1, 20, 0.1);
     load::load(&cfg, &spec, 2, false, false).await.unwrap();
     let showcase = common::fresh_db("t_sre_show").await;
     let show_db = common::db_name(&showcase);
@@ -450,13 +433,7 @@ scrape_configs:
     .arg(format!("--web.listen-address={prom_at}"))
     .stdout(log.try_clone().unwrap())
     .stderr(log);
-    // SAFETY: prctl in the child before exec; async-signal-safe.
-    unsafe {
-        prom.pre_exec(|| {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            Ok(())
-        });
-    }
+    common::dies_with_test(&mut prom);
     let mut prom = prom
         .spawn()
         .expect("prometheus runs (scripts/bootstrap installs the prometheus package)");

@@ -313,12 +313,18 @@ async fn acker(
     last_commit_time: Arc<AtomicI64>,
     probe: Option<Arc<Probe>>,
 ) -> Result<(), CaptureError> {
+    // One counter handle per (entity, op), looked up in the registry once.
+    let mut events: HashMap<(&'static str, Op), metrics::Counter> = HashMap::new();
     while let Some(a) = rx.recv().await {
         match a {
             Ack::Delivery(f, entity, op) => {
                 delivered(f).await?;
                 in_flight.fetch_sub(1, Ordering::Relaxed);
-                metrics::counter!(obs::CAPTURE_EVENTS, "entity" => entity, "op" => op.symbol())
+                events
+                    .entry((entity, op))
+                    .or_insert_with(|| {
+                        metrics::counter!(obs::CAPTURE_EVENTS, "entity" => entity, "op" => op.symbol())
+                    })
                     .increment(1);
                 if let Some(p) = &probe {
                     p.events.fetch_add(1, Ordering::Relaxed);
@@ -383,24 +389,13 @@ fn stream_config(slot: &str, publication: &str, temporary: bool) -> ReplicationS
 
 fn conn_string(ep: &Endpoints, database: &str) -> String {
     let auth = match &ep.pg_password {
-        Some(p) => format!("{}:{}", ep.pg_user, urlencode(p.expose())),
+        Some(p) => format!("{}:{}", ep.pg_user, crate::pg::percent_encode(p.expose())),
         None => ep.pg_user.clone(),
     };
     format!(
         "postgresql://{auth}@{}:{}/{database}?replication=database&application_name=vitrina-capture",
         ep.pg_host, ep.pg_port
     )
-}
-
-fn urlencode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 /// The transaction being received.

@@ -27,7 +27,7 @@ pub use contract::{Entity, Field, Ty, ENTITIES};
 /// Version of the event contract carried in every event.
 pub const SCHEMA_VERSION: i32 = 1;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Op {
     Create,
     Update,

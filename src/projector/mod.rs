@@ -567,9 +567,15 @@ impl Sink {
         metrics::histogram!(obs::PROJECTOR_BATCH_EVENTS).record(step.messages as f64);
         let now = chrono::Utc::now().timestamp_micros();
         let mut probe = self.probe.as_ref().map(|p| p.lock().unwrap());
+        // One histogram handle per entity and batch, not a registry lookup per event.
+        let mut visible: HashMap<&'static str, metrics::Histogram> = HashMap::new();
         for e in b.events.iter().filter(|e| !e.source.snapshot) {
             let lag = ((now - e.source.commit_time_micros) as f64 / 1e6).max(0.0);
-            metrics::histogram!(obs::PROJECTOR_VISIBLE_LATENCY, "entity" => e.entity.name)
+            visible
+                .entry(e.entity.name)
+                .or_insert_with(|| {
+                    metrics::histogram!(obs::PROJECTOR_VISIBLE_LATENCY, "entity" => e.entity.name)
+                })
                 .record(lag);
             if let Some(p) = probe.as_mut() {
                 p.push(lag);
@@ -612,8 +618,9 @@ pub fn event_topics(prefix: &str) -> Vec<String> {
         .collect()
 }
 
-async fn stored_offsets(
-    client: &tokio_postgres::Client,
+/// The Kafka offsets applied to showcase `schema`, next to its rows.
+pub(crate) async fn stored_offsets(
+    client: &impl tokio_postgres::GenericClient,
     schema: &str,
 ) -> Result<HashMap<Tp, i64>, ProjectorError> {
     Ok(client

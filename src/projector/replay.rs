@@ -305,18 +305,7 @@ async fn set_logged(c: &tokio_postgres::Client, logged: bool) -> Result<(), Proj
 async fn live_offsets(
     c: &impl tokio_postgres::GenericClient,
 ) -> Result<HashMap<Tp, i64>, ProjectorError> {
-    Ok(c.query(
-        &format!(
-            "SELECT topic, partition, next_offset FROM {}.consumer_offsets",
-            showcase::SCHEMA
-        ),
-        &[],
-    )
-    .await
-    .map_err(PgError::query("reading the live offsets"))?
-    .iter()
-    .map(|r| ((r.get(0), r.get(1)), r.get(2)))
-    .collect())
+    super::stored_offsets(c, showcase::SCHEMA).await
 }
 
 fn remaining(have: &HashMap<Tp, i64>, want: &HashMap<Tp, i64>) -> i64 {

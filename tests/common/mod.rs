@@ -167,7 +167,6 @@ pub fn spawn_vitrina(
     log: &str,
     env: &[(&str, &str)],
 ) -> std::process::Child {
-    use std::os::unix::process::CommandExt;
     let logs = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/test-logs");
     std::fs::create_dir_all(&logs).unwrap();
     let out = std::fs::OpenOptions::new()
@@ -181,13 +180,7 @@ pub fn spawn_vitrina(
         .arg(command)
         .stdout(out.try_clone().unwrap())
         .stderr(out);
-    // SAFETY: prctl in the child before exec; async-signal-safe.
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            Ok(())
-        });
-    }
+    dies_with_test(&mut cmd);
     cmd.spawn()
         .unwrap_or_else(|e| panic!("spawn vitrina {command}: {e}"))
 }
@@ -206,6 +199,37 @@ pub fn run_vitrina(
         .args(args)
         .output()
         .unwrap_or_else(|e| panic!("vitrina {args:?}: {e}"))
+}
+
+/// A small synthetic region: one history year plus the current one, as of
+/// 2026-11-20, so tests load in seconds and see the same dates every day.
+pub fn small_region(
+    seed: u64,
+    schools: u32,
+    students_per_school: u32,
+    invalid_identifier_share: f64,
+) -> vitrina::region::RegionSpec {
+    vitrina::region::RegionSpec {
+        seed,
+        schools,
+        students_per_school,
+        history_years: 1,
+        as_of: chrono::NaiveDate::from_ymd_opt(2026, 11, 20).unwrap(),
+        invalid_identifier_share,
+    }
+}
+
+/// The child gets SIGKILL when the test process dies (a panicking test must
+/// not leave a server or a walsender holder behind).
+pub fn dies_with_test(cmd: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: prctl in the child before exec; async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
 }
 
 /// `vitrina capture` for journal `db` (slot, publication, topic prefix `name`).
