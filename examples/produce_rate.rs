@@ -10,6 +10,7 @@ async fn main() {
     let (brokers, n, size): (&str, usize, usize) =
         (&a[1], a[2].parse().unwrap(), a[3].parse().unwrap());
     let topic = format!("produce-rate-{}", std::process::id());
+    let brokers = &vitrina::connections::KafkaEndpoint::new(brokers);
     vitrina::kafka::ensure_topics(brokers, std::slice::from_ref(&topic), 3, 1)
         .await
         .unwrap();

@@ -79,7 +79,10 @@ impl fmt::Display for Secret {
 pub struct Config {
     /// Where the local stack keeps its clusters, logs and state file.
     pub state_dir: PathBuf,
-    pub postgres: PostgresConfig,
+    /// The journal database capture reads (the regional journal's server).
+    pub journal: DatabaseConfig,
+    /// The showcase database the projector writes.
+    pub showcase: DatabaseConfig,
     pub kafka: KafkaConfig,
     pub stack: StackConfig,
     pub region: RegionConfig,
@@ -92,8 +95,6 @@ pub struct Config {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ProjectorConfig {
-    /// Showcase database (on the journal's server in the local stack).
-    pub database: String,
     /// Prometheus exporter address (`/metrics`, `/healthz`, `/readyz`).
     pub metrics_listen: String,
     /// Exporter address of `vitrina replay` while it runs.
@@ -125,7 +126,6 @@ pub struct ProjectorConfig {
 impl Default for ProjectorConfig {
     fn default() -> Self {
         ProjectorConfig {
-            database: "showcase".into(),
             metrics_listen: "127.0.0.1:9465".into(),
             replay_metrics_listen: "127.0.0.1:9466".into(),
             sla_budget_s: 600,
@@ -144,7 +144,8 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             state_dir: PathBuf::from(".vitrina"),
-            postgres: PostgresConfig::default(),
+            journal: DatabaseConfig::named("journal"),
+            showcase: DatabaseConfig::named("showcase"),
             kafka: KafkaConfig::default(),
             stack: StackConfig::default(),
             region: RegionConfig::default(),
@@ -227,31 +228,42 @@ impl Default for CaptureConfig {
     }
 }
 
-/// The journal database. Without `host`, the local stack's cluster is used.
+/// One PostgreSQL database: the journal or the showcase. Without `host`,
+/// the local stack's cluster is used (as its superuser).
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct PostgresConfig {
+pub struct DatabaseConfig {
     /// Host of an external PostgreSQL; unset means "the local stack's".
     pub host: Option<String>,
     pub port: Option<u16>,
     pub user: String,
     pub password: Option<Secret>,
-    /// Database holding the regional journal.
-    pub journal_database: String,
+    pub database: String,
     /// Connect timeout in seconds.
     pub connect_timeout_s: u64,
 }
 
-impl Default for PostgresConfig {
-    fn default() -> Self {
-        PostgresConfig {
+impl DatabaseConfig {
+    pub fn named(database: &str) -> DatabaseConfig {
+        DatabaseConfig {
             host: None,
             port: None,
             user: "vitrina".into(),
             password: None,
-            journal_database: "journal".into(),
+            database: database.into(),
             connect_timeout_s: 10,
         }
+    }
+
+    /// True when the local stack provides this database.
+    pub fn is_local(&self) -> bool {
+        self.host.is_none()
+    }
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        DatabaseConfig::named("journal")
     }
 }
 
@@ -454,13 +466,33 @@ impl Config {
         if w.sessions == 0 || w.sessions > 64 {
             return bad("workload.sessions", "must be within 1..=64");
         }
-        if self.postgres.journal_database.is_empty() {
-            return bad("postgres.journal_database", "must not be empty");
+        for (db, database_key, port_key, section) in [
+            (&self.journal, "journal.database", "journal.port", "journal"),
+            (
+                &self.showcase,
+                "showcase.database",
+                "showcase.port",
+                "showcase",
+            ),
+        ] {
+            if db.database.is_empty() {
+                return bad(database_key, "must not be empty");
+            }
+            if db.port.is_some() && db.host.is_none() {
+                return bad(
+                    port_key,
+                    format!("is set but {section}.host is not; set both for an external server, or neither for the local stack"),
+                );
+            }
         }
-        if self.postgres.port.is_some() && self.postgres.host.is_none() {
+        if self.journal.is_local() == self.showcase.is_local()
+            && self.journal.host == self.showcase.host
+            && self.journal.port == self.showcase.port
+            && self.journal.database == self.showcase.database
+        {
             return bad(
-                "postgres.port",
-                "is set but postgres.host is not; set both for an external server, or neither for the local stack",
+                "showcase.database",
+                "names the journal database; the showcase needs a database of its own",
             );
         }
         let p = &self.projector;
@@ -621,13 +653,13 @@ mod tests {
             "[region]\nschools = 3\n",
             &[
                 ("VITRINA_REGION__SCHOOLS", "5"),
-                ("VITRINA_POSTGRES__HOST", "db.example"),
+                ("VITRINA_JOURNAL__HOST", "db.example"),
                 ("VITRINA_CONFIG", "ignored"),
             ],
         )
         .unwrap();
         assert_eq!(c.region.schools, 5);
-        assert_eq!(c.postgres.host.as_deref(), Some("db.example"));
+        assert_eq!(c.journal.host.as_deref(), Some("db.example"));
     }
 
     #[test]
@@ -651,9 +683,9 @@ mod tests {
 
     #[test]
     fn secrets_do_not_print() {
-        let c = load_str("[postgres]\npassword = \"hunter2\"\n", &[]).unwrap();
+        let c = load_str("[journal]\npassword = \"hunter2\"\n", &[]).unwrap();
         assert!(!format!("{c:?}").contains("hunter2"));
-        assert_eq!(c.postgres.password.unwrap().expose(), "hunter2");
+        assert_eq!(c.journal.password.unwrap().expose(), "hunter2");
     }
 
     #[test]

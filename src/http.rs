@@ -6,7 +6,7 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
@@ -19,13 +19,9 @@ pub const BUCKETS: &[f64] = &[
     1200.0,
 ];
 
-/// The process's health, set by its loops and read by `/healthz` and `/readyz`.
-pub fn health() -> &'static Health {
-    static HEALTH: std::sync::OnceLock<Health> = std::sync::OnceLock::new();
-    HEALTH.get_or_init(|| Health::new(Duration::from_secs(120)))
-}
-
-/// Liveness and readiness, set by the command's loops.
+/// Liveness and readiness of one stage, set by its loops and read by
+/// `/healthz` and `/readyz`. Each stage owns one: capture and the projector
+/// in one process do not overwrite each other's.
 pub struct Health {
     /// Unix seconds of the main loop's last turn.
     beat: AtomicI64,
@@ -83,8 +79,7 @@ impl Health {
 /// Installs the metrics recorder and serves `/metrics`, `/healthz` and
 /// `/readyz` on `listen` (`host:port`; port 0 picks a free one). Returns
 /// the address bound.
-pub async fn serve(listen: &str) -> Result<SocketAddr, String> {
-    let health = health();
+pub async fn serve(listen: &str, health: Arc<Health>) -> Result<SocketAddr, String> {
     let addr: SocketAddr = listen
         .parse()
         .map_err(|e| format!("metrics_listen `{listen}` is not host:port: {e}"))?;
@@ -109,9 +104,9 @@ pub async fn serve(listen: &str) -> Result<SocketAddr, String> {
             let Ok((sock, _)) = listener.accept().await else {
                 continue;
             };
-            let handle = handle.clone();
+            let (handle, health) = (handle.clone(), health.clone());
             tokio::spawn(async move {
-                let _ = respond(sock, &handle, health).await;
+                let _ = respond(sock, &handle, &health).await;
             });
         }
     });

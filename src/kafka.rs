@@ -1,13 +1,17 @@
 //! Kafka plumbing shared by capture and the projector: topic names, topic
 //! creation, the idempotent producer.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::producer::FutureProducer;
-use rdkafka::ClientConfig;
+
+use crate::connections::KafkaEndpoint;
+use crate::error::{kafka_kind, Classify, ErrorKind};
 
 #[derive(Debug, thiserror::Error)]
 pub enum KafkaError {
@@ -17,13 +21,45 @@ pub enum KafkaError {
         #[source]
         source: rdkafka::error::KafkaError,
     },
-    #[error("cannot create topic {topic}: {message}")]
-    Topic { topic: String, message: String },
+    #[error("cannot create topic {topic}: {source}\nhint: the role needs CREATE on the cluster, or create the topic beforehand")]
+    Topic {
+        topic: String,
+        #[source]
+        source: rdkafka::error::KafkaError,
+    },
+    #[error("Kafka: {what}: {source}\nhint: is the broker up (`vitrina status`)? is kafka.brokers right?")]
+    Metadata {
+        what: String,
+        #[source]
+        source: rdkafka::error::KafkaError,
+    },
+    #[error("Kafka task failed: {0}")]
+    Task(String),
+}
+
+impl Classify for KafkaError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            KafkaError::Client { source, .. }
+            | KafkaError::Topic { source, .. }
+            | KafkaError::Metadata { source, .. } => kafka_kind(source),
+            KafkaError::Task(_) => ErrorKind::Definite,
+        }
+    }
 }
 
 /// `<prefix>.<entity>.v1`
 pub fn topic(prefix: &str, entity: &str) -> String {
     format!("{prefix}.{entity}.v1")
+}
+
+/// The event topics of every entity of the contract (not the dead-letter
+/// topic).
+pub fn event_topics(prefix: &str) -> Vec<String> {
+    crate::events::ENTITIES
+        .iter()
+        .map(|e| topic(prefix, e.name))
+        .collect()
 }
 
 /// Where changes that cannot be mapped or encoded go, with their reason.
@@ -34,12 +70,12 @@ pub fn dead_letter_topic(prefix: &str) -> String {
 /// An idempotent producer: acks=all, ordered per partition, retried without
 /// duplicates; messages wait for an unavailable broker instead of expiring.
 pub fn producer(
-    brokers: &str,
+    kafka: &KafkaEndpoint,
     linger_ms: u32,
     compression: &str,
 ) -> Result<FutureProducer, KafkaError> {
-    ClientConfig::new()
-        .set("bootstrap.servers", brokers)
+    kafka
+        .client_config()
         .set("enable.idempotence", "true")
         .set("acks", "all")
         .set("compression.type", compression)
@@ -51,7 +87,7 @@ pub fn producer(
         .set("log_level", "4")
         .create()
         .map_err(|source| KafkaError::Client {
-            brokers: brokers.to_string(),
+            brokers: kafka.brokers.clone(),
             source,
         })
 }
@@ -59,18 +95,19 @@ pub fn producer(
 /// Creates the topics that do not exist yet, with unlimited retention (the
 /// topics are the event log).
 pub async fn ensure_topics(
-    brokers: &str,
+    kafka: &KafkaEndpoint,
     topics: &[String],
     partitions: i32,
     replication_factor: i32,
 ) -> Result<(), KafkaError> {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .create()
-        .map_err(|source| KafkaError::Client {
-            brokers: brokers.to_string(),
-            source,
-        })?;
+    let admin: AdminClient<DefaultClientContext> =
+        kafka
+            .client_config()
+            .create()
+            .map_err(|source| KafkaError::Client {
+                brokers: kafka.brokers.clone(),
+                source,
+            })?;
     let new: Vec<NewTopic> = topics
         .iter()
         .map(|t| {
@@ -83,9 +120,9 @@ pub async fn ensure_topics(
     let results = admin
         .create_topics(&new, &opts)
         .await
-        .map_err(|e| KafkaError::Topic {
+        .map_err(|source| KafkaError::Topic {
             topic: topics.join(","),
-            message: e.to_string(),
+            source,
         })?;
     for r in results {
         match r {
@@ -93,10 +130,60 @@ pub async fn ensure_topics(
             Err((topic, code)) => {
                 return Err(KafkaError::Topic {
                     topic,
-                    message: code.to_string(),
+                    source: rdkafka::error::KafkaError::AdminOp(code),
                 })
             }
         }
     }
     Ok(())
+}
+
+/// End offsets (next offset to be written) of every partition of `topics`,
+/// read on a blocking thread.
+pub async fn end_offsets(
+    kafka: &KafkaEndpoint,
+    topics: &[String],
+) -> Result<HashMap<(String, i32), i64>, KafkaError> {
+    let (k, t) = (kafka.clone(), topics.to_vec());
+    tokio::task::spawn_blocking(move || end_offsets_blocking(&k, &t))
+        .await
+        .map_err(|e| KafkaError::Task(format!("reading end offsets: {e}")))?
+}
+
+/// [`end_offsets`] on the calling thread.
+pub fn end_offsets_blocking(
+    kafka: &KafkaEndpoint,
+    topics: &[String],
+) -> Result<HashMap<(String, i32), i64>, KafkaError> {
+    let consumer: BaseConsumer = kafka
+        .client_config()
+        .set("log_level", "3")
+        .create()
+        .map_err(|e| KafkaError::Client {
+            brokers: kafka.brokers.clone(),
+            source: e,
+        })?;
+    let md = consumer
+        .fetch_metadata(None, Duration::from_secs(10))
+        .map_err(|e| KafkaError::Metadata {
+            what: "reading topic metadata".into(),
+            source: e,
+        })?;
+    let mut out = HashMap::new();
+    for t in md
+        .topics()
+        .iter()
+        .filter(|t| topics.iter().any(|x| x == t.name()))
+    {
+        for p in t.partitions() {
+            let (_, hi) = consumer
+                .fetch_watermarks(t.name(), p.id(), Duration::from_secs(10))
+                .map_err(|e| KafkaError::Metadata {
+                    what: format!("reading the offsets of {}", t.name()),
+                    source: e,
+                })?;
+            out.insert((t.name().to_string(), p.id()), hi);
+        }
+    }
+    Ok(out)
 }

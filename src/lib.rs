@@ -1,37 +1,59 @@
 //! vitrina: change-data-capture from regional school journals to the
 //! «Моя школа» showcase (витрина).
 //!
-//! # Layout
+//! # The flow
 //!
 //! ```text
-//!   journal DB (PostgreSQL, wal_level=logical)
-//!        │  logical replication (pgoutput)
-//!        ▼
-//!   capture ── depersonalize ── Avro ──▶ Kafka topics vitrina.<entity>.v1   (the event log)
-//!                                             │
-//!                                             ▼
-//!                                        projector ──▶ showcase DB (PostgreSQL)
-//!                                             ▲
-//!                                        replay (shadow schema, atomic swap)
+//!   journal ──▶ capture ──▶ events ──▶ kafka ──▶ projector ──▶ showcase
+//!   (PostgreSQL,  (WAL → mapped,   (contract,  (the event   (consumer →     (PostgreSQL read
+//!    pgoutput)     hashed rows)     Avro codec)  log)         apply txns)     model, replay)
 //! ```
 //!
-//! - [`config`]: the TOML file and `VITRINA_*` overrides, validated at start.
-//! - [`stack`]: the local PostgreSQL cluster and tansu broker for demos and tests.
+//! Data moves one way. Each stage depends only on the stages before it and
+//! on [`connections`], [`config`] and [`error`]; nothing in the pipeline
+//! depends on the local development stack.
+//!
+//! # Layout
+//!
+//! The pipeline:
 //! - [`journal`]: the reference journal schema (the capture source) and its migrations.
-//! - [`region`]: the synthetic region generator, bulk loader and live workload.
+//! - [`capture`]: preflight, initial load, the replication stream, publisher and acker, heartbeats.
+//! - [`privacy`]: depersonalization (Streebog-512, plain or keyed).
 //! - [`identifiers`]: SNILS/INN/OGRN/KPP/document validation and normalization.
-//! - [`pg`]: PostgreSQL connections.
+//! - [`events`]: the event contract, Avro schemas, the single-object codec (no I/O).
+//! - [`kafka`]: topics, the idempotent producer, end offsets.
+//! - [`projector`]: source (consumer), sink (apply), freshness, replay.
+//! - [`showcase`]: the read model: schema, order-safe apply, consent, quality.
+//!
+//! What every stage shares:
+//! - [`config`]: the TOML file and `VITRINA_*` overrides, validated at start.
+//! - [`connections`]: the journal, the showcase and Kafka, built from config.
+//! - [`error`]: transient vs definite, backoff, supervision.
+//! - [`lsn`]: log sequence numbers as text.
+//! - [`pg`]: PostgreSQL connections and error text.
+//! - [`http`], [`observability`], [`status`]: `/metrics`, `/healthz`, `/readyz`, metric names, the on-call view.
+//!
+//! Development tools (never pointed at a region's journal without
+//! `--allow-database`, see [`devtools`]):
+//! - [`stack`]: the local PostgreSQL cluster and tansu broker.
+//! - [`region`]: the synthetic region generator, bulk loader and live workload.
+//! - [`demo`], [`bench`]: the demo and the benchmarks.
 
 #![deny(rustdoc::broken_intra_doc_links)]
 
 pub mod bench;
 pub mod capture;
 pub mod config;
+pub mod connections;
+pub mod demo;
+pub mod devtools;
+pub mod error;
 pub mod events;
 pub mod http;
 pub mod identifiers;
 pub mod journal;
 pub mod kafka;
+pub mod lsn;
 pub mod observability;
 pub mod pg;
 pub mod privacy;

@@ -34,6 +34,8 @@ pub const PROJECTOR_LAG_SECONDS: &str = "vitrina_projector_consumer_lag_seconds"
 pub const SHOWCASE_FRESHNESS: &str = "vitrina_showcase_freshness_seconds";
 pub const SHOWCASE_ENTITY_FRESHNESS: &str = "vitrina_showcase_entity_freshness_seconds";
 pub const SHOWCASE_SLA_BREACHES: &str = "vitrina_showcase_sla_breaches_total";
+/// Restarts of a stage after a transient failure (label `stage`).
+pub const STAGE_RESTARTS: &str = "vitrina_stage_restarts_total";
 pub const REPLAY_EVENTS: &str = "vitrina_replay_events_total";
 pub const REPLAY_PROGRESS: &str = "vitrina_replay_progress_ratio";
 pub const REPLAY_REMAINING: &str = "vitrina_replay_remaining_messages";
@@ -46,6 +48,7 @@ pub const SHOWCASE_SLA_STATE: &str = "vitrina_showcase_sla_state";
 /// Describes the projector metrics, and starts its event counters at 0 so
 /// that `rate()` and alerts see a series before the first event.
 pub fn describe_projector() {
+    describe_restarts("projector");
     for c in [
         PROJECTOR_REWINDS,
         PROJECTOR_CONSENT_UPDATES,
@@ -142,7 +145,17 @@ pub fn describe_projector() {
 
 /// Describes the capture metrics (call once after installing the exporter),
 /// and starts the error counters at 0.
+fn describe_restarts(stage: &'static str) {
+    metrics::counter!(STAGE_RESTARTS, "stage" => stage).increment(0);
+    describe_counter!(
+        STAGE_RESTARTS,
+        Unit::Count,
+        "Restarts of a stage after a transient failure (a server restarting, a broker away), with backoff"
+    );
+}
+
 pub fn describe_capture() {
+    describe_restarts("capture");
     for kind in ["replication", "heartbeat"] {
         metrics::counter!(CAPTURE_ERRORS, "kind" => kind).increment(0);
     }

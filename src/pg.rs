@@ -3,9 +3,11 @@
 
 use tokio_postgres::{Client, NoTls};
 
+use crate::error::{pg_kind, Classify, ErrorKind};
+
 #[derive(Debug, thiserror::Error)]
 pub enum PgError {
-    #[error("cannot connect to PostgreSQL at {target}: {}\nhint: is the stack up (`vitrina status`)? are postgres.host/port right?", describe_error(.source))]
+    #[error("cannot connect to PostgreSQL at {target}: {}\nhint: is the server up (`vitrina status`)? are the host, port, user and password of its section (journal or showcase) right?", describe_error(.source))]
     Connect {
         target: String,
         #[source]
@@ -17,6 +19,14 @@ pub enum PgError {
         #[source]
         source: tokio_postgres::Error,
     },
+}
+
+impl Classify for PgError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            PgError::Connect { source, .. } | PgError::Query { source, .. } => pg_kind(source),
+        }
+    }
 }
 
 impl PgError {
@@ -81,19 +91,6 @@ pub async fn connect(cfg: &tokio_postgres::Config) -> Result<Client, PgError> {
 }
 
 /// Quotes an SQL identifier.
-/// `s` with every byte outside RFC 3986's unreserved set percent-encoded
-/// (URL userinfo, query values).
-pub fn percent_encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
 pub fn ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }

@@ -9,9 +9,9 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use crate::config::Config;
+use crate::connections::Connections;
 use crate::kafka;
-use crate::projector::{end_offsets, event_topics};
-use crate::stack::Endpoints;
+use crate::kafka::{end_offsets, event_topics};
 
 #[derive(Debug, Default, Serialize)]
 pub struct Pipeline {
@@ -52,10 +52,10 @@ pub struct EntityStatus {
 }
 
 /// Reads the pipeline's state from its sources.
-pub async fn pipeline(cfg: &Config, ep: &Endpoints) -> Pipeline {
+pub async fn pipeline(cfg: &Config, conns: &Connections) -> Pipeline {
     let mut out = Pipeline::default();
     let c = &cfg.capture;
-    match crate::pg::connect(&ep.pg_config(&cfg.postgres.journal_database)).await {
+    match crate::pg::connect(&conns.journal.config()).await {
         Ok(j) => {
             let r = j
                 .query_opt(
@@ -87,14 +87,13 @@ pub async fn pipeline(cfg: &Config, ep: &Endpoints) -> Pipeline {
         Err(e) => out.problems.push(format!("journal database: {e}")),
     }
 
-    let brokers = ep.kafka(&cfg.state_dir).ok().map(|b| b.to_string());
-    let ends = match brokers.clone() {
-        Some(b) => {
+    let ends = match conns.kafka() {
+        Ok(k) => {
             let mut topics = event_topics(&c.topic_prefix);
             topics.push(kafka::dead_letter_topic(&c.topic_prefix));
-            end_offsets(&b, &topics).await.ok()
+            end_offsets(k, &topics).await.ok()
         }
-        None => None,
+        Err(_) => None,
     };
     if ends.is_none() {
         out.problems.push("Kafka: not reachable".into());
@@ -107,7 +106,7 @@ pub async fn pipeline(cfg: &Config, ep: &Endpoints) -> Pipeline {
             .sum()
     });
 
-    match crate::pg::connect(&ep.pg_config(&cfg.projector.database)).await {
+    match crate::pg::connect(&conns.showcase.config()).await {
         Ok(s) => match showcase(&s, cfg, ends.as_ref()).await {
             Ok(v) => out.showcase = Some(v),
             Err(e) => out.problems.push(format!(

@@ -250,7 +250,7 @@ async fn an_idle_journal_keeps_the_slot_advancing() {
     common::wait_caught_up(&cfg, &name, Duration::from_secs(180)).await;
     let c = vitrina::pg::connect(&cfg).await.unwrap();
     let (flush0, restart0, _) = slot_pos(&c, &name).await;
-    let lsn = |s: &str| vitrina::capture::preflight::parse_lsn(s).unwrap();
+    let lsn = |s: &str| vitrina::lsn::parse(s).unwrap();
     // Over many heartbeat intervals (500 ms) the confirmed position and the
     // slot's restart_lsn move on, so the WAL the slot retains does not grow.
     // restart_lsn moves once the server has logged a running-transactions
@@ -470,9 +470,9 @@ async fn a_role_without_replication_is_refused_with_a_hint() {
         &db,
         &name,
         &[
-            ("VITRINA_POSTGRES__HOST", "127.0.0.1"),
-            ("VITRINA_POSTGRES__PORT", &port),
-            ("VITRINA_POSTGRES__USER", &name),
+            ("VITRINA_JOURNAL__HOST", "127.0.0.1"),
+            ("VITRINA_JOURNAL__PORT", &port),
+            ("VITRINA_JOURNAL__USER", &name),
         ],
     );
     let _ = c.batch_execute(&format!("DROP ROLE {name}")).await;
@@ -525,8 +525,8 @@ impl OwnCluster {
             "postgres",
             slot,
             &[
-                ("VITRINA_POSTGRES__HOST", "127.0.0.1"),
-                ("VITRINA_POSTGRES__PORT", &self.port.to_string()),
+                ("VITRINA_JOURNAL__HOST", "127.0.0.1"),
+                ("VITRINA_JOURNAL__PORT", &self.port.to_string()),
             ],
         )
     }

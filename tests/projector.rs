@@ -196,7 +196,7 @@ async fn showcase_equals_the_journal_after_a_workload_with_the_projector_killed_
         &name,
         &format!("{name}-projector"),
         &[
-            ("VITRINA_PROJECTOR__DATABASE", show_db.as_str()),
+            ("VITRINA_SHOWCASE__DATABASE", show_db.as_str()),
             ("VITRINA_PROJECTOR__METRICS_LISTEN", listen.as_str()),
             ("VITRINA_PROJECTOR__SLA_BUDGET_S", "15"),
             ("VITRINA_PROJECTOR__AT_RISK_S", "10"),
@@ -289,7 +289,7 @@ fn replay(db: &str, name: &str, showcase: &str, args: &[&str]) -> serde_json::Va
         name,
         &args,
         &[
-            ("VITRINA_PROJECTOR__DATABASE", showcase),
+            ("VITRINA_SHOWCASE__DATABASE", showcase),
             ("VITRINA_PROJECTOR__REPLAY_METRICS_LISTEN", "127.0.0.1:0"),
         ],
     );

@@ -308,7 +308,10 @@ fn the_compose_stack_references_existing_files_and_the_code_defaults() {
 fn prom_query(addr: &str, q: &str) -> Vec<serde_json::Value> {
     let (code, body) = common::http_get(
         addr,
-        &format!("/api/v1/query?query={}", vitrina::pg::percent_encode(q)),
+        &format!(
+            "/api/v1/query?query={}",
+            vitrina::connections::percent_encode(q)
+        ),
     );
     assert_eq!(code, 200, "query {q}: {body}");
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
@@ -385,7 +388,7 @@ async fn prometheus_scrapes_the_pipeline_sees_it_move_and_fires_when_capture_sto
         &name,
         &format!("{name}-projector"),
         &[
-            ("VITRINA_PROJECTOR__DATABASE", show_db.as_str()),
+            ("VITRINA_SHOWCASE__DATABASE", show_db.as_str()),
             ("VITRINA_PROJECTOR__METRICS_LISTEN", proj_at.as_str()),
             ("VITRINA_PROJECTOR__SLA_BUDGET_S", "20"),
             ("VITRINA_PROJECTOR__AT_RISK_S", "10"),
@@ -512,7 +515,7 @@ scrape_configs:
                 &name,
                 &["replay", "--no-swap"],
                 &[
-                    ("VITRINA_PROJECTOR__DATABASE", &show_db),
+                    ("VITRINA_SHOWCASE__DATABASE", &show_db),
                     ("VITRINA_PROJECTOR__REPLAY_METRICS_LISTEN", &at),
                 ],
             )
@@ -561,7 +564,7 @@ scrape_configs:
         &db,
         &name,
         &["status", "--json"],
-        &[("VITRINA_PROJECTOR__DATABASE", &show_db)],
+        &[("VITRINA_SHOWCASE__DATABASE", &show_db)],
     );
     assert!(
         out.status.success(),

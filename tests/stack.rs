@@ -14,7 +14,7 @@ use vitrina::stack::Stack;
 #[tokio::test]
 async fn postgres_has_logical_replication_and_accepts_a_replication_connection() {
     let st = common::stack();
-    let c = vitrina::pg::connect(&st.ep.pg_config("postgres"))
+    let c = vitrina::pg::connect(&st.pg_config("postgres"))
         .await
         .unwrap();
     let wal: String = c.query_one("SHOW wal_level", &[]).await.unwrap().get(0);
@@ -31,7 +31,7 @@ async fn postgres_has_logical_replication_and_accepts_a_replication_connection()
         .join("psql");
     let conninfo = format!(
         "host={} port={} user={} dbname=postgres replication=database",
-        st.ep.pg_host, st.ep.pg_port, st.ep.pg_user
+        st.conns.journal.host, st.conns.journal.port, st.conns.journal.user
     );
     let slot = format!("t_slot_{}", std::process::id());
     let out = std::process::Command::new(psql)
@@ -143,7 +143,8 @@ fn a_missing_broker_binary_says_how_to_install_it() {
         state_dir: dir,
         ..Config::default()
     };
-    cfg.postgres.host = Some("127.0.0.1".into()); // external: only the broker is local
+    cfg.journal.host = Some("127.0.0.1".into()); // external: only the broker is local
+    cfg.showcase.host = Some("127.0.0.1".into());
     cfg.stack.tansu_bin = "/nonexistent/tansu".into();
     let err = Stack::new(&cfg).unwrap().up().unwrap_err().to_string();
     assert!(err.contains("cargo install tansu"), "{err}");

@@ -33,7 +33,10 @@ pub async fn slot_now(client: &Client, slot: &str) -> Result<Option<SlotNow>, Pg
         .map(|r| SlotNow {
             held: r.get(0),
             streaming: r.get(1),
-            confirmed_flush: r.get::<_, Option<String>>(2).as_deref().and_then(parse_lsn),
+            confirmed_flush: r
+                .get::<_, Option<String>>(2)
+                .as_deref()
+                .and_then(crate::lsn::parse),
         }))
 }
 
@@ -45,15 +48,6 @@ pub enum SlotState {
     Ready {
         confirmed_flush: u64,
     },
-}
-
-pub fn parse_lsn(s: &str) -> Option<u64> {
-    let (hi, lo) = s.split_once('/')?;
-    Some((u64::from_str_radix(hi, 16).ok()? << 32) | u64::from_str_radix(lo, 16).ok()?)
-}
-
-pub fn format_lsn(lsn: u64) -> String {
-    format!("{:X}/{:X}", lsn >> 32, lsn & 0xffff_ffff)
 }
 
 /// Mapped columns that the journal lacks, per table (capture still runs;
@@ -213,21 +207,9 @@ pub async fn check(
                 });
             }
             SlotState::Ready {
-                confirmed_flush: flush.as_deref().and_then(parse_lsn).unwrap_or(0),
+                confirmed_flush: flush.as_deref().and_then(crate::lsn::parse).unwrap_or(0),
             }
         }
     };
     Ok((state, missing_columns))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn lsn_text_round_trips() {
-        assert_eq!(parse_lsn("1/8566D978"), Some(0x1_8566_D978));
-        assert_eq!(format_lsn(0x1_8566_D978), "1/8566D978");
-        assert_eq!(parse_lsn("nonsense"), None);
-    }
 }

@@ -29,11 +29,11 @@ use tokio::sync::mpsc;
 use super::mapping::{Row, TableMapping};
 use super::{CaptureError, DeadLetter, Publisher};
 use crate::config::Config;
+use crate::connections::PgEndpoint;
 use crate::events::{self, Event, Op, Source};
 use crate::observability as obs;
 use crate::pg::{self, PgError};
 use crate::privacy::Depersonalizer;
-use crate::stack::Endpoints;
 
 #[derive(Debug, Default, Clone, serde::Serialize, serde::Deserialize)]
 pub struct State {
@@ -146,7 +146,7 @@ impl Row for CopyRow<'_> {
 #[allow(clippy::too_many_arguments)]
 pub async fn load_tables(
     cfg: &Config,
-    ep: &Endpoints,
+    journal: &PgEndpoint,
     tables: &[&TableMapping],
     snapshot_name: &str,
     snapshot_lsn: u64,
@@ -167,7 +167,7 @@ pub async fn load_tables(
     let mut workers = Vec::new();
     for _ in 0..cfg.capture.snapshot_connections.max(1) {
         let (tx, queue) = (tx.clone(), queue.clone());
-        let pg_cfg = ep.pg_config(&cfg.postgres.journal_database);
+        let pg_cfg = journal.config();
         let (snapshot_name, dp, slot) = (
             snapshot_name.to_string(),
             dp.clone(),
@@ -358,8 +358,8 @@ async fn copy_table(
                     table: t.table.clone(),
                     entity: Some(t.entity.name),
                     op: "READ",
-                    lsn: super::format_lsn(snapshot_lsn),
-                    commit_lsn: super::format_lsn(snapshot_lsn),
+                    lsn: crate::lsn::format(snapshot_lsn),
+                    commit_lsn: crate::lsn::format(snapshot_lsn),
                     txid: 0,
                     commit_time_micros: snapshot_time,
                     capture: slot.to_string(),

@@ -108,3 +108,37 @@ pub fn watermark_text() -> String {
     s.push('\n');
     s
 }
+
+/// `vitrina schemas`: every topic's schema and the fingerprint its
+/// messages carry.
+pub fn listing(reg: &super::codec::Registry) -> String {
+    let mut o = format!(
+        "{:<32} {:<40} FINGERPRINT (CRC-64-AVRO, as in the message header)\n",
+        "TOPIC", "SCHEMA"
+    );
+    o.push_str(&format!(
+        "{:<32} {:<40} {}\n",
+        "(every topic)",
+        "vitrina.events.Watermark",
+        reg.watermark_fingerprint()
+    ));
+    for (e, fp) in reg.fingerprints() {
+        o.push_str(&format!(
+            "{:<32} {:<40} {fp}\n",
+            format!("vitrina.{}.v1", e.name),
+            format!("{NAMESPACE}.{}Event", e.record)
+        ));
+    }
+    o
+}
+
+/// Writes every `.avsc` file (one per entity, and the watermark's) into
+/// `dir`; returns how many.
+pub fn write_all(dir: &std::path::Path) -> std::io::Result<usize> {
+    std::fs::create_dir_all(dir)?;
+    for e in super::ENTITIES {
+        std::fs::write(dir.join(file_name(e)), avsc_text(e))?;
+    }
+    std::fs::write(dir.join(WATERMARK_FILE), watermark_text())?;
+    Ok(super::ENTITIES.len() + 1)
+}

@@ -28,17 +28,18 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use indicatif::ProgressBar;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use rdkafka::{Offset, TopicPartitionList};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-use super::{end_offsets, end_offsets_blocking, Projection, ProjectorError, Tp};
+use super::{Projection, ProjectorError, Tp};
 use crate::config::Config;
+use crate::connections::{KafkaEndpoint, PgEndpoint};
 use crate::events::ENTITIES;
+use crate::kafka::{end_offsets, end_offsets_blocking};
 use crate::observability as obs;
 use crate::pg::PgError;
 use crate::showcase::{self, consent};
-use crate::stack::Endpoints;
 
 /// Schema the replay builds.
 pub const SHADOW: &str = "showcase_replay";
@@ -84,15 +85,6 @@ pub struct Report {
     pub tables: Vec<TableReport>,
 }
 
-fn lock_key(schema: &str) -> String {
-    format!("vitrina.apply.{schema}")
-}
-
-/// The shared lock every apply transaction into `schema` takes first.
-pub fn apply_lock_sql() -> &'static str {
-    "SELECT pg_advisory_xact_lock_shared(hashtext('vitrina.apply.' || $1::text))"
-}
-
 async fn schema_exists(c: &tokio_postgres::Client, schema: &str) -> Result<bool, ProjectorError> {
     Ok(c.query_one(
         "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)",
@@ -116,13 +108,13 @@ async fn drop_shadow(c: &tokio_postgres::Client) -> Result<(), ProjectorError> {
 /// Runs a replay; see the module docs.
 pub async fn run(
     cfg: &Config,
-    ep: &Endpoints,
-    showcase_db: &str,
+    showcase_db: &PgEndpoint,
+    kafka: &KafkaEndpoint,
     opts: &Options,
     cancel: CancellationToken,
 ) -> Result<Report, ProjectorError> {
     let t0 = Instant::now();
-    let admin = crate::pg::connect(&ep.pg_config(showcase_db)).await?;
+    let admin = crate::pg::connect(&showcase_db.config()).await?;
     showcase::migrate(&admin, showcase::SCHEMA).await?;
     if opts.restart || opts.from.is_some() {
         drop_shadow(&admin).await?;
@@ -138,14 +130,17 @@ pub async fn run(
         set_logged(&admin, false).await?;
     }
     if let (Some(from), true) = (opts.from, fresh) {
-        seed_from(cfg, ep, &admin, from).await?;
+        seed_from(cfg, kafka, &admin, from).await?;
     }
-    let group = format!("{}-replay-{showcase_db}", cfg.capture.topic_prefix);
-    let mut p = Projection::open(cfg, ep, showcase_db, SHADOW, &group).await?;
+    let group = format!(
+        "{}-replay-{}",
+        cfg.capture.topic_prefix, showcase_db.database
+    );
+    let mut p = Projection::open(cfg, showcase_db, kafka, SHADOW, &group).await?;
     let start: i64 = p.offsets().values().sum();
 
     // Phase 1: up to the log's end as it was when we started.
-    let ends = end_offsets(p.brokers(), p.topics()).await?;
+    let ends = end_offsets(p.kafka(), p.topics()).await?;
     let total: i64 = ends.values().sum::<i64>() - start;
     let bar = progress_bar(total.max(0) as u64);
     let mut events = 0u64;
@@ -222,7 +217,7 @@ pub async fn run(
             .map_err(PgError::query("starting the swap"))?;
         tx.execute(
             "SELECT pg_advisory_xact_lock(hashtext($1))",
-            &[&lock_key(showcase::SCHEMA)],
+            &[&showcase::apply_lock_key(showcase::SCHEMA)],
         )
         .await
         .map_err(PgError::query("pausing the live projector"))?;
@@ -305,7 +300,7 @@ async fn set_logged(c: &tokio_postgres::Client, logged: bool) -> Result<(), Proj
 async fn live_offsets(
     c: &impl tokio_postgres::GenericClient,
 ) -> Result<HashMap<Tp, i64>, ProjectorError> {
-    super::stored_offsets(c, showcase::SCHEMA).await
+    Ok(showcase::stored_offsets(c, showcase::SCHEMA).await?)
 }
 
 fn remaining(have: &HashMap<Tp, i64>, want: &HashMap<Tp, i64>) -> i64 {
@@ -373,7 +368,7 @@ async fn compare(
 /// held-back medical detail, and offsets at `from` on every partition.
 async fn seed_from(
     cfg: &Config,
-    ep: &Endpoints,
+    kafka: &KafkaEndpoint,
     c: &tokio_postgres::Client,
     from: DateTime<Utc>,
 ) -> Result<(), ProjectorError> {
@@ -402,27 +397,24 @@ async fn seed_from(
         .await
         .map_err(PgError::query(format!("seeding the medical detail of {}", m.entity)))?;
     }
-    let brokers = ep
-        .kafka(&cfg.state_dir)
-        .map_err(|e| ProjectorError::Consumer(e.to_string()))?
-        .to_string();
-    let topics = super::event_topics(&cfg.capture.topic_prefix);
+    let kafka = kafka.clone();
+    let topics = crate::kafka::event_topics(&cfg.capture.topic_prefix);
     let ms = from.timestamp_millis();
     let at = tokio::task::spawn_blocking(move || -> Result<Vec<(Tp, i64)>, ProjectorError> {
-        let ends = end_offsets_blocking(&brokers, &topics)?;
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &brokers)
+        let ends = end_offsets_blocking(&kafka, &topics)?;
+        let consumer: BaseConsumer = kafka
+            .client_config()
             .set("log_level", "3")
             .create()
-            .map_err(|e| ProjectorError::Consumer(e.to_string()))?;
+            .map_err(|e| ProjectorError::consumer("creating a consumer", e))?;
         let mut tpl = TopicPartitionList::new();
         for (t, p) in ends.keys() {
             tpl.add_partition_offset(t, *p, Offset::Offset(ms))
-                .map_err(|e| ProjectorError::Consumer(e.to_string()))?;
+                .map_err(|e| ProjectorError::consumer("listing partitions", e))?;
         }
         let found = consumer
             .offsets_for_times(tpl, Duration::from_secs(30))
-            .map_err(|e| ProjectorError::Consumer(format!("offsets at {from}: {e}")))?;
+            .map_err(|e| ProjectorError::consumer(format!("finding the offsets at {from}"), e))?;
         Ok(found
             .elements()
             .iter()
@@ -459,4 +451,47 @@ async fn seed_from(
     }
     tracing::info!(%from, partitions = at.len(), "shadow seeded with the rows last changed before the replay's start time");
     Ok(())
+}
+
+impl std::fmt::Display for Report {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let r = self;
+        writeln!(
+            f,
+            "replayed {} events in {:.1} s ({:.0} events/s); {}",
+            r.events,
+            r.seconds,
+            r.events_per_s,
+            if r.swapped {
+                "swapped in (the old showcase is kept as showcase_previous)"
+            } else {
+                "not swapped (the shadow is showcase_replay)"
+            }
+        )?;
+        if r.ahead_of_live > 0 {
+            writeln!(
+                f,
+                "the replay applied {} messages the old showcase had not yet: differences below may be those",
+                r.ahead_of_live
+            )?;
+        }
+        writeln!(
+            f,
+            "{:<22} {:>10} {:>10}  {:<20} {:<20} ",
+            "TABLE", "OLD ROWS", "NEW ROWS", "OLD CHECKSUM", "NEW CHECKSUM"
+        )?;
+        for t in &r.tables {
+            writeln!(
+                f,
+                "{:<22} {:>10} {:>10}  {:<20} {:<20} {}",
+                t.table,
+                t.old_rows,
+                t.new_rows,
+                t.old_checksum,
+                t.new_checksum,
+                if t.same() { "same" } else { "DIFFERENT" }
+            )?;
+        }
+        Ok(())
+    }
 }

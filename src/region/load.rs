@@ -59,6 +59,27 @@ pub struct LoadReport {
     pub invalid_organization_ids: usize,
 }
 
+impl std::fmt::Display for LoadReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "loaded {} rows in {:.1} s: {:.0} rows/s; database size {:.1} MiB",
+            self.total_rows,
+            self.seconds,
+            self.rows_per_second,
+            self.database_bytes as f64 / 1048576.0
+        )?;
+        for (t, n) in &self.rows {
+            writeln!(f, "  {t:<20} {n:>12}")?;
+        }
+        writeln!(
+            f,
+            "deliberately invalid: {} SNILS, {} student documents, {} organizations' INN/OGRN",
+            self.invalid_snils, self.invalid_documents, self.invalid_organization_ids
+        )
+    }
+}
+
 async fn copy(client: &tokio_postgres::Transaction<'_>, buf: CopyBuf) -> Result<u64, PgError> {
     if buf.rows == 0 {
         return Ok(0);

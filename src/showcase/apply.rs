@@ -288,7 +288,7 @@ pub async fn apply_with_watermarks(
         .await
         .map_err(PgError::query("starting an apply transaction"))?;
     // A replay's swap pauses us here (see projector::replay).
-    tx.execute(crate::projector::replay::apply_lock_sql(), &[&schema])
+    tx.execute(super::apply_lock_sql(), &[&schema])
         .await
         .map_err(PgError::query("taking the apply lock"))?;
 

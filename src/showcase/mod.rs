@@ -15,11 +15,42 @@ pub mod apply;
 pub mod consent;
 pub mod quality;
 
+use std::collections::HashMap;
+
 use crate::events::contract::{Entity, Ty, ENTITIES};
+use crate::pg::PgError;
 
 /// Schema holding the showcase tables readers use; a replay builds a
 /// shadow schema next to it and swaps it in.
 pub const SCHEMA: &str = "showcase";
+
+/// The Kafka offsets applied to showcase `schema`, next to its rows.
+pub async fn stored_offsets(
+    client: &impl tokio_postgres::GenericClient,
+    schema: &str,
+) -> Result<HashMap<(String, i32), i64>, PgError> {
+    Ok(client
+        .query(
+            &format!("SELECT topic, partition, next_offset FROM {schema}.consumer_offsets"),
+            &[],
+        )
+        .await
+        .map_err(PgError::query("reading consumer offsets"))?
+        .iter()
+        .map(|r| ((r.get(0), r.get(1)), r.get(2)))
+        .collect())
+}
+
+/// The key of the advisory lock that orders apply transactions into
+/// `schema` (shared) against a replay's swap (exclusive).
+pub fn apply_lock_key(schema: &str) -> String {
+    format!("vitrina.apply.{schema}")
+}
+
+/// The shared lock every apply transaction into `schema` takes first.
+pub fn apply_lock_sql() -> &'static str {
+    "SELECT pg_advisory_xact_lock_shared(hashtext('vitrina.apply.' || $1::text))"
+}
 
 fn sql_type(ty: Ty) -> &'static str {
     match ty {

@@ -285,3 +285,26 @@ mod tests {
         }
     }
 }
+
+impl QualityReport {
+    /// The report as a table, with the grace that makes a reference
+    /// pending rather than violated.
+    pub fn render(&self, pending_grace_s: u64) -> String {
+        let mut o = format!(
+            "{:<14} {:<36} {:>10} {:>8}  WHAT\n",
+            "DIMENSION", "CHECK", "VIOLATIONS", "PENDING"
+        );
+        for f in &self.findings {
+            o.push_str(&format!(
+                "{:<14} {:<36} {:>10} {:>8}  {}\n",
+                f.dimension, f.check, f.violations, f.pending, f.what
+            ));
+        }
+        o.push_str(&format!(
+            "{} violations in all; pending references resolve when the referenced rows arrive (grace {} s)\n",
+            self.violations(),
+            pending_grace_s
+        ));
+        o
+    }
+}

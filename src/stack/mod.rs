@@ -21,11 +21,12 @@ pub mod postgres;
 pub mod process;
 pub mod tansu;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
 use crate::config::Config;
+use crate::connections::{Connections, LocalServices};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StackError {
@@ -57,8 +58,8 @@ pub enum StackError {
         #[source]
         source: std::io::Error,
     },
-    #[error("the local stack is not running (no {state} or its services are down)\nhint: run `vitrina up` first, or configure postgres.host and kafka.brokers for external services", state = .0.display())]
-    NotUp(PathBuf),
+    #[error(transparent)]
+    Connections(#[from] crate::connections::ConnectionError),
 }
 
 /// What `up` recorded: enough for any later command to find the services.
@@ -66,49 +67,6 @@ pub enum StackError {
 pub struct StackState {
     pub postgres_port: Option<u16>,
     pub kafka_port: Option<u16>,
-}
-
-/// Where the services are, local or external.
-#[derive(Debug, Clone, Serialize)]
-pub struct Endpoints {
-    pub pg_host: String,
-    pub pg_port: u16,
-    pub pg_user: String,
-    #[serde(skip)]
-    pub pg_password: Option<crate::config::Secret>,
-    /// `None` when the local broker is not running.
-    pub kafka_brokers: Option<String>,
-}
-
-impl Endpoints {
-    /// A libpq-style connection string for `database`, for tokio-postgres.
-    pub fn pg_config(&self, database: &str) -> tokio_postgres::Config {
-        let mut c = tokio_postgres::Config::new();
-        c.host(&self.pg_host)
-            .port(self.pg_port)
-            .user(&self.pg_user)
-            .dbname(database)
-            .application_name("vitrina");
-        if let Some(p) = &self.pg_password {
-            c.password(p.expose());
-        }
-        c
-    }
-
-    /// The Kafka bootstrap servers, or an error saying how to start them.
-    pub fn kafka(&self, state_dir: &Path) -> Result<&str, StackError> {
-        self.kafka_brokers
-            .as_deref()
-            .ok_or_else(|| StackError::NotUp(state_dir.join("stack.json")))
-    }
-
-    /// A URL for people and tools like psql (password left out).
-    pub fn pg_url(&self, database: &str) -> String {
-        format!(
-            "postgres://{}@{}:{}/{}",
-            self.pg_user, self.pg_host, self.pg_port, database
-        )
-    }
 }
 
 pub struct Stack {
@@ -125,6 +83,25 @@ pub struct ServiceStatus {
     pub address: Option<String>,
     pub data: String,
     pub log: String,
+}
+
+/// The services as a table (`vitrina up`, `vitrina status`).
+pub fn render_services(st: &[ServiceStatus]) -> String {
+    let mut o = format!(
+        "{:<10} {:<8} {:>8}  {:<22} LOG\n",
+        "SERVICE", "STATE", "PID", "ADDRESS"
+    );
+    for s in st {
+        o.push_str(&format!(
+            "{:<10} {:<8} {:>8}  {:<22} {}\n",
+            s.service,
+            if s.running { "running" } else { "stopped" },
+            s.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
+            s.address.clone().unwrap_or_else(|| "-".into()),
+            s.log
+        ));
+    }
+    o
 }
 
 impl Stack {
@@ -186,7 +163,7 @@ impl Stack {
     }
 
     fn wants_local_postgres(&self) -> bool {
-        self.cfg.postgres.host.is_none()
+        self.cfg.journal.is_local() || self.cfg.showcase.is_local()
     }
 
     fn wants_local_kafka(&self) -> bool {
@@ -233,19 +210,22 @@ impl Stack {
     pub fn status(&self) -> Result<Vec<ServiceStatus>, StackError> {
         let state = self.read_state();
         let mut out = Vec::new();
-        if let Some(host) = &self.cfg.postgres.host {
-            out.push(ServiceStatus {
-                service: "postgres",
-                running: true,
-                pid: None,
-                address: Some(format!(
-                    "{host}:{} (external)",
-                    self.cfg.postgres.port.unwrap_or(5432)
-                )),
-                data: "-".into(),
-                log: "-".into(),
-            });
-        } else {
+        for (section, db) in [
+            ("journal", &self.cfg.journal),
+            ("showcase", &self.cfg.showcase),
+        ] {
+            if let Some(host) = &db.host {
+                out.push(ServiceStatus {
+                    service: section,
+                    running: true,
+                    pid: None,
+                    address: Some(format!("{host}:{} (external)", db.port.unwrap_or(5432))),
+                    data: "-".into(),
+                    log: "-".into(),
+                });
+            }
+        }
+        if self.wants_local_postgres() {
             let pg = self.postgres()?;
             let pid = pg.running_pid();
             out.push(ServiceStatus {
@@ -284,43 +264,30 @@ impl Stack {
         Ok(out)
     }
 
-    /// The endpoints every command uses: external ones from the config, else
-    /// the running local stack's. PostgreSQL must be reachable; Kafka is
-    /// checked by the commands that need it ([`Endpoints::kafka`]).
-    pub fn endpoints(&self) -> Result<Endpoints, StackError> {
+    /// What the local stack runs now: the provider of every section the
+    /// configuration leaves without a host.
+    pub fn local_services(&self) -> LocalServices {
         let state = self.read_state();
-        let (pg_host, pg_port) = match &self.cfg.postgres.host {
-            Some(h) => (h.clone(), self.cfg.postgres.port.unwrap_or(5432)),
-            None => {
-                let pg = self.postgres()?;
-                if pg.running_pid().is_none() {
-                    return Err(StackError::NotUp(self.state_path()));
-                }
-                let port = pg
-                    .running_port()
-                    .or(state.postgres_port)
-                    .ok_or_else(|| StackError::NotUp(self.state_path()))?;
-                ("127.0.0.1".to_string(), port)
-            }
-        };
-        let kafka_brokers = match &self.cfg.kafka.brokers {
-            Some(b) => Some(b.clone()),
-            None => state
-                .kafka_port
-                .filter(|_| self.broker().running_pid().is_some())
-                .map(|port| format!("127.0.0.1:{port}")),
-        };
-        Ok(Endpoints {
-            pg_host,
-            pg_port,
-            pg_user: if self.cfg.postgres.host.is_some() {
-                self.cfg.postgres.user.clone()
-            } else {
-                postgres::SUPERUSER.to_string()
-            },
-            pg_password: self.cfg.postgres.password.clone(),
-            kafka_brokers,
-        })
+        let postgres = self.postgres().ok().and_then(|pg| {
+            pg.running_pid()?;
+            let port = pg.running_port().or(state.postgres_port)?;
+            Some((
+                "127.0.0.1".to_string(),
+                port,
+                postgres::SUPERUSER.to_string(),
+            ))
+        });
+        let kafka = state
+            .kafka_port
+            .filter(|_| self.broker().running_pid().is_some())
+            .map(|port| format!("127.0.0.1:{port}"));
+        LocalServices { postgres, kafka }
+    }
+
+    /// The connections every command uses: external ones from the
+    /// configuration, the rest from the running local stack.
+    pub fn connections(&self) -> Result<Connections, StackError> {
+        Ok(Connections::resolve(&self.cfg, &self.local_services())?)
     }
 }
 

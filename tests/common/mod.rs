@@ -10,16 +10,22 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;
 
 use vitrina::config::Config;
-use vitrina::stack::{Endpoints, Stack};
+use vitrina::connections::Connections;
+use vitrina::stack::Stack;
 
 pub struct TestStack {
     pub cfg: Config,
-    pub ep: Endpoints,
+    pub conns: Connections,
 }
 
 impl TestStack {
     pub fn brokers(&self) -> &str {
-        self.ep.kafka_brokers.as_deref().expect("test broker runs")
+        &self.conns.kafka().expect("test broker runs").brokers
+    }
+
+    /// The test cluster's database `db`, as its superuser.
+    pub fn pg_config(&self, db: &str) -> tokio_postgres::Config {
+        self.conns.journal.with_database(db).config()
     }
 }
 
@@ -48,8 +54,8 @@ pub fn stack() -> &'static TestStack {
         stack
             .up()
             .unwrap_or_else(|e| panic!("starting the test stack: {e}"));
-        let ep = stack.endpoints().expect("endpoints");
-        let admin = ep.pg_config("postgres");
+        let conns = stack.connections().expect("connections");
+        let admin = conns.journal.with_database("postgres").config();
         std::thread::spawn(move || {
             tokio::runtime::Runtime::new()
                 .unwrap()
@@ -58,7 +64,7 @@ pub fn stack() -> &'static TestStack {
         .join()
         .expect("cleaning the test stack");
         drop(lock);
-        TestStack { cfg, ep }
+        TestStack { cfg, conns }
     })
 }
 
@@ -110,7 +116,7 @@ pub async fn fresh_db(prefix: &str) -> tokio_postgres::Config {
         std::process::id(),
         COUNTER.fetch_add(1, Ordering::SeqCst)
     );
-    let admin = vitrina::pg::connect(&st.ep.pg_config("postgres"))
+    let admin = vitrina::pg::connect(&st.pg_config("postgres"))
         .await
         .expect("admin connection");
     for sql in [
@@ -122,7 +128,7 @@ pub async fn fresh_db(prefix: &str) -> tokio_postgres::Config {
             .await
             .expect("create test database");
     }
-    st.ep.pg_config(&name)
+    st.pg_config(&name)
 }
 
 /// A fresh database with the reference journal schema.
@@ -137,7 +143,7 @@ pub async fn journal_db(prefix: &str) -> tokio_postgres::Config {
 pub fn child_env(cmd: &mut std::process::Command, db: &str, name: &str) {
     cmd.env_remove("VITRINA_CONFIG")
         .env("VITRINA_STATE_DIR", stack_dir())
-        .env("VITRINA_POSTGRES__JOURNAL_DATABASE", db)
+        .env("VITRINA_JOURNAL__DATABASE", db)
         .env("VITRINA_CAPTURE__SLOT", name)
         .env("VITRINA_CAPTURE__PUBLICATION", name)
         .env("VITRINA_CAPTURE__TOPIC_PREFIX", name)
@@ -245,7 +251,7 @@ pub fn spawn_projector(db: &str, name: &str, showcase: &str) -> std::process::Ch
         name,
         &format!("{name}-projector"),
         &[
-            ("VITRINA_PROJECTOR__DATABASE", showcase),
+            ("VITRINA_SHOWCASE__DATABASE", showcase),
             ("VITRINA_PROJECTOR__METRICS_LISTEN", "127.0.0.1:0"),
         ],
     )
@@ -447,7 +453,7 @@ pub async fn wait_caught_up(
         .await
         .unwrap()
         .get(0);
-    let target = vitrina::capture::preflight::parse_lsn(&target).unwrap();
+    let target = vitrina::lsn::parse(&target).unwrap();
     let deadline = std::time::Instant::now() + timeout;
     loop {
         // The slot appears once capture created it (after its preflight).
@@ -460,7 +466,7 @@ pub async fn wait_caught_up(
         assert!(
             std::time::Instant::now() < deadline,
             "slot {slot} did not reach {} in {timeout:?}",
-            vitrina::capture::preflight::format_lsn(target)
+            vitrina::lsn::format(target)
         );
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }

@@ -1,0 +1,423 @@
+//! `vitrina bench capture`: capture's figures, each against a reference
+//! measured in the same run on the same machine.
+//!
+//! - Throughput: the live workload writes a WAL range while nobody reads;
+//!   then, run after run, `pg_recvlogical` (pgoutput, to /dev/null) and
+//!   capture (WAL → Kafka acknowledged) each read the whole range from a slot
+//!   of their own created before the workload. Medians and their ratio.
+//! - Latency: capture streams while the workload runs at a steady rate;
+//!   commit → Kafka-acknowledged latency per transaction, p50/p99.
+//! - Initial load: capture's load of the region (slot created, snapshot
+//!   copied, every row acknowledged by Kafka) against reading the same rows
+//!   with the same COPY statements and parallelism, bytes discarded.
+//! - A large transaction (a September mass enrolment of N students: 2N row
+//!   changes in one transaction): capture runs as a child process, and its
+//!   peak RSS (VmHWM) is read when the whole transaction is confirmed.
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use tokio_util::sync::CancellationToken;
+
+use super::{capture_config, fail, median, percentile, spawn_capture, timed_capture, BenchError};
+use crate::capture;
+use crate::config::{Config, WorkloadConfig};
+use crate::connections::Connections;
+use crate::pg;
+use crate::region::workload;
+use crate::stack::Stack;
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct CaptureBench {
+    pub wal_bytes: i64,
+    pub changes: u64,
+    pub runs: Vec<(f64, f64)>,
+    pub recvlogical_median_s: f64,
+    pub capture_median_s: f64,
+    pub throughput_ratio: f64,
+    pub capture_changes_per_s: f64,
+    pub latency_rate_target: u32,
+    pub latency_rate_achieved: f64,
+    pub latency_transactions: usize,
+    pub latency_p50_ms: f64,
+    pub latency_p99_ms: f64,
+    pub latency_max_ms: f64,
+    pub load: Option<LoadFigures>,
+    pub big_txn: Option<BigTxnFigures>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LoadFigures {
+    pub rows: u64,
+    /// (COPY reference s, capture s) per run.
+    pub runs: Vec<(f64, f64)>,
+    pub copy_median_s: f64,
+    pub capture_median_s: f64,
+    pub capture_rows_per_s: f64,
+    pub ratio: f64,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BigTxnFigures {
+    pub students: u32,
+    pub row_changes: u64,
+    pub commit_s: f64,
+    /// From the commit until capture confirmed the transaction's end.
+    pub confirm_s: f64,
+    pub idle_rss_mb: f64,
+    pub peak_rss_mb: f64,
+}
+
+pub struct Knobs {
+    pub runs: u32,
+    pub seconds: u64,
+    pub rate: u32,
+    pub latency_rate: u32,
+    pub latency_seconds: u64,
+    /// Initial-load runs (0 skips the phase).
+    pub load_runs: u32,
+    /// Students in the large-transaction phase (0 skips it).
+    pub big_txn_students: u32,
+    /// The config file, for the capture child of the large-transaction phase.
+    pub config_file: Option<std::path::PathBuf>,
+}
+
+pub async fn capture(cfg: &Config, knobs: &Knobs) -> Result<CaptureBench, BenchError> {
+    let stack = Stack::new(cfg).map_err(fail)?;
+    let conns = stack.connections().map_err(fail)?;
+    let sql = pg::connect(&conns.journal.config()).await.map_err(fail)?;
+    let tag = format!("bench{}", std::process::id());
+    let publication = tag.clone();
+
+    // One publication, and 2 × runs slots at the same position.
+    let mapping =
+        capture::mapping::Mapping::load(cfg.capture.mapping_file.as_deref()).map_err(fail)?;
+    let tables: Vec<String> = mapping.tables.iter().map(|t| t.table.clone()).collect();
+    sql.batch_execute(&format!(
+        "CREATE PUBLICATION {publication} FOR TABLE {}",
+        tables.join(", ")
+    ))
+    .await
+    .map_err(fail)?;
+    let load = if knobs.load_runs > 0 {
+        Some(initial_load(cfg, &conns, &mapping, &tag, knobs.load_runs).await?)
+    } else {
+        None
+    };
+    for r in 0..knobs.runs {
+        for kind in ["recv", "cap"] {
+            sql.execute(
+                "SELECT pg_create_logical_replication_slot($1, 'pgoutput')",
+                &[&format!("{tag}_{kind}_{r}")],
+            )
+            .await
+            .map_err(fail)?;
+        }
+    }
+    let start_lsn: String = sql
+        .query_one("SELECT pg_current_wal_lsn()::text", &[])
+        .await
+        .map_err(fail)?
+        .get(0);
+    eprintln!(
+        "bench: workload {} s at {} changes/s writes the WAL range",
+        knobs.seconds, knobs.rate
+    );
+    let w = WorkloadConfig {
+        rate: knobs.rate,
+        duration_s: knobs.seconds,
+        sessions: 8,
+        mass_enrolment: 0,
+        seed: 11,
+    };
+    let report = workload::run(&conns.journal.config(), &w, false)
+        .await
+        .map_err(fail)?;
+    // A marker that ends the range for both readers.
+    let end_lsn: String = sql
+        .query_one(
+            "SELECT pg_logical_emit_message(true, 'vitrina.bench.end', '')::text",
+            &[],
+        )
+        .await
+        .map_err(fail)?
+        .get(0);
+    let end = crate::lsn::parse(&end_lsn).unwrap_or(0);
+    let wal_bytes: i64 = sql
+        .query_one(
+            "SELECT pg_wal_lsn_diff($1::text::pg_lsn, $2::text::pg_lsn)::int8",
+            &[&end_lsn, &start_lsn],
+        )
+        .await
+        .map_err(fail)?
+        .get(0);
+    eprintln!(
+        "bench: {} changes, {:.1} MB of WAL",
+        report.changes,
+        wal_bytes as f64 / 1e6
+    );
+
+    let bin = stack
+        .postgres()
+        .map_err(fail)?
+        .bin_dir
+        .join("pg_recvlogical");
+    let mut runs = Vec::new();
+    for r in 0..knobs.runs {
+        let t0 = Instant::now();
+        let j = &conns.journal;
+        let mut cmd = tokio::process::Command::new(&bin);
+        if let Some(p) = j.password() {
+            cmd.env("PGPASSWORD", p.expose());
+        }
+        let status = cmd
+            .args([
+                "-h",
+                &j.host,
+                "-p",
+                &j.port.to_string(),
+                "-U",
+                &j.user,
+                "-d",
+                &j.database,
+            ])
+            .args([
+                "--slot",
+                &format!("{tag}_recv_{r}"),
+                "--start",
+                "-E",
+                &end_lsn,
+            ])
+            .args([
+                "-o",
+                "proto_version=1",
+                "-o",
+                &format!("publication_names={publication}"),
+            ])
+            .args(["-f", "/dev/null"])
+            .status()
+            .await
+            .map_err(fail)?;
+        if !status.success() {
+            return Err(fail(format!("pg_recvlogical failed: {status}")));
+        }
+        let reference = t0.elapsed().as_secs_f64();
+
+        let c = capture_config(
+            cfg,
+            &format!("{tag}_cap_{r}"),
+            &publication,
+            &format!("{tag}-{r}"),
+            false,
+            3_600_000,
+        );
+        let secs = timed_capture(&c, &conns, end).await?;
+        eprintln!(
+            "bench: run {}: pg_recvlogical {reference:.3} s, capture {secs:.3} s",
+            r + 1
+        );
+        runs.push((reference, secs));
+    }
+    for r in 0..knobs.runs {
+        for kind in ["recv", "cap"] {
+            let _ = sql
+                .execute(
+                    "SELECT pg_drop_replication_slot($1)",
+                    &[&format!("{tag}_{kind}_{r}")],
+                )
+                .await;
+        }
+    }
+
+    // Latency at a steady rate, capture streaming and caught up.
+    let c = capture_config(
+        cfg,
+        &format!("{tag}_lat"),
+        &publication,
+        &format!("{tag}-lat"),
+        false,
+        5000,
+    );
+    let cancel = CancellationToken::new();
+    let (task, probe) = spawn_capture(&c, &conns, &cancel)?;
+    // Wait until it streams.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while probe.confirmed.load(Ordering::SeqCst) == 0 {
+        if Instant::now() > deadline || task.is_finished() {
+            return Err(fail("capture did not start streaming for the latency run"));
+        }
+        let _ = sql
+            .execute(
+                "SELECT pg_logical_emit_message(true, 'vitrina.bench.warmup', '')",
+                &[],
+            )
+            .await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let mut confirmed = probe.subscribe();
+    let recorder = tokio::spawn(async move {
+        let mut lat = Vec::new();
+        loop {
+            match confirmed.recv().await {
+                Ok(c) => {
+                    lat.push(((c.confirmed_at_micros - c.commit_time_micros) as f64 / 1e6).max(0.0))
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(_) => return lat,
+            }
+        }
+    });
+    eprintln!(
+        "bench: latency at {} changes/s for {} s",
+        knobs.latency_rate, knobs.latency_seconds
+    );
+    let w = WorkloadConfig {
+        rate: knobs.latency_rate,
+        duration_s: knobs.latency_seconds,
+        sessions: 8,
+        mass_enrolment: 0,
+        seed: 12,
+    };
+    let lat_report = workload::run(&conns.journal.config(), &w, false)
+        .await
+        .map_err(fail)?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    cancel.cancel();
+    let _ = task.await;
+    drop(probe);
+    let _ = sql
+        .execute("SELECT pg_drop_replication_slot($1)", &[&c.capture.slot])
+        .await;
+    let mut lat = recorder.await.map_err(fail)?;
+    lat.sort_by(|a, b| a.partial_cmp(b).unwrap());
+
+    let big_txn = if knobs.big_txn_students > 0 {
+        Some(super::big_txn::big_transaction(cfg, &conns, &tag, knobs).await?)
+    } else {
+        None
+    };
+    let _ = sql
+        .batch_execute(&format!("DROP PUBLICATION {publication}"))
+        .await;
+
+    let mut refs: Vec<f64> = runs.iter().map(|r| r.0).collect();
+    let mut caps: Vec<f64> = runs.iter().map(|r| r.1).collect();
+    let (mr, mc) = (median(&mut refs), median(&mut caps));
+    Ok(CaptureBench {
+        wal_bytes,
+        changes: report.changes,
+        runs,
+        recvlogical_median_s: mr,
+        capture_median_s: mc,
+        throughput_ratio: mr / mc,
+        capture_changes_per_s: report.changes as f64 / mc,
+        latency_rate_target: knobs.latency_rate,
+        latency_rate_achieved: lat_report.changes_per_second,
+        latency_transactions: lat.len(),
+        latency_p50_ms: percentile(&lat, 0.5) * 1000.0,
+        latency_p99_ms: percentile(&lat, 0.99) * 1000.0,
+        latency_max_ms: lat.last().copied().unwrap_or(f64::NAN) * 1000.0,
+        load,
+        big_txn,
+    })
+}
+
+/// Run after run: the mapped tables read with capture's own COPY statements
+/// on as many connections (the reference), then capture's initial load from
+/// a new slot until every row is acknowledged by Kafka.
+async fn initial_load(
+    cfg: &Config,
+    conns: &Connections,
+    mapping: &capture::mapping::Mapping,
+    tag: &str,
+    runs: u32,
+) -> Result<LoadFigures, BenchError> {
+    let window = capture::snapshot::window_start(
+        chrono::Local::now().date_naive(),
+        cfg.capture.history_years,
+    );
+    let statements: Vec<String> = mapping
+        .tables
+        .iter()
+        .map(|t| capture::snapshot::copy_sql(t, window))
+        .collect();
+    let parallel = cfg.capture.snapshot_connections.max(1) as usize;
+    let mut figures = Vec::new();
+    let mut rows = 0;
+    for r in 0..runs {
+        let t0 = Instant::now();
+        let pg_cfg = conns.journal.config();
+        let counts: Vec<Result<u64, BenchError>> = futures::stream::iter(statements.clone())
+            .map(|stmt| {
+                let pg_cfg = pg_cfg.clone();
+                async move {
+                    use futures::StreamExt;
+                    let client = pg::connect(&pg_cfg).await.map_err(fail)?;
+                    let stream = client.copy_out(stmt.as_str()).await.map_err(fail)?;
+                    futures::pin_mut!(stream);
+                    let mut n = 0u64;
+                    while let Some(chunk) = stream.next().await {
+                        n += chunk.map_err(fail)?.iter().filter(|b| **b == b'\n').count() as u64;
+                    }
+                    Ok(n)
+                }
+            })
+            .buffer_unordered(parallel)
+            .collect()
+            .await;
+        rows = counts.into_iter().sum::<Result<u64, BenchError>>()?;
+        let reference = t0.elapsed().as_secs_f64();
+
+        let c = capture_config(
+            cfg,
+            &format!("{tag}_load_{r}"),
+            tag,
+            &format!("{tag}-load-{r}"),
+            true,
+            cfg.capture.heartbeat_interval_ms,
+        );
+        let cancel = CancellationToken::new();
+        let t0 = Instant::now();
+        let (task, probe) = spawn_capture(&c, conns, &cancel)?;
+        while probe.loaded_rows.load(Ordering::SeqCst) == 0 {
+            if task.is_finished() {
+                let r = task.await.map_err(fail)?;
+                return Err(fail(format!(
+                    "capture stopped during the initial load: {r:?}"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let secs = t0.elapsed().as_secs_f64();
+        let loaded = probe.loaded_rows.load(Ordering::SeqCst);
+        cancel.cancel();
+        let _ = task.await;
+        let sql = pg::connect(&conns.journal.config()).await.map_err(fail)?;
+        let _ = sql
+            .execute("SELECT pg_drop_replication_slot($1)", &[&c.capture.slot])
+            .await;
+        let _ = std::fs::remove_file(
+            c.state_dir
+                .join("capture")
+                .join(format!("{}.json", c.capture.slot)),
+        );
+        eprintln!(
+            "bench: load run {}: COPY of {rows} rows {reference:.2} s, capture loaded {loaded} rows in {secs:.2} s ({:.0} rows/s)",
+            r + 1,
+            loaded as f64 / secs
+        );
+        figures.push((reference, secs));
+    }
+    let mut refs: Vec<f64> = figures.iter().map(|r| r.0).collect();
+    let mut caps: Vec<f64> = figures.iter().map(|r| r.1).collect();
+    let (mr, mc) = (median(&mut refs), median(&mut caps));
+    Ok(LoadFigures {
+        rows,
+        runs: figures,
+        copy_median_s: mr,
+        capture_median_s: mc,
+        capture_rows_per_s: rows as f64 / mc,
+        ratio: mr / mc,
+    })
+}

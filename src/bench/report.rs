@@ -1,0 +1,93 @@
+//! The benchmarks' reports as people read them (`--json` prints the
+//! structs themselves).
+
+use std::fmt;
+
+use super::{CaptureBench, ProjectorBench};
+
+impl fmt::Display for CaptureBench {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let b = self;
+        writeln!(
+            f,
+            "capture benchmark ({} changes, {:.1} MB of WAL, {} runs)",
+            b.changes,
+            b.wal_bytes as f64 / 1e6,
+            b.runs.len()
+        )?;
+        for (i, (r, c)) in b.runs.iter().enumerate() {
+            writeln!(
+                f,
+                "  run {}: pg_recvlogical {r:.3} s   capture (WAL → Kafka acked) {c:.3} s",
+                i + 1
+            )?;
+        }
+        writeln!(
+            f,
+            "  median: pg_recvlogical {:.3} s, capture {:.3} s; throughput ratio {:.2} (target ≥ 0.7); capture {:.0} changes/s",
+            b.recvlogical_median_s, b.capture_median_s, b.throughput_ratio, b.capture_changes_per_s
+        )?;
+        writeln!(
+            f,
+            "  commit → ack latency at {} changes/s (achieved {:.0}/s, {} transactions): p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms (target p99 < 500 ms)",
+            b.latency_rate_target, b.latency_rate_achieved, b.latency_transactions, b.latency_p50_ms, b.latency_p99_ms, b.latency_max_ms
+        )?;
+        if let Some(l) = &b.load {
+            for (i, (r, c)) in l.runs.iter().enumerate() {
+                writeln!(
+                    f,
+                    "  initial load run {}: COPY of the same rows {r:.2} s   capture (snapshot → Kafka acked) {c:.2} s",
+                    i + 1
+                )?;
+            }
+            writeln!(
+                f,
+                "  initial load of {} rows: median COPY {:.2} s, capture {:.2} s ({:.0} rows/s, target ≥ 100,000); ratio to COPY {:.2}",
+                l.rows, l.copy_median_s, l.capture_median_s, l.capture_rows_per_s, l.ratio
+            )?;
+        }
+        if let Some(t) = &b.big_txn {
+            writeln!(
+                f,
+                "  one transaction of {} row changes (mass enrolment of {} students, committed in {:.1} s): confirmed {:.1} s after commit; capture RSS idle {:.1} MB, peak {:.1} MB (target < 300 MiB)",
+                t.row_changes, t.students, t.commit_s, t.confirm_s, t.idle_rss_mb, t.peak_rss_mb
+            )?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Display for ProjectorBench {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let b = self;
+        writeln!(
+            f,
+            "projector benchmark (initial load: {} events projected at {:.0} events/s)",
+            b.initial_events, b.initial_events_per_s
+        )?;
+        for r in &b.rates {
+            let ach: Vec<String> = r.achieved.iter().map(|a| format!("{a:.0}")).collect();
+            writeln!(
+                f,
+                "  {:>5}/s (achieved {}): commit → visible p50 {:.0} ms, p99 {:.0} ms (medians of {} runs)",
+                r.target,
+                ach.join(", "),
+                r.median_p50_ms,
+                r.median_p99_ms,
+                r.p99_ms.len()
+            )?;
+        }
+        writeln!(
+            f,
+            "  highest achieved rate with p99 < 10 s: {} (target at 2,000/s: p99 < 2 s)",
+            b.max_rate_p99_under_10s
+                .map(|r| format!("{r}/s"))
+                .unwrap_or_else(|| "none".into())
+        )?;
+        writeln!(
+            f,
+            "  replay of {} events: median {:.0} events/s end to end, {:.0} events/s while applying (target ≥ 50,000)",
+            b.replay_events, b.replay_median_events_per_s, b.replay_apply_median_events_per_s
+        )
+    }
+}

@@ -1,0 +1,198 @@
+//! The initial load, decided: a new slot gets a full load at its exported
+//! snapshot; an interrupted load resumes with the tables not yet done at a
+//! temporary slot's snapshot; otherwise there is nothing to load.
+//!
+//! ```text
+//!   slot absent ──create slot (exports snapshot S)──▶ load every table at S ──▶ stream from S
+//!   load interrupted ──temporary slot (snapshot R)──▶ TRUNCATE + reload the tables not done at R
+//!                                                     ──▶ stream from the slot, skipping their changes < R
+//! ```
+//!
+//! Invariants:
+//! - Progress is recorded before the slot exists, so a crash right after
+//!   creating it resumes the load instead of skipping it.
+//! - Rows of a table published before an interruption are withdrawn (a
+//!   TRUNCATE on every partition) before the table is loaded again.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+
+use pg_walstream::LogicalReplicationStream;
+
+use super::mapping::TableMapping;
+use super::preflight::SlotState;
+use super::publisher::{Progress, Publisher};
+use super::{snapshot, stream_config, CaptureError};
+use crate::config::Config;
+use crate::connections::PgEndpoint;
+use crate::events::{Event, Op, Source};
+use crate::lsn;
+use crate::privacy::Depersonalizer;
+
+/// What the load needs from the running capture.
+pub(super) struct Loader<'a> {
+    pub cfg: &'a Config,
+    pub journal: &'a PgEndpoint,
+    pub sql: &'a tokio_postgres::Client,
+    pub tables: &'a [TableMapping],
+    pub dp: &'a Depersonalizer,
+    pub progress: &'a Progress,
+}
+
+impl Loader<'_> {
+    fn state_path(&self) -> PathBuf {
+        self.cfg
+            .state_dir
+            .join("capture")
+            .join(format!("{}.json", self.cfg.capture.slot))
+    }
+
+    /// Runs the load the slot's state calls for; returns, per table, the
+    /// LSN before which its streamed changes are already loaded.
+    pub async fn run(
+        &self,
+        slot_state: &SlotState,
+        stream: &mut LogicalReplicationStream,
+        publisher: &mut Publisher,
+    ) -> Result<HashMap<String, u64>, CaptureError> {
+        let c = &self.cfg.capture;
+        let state_path = self.state_path();
+        let mut state = snapshot::State::load(&state_path);
+        if *slot_state == SlotState::Absent {
+            state = snapshot::State {
+                started: c.snapshot,
+                ..Default::default()
+            };
+            state.save(&state_path);
+            stream
+                .ensure_replication_slot()
+                .await
+                .map_err(CaptureError::Replication)?;
+            let lsn = slot_lsn(self.sql, &c.slot).await?;
+            tracing::info!(slot = %c.slot, lsn = %lsn::format(lsn), "replication slot created");
+            if c.snapshot {
+                let name = stream
+                    .exported_snapshot_name()
+                    .ok_or(CaptureError::NoSnapshot(
+                        "the new slot exported no snapshot",
+                    ))?
+                    .to_string();
+                let tables: Vec<&TableMapping> = self.tables.iter().collect();
+                let rows = snapshot::load_tables(
+                    self.cfg,
+                    self.journal,
+                    &tables,
+                    &name,
+                    lsn,
+                    self.dp,
+                    publisher,
+                    &mut state,
+                    &state_path,
+                )
+                .await?;
+                self.progress
+                    .loaded_rows
+                    .store(rows.max(1), Ordering::SeqCst);
+            }
+            state.done = true;
+            state.save(&state_path);
+        } else if c.snapshot && state.started && !state.done {
+            self.resume(&mut state, &state_path, publisher).await?;
+        }
+        Ok(state.table_lsn)
+    }
+
+    /// An interrupted initial load: the remaining tables are copied at a
+    /// new snapshot, and their streamed changes up to it are skipped.
+    async fn resume(
+        &self,
+        state: &mut snapshot::State,
+        state_path: &std::path::Path,
+        publisher: &mut Publisher,
+    ) -> Result<(), CaptureError> {
+        let c = &self.cfg.capture;
+        let remaining: Vec<&TableMapping> = self
+            .tables
+            .iter()
+            .filter(|t| !state.tables_done.contains(&t.table))
+            .collect();
+        tracing::info!(
+            tables = remaining.len(),
+            "resuming the interrupted initial load"
+        );
+        let resume_slot = format!("{}_resume", c.slot);
+        let mut helper = LogicalReplicationStream::new(
+            &self.journal.replication_url("vitrina-capture-resume"),
+            stream_config(&resume_slot, &c.publication, true),
+        )
+        .await
+        .map_err(CaptureError::Replication)?;
+        helper
+            .ensure_replication_slot()
+            .await
+            .map_err(CaptureError::Replication)?;
+        let lsn = slot_lsn(self.sql, &resume_slot).await?;
+        let name = helper
+            .exported_snapshot_name()
+            .ok_or(CaptureError::NoSnapshot(
+                "the resume slot exported no snapshot",
+            ))?
+            .to_string();
+        for t in &remaining {
+            state.table_lsn.insert(t.table.clone(), lsn);
+        }
+        state.save(state_path);
+        // Rows of these tables published before the interruption are
+        // withdrawn: a TRUNCATE just before the new snapshot's rows, on
+        // every partition. Consumers then hold exactly the new snapshot.
+        for t in &remaining {
+            let e = Event {
+                event_id: format!("R{lsn:016X}-{}", t.table),
+                entity: t.entity,
+                op: Op::Truncate,
+                key: "*".into(),
+                source: Source {
+                    lsn: 0,
+                    commit_lsn: lsn,
+                    txid: 0,
+                    commit_time_micros: chrono::Utc::now().timestamp_micros(),
+                    table: t.table.clone(),
+                    snapshot: true,
+                },
+                actor: None,
+                quality: vec![],
+                after: None,
+            };
+            publisher.send_to_all_partitions(&e).await?;
+        }
+        snapshot::load_tables(
+            self.cfg,
+            self.journal,
+            &remaining,
+            &name,
+            lsn,
+            self.dp,
+            publisher,
+            state,
+            state_path,
+        )
+        .await?;
+        drop(helper); // the temporary slot goes with its connection
+        state.done = true;
+        state.save(state_path);
+        Ok(())
+    }
+}
+
+async fn slot_lsn(sql: &tokio_postgres::Client, slot: &str) -> Result<u64, CaptureError> {
+    let row = sql
+        .query_one(
+            "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1",
+            &[&slot],
+        )
+        .await
+        .map_err(crate::pg::PgError::query("reading the slot position"))?;
+    let s: Option<String> = row.get(0);
+    Ok(s.as_deref().and_then(lsn::parse).unwrap_or(0))
+}

@@ -1,0 +1,337 @@
+//! The publisher and the acker: events go to Kafka in the order they are
+//! produced, and the acker confirms a transaction's end LSN to the slot only
+//! after every delivery before it is acknowledged.
+//!
+//! ```text
+//!   stream loop ──produce──▶ rdkafka (idempotent, acks=all)
+//!        │ enqueue, in order: Delivery … Delivery, Commit(end_lsn)
+//!        ▼
+//!   acker: await each delivery in turn ──▶ Commit: confirm end_lsn to the slot, publish progress
+//! ```
+//!
+//! Invariants:
+//! - An LSN is confirmed only after Kafka acknowledged every event, dead
+//!   letter and watermark enqueued before its commit marker.
+//! - At most `capture.max_in_flight` acknowledgements wait; `enqueue` blocks
+//!   the stream loop when the acker is behind (backpressure).
+//! - A dead letter carries names of columns and positions, never values.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use pg_walstream::SharedLsnFeedback;
+use rdkafka::error::{KafkaError as RdKafkaError, RDKafkaErrorCode};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
+use tokio::sync::{broadcast, mpsc};
+
+use super::CaptureError;
+use crate::events::codec::Registry;
+use crate::events::{Event, Op, Watermark};
+use crate::kafka;
+use crate::lsn;
+use crate::observability as obs;
+
+/// Something the acker must see, in production order.
+pub(super) enum Ack {
+    Delivery(DeliveryFuture, &'static str, Op),
+    Other(DeliveryFuture),
+    Commit {
+        end_lsn: u64,
+        commit_time_micros: i64,
+    },
+    /// Fires when everything enqueued before it is acknowledged.
+    Mark(tokio::sync::oneshot::Sender<()>),
+}
+
+/// A change that could not become an event, as written to the dead-letter
+/// topic. Carries names of columns and positions, never values.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DeadLetter {
+    pub reason: String,
+    pub kind: &'static str,
+    pub table: String,
+    pub entity: Option<&'static str>,
+    pub op: &'static str,
+    pub lsn: String,
+    pub commit_lsn: String,
+    pub txid: i64,
+    pub commit_time_micros: i64,
+    pub capture: String,
+}
+
+/// Owns the producer and the order of everything sent.
+pub struct Publisher {
+    pub(super) producer: FutureProducer,
+    pub(super) registry: Registry,
+    pub(super) acks: mpsc::Sender<Ack>,
+    pub(super) prefix: String,
+    pub(super) slot: String,
+    /// Topic of each entity, named once rather than per event.
+    pub(super) topics: HashMap<&'static str, String>,
+    pub(super) partitions: HashMap<String, i32>,
+    pub(super) in_flight: Arc<AtomicI64>,
+}
+
+impl Publisher {
+    async fn produce(
+        &self,
+        topic: &str,
+        key: &str,
+        payload: &[u8],
+        partition: Option<i32>,
+    ) -> Result<DeliveryFuture, CaptureError> {
+        let mut record = FutureRecord::to(topic).key(key).payload(payload);
+        if let Some(p) = partition {
+            record = record.partition(p);
+        }
+        loop {
+            match self.producer.send_result(record) {
+                Ok(f) => {
+                    self.in_flight.fetch_add(1, Ordering::Relaxed);
+                    return Ok(f);
+                }
+                Err((RdKafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                    record = r;
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                Err((e, _)) => return Err(CaptureError::delivery(&e)),
+            }
+        }
+    }
+
+    /// The capture's name (its slot), as dead letters carry it.
+    pub fn slot(&self) -> &str {
+        &self.slot
+    }
+
+    fn topic(&self, entity: &str) -> &str {
+        self.topics
+            .get(entity)
+            .map(String::as_str)
+            .unwrap_or_default()
+    }
+
+    async fn enqueue(&self, a: Ack) -> Result<(), CaptureError> {
+        self.acks
+            .send(a)
+            .await
+            .map_err(|_| CaptureError::Task("the acker stopped".into()))
+    }
+
+    pub async fn send_event(&mut self, e: &Event, partition_key: &str) -> Result<(), CaptureError> {
+        match self.registry.encode(e) {
+            Ok(bytes) => {
+                let topic = self.topic(e.entity.name);
+                let f = self.produce(topic, partition_key, &bytes, None).await?;
+                for q in &e.quality {
+                    metrics::counter!(obs::CAPTURE_QUALITY_FLAGS, "entity" => e.entity.name, "flag" => q.clone()).increment(1);
+                }
+                self.enqueue(Ack::Delivery(f, e.entity.name, e.op)).await
+            }
+            Err(err) => {
+                self.dead_letter(DeadLetter {
+                    reason: err.to_string(),
+                    kind: "encode",
+                    table: e.source.table.clone(),
+                    entity: Some(e.entity.name),
+                    op: e.op.symbol(),
+                    lsn: lsn::format(e.source.lsn),
+                    commit_lsn: lsn::format(e.source.commit_lsn),
+                    txid: e.source.txid,
+                    commit_time_micros: e.source.commit_time_micros,
+                    capture: self.slot.clone(),
+                })
+                .await
+            }
+        }
+    }
+
+    /// TRUNCATE events go to every partition, so each key's stream sees
+    /// the truncate in order with its own events.
+    pub async fn send_to_all_partitions(&mut self, e: &Event) -> Result<(), CaptureError> {
+        let bytes = self
+            .registry
+            .encode(e)
+            .map_err(|err| CaptureError::Task(format!("encoding a truncate: {err}")))?;
+        let topic = self.topic(e.entity.name);
+        let n = self.partitions.get(topic).copied().unwrap_or(1);
+        for p in 0..n {
+            let f = self.produce(topic, &e.key, &bytes, Some(p)).await?;
+            self.enqueue(Ack::Delivery(f, e.entity.name, e.op)).await?;
+        }
+        Ok(())
+    }
+
+    pub async fn dead_letter(&mut self, dl: DeadLetter) -> Result<(), CaptureError> {
+        tracing::warn!(table = %dl.table, kind = dl.kind, reason = %dl.reason, lsn = %dl.lsn, "change dead-lettered");
+        metrics::counter!(obs::CAPTURE_DEAD_LETTERS, "table" => dl.table.clone(), "kind" => dl.kind).increment(1);
+        let payload = serde_json::to_vec(&dl).expect("dead letter serializes");
+        let topic = kafka::dead_letter_topic(&self.prefix);
+        let f = self.produce(&topic, &dl.table, &payload, None).await?;
+        self.enqueue(Ack::Other(f)).await
+    }
+
+    pub async fn watermarks(
+        &mut self,
+        commit_lsn: u64,
+        commit_time_micros: i64,
+    ) -> Result<(), CaptureError> {
+        let now = chrono::Utc::now().timestamp_micros();
+        let topics: Vec<(String, i32)> = self
+            .partitions
+            .iter()
+            .filter(|(t, _)| **t != kafka::dead_letter_topic(&self.prefix))
+            .map(|(t, n)| (t.clone(), *n))
+            .collect();
+        for (topic, n) in topics {
+            for p in 0..n {
+                let bytes = self.registry.encode_watermark(&Watermark {
+                    capture: self.slot.clone(),
+                    commit_lsn,
+                    commit_time_micros,
+                    emitted_at_micros: now,
+                    partition: p,
+                });
+                let f = self.produce(&topic, "", &bytes, Some(p)).await?;
+                self.enqueue(Ack::Other(f)).await?;
+                metrics::counter!(obs::CAPTURE_WATERMARKS).increment(1);
+            }
+        }
+        Ok(())
+    }
+
+    /// A receiver that fires once everything sent so far is acknowledged.
+    pub async fn mark(&self) -> Result<tokio::sync::oneshot::Receiver<()>, CaptureError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.enqueue(Ack::Mark(tx)).await?;
+        Ok(rx)
+    }
+
+    /// Waits until everything sent so far is acknowledged.
+    pub async fn flush_and_wait(&self) -> Result<(), CaptureError> {
+        self.mark()
+            .await?
+            .await
+            .map_err(|_| CaptureError::Task("the acker stopped before acknowledging".into()))
+    }
+
+    pub async fn commit(&self, end_lsn: u64, commit_time_micros: i64) -> Result<(), CaptureError> {
+        self.enqueue(Ack::Commit {
+            end_lsn,
+            commit_time_micros,
+        })
+        .await
+    }
+}
+
+/// What a running capture has achieved, for its owner (the demo, the
+/// benches, `/readyz`): the confirmed position, acknowledged events, and a
+/// feed of confirmed transactions for those who subscribe.
+pub struct Progress {
+    /// Highest end LSN confirmed to the slot.
+    pub confirmed: AtomicU64,
+    /// Events acknowledged by Kafka.
+    pub events: AtomicU64,
+    /// Rows of the initial load, set once every one is acknowledged.
+    pub loaded_rows: AtomicU64,
+    commits: broadcast::Sender<Confirmed>,
+}
+
+/// One transaction confirmed to the slot.
+#[derive(Debug, Clone, Copy)]
+pub struct Confirmed {
+    pub end_lsn: u64,
+    pub commit_time_micros: i64,
+    /// When the acker confirmed it (µs since the epoch).
+    pub confirmed_at_micros: i64,
+}
+
+impl Default for Progress {
+    fn default() -> Self {
+        Progress {
+            confirmed: AtomicU64::new(0),
+            events: AtomicU64::new(0),
+            loaded_rows: AtomicU64::new(0),
+            commits: broadcast::channel(1 << 16).0,
+        }
+    }
+}
+
+impl Progress {
+    /// Confirmed transactions from now on (a slow receiver misses some:
+    /// `RecvError::Lagged`).
+    pub fn subscribe(&self) -> broadcast::Receiver<Confirmed> {
+        self.commits.subscribe()
+    }
+}
+
+/// One delivery report: acknowledged, or the reason it is not.
+async fn delivered(f: DeliveryFuture) -> Result<(), CaptureError> {
+    match f.await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err((e, _))) => Err(CaptureError::delivery(&e)),
+        Err(_) => Err(CaptureError::Delivery {
+            message: "delivery report lost (producer gone)".into(),
+            kind: crate::error::ErrorKind::Transient,
+        }),
+    }
+}
+
+/// Awaits deliveries in production order and confirms LSNs.
+pub(super) async fn acker(
+    mut rx: mpsc::Receiver<Ack>,
+    feedback: Arc<SharedLsnFeedback>,
+    in_flight: Arc<AtomicI64>,
+    last_commit_time: Arc<AtomicI64>,
+    progress: Arc<Progress>,
+) -> Result<(), CaptureError> {
+    // One counter handle per (entity, op), looked up in the registry once.
+    let mut events: HashMap<(&'static str, Op), metrics::Counter> = HashMap::new();
+    while let Some(a) = rx.recv().await {
+        match a {
+            Ack::Delivery(f, entity, op) => {
+                delivered(f).await?;
+                in_flight.fetch_sub(1, Ordering::Relaxed);
+                events
+                    .entry((entity, op))
+                    .or_insert_with(|| {
+                        metrics::counter!(obs::CAPTURE_EVENTS, "entity" => entity, "op" => op.symbol())
+                    })
+                    .increment(1);
+                progress.events.fetch_add(1, Ordering::Relaxed);
+            }
+            Ack::Other(f) => {
+                delivered(f).await?;
+                in_flight.fetch_sub(1, Ordering::Relaxed);
+            }
+            Ack::Mark(tx) => {
+                let _ = tx.send(());
+            }
+            Ack::Commit {
+                end_lsn,
+                commit_time_micros,
+            } => {
+                feedback.update_flushed_lsn(end_lsn);
+                feedback.update_applied_lsn(end_lsn);
+                progress.confirmed.fetch_max(end_lsn, Ordering::SeqCst);
+                last_commit_time.fetch_max(commit_time_micros, Ordering::SeqCst);
+                let now = chrono::Utc::now().timestamp_micros();
+                let latency = ((now - commit_time_micros) as f64 / 1e6).max(0.0);
+                metrics::histogram!(obs::CAPTURE_ACK_LATENCY).record(latency);
+                if progress.commits.receiver_count() > 0 {
+                    let _ = progress.commits.send(Confirmed {
+                        end_lsn,
+                        commit_time_micros,
+                        confirmed_at_micros: now,
+                    });
+                }
+                metrics::counter!(obs::CAPTURE_TRANSACTIONS).increment(1);
+                metrics::gauge!(obs::CAPTURE_CONFIRMED_LSN).set(end_lsn as f64);
+            }
+        }
+        metrics::gauge!(obs::CAPTURE_IN_FLIGHT).set(in_flight.load(Ordering::Relaxed) as f64);
+    }
+    Ok(())
+}

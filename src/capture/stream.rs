@@ -1,0 +1,312 @@
+//! The stream: pgoutput messages in, domain events out, one transaction at
+//! a time, in commit order.
+//!
+//! ```text
+//!   Begin ─▶ Insert/Update/Delete/Truncate … ─▶ Commit
+//!              │ map + depersonalize (mapping)      │
+//!              ▼                                    ▼
+//!        publisher.send_event              publisher.commit(end_lsn)  (+ watermarks after a heartbeat)
+//! ```
+//!
+//! Invariants:
+//! - Names and raw document numbers never leave this module's rows: a row
+//!   is mapped ([`super::mapping`]) before anything is encoded, logged or
+//!   counted; what cannot be mapped is dead-lettered with column names only.
+//! - A change's event id derives from its WAL position, so a change sent
+//!   again after a restart carries the same id.
+//! - Changes of a table reloaded at a resume snapshot that committed
+//!   before that snapshot are skipped: they are in the snapshot already.
+
+use std::collections::HashMap;
+
+use pg_walstream::{ColumnValue, EventType, ReplicationError, RowData};
+use tracing::Instrument;
+
+use super::mapping::{Mapping, Row};
+use super::publisher::{DeadLetter, Publisher};
+use super::CaptureError;
+use crate::events::{self, Event, Op, Source};
+use crate::lsn;
+use crate::privacy::Depersonalizer;
+
+struct WalRow<'a>(&'a RowData);
+
+impl Row for WalRow<'_> {
+    fn get(&self, column: &str) -> Option<Option<&str>> {
+        self.0.get(column).map(|v| match v {
+            ColumnValue::Null => None,
+            other => other.as_str(),
+        })
+    }
+}
+
+/// The transaction being received.
+#[derive(Default)]
+struct Txn {
+    xid: i64,
+    commit_lsn: u64,
+    commit_time_micros: i64,
+    heartbeat: bool,
+}
+
+/// Turns the replication stream's messages into published events.
+pub struct Streamer {
+    pub(super) mapping: Mapping,
+    pub(super) dp: Depersonalizer,
+    pub(super) publisher: Publisher,
+    /// Per table: changes committed before this LSN are in a resumed snapshot.
+    pub(super) skip_before: HashMap<String, u64>,
+    pub(super) heartbeat_prefix: String,
+    txn: Txn,
+}
+
+impl Streamer {
+    pub(super) fn new(
+        mapping: Mapping,
+        dp: Depersonalizer,
+        publisher: Publisher,
+        skip_before: HashMap<String, u64>,
+        heartbeat_prefix: String,
+    ) -> Streamer {
+        Streamer {
+            mapping,
+            dp,
+            publisher,
+            skip_before,
+            heartbeat_prefix,
+            txn: Txn::default(),
+        }
+    }
+
+    pub(super) fn into_publisher(self) -> Publisher {
+        self.publisher
+    }
+
+    /// Handles one message of the stream at WAL position `lsn`.
+    pub(super) async fn handle(&mut self, ev: EventType, lsn: u64) -> Result<(), CaptureError> {
+        let Streamer {
+            mapping,
+            dp,
+            publisher,
+            txn,
+            skip_before,
+            heartbeat_prefix,
+        } = self;
+        let (tm, op, new, old) = match ev {
+            EventType::Begin {
+                transaction_id,
+                final_lsn,
+                commit_timestamp,
+            } => {
+                *txn = Txn {
+                    xid: transaction_id as i64,
+                    commit_lsn: final_lsn.value(),
+                    commit_time_micros: commit_timestamp.timestamp_micros(),
+                    heartbeat: false,
+                };
+                return Ok(());
+            }
+            EventType::Commit {
+                commit_timestamp,
+                end_lsn,
+                ..
+            } => {
+                let t = commit_timestamp.timestamp_micros();
+                // One span per journal transaction (capture's batch), with its
+                // source positions; FmtSpan::CLOSE logs it at debug level.
+                let span = tracing::debug_span!(
+                    "capture_txn",
+                    xid = txn.xid,
+                    commit_lsn = %lsn::format(txn.commit_lsn),
+                    end_lsn = %lsn::format(end_lsn.value()),
+                    heartbeat = txn.heartbeat
+                );
+                return async {
+                    if txn.heartbeat {
+                        publisher.watermarks(txn.commit_lsn, t).await?;
+                    }
+                    publisher.commit(end_lsn.value(), t).await
+                }
+                .instrument(span)
+                .await;
+            }
+            EventType::Message { prefix, .. } => {
+                if *prefix == **heartbeat_prefix {
+                    txn.heartbeat = true;
+                }
+                return Ok(());
+            }
+            EventType::Insert {
+                schema,
+                table,
+                data,
+                ..
+            } => (
+                mapping.table_of(&schema, &table),
+                Op::Create,
+                Some(data),
+                None,
+            ),
+            EventType::Update {
+                schema,
+                table,
+                new_data,
+                old_data,
+                ..
+            } => (
+                mapping.table_of(&schema, &table),
+                Op::Update,
+                Some(new_data),
+                old_data,
+            ),
+            EventType::Delete {
+                schema,
+                table,
+                old_data,
+                ..
+            } => (
+                mapping.table_of(&schema, &table),
+                Op::Delete,
+                None,
+                Some(old_data),
+            ),
+            EventType::Truncate { tables, .. } => {
+                for t in tables {
+                    let Some(tm) = mapping.table(&t) else {
+                        continue;
+                    };
+                    if skip_before
+                        .get(tm.table.as_str())
+                        .is_some_and(|l| txn.commit_lsn < *l)
+                    {
+                        continue;
+                    }
+                    let e = Event {
+                        event_id: events::change_event_id(txn.commit_lsn, lsn, &tm.table),
+                        entity: tm.entity,
+                        op: Op::Truncate,
+                        key: "*".into(),
+                        source: source(txn, lsn, &tm.table),
+                        actor: None,
+                        quality: vec![],
+                        after: None,
+                    };
+                    publisher.send_to_all_partitions(&e).await?;
+                }
+                return Ok(());
+            }
+            _ => return Ok(()),
+        };
+        let Some(tm) = tm else {
+            return Ok(()); // not a mapped table
+        };
+        if skip_before
+            .get(tm.table.as_str())
+            .is_some_and(|l| txn.commit_lsn < *l)
+        {
+            return Ok(()); // already in the resumed snapshot of this table
+        }
+        let dead = |reason: String, kind: &'static str| DeadLetter {
+            reason,
+            kind,
+            table: tm.table.clone(),
+            entity: Some(tm.entity.name),
+            op: op.symbol(),
+            lsn: lsn::format(lsn),
+            commit_lsn: lsn::format(txn.commit_lsn),
+            txid: txn.xid,
+            commit_time_micros: txn.commit_time_micros,
+            capture: publisher.slot().to_string(),
+        };
+        let event_id = events::change_event_id(txn.commit_lsn, lsn, &tm.table);
+        match (new, old) {
+            (Some(row), _) => match tm.map_row(&WalRow(&row), dp) {
+                Ok(m) => {
+                    let e = Event {
+                        event_id,
+                        entity: tm.entity,
+                        op,
+                        key: m.key,
+                        source: source(txn, lsn, &tm.table),
+                        actor: m.actor,
+                        quality: m.quality,
+                        after: Some(m.after),
+                    };
+                    publisher.send_event(&e, &m.partition_key).await
+                }
+                Err(u) => publisher.dead_letter(dead(u.0, "unmappable")).await,
+            },
+            (None, Some(old)) => match tm.key_of(&WalRow(&old)) {
+                Ok(key) => {
+                    let pk = tm.partition_key_of_old(&WalRow(&old), &key);
+                    let e = Event {
+                        event_id,
+                        entity: tm.entity,
+                        op,
+                        key,
+                        source: source(txn, lsn, &tm.table),
+                        actor: None,
+                        quality: vec![],
+                        after: None,
+                    };
+                    publisher.send_event(&e, &pk).await
+                }
+                Err(u) => publisher.dead_letter(dead(u.0, "unmappable")).await,
+            },
+            (None, None) => Ok(()),
+        }
+    }
+}
+
+fn source(txn: &Txn, lsn: u64, table: &str) -> Source {
+    Source {
+        lsn,
+        commit_lsn: txn.commit_lsn,
+        txid: txn.xid,
+        commit_time_micros: txn.commit_time_micros,
+        table: table.to_string(),
+        snapshot: false,
+    }
+}
+
+/// START_REPLICATION's refusal because another process took the slot
+/// between our preflight and now reads as the preflight's own error.
+pub(super) fn start_error(slot: &str, e: ReplicationError) -> CaptureError {
+    let text = e.to_string();
+    if text.contains("55006") {
+        let pid = text
+            .split("is active for PID ")
+            .nth(1)
+            .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
+        return CaptureError::SlotActive {
+            slot: slot.to_string(),
+            pid,
+        };
+    }
+    CaptureError::Replication(e)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_slot_taken_between_preflight_and_start_reads_as_slot_active() {
+        let e = ReplicationError::TransientConnection(
+            "[55006] START_REPLICATION did not enter COPY mode: ERROR: replication slot \"s1\" is active for PID 7017 (SQLSTATE 55006)".into(),
+        );
+        match start_error("s1", e) {
+            CaptureError::SlotActive { slot, pid } => {
+                assert_eq!((slot.as_str(), pid), ("s1", 7017))
+            }
+            other => panic!("{other}"),
+        }
+        let other = ReplicationError::TransientConnection("connection reset".into());
+        assert!(matches!(
+            start_error("s1", other),
+            CaptureError::Replication(_)
+        ));
+    }
+}

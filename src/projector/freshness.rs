@@ -1,0 +1,176 @@
+//! Freshness: how old the newest change is that may still be missing from
+//! the showcase, overall and per entity, against the SLA budget (the law's
+//! 10 minutes); and consumer lag per partition.
+//!
+//! Invariants:
+//! - `fresh_as_of` is the oldest of the latest watermarks over the
+//!   partitions of the topics capture publishes: every journal change
+//!   committed up to it is visible. It stops moving when capture stops, and
+//!   moves with heartbeats when the journal is idle.
+//! - A topic whose partitions have not all reported a watermark has no
+//!   freshness: unknown counts as breached.
+
+use std::collections::HashMap;
+
+use super::{ProjectorError, Tp};
+use crate::events::ENTITIES;
+use crate::kafka;
+use crate::observability as obs;
+use crate::pg::PgError;
+
+/// SLA state of a freshness age.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sla {
+    Ok,
+    AtRisk,
+    Breached,
+}
+
+impl Sla {
+    pub fn of(age_s: Option<f64>, at_risk_s: u64, budget_s: u64) -> Sla {
+        match age_s {
+            Some(a) if a < at_risk_s as f64 => Sla::Ok,
+            Some(a) if a < budget_s as f64 => Sla::AtRisk,
+            _ => Sla::Breached,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Sla::Ok => "ok",
+            Sla::AtRisk => "at_risk",
+            Sla::Breached => "breached",
+        }
+    }
+}
+
+/// Recomputes `fresh_as_of` and the SLA state, overall and per entity, in
+/// the showcase and as metrics. A topic whose partitions have not all
+/// reported a watermark yet has no freshness (breached).
+pub async fn update_freshness(
+    client: &tokio_postgres::Client,
+    schema: &str,
+    prefix: &str,
+    partitions_per_topic: i64,
+    p: &crate::config::ProjectorConfig,
+) -> Result<Sla, ProjectorError> {
+    let rows = client
+        .query(
+            &format!(
+                "SELECT topic, count(*), extract(epoch FROM now() - min(commit_time))::float8
+                   FROM {schema}.watermarks GROUP BY topic"
+            ),
+            &[],
+        )
+        .await
+        .map_err(PgError::query("reading watermarks"))?;
+    let by_topic: HashMap<String, Option<f64>> = rows
+        .iter()
+        .map(|r| {
+            let (t, n, age): (String, i64, Option<f64>) = (r.get(0), r.get(1), r.get(2));
+            (t, if n >= partitions_per_topic { age } else { None })
+        })
+        .collect();
+    let mut overall: Option<f64> = Some(0.0);
+    let mut per_entity: Vec<(&str, Option<f64>, Sla)> = Vec::new();
+    for e in ENTITIES {
+        let age = by_topic
+            .get(&kafka::topic(prefix, e.name))
+            .copied()
+            .flatten();
+        overall = match (overall, age) {
+            (Some(o), Some(a)) => Some(o.max(a)),
+            _ => None,
+        };
+        per_entity.push((e.name, age, Sla::of(age, p.at_risk_s, p.sla_budget_s)));
+    }
+    let sla = Sla::of(overall, p.at_risk_s, p.sla_budget_s);
+    client
+        .execute(
+            &format!(
+                "INSERT INTO {schema}.status (id, fresh_as_of, sla_state) VALUES (1, now() - make_interval(secs => $1), $2)
+                 ON CONFLICT (id) DO UPDATE SET fresh_as_of = EXCLUDED.fresh_as_of, sla_state = EXCLUDED.sla_state, updated_at = now()"
+            ),
+            &[&overall, &sla.as_str()],
+        )
+        .await
+        .map_err(PgError::query("updating the showcase status"))?;
+    let names: Vec<&str> = per_entity.iter().map(|x| x.0).collect();
+    let ages: Vec<Option<f64>> = per_entity.iter().map(|x| x.1).collect();
+    let states: Vec<&str> = per_entity.iter().map(|x| x.2.as_str()).collect();
+    client
+        .execute(
+            &format!(
+                "INSERT INTO {schema}.entity_freshness (entity, fresh_as_of, sla_state)
+                 SELECT e, now() - make_interval(secs => a), s FROM unnest($1::text[], $2::float8[], $3::text[]) AS x(e, a, s)
+                 ON CONFLICT (entity) DO UPDATE SET fresh_as_of = EXCLUDED.fresh_as_of, sla_state = EXCLUDED.sla_state, updated_at = now()"
+            ),
+            &[&names, &ages, &states],
+        )
+        .await
+        .map_err(PgError::query("updating the per-entity freshness"))?;
+    if let Some(a) = overall {
+        metrics::gauge!(obs::SHOWCASE_FRESHNESS).set(a);
+    }
+    for (name, age, _) in &per_entity {
+        if let Some(a) = age {
+            metrics::gauge!(obs::SHOWCASE_ENTITY_FRESHNESS, "entity" => *name).set(*a);
+        }
+    }
+    for s in [Sla::Ok, Sla::AtRisk, Sla::Breached] {
+        metrics::gauge!(obs::SHOWCASE_SLA_STATE, "state" => s.as_str()).set(if s == sla {
+            1.0
+        } else {
+            0.0
+        });
+    }
+    Ok(sla)
+}
+
+/// Publishes consumer lag per partition (messages and seconds); returns
+/// the total in messages.
+pub(super) fn report_lag(
+    applied: &HashMap<Tp, i64>,
+    last_time: &HashMap<Tp, i64>,
+    ends: &HashMap<Tp, i64>,
+) -> i64 {
+    let now = chrono::Utc::now().timestamp_micros();
+    let mut total = 0;
+    for (tp, end) in ends {
+        let at = applied.get(tp).copied().unwrap_or(0);
+        let behind = (end - at).max(0);
+        total += behind;
+        // Seconds: how old the last applied record is while more wait; 0
+        // when caught up.
+        let secs = if behind == 0 {
+            0.0
+        } else {
+            last_time
+                .get(tp)
+                .map(|t| (now - t).max(0) as f64 / 1e6)
+                .unwrap_or(0.0)
+        };
+        let labels = [("topic", tp.0.clone()), ("partition", tp.1.to_string())];
+        metrics::gauge!(obs::PROJECTOR_LAG_MESSAGES, &labels).set(behind as f64);
+        metrics::gauge!(obs::PROJECTOR_LAG_SECONDS, &labels).set(secs);
+    }
+    total
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sla_state_follows_the_thresholds() {
+        assert_eq!(Sla::of(Some(10.0), 300, 600), Sla::Ok);
+        assert_eq!(Sla::of(Some(300.0), 300, 600), Sla::AtRisk);
+        assert_eq!(Sla::of(Some(599.9), 300, 600), Sla::AtRisk);
+        assert_eq!(Sla::of(Some(600.0), 300, 600), Sla::Breached);
+        assert_eq!(
+            Sla::of(None, 300, 600),
+            Sla::Breached,
+            "unknown freshness is no freshness"
+        );
+    }
+}
