@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use crate::config::{Config, DatabaseConfig, Secret};
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum ConnectionError {
     #[error("{section} database has no host and the local stack's PostgreSQL is not running\nhint: run `vitrina up`, or set {section}.host (and port, user, password) for an external server")]
     NoLocalPostgres { section: &'static str },
@@ -169,15 +169,16 @@ impl KafkaEndpoint {
 /// The three services, resolved from configuration and the local stack.
 #[derive(Debug, Clone)]
 pub struct Connections {
-    pub journal: PgEndpoint,
-    pub showcase: PgEndpoint,
+    journal: Result<PgEndpoint, ConnectionError>,
+    showcase: Result<PgEndpoint, ConnectionError>,
     kafka: Option<KafkaEndpoint>,
 }
 
 impl Connections {
-    /// External services from `cfg`, the rest from `local`. Kafka may be
-    /// missing here; [`Connections::kafka`] says so to those who need it.
-    pub fn resolve(cfg: &Config, local: &LocalServices) -> Result<Connections, ConnectionError> {
+    /// External services from `cfg`, the rest from `local`. A service that
+    /// is neither configured nor running locally is reported by its
+    /// accessor, to the commands that need it (capture needs no showcase).
+    pub fn resolve(cfg: &Config, local: &LocalServices) -> Connections {
         let kafka = cfg
             .kafka
             .brokers
@@ -187,11 +188,21 @@ impl Connections {
                 brokers,
                 session_timeout_ms: cfg.kafka.session_timeout_ms,
             });
-        Ok(Connections {
-            journal: PgEndpoint::resolve("journal", &cfg.journal, local)?,
-            showcase: PgEndpoint::resolve("showcase", &cfg.showcase, local)?,
+        Connections {
+            journal: PgEndpoint::resolve("journal", &cfg.journal, local),
+            showcase: PgEndpoint::resolve("showcase", &cfg.showcase, local),
             kafka,
-        })
+        }
+    }
+
+    /// The journal database, or an error that says how to provide it.
+    pub fn journal(&self) -> Result<&PgEndpoint, ConnectionError> {
+        self.journal.as_ref().map_err(Clone::clone)
+    }
+
+    /// The showcase database, or an error that says how to provide it.
+    pub fn showcase(&self) -> Result<&PgEndpoint, ConnectionError> {
+        self.showcase.as_ref().map_err(Clone::clone)
     }
 
     /// Kafka, or an error that says how to provide it.
@@ -230,30 +241,29 @@ mod tests {
         cfg.showcase.host = Some("showcase.example".into());
         cfg.showcase.user = "projector".into();
         cfg.showcase.password = Some(Secret::new("s3cret/with:specials"));
-        let c = Connections::resolve(&cfg, &local()).unwrap();
-        assert_eq!(
-            (c.journal.host.as_str(), c.journal.port),
-            ("127.0.0.1", 5999)
-        );
-        assert!(c.journal.local && !c.showcase.local);
-        assert_eq!(c.showcase.user, "projector");
-        assert_eq!(c.showcase.port, 5432);
+        let c = Connections::resolve(&cfg, &local());
+        let (j, s) = (c.journal().unwrap(), c.showcase().unwrap());
+        assert_eq!((j.host.as_str(), j.port), ("127.0.0.1", 5999));
+        assert!(j.local && !s.local);
+        assert_eq!(s.user, "projector");
+        assert_eq!(s.port, 5432);
         assert!(!format!("{c:?}").contains("s3cret"));
-        assert!(!c.showcase.url().contains("s3cret"));
-        assert!(c
-            .showcase
+        assert!(!s.url().contains("s3cret"));
+        assert!(s
             .replication_url("x")
             .contains("projector:s3cret%2Fwith%3Aspecials@"));
     }
 
     #[test]
     fn a_local_section_without_a_running_stack_says_how_to_start_it() {
-        let e = Connections::resolve(&Config::default(), &LocalServices::default()).unwrap_err();
+        let c = Connections::resolve(&Config::default(), &LocalServices::default());
+        let e = c.journal().unwrap_err();
         assert!(e.to_string().contains("vitrina up"), "{e}");
         let mut cfg = Config::default();
         cfg.journal.host = Some("j".into());
-        cfg.showcase.host = Some("s".into());
-        let c = Connections::resolve(&cfg, &LocalServices::default()).unwrap();
+        let c = Connections::resolve(&cfg, &LocalServices::default());
+        assert!(c.journal().is_ok(), "capture needs no showcase");
+        assert!(c.showcase().is_err());
         assert!(c.kafka().is_err());
     }
 }

@@ -142,7 +142,7 @@ pub async fn run(
     students_per_school: u32,
     duration_s: u64,
 ) -> Result<(), DemoError> {
-    let client = pg::connect(&conns.journal.config()).await?;
+    let client = pg::connect(&conns.journal()?.config()).await?;
     let students: i64 = client
         .query_one("SELECT count(*) FROM journal.students", &[])
         .await?
@@ -152,14 +152,14 @@ pub async fn run(
         cfg.region.students_per_school = students_per_school;
         cfg.validate()
             .map_err(|e| DemoError::Failed(e.to_string()))?;
-        generate(&cfg, &conns.journal, false, false, false).await?;
+        generate(&cfg, conns.journal()?, false, false, false).await?;
     } else {
         println!("journal already holds {students} students; keeping them");
     }
     let kafka = conns.kafka()?;
 
     // Capture: initial load (first run), then streaming.
-    let capture = Capture::new(&cfg, &conns.journal, kafka);
+    let capture = Capture::new(&cfg, conns.journal()?, kafka);
     crate::http::serve(&cfg.capture.metrics_listen, capture.health())
         .await
         .map_err(DemoError::Failed)?;
@@ -191,7 +191,7 @@ pub async fn run(
     );
 
     // The projector: the event log into the showcase database.
-    let sc = &conns.showcase;
+    let sc = conns.showcase()?;
     if sc.local {
         pg::ensure_database(&sc.with_database("postgres").config(), &sc.database).await?;
     }
@@ -215,7 +215,7 @@ pub async fn run(
     if cfg.workload.mass_enrolment == 0 {
         cfg.workload.mass_enrolment = 300;
     }
-    workload(&cfg, &conns.journal, false, false).await?;
+    workload(&cfg, conns.journal()?, false, false).await?;
     let workload_end = chrono::Utc::now();
     let end: String = client
         .query_one(
@@ -266,7 +266,7 @@ pub async fn run(
     projector.await.map_err(join)??;
     println!(
         "\njournal: {}\nshowcase: {}\nkafka: {}\nthe stack keeps running; `vitrina status` shows it, `vitrina capture` and `vitrina project` resume, `vitrina down` stops it",
-        conns.journal.url(),
+        conns.journal()?.url(),
         sc.url(),
         kafka.brokers
     );

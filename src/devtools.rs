@@ -66,15 +66,15 @@ mod tests {
             postgres: Some(("127.0.0.1".into(), 5999, "vitrina".into())),
             kafka: None,
         };
-        let c = Connections::resolve(&cfg, &local).unwrap();
-        let e = check_target("generate", &c.journal, None).unwrap_err();
+        let c = Connections::resolve(&cfg, &local);
+        let e = check_target("generate", c.journal().unwrap(), None).unwrap_err();
         let text = e.to_string();
         assert!(text.contains("journal.region.example:5432"), "{text}");
         assert!(text.contains("--allow-database journal"), "{text}");
-        assert!(check_target("generate", &c.journal, Some("other")).is_err());
-        assert!(check_target("generate", &c.journal, Some("journal")).is_ok());
+        assert!(check_target("generate", c.journal().unwrap(), Some("other")).is_err());
+        assert!(check_target("generate", c.journal().unwrap(), Some("journal")).is_ok());
         let local_cfg = Config::default();
-        let c = Connections::resolve(&local_cfg, &local).unwrap();
-        assert!(check_target("workload", &c.journal, None).is_ok());
+        let c = Connections::resolve(&local_cfg, &local);
+        assert!(check_target("workload", c.journal().unwrap(), None).is_ok());
     }
 }

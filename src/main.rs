@@ -235,7 +235,7 @@ impl Ctx {
     /// act on the journal they name.
     fn dev_connections(&self, tool: &'static str, cfg: &Config) -> Result<Connections> {
         let conns = Stack::new(cfg)?.connections()?;
-        devtools::check_target(tool, &conns.journal, self.allow_database.as_deref())?;
+        devtools::check_target(tool, conns.journal()?, self.allow_database.as_deref())?;
         Ok(conns)
     }
 }
@@ -291,7 +291,7 @@ async fn run(command: Command, mut cfg: Config, ctx: Ctx) -> Result<()> {
         }
         Command::Migrate => {
             let conns = ctx.dev_connections("migrate", &cfg)?;
-            let applied = vitrina::demo::migrate(&conns.journal).await?;
+            let applied = vitrina::demo::migrate(conns.journal()?).await?;
             if applied.is_empty() {
                 println!("journal schema is up to date");
             } else {
@@ -316,7 +316,7 @@ async fn run(command: Command, mut cfg: Config, ctx: Ctx) -> Result<()> {
             cfg.validate()?;
             let conns = ctx.dev_connections("generate", &cfg)?;
             let tty = !json && console_is_tty();
-            vitrina::demo::generate(&cfg, &conns.journal, replace, json, tty).await?;
+            vitrina::demo::generate(&cfg, conns.journal()?, replace, json, tty).await?;
         }
         Command::Workload {
             rate,
@@ -333,11 +333,11 @@ async fn run(command: Command, mut cfg: Config, ctx: Ctx) -> Result<()> {
             cfg.validate()?;
             let conns = ctx.dev_connections("workload", &cfg)?;
             let tty = !json && console_is_tty();
-            vitrina::demo::workload(&cfg, &conns.journal, json, tty).await?;
+            vitrina::demo::workload(&cfg, conns.journal()?, json, tty).await?;
         }
         Command::Capture => {
             let conns = Stack::new(&cfg)?.connections()?;
-            let capture = vitrina::capture::Capture::new(&cfg, &conns.journal, conns.kafka()?);
+            let capture = vitrina::capture::Capture::new(&cfg, conns.journal()?, conns.kafka()?);
             vitrina::http::serve(&cfg.capture.metrics_listen, capture.health())
                 .await
                 .map_err(anyhow::Error::msg)?;
@@ -405,7 +405,7 @@ async fn run(command: Command, mut cfg: Config, ctx: Ctx) -> Result<()> {
         }
         Command::Project => {
             let conns = Stack::new(&cfg)?.connections()?;
-            let sc = &conns.showcase;
+            let sc = conns.showcase()?;
             if sc.local {
                 pg::ensure_database(&sc.with_database("postgres").config(), &sc.database).await?;
             }
@@ -426,7 +426,7 @@ async fn run(command: Command, mut cfg: Config, ctx: Ctx) -> Result<()> {
         }
         Command::Quality { json } => {
             let conns = Stack::new(&cfg)?.connections()?;
-            let c = pg::connect(&conns.showcase.config()).await?;
+            let c = pg::connect(&conns.showcase()?.config()).await?;
             vitrina::showcase::migrate(&c, vitrina::showcase::SCHEMA).await?;
             let r = vitrina::showcase::quality::run(
                 &c,
@@ -474,7 +474,7 @@ async fn run(command: Command, mut cfg: Config, ctx: Ctx) -> Result<()> {
             };
             let r = vitrina::projector::replay::run(
                 &cfg,
-                &conns.showcase,
+                conns.showcase()?,
                 conns.kafka()?,
                 &opts,
                 shutdown_on_signal(),
@@ -504,7 +504,7 @@ async fn run(command: Command, mut cfg: Config, ctx: Ctx) -> Result<()> {
             let st = tokio::task::spawn_blocking(move || stack.up()).await??;
             print!("{}", render_services(&st));
             let conns = ctx.dev_connections("demo", &cfg)?;
-            vitrina::demo::migrate(&conns.journal).await?;
+            vitrina::demo::migrate(conns.journal()?).await?;
             vitrina::demo::run(cfg, &conns, schools, students_per_school, duration).await?;
         }
     }

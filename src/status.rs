@@ -55,7 +55,7 @@ pub struct EntityStatus {
 pub async fn pipeline(cfg: &Config, conns: &Connections) -> Pipeline {
     let mut out = Pipeline::default();
     let c = &cfg.capture;
-    match crate::pg::connect(&conns.journal.config()).await {
+    match connect(conns.journal()).await {
         Ok(j) => {
             let r = j
                 .query_opt(
@@ -106,7 +106,7 @@ pub async fn pipeline(cfg: &Config, conns: &Connections) -> Pipeline {
             .sum()
     });
 
-    match crate::pg::connect(&conns.showcase.config()).await {
+    match connect(conns.showcase()).await {
         Ok(s) => match showcase(&s, cfg, ends.as_ref()).await {
             Ok(v) => out.showcase = Some(v),
             Err(e) => out.problems.push(format!(
@@ -272,4 +272,13 @@ pub fn render(p: &Pipeline, budget_s: u64) -> String {
         o.push_str(&format!("! {pr}\n"));
     }
     o
+}
+
+async fn connect(
+    ep: Result<&crate::connections::PgEndpoint, crate::connections::ConnectionError>,
+) -> Result<tokio_postgres::Client, String> {
+    let ep = ep.map_err(|e| e.to_string())?;
+    crate::pg::connect(&ep.config())
+        .await
+        .map_err(|e| e.to_string())
 }

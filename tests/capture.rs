@@ -484,67 +484,14 @@ async fn a_role_without_replication_is_refused_with_a_hint() {
     );
 }
 
-/// A PostgreSQL cluster of this test's own (under the temp dir), with
-/// `settings` appended to its configuration; stopped and removed on drop.
-struct OwnCluster {
-    pg: vitrina::stack::postgres::LocalPostgres,
-    root: std::path::PathBuf,
-    port: u16,
-}
-
-impl OwnCluster {
-    fn start(tag: &str, settings: &str) -> OwnCluster {
-        let root = std::env::temp_dir().join(format!("vitrina-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&root);
-        let pg = vitrina::stack::postgres::LocalPostgres::new(
-            &vitrina::config::StackConfig::default(),
-            root.clone(),
-        )
-        .unwrap();
-        pg.init().unwrap();
-        let conf = pg.data_dir().join("postgresql.conf");
-        let mut text = std::fs::read_to_string(&conf).unwrap();
-        text.push_str(settings);
-        std::fs::write(&conf, text).unwrap();
-        let port = pg.start(common::free_port()).unwrap();
-        OwnCluster { pg, root, port }
-    }
-
-    fn config(&self) -> tokio_postgres::Config {
-        let mut c = tokio_postgres::Config::new();
-        c.host("127.0.0.1")
-            .port(self.port)
-            .user(vitrina::stack::postgres::SUPERUSER)
-            .dbname("postgres");
-        c
-    }
-
-    /// `vitrina capture` against this cluster's `postgres` database, to its exit.
-    fn capture_to_exit(&self, slot: &str) -> (Option<i32>, String) {
-        run_capture_to_exit_with(
-            "postgres",
-            slot,
-            &[
-                ("VITRINA_JOURNAL__HOST", "127.0.0.1"),
-                ("VITRINA_JOURNAL__PORT", &self.port.to_string()),
-            ],
-        )
-    }
-}
-
-impl Drop for OwnCluster {
-    fn drop(&mut self) {
-        let _ = self.pg.stop();
-        let _ = std::fs::remove_dir_all(&self.root);
-    }
-}
-
 /// `wal_level = replica`: capture refuses before touching Kafka, saying
 /// which setting to change.
 #[test]
 fn wal_level_other_than_logical_is_refused_with_a_hint() {
-    let cluster = OwnCluster::start("walreplica", "wal_level = replica\n");
-    let (code, err) = cluster.capture_to_exit("capwal");
+    let cluster = common::OwnCluster::start("walreplica", "wal_level = replica\n");
+    let env = cluster.as_journal();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let (code, err) = run_capture_to_exit_with("postgres", "capwal", &env);
     drop(cluster);
     assert_eq!(code, Some(1), "{err}");
     assert!(
@@ -557,7 +504,7 @@ fn wal_level_other_than_logical_is_refused_with_a_hint() {
 /// so, and how to start again, instead of streaming with a gap.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_invalidated_slot_is_refused_with_a_hint() {
-    let cluster = OwnCluster::start("slotlost", "max_slot_wal_keep_size = '1MB'\n");
+    let cluster = common::OwnCluster::start("slotlost", "max_slot_wal_keep_size = '1MB'\n");
     let mut c = vitrina::pg::connect(&cluster.config()).await.unwrap();
     vitrina::journal::migrate(&mut c).await.unwrap();
     c.batch_execute("SELECT pg_create_logical_replication_slot('caplost', 'pgoutput')")
@@ -583,7 +530,9 @@ async fn an_invalidated_slot_is_refused_with_a_hint() {
         .unwrap()
         .get(0);
     assert_eq!(status, "lost", "the setup must invalidate the slot");
-    let (code, err) = cluster.capture_to_exit("caplost");
+    let env = cluster.as_journal();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let (code, err) = run_capture_to_exit_with("postgres", "caplost", &env);
     drop(c);
     drop(cluster);
     assert_eq!(code, Some(1), "{err}");

@@ -378,3 +378,54 @@ async fn replay_rebuilds_the_showcase_beside_the_live_one_and_swaps_it_in() {
     common::kill(&mut capture, libc::SIGTERM);
     common::kill(&mut projector, libc::SIGTERM);
 }
+
+/// The journal and the showcase on two different PostgreSQL servers, as
+/// a region runs them: capture reads the shared test cluster, the
+/// projector writes a cluster of this test's own, reached as an external
+/// server; the showcase equals the journal after a workload.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn journal_and_showcase_on_two_servers() {
+    let cfg = common::journal_db("t_two").await;
+    let db = common::db_name(&cfg);
+    let spec = common::small_region(53, 1, 30, 0.02);
+    load::load(&cfg, &spec, 2, false, false).await.unwrap();
+    let cluster = common::OwnCluster::start("twoservers", "");
+    let admin = vitrina::pg::connect(&cluster.config()).await.unwrap();
+    admin
+        .batch_execute("CREATE DATABASE showcase")
+        .await
+        .unwrap();
+    let mut showcase = cluster.config();
+    showcase.dbname("showcase");
+    let name = format!("two{}", std::process::id());
+    let mut capture = common::spawn_capture(&db, &name);
+    let port = cluster.port.to_string();
+    let mut projector = common::spawn_vitrina(
+        "project",
+        &db,
+        &name,
+        &format!("{name}-projector"),
+        &[
+            ("VITRINA_SHOWCASE__HOST", "127.0.0.1"),
+            ("VITRINA_SHOWCASE__PORT", port.as_str()),
+            (
+                "VITRINA_SHOWCASE__USER",
+                vitrina::stack::postgres::SUPERUSER,
+            ),
+            ("VITRINA_SHOWCASE__DATABASE", "showcase"),
+            ("VITRINA_PROJECTOR__METRICS_LISTEN", "127.0.0.1:0"),
+        ],
+    );
+    let report = common::spawn_workload(&cfg, 10, 100, 9).await.unwrap();
+    assert_eq!(report.failed_transactions, 0);
+    common::wait_caught_up(&cfg, &name, Duration::from_secs(240)).await;
+    wait_projected(&showcase, &name, Duration::from_secs(240)).await;
+    common::assert_same_state(
+        "showcase on its own server vs journal",
+        &showcase_state(&showcase).await,
+        &under_consent(&cfg, common::journal_state(&cfg).await).await,
+    );
+    common::kill(&mut projector, libc::SIGTERM);
+    common::kill(&mut capture, libc::SIGTERM);
+    drop(admin);
+}

@@ -31,7 +31,9 @@ async fn postgres_has_logical_replication_and_accepts_a_replication_connection()
         .join("psql");
     let conninfo = format!(
         "host={} port={} user={} dbname=postgres replication=database",
-        st.conns.journal.host, st.conns.journal.port, st.conns.journal.user
+        st.conns.journal().unwrap().host,
+        st.conns.journal().unwrap().port,
+        st.conns.journal().unwrap().user
     );
     let slot = format!("t_slot_{}", std::process::id());
     let out = std::process::Command::new(psql)

@@ -30,7 +30,9 @@ pub(super) async fn big_transaction(
     tag: &str,
     knobs: &Knobs,
 ) -> Result<BigTxnFigures, BenchError> {
-    let sql = pg::connect(&conns.journal.config()).await.map_err(fail)?;
+    let sql = pg::connect(&conns.journal().map_err(fail)?.config())
+        .await
+        .map_err(fail)?;
     let slot = format!("{tag}_big");
     let max_ids: (i64, i64) = {
         let r = sql
@@ -95,7 +97,7 @@ pub(super) async fn big_transaction(
         seed: 13,
     };
     let t0 = Instant::now();
-    let report = workload::run(&conns.journal.config(), &w, false)
+    let report = workload::run(&conns.journal().map_err(fail)?.config(), &w, false)
         .await
         .map_err(fail)?;
     let commit_s = t0.elapsed().as_secs_f64();

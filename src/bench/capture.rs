@@ -86,7 +86,9 @@ pub struct Knobs {
 pub async fn capture(cfg: &Config, knobs: &Knobs) -> Result<CaptureBench, BenchError> {
     let stack = Stack::new(cfg).map_err(fail)?;
     let conns = stack.connections().map_err(fail)?;
-    let sql = pg::connect(&conns.journal.config()).await.map_err(fail)?;
+    let sql = pg::connect(&conns.journal().map_err(fail)?.config())
+        .await
+        .map_err(fail)?;
     let tag = format!("bench{}", std::process::id());
     let publication = tag.clone();
 
@@ -131,7 +133,7 @@ pub async fn capture(cfg: &Config, knobs: &Knobs) -> Result<CaptureBench, BenchE
         mass_enrolment: 0,
         seed: 11,
     };
-    let report = workload::run(&conns.journal.config(), &w, false)
+    let report = workload::run(&conns.journal().map_err(fail)?.config(), &w, false)
         .await
         .map_err(fail)?;
     // A marker that ends the range for both readers.
@@ -166,7 +168,7 @@ pub async fn capture(cfg: &Config, knobs: &Knobs) -> Result<CaptureBench, BenchE
     let mut runs = Vec::new();
     for r in 0..knobs.runs {
         let t0 = Instant::now();
-        let j = &conns.journal;
+        let j = conns.journal().map_err(fail)?;
         let mut cmd = tokio::process::Command::new(&bin);
         if let Some(p) = j.password() {
             cmd.env("PGPASSWORD", p.expose());
@@ -279,7 +281,7 @@ pub async fn capture(cfg: &Config, knobs: &Knobs) -> Result<CaptureBench, BenchE
         mass_enrolment: 0,
         seed: 12,
     };
-    let lat_report = workload::run(&conns.journal.config(), &w, false)
+    let lat_report = workload::run(&conns.journal().map_err(fail)?.config(), &w, false)
         .await
         .map_err(fail)?;
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -347,7 +349,7 @@ async fn initial_load(
     let mut rows = 0;
     for r in 0..runs {
         let t0 = Instant::now();
-        let pg_cfg = conns.journal.config();
+        let pg_cfg = conns.journal().map_err(fail)?.config();
         let counts: Vec<Result<u64, BenchError>> = futures::stream::iter(statements.clone())
             .map(|stmt| {
                 let pg_cfg = pg_cfg.clone();
@@ -393,7 +395,9 @@ async fn initial_load(
         let loaded = probe.loaded_rows.load(Ordering::SeqCst);
         cancel.cancel();
         let _ = task.await;
-        let sql = pg::connect(&conns.journal.config()).await.map_err(fail)?;
+        let sql = pg::connect(&conns.journal().map_err(fail)?.config())
+            .await
+            .map_err(fail)?;
         let _ = sql
             .execute("SELECT pg_drop_replication_slot($1)", &[&c.capture.slot])
             .await;

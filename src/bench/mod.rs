@@ -76,7 +76,11 @@ pub(crate) fn spawn_capture(
     conns: &Connections,
     cancel: &CancellationToken,
 ) -> Result<(CaptureTask, Arc<Progress>), BenchError> {
-    let capture = Capture::new(cfg, &conns.journal, conns.kafka().map_err(fail)?);
+    let capture = Capture::new(
+        cfg,
+        conns.journal().map_err(fail)?,
+        conns.kafka().map_err(fail)?,
+    );
     let progress = capture.progress();
     let cancel = cancel.clone();
     Ok((

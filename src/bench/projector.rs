@@ -55,11 +55,13 @@ pub struct ProjectorKnobs {
 /// whole log is replayed into a shadow, several times.
 pub async fn projector(cfg: &Config, knobs: &ProjectorKnobs) -> Result<ProjectorBench, BenchError> {
     let conns = Stack::new(cfg).map_err(fail)?.connections().map_err(fail)?;
-    let sql = pg::connect(&conns.journal.config()).await.map_err(fail)?;
+    let sql = pg::connect(&conns.journal().map_err(fail)?.config())
+        .await
+        .map_err(fail)?;
     let tag = format!("benchp{}", std::process::id());
     let mut c = capture_config(cfg, &tag, &tag, &tag, true, 1000);
     c.showcase.database = tag.clone();
-    let showcase = conns.showcase.with_database(&tag);
+    let showcase = conns.showcase().map_err(fail)?.with_database(&tag);
     pg::ensure_database(&showcase.with_database("postgres").config(), &tag)
         .await
         .map_err(fail)?;
@@ -144,7 +146,7 @@ pub async fn projector(cfg: &Config, knobs: &ProjectorKnobs) -> Result<Projector
                 mass_enrolment: 0,
                 seed: 100 + (i as u64) * 10 + r as u64,
             };
-            let rep = workload::run(&conns.journal.config(), &w, false)
+            let rep = workload::run(&conns.journal().map_err(fail)?.config(), &w, false)
                 .await
                 .map_err(fail)?;
             if let Err(e) = fresh_after(chrono::Utc::now()).await {

@@ -271,21 +271,6 @@ pub async fn run(
     Ok(QualityReport { findings })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn references_name_id_fields_of_contract_entities() {
-        for (entity, field, target) in REFERENCES {
-            let e = crate::events::contract::entity(entity).expect(entity);
-            assert!(e.field(field).is_some(), "{entity}.{field}");
-            let t = crate::events::contract::entity(target).expect(target);
-            assert!(t.field("id").is_some(), "{target} is keyed by id");
-        }
-    }
-}
-
 impl QualityReport {
     /// The report as a table, with the grace that makes a reference
     /// pending rather than violated.
@@ -306,5 +291,20 @@ impl QualityReport {
             pending_grace_s
         ));
         o
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn references_name_id_fields_of_contract_entities() {
+        for (entity, field, target) in REFERENCES {
+            let e = crate::events::contract::entity(entity).expect(entity);
+            assert!(e.field(field).is_some(), "{entity}.{field}");
+            let t = crate::events::contract::entity(target).expect(target);
+            assert!(t.field("id").is_some(), "{target} is keyed by id");
+        }
     }
 }

@@ -58,8 +58,6 @@ pub enum StackError {
         #[source]
         source: std::io::Error,
     },
-    #[error(transparent)]
-    Connections(#[from] crate::connections::ConnectionError),
 }
 
 /// What `up` recorded: enough for any later command to find the services.
@@ -287,7 +285,7 @@ impl Stack {
     /// The connections every command uses: external ones from the
     /// configuration, the rest from the running local stack.
     pub fn connections(&self) -> Result<Connections, StackError> {
-        Ok(Connections::resolve(&self.cfg, &self.local_services())?)
+        Ok(Connections::resolve(&self.cfg, &self.local_services()))
     }
 }
 

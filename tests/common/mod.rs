@@ -25,7 +25,7 @@ impl TestStack {
 
     /// The test cluster's database `db`, as its superuser.
     pub fn pg_config(&self, db: &str) -> tokio_postgres::Config {
-        self.conns.journal.with_database(db).config()
+        self.conns.journal().unwrap().with_database(db).config()
     }
 }
 
@@ -55,7 +55,7 @@ pub fn stack() -> &'static TestStack {
             .up()
             .unwrap_or_else(|e| panic!("starting the test stack: {e}"));
         let conns = stack.connections().expect("connections");
-        let admin = conns.journal.with_database("postgres").config();
+        let admin = conns.journal().unwrap().with_database("postgres").config();
         std::thread::spawn(move || {
             tokio::runtime::Runtime::new()
                 .unwrap()
@@ -534,4 +534,55 @@ pub fn read_all(prefix: &str) -> Vec<(String, i32, Vec<u8>, Vec<u8>)> {
         }
     }
     out
+}
+
+/// A PostgreSQL cluster of this test's own (under the temp dir), with
+/// `settings` appended to its configuration; stopped and removed on drop.
+pub struct OwnCluster {
+    pg: vitrina::stack::postgres::LocalPostgres,
+    root: std::path::PathBuf,
+    pub port: u16,
+}
+
+impl OwnCluster {
+    pub fn start(tag: &str, settings: &str) -> OwnCluster {
+        let root = std::env::temp_dir().join(format!("vitrina-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let pg = vitrina::stack::postgres::LocalPostgres::new(
+            &vitrina::config::StackConfig::default(),
+            root.clone(),
+        )
+        .unwrap();
+        pg.init().unwrap();
+        let conf = pg.data_dir().join("postgresql.conf");
+        let mut text = std::fs::read_to_string(&conf).unwrap();
+        text.push_str(settings);
+        std::fs::write(&conf, text).unwrap();
+        let port = pg.start(free_port()).unwrap();
+        OwnCluster { pg, root, port }
+    }
+
+    pub fn config(&self) -> tokio_postgres::Config {
+        let mut c = tokio_postgres::Config::new();
+        c.host("127.0.0.1")
+            .port(self.port)
+            .user(vitrina::stack::postgres::SUPERUSER)
+            .dbname("postgres");
+        c
+    }
+
+    /// Environment that makes `vitrina` use this cluster as its journal.
+    pub fn as_journal(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("VITRINA_JOURNAL__HOST", "127.0.0.1".into()),
+            ("VITRINA_JOURNAL__PORT", self.port.to_string()),
+        ]
+    }
+}
+
+impl Drop for OwnCluster {
+    fn drop(&mut self) {
+        let _ = self.pg.stop();
+        let _ = std::fs::remove_dir_all(&self.root);
+    }
 }

@@ -1,0 +1,140 @@
+//! Unit tests of `mapping`.
+
+use super::*;
+use crate::privacy::Mode;
+
+fn row(pairs: &[(&str, Option<&str>)]) -> BTreeMap<String, Option<String>> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.map(str::to_string)))
+        .collect()
+}
+
+fn student_row(snils: Option<&str>) -> BTreeMap<String, Option<String>> {
+    row(&[
+        ("id", Some("17")),
+        ("esia_id", Some("1000100123")),
+        ("snils", snils),
+        ("last_name", Some("Иванова")),
+        ("first_name", Some("Мария")),
+        ("middle_name", Some("Петровна")),
+        ("passport_series", None),
+        ("passport_number", None),
+        ("birth_certificate_series", Some("ІУ-МЮ")),
+        ("birth_certificate_number", Some("123456")),
+        ("identity_document_kind", Some("birth_certificate")),
+        ("sex", Some("F")),
+        ("birth_date", Some("2015-03-04")),
+        ("citizenship", Some("RUS")),
+        ("regional_account_id", Some("S-69-00000017")),
+        ("movement_first_member", Some("t")),
+        ("health_group", Some("2")),
+        ("updated_by", Some("op:secretary")),
+    ])
+}
+
+#[test]
+fn reference_mapping_covers_every_journal_table_and_parses() {
+    let m = Mapping::reference();
+    assert_eq!(m.tables.len(), 14);
+    assert!(m.table("journal.grades").is_some());
+}
+
+#[test]
+fn student_row_is_depersonalized() {
+    let m = Mapping::reference();
+    let t = m.table("journal.students").unwrap();
+    let dp = Depersonalizer::new(Mode::Plain);
+    let out = t
+        .map_row(&student_row(Some("112-233-445 95")), &dp)
+        .unwrap();
+    assert_eq!(out.key, "17");
+    assert_eq!(out.partition_key, "17");
+    let text = format!("{out:?}");
+    for secret in [
+        "Иванова",
+        "Мария",
+        "Петровна",
+        "112-233-445",
+        "11223344595",
+        "123456",
+    ] {
+        assert!(!text.contains(secret), "{secret} leaked: {text}");
+    }
+    let snils_hash = &out.after[t
+        .entity
+        .fields
+        .iter()
+        .position(|f| f.name == "snils_hash")
+        .unwrap()];
+    assert_eq!(snils_hash, &Val::Str(dp.digest("11223344595")));
+    assert!(out.quality.is_empty(), "{:?}", out.quality);
+}
+
+#[test]
+fn invalid_snils_is_flagged_not_hashed_and_the_row_still_maps() {
+    let m = Mapping::reference();
+    let t = m.table("journal.students").unwrap();
+    let dp = Depersonalizer::new(Mode::Plain);
+    let out = t
+        .map_row(&student_row(Some("112-233-445 96")), &dp)
+        .unwrap();
+    assert_eq!(out.quality, vec!["snils_invalid".to_string()]);
+    let i = t
+        .entity
+        .fields
+        .iter()
+        .position(|f| f.name == "snils_hash")
+        .unwrap();
+    assert_eq!(out.after[i], Val::Null);
+}
+
+#[test]
+fn a_missing_mapped_column_is_unmappable_and_names_it() {
+    let m = Mapping::reference();
+    let t = m.table("journal.students").unwrap();
+    let dp = Depersonalizer::new(Mode::Plain);
+    let mut r = student_row(None);
+    r.remove("sex");
+    let err = t.map_row(&r, &dp).unwrap_err();
+    assert!(
+        err.0.contains("`sex`") && err.0.contains("journal.students"),
+        "{err}"
+    );
+}
+
+#[test]
+fn values_parse_from_pgoutput_text() {
+    assert_eq!(parse_val(Ty::Date, "1970-01-02").unwrap(), Val::Date(1));
+    assert_eq!(
+        parse_val(Ty::Timestamp, "1970-01-01 03:00:01+03").unwrap(),
+        Val::Timestamp(1_000_000)
+    );
+    assert_eq!(
+        parse_val(Ty::Timestamp, "1970-01-01 00:00:00.5+00").unwrap(),
+        Val::Timestamp(500_000)
+    );
+    assert_eq!(
+        parse_val(Ty::Time, "08:30:00").unwrap(),
+        Val::Time(30_600_000_000)
+    );
+    assert_eq!(parse_val(Ty::Double, "1.5").unwrap(), Val::Double(1.5));
+    assert_eq!(parse_val(Ty::Bool, "f").unwrap(), Val::Bool(false));
+    let err = parse_val(Ty::Long, "12345-secret").unwrap_err();
+    assert!(
+        !err.contains("12345-secret"),
+        "values stay out of reasons: {err}"
+    );
+}
+
+#[test]
+fn mapping_errors_name_the_problem() {
+    let e = Mapping::parse(
+        "[[table]]\ntable = \"journal.x\"\nentity = \"nope\"\nkey = [\"id\"]\n",
+        "t",
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("unknown entity `nope`"), "{e}");
+    let e = Mapping::parse("[[table]]\ntable = \"journal.x\"\nentity = \"grade\"\nkey = [\"id\"]\nfields.nope = \"x\"\n", "t").unwrap_err();
+    assert!(e.to_string().contains("no field `nope`"), "{e}");
+}

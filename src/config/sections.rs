@@ -1,0 +1,287 @@
+//! The configuration's sections, each with its documented keys and
+//! defaults. Constraints between keys are checked in [`super::Config::validate`].
+
+use std::path::PathBuf;
+
+use chrono::NaiveDate;
+use serde::{Deserialize, Serialize};
+
+use super::Secret;
+
+/// The projector: event topics → the showcase database.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProjectorConfig {
+    /// Prometheus exporter address (`/metrics`, `/healthz`, `/readyz`).
+    pub metrics_listen: String,
+    /// Exporter address of `vitrina replay` while it runs.
+    pub replay_metrics_listen: String,
+    /// Freshness budget: a change must be visible this many seconds after
+    /// its journal commit (the law's 10 minutes).
+    pub sla_budget_s: u64,
+    /// Freshness above this is "at risk": the projector switches to
+    /// catch-up mode and alerts warn before the budget is spent.
+    pub at_risk_s: u64,
+    /// Events per apply transaction in normal operation.
+    pub batch_size: usize,
+    /// Longest wait to fill a batch, in milliseconds.
+    pub batch_wait_ms: u64,
+    /// Events per apply transaction in catch-up mode (SLA at risk or
+    /// breached, or far behind the log).
+    pub catch_up_batch_size: usize,
+    /// Apply transactions run in parallel, each with its own topics and
+    /// their offsets (1: one transaction per batch; 2: grades apart from
+    /// the rest).
+    pub apply_connections: usize,
+    /// Seconds between quality-check rounds in the running projector.
+    pub quality_interval_s: u64,
+    /// A reference to a row not in the showcase is "pending" this long
+    /// (it may arrive late on another topic), then a violation.
+    pub pending_grace_s: u64,
+}
+
+impl Default for ProjectorConfig {
+    fn default() -> Self {
+        ProjectorConfig {
+            metrics_listen: "127.0.0.1:9465".into(),
+            replay_metrics_listen: "127.0.0.1:9466".into(),
+            sla_budget_s: 600,
+            at_risk_s: 300,
+            batch_size: 5000,
+            batch_wait_ms: 100,
+            catch_up_batch_size: 50_000,
+            apply_connections: 2,
+            quality_interval_s: 60,
+            pending_grace_s: 600,
+        }
+    }
+}
+
+/// How identifiers are depersonalized.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Hashing {
+    /// Unsalted Streebog-512, matchable across systems.
+    Plain,
+    /// HMAC-Streebog-512 with `capture.hmac_key`.
+    Keyed,
+}
+
+/// Capture: journal WAL → domain events on Kafka.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CaptureConfig {
+    /// Logical replication slot (created when absent).
+    pub slot: String,
+    /// Publication over the mapped tables (created when absent).
+    pub publication: String,
+    /// Topics are `<topic_prefix>.<entity>.v1`; dead letters go to `<topic_prefix>.deadletter.v1`.
+    pub topic_prefix: String,
+    /// Partitions of each topic created at start.
+    pub partitions: i32,
+    /// Replication factor of topics created at start (3 on a production
+    /// Kafka cluster; 1 on the local single broker).
+    pub replication_factor: i32,
+    /// Interval of heartbeats (a logical message through the slot) and the
+    /// watermarks sent to every partition after each one.
+    pub heartbeat_interval_ms: u64,
+    /// Mapping file; unset: the reference journal's `config/mapping.toml`.
+    pub mapping_file: Option<PathBuf>,
+    pub hashing: Hashing,
+    /// Regional secret for `hashing = "keyed"`.
+    pub hmac_key: Option<Secret>,
+    /// Prometheus exporter address (`/metrics`).
+    pub metrics_listen: String,
+    /// Events produced but not yet acknowledged, at most (backpressure).
+    pub max_in_flight: usize,
+    /// Take an initial snapshot when the slot is created.
+    pub snapshot: bool,
+    /// Full academic years of history before the current one in the initial load.
+    pub history_years: u32,
+    /// Parallel table copies during the initial load.
+    pub snapshot_connections: u32,
+    /// librdkafka `linger.ms`.
+    pub linger_ms: u32,
+    /// librdkafka `compression.type`.
+    pub compression: String,
+}
+
+impl Default for CaptureConfig {
+    fn default() -> Self {
+        CaptureConfig {
+            slot: "vitrina".into(),
+            publication: "vitrina".into(),
+            topic_prefix: "vitrina".into(),
+            partitions: 3,
+            replication_factor: 1,
+            heartbeat_interval_ms: 5000,
+            mapping_file: None,
+            hashing: Hashing::Plain,
+            hmac_key: None,
+            metrics_listen: "127.0.0.1:9464".into(),
+            max_in_flight: 50_000,
+            snapshot: true,
+            history_years: 3,
+            snapshot_connections: 2,
+            linger_ms: 5,
+            compression: "lz4".into(),
+        }
+    }
+}
+
+/// One PostgreSQL database: the journal or the showcase. Without `host`,
+/// the local stack's cluster is used (as its superuser).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseConfig {
+    /// Host of an external PostgreSQL; unset means "the local stack's".
+    pub host: Option<String>,
+    pub port: Option<u16>,
+    pub user: String,
+    pub password: Option<Secret>,
+    pub database: String,
+    /// Connect timeout in seconds.
+    pub connect_timeout_s: u64,
+}
+
+impl DatabaseConfig {
+    pub fn named(database: &str) -> DatabaseConfig {
+        DatabaseConfig {
+            host: None,
+            port: None,
+            user: "vitrina".into(),
+            password: None,
+            database: database.into(),
+            connect_timeout_s: 10,
+        }
+    }
+
+    /// True when the local stack provides this database.
+    pub fn is_local(&self) -> bool {
+        self.host.is_none()
+    }
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        DatabaseConfig::named("journal")
+    }
+}
+
+/// The Kafka cluster. Without `brokers`, the local stack's broker is used.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaConfig {
+    /// `host:port,host:port`; unset means "the local stack's".
+    pub brokers: Option<String>,
+    /// librdkafka `session.timeout.ms` for consumer groups. tansu joins a
+    /// group in about 3 s with 6000 ms and about 23 s with the default.
+    pub session_timeout_ms: u32,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        KafkaConfig {
+            brokers: None,
+            session_timeout_ms: 6000,
+        }
+    }
+}
+
+/// How the local stack is started.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StackConfig {
+    /// Directory with `initdb`, `pg_ctl`, `postgres`; unset: the newest
+    /// `/usr/lib/postgresql/*/bin`, else `pg_config --bindir`, else `PATH`.
+    pub pg_bin_dir: Option<PathBuf>,
+    /// OS user that runs the PostgreSQL server when vitrina runs as root
+    /// (PostgreSQL refuses to run as root).
+    pub pg_os_user: String,
+    /// Fixed port for the local PostgreSQL; 0 picks a free one.
+    pub pg_port: u16,
+    /// `max_slot_wal_keep_size` of the local cluster, in MB (-1: unlimited).
+    pub pg_max_slot_wal_keep_size_mb: i64,
+    /// The tansu binary (name on PATH or a path).
+    pub tansu_bin: PathBuf,
+    /// Fixed port for the local broker; 0 picks a free one.
+    pub kafka_port: u16,
+    /// Seconds to wait for each service to become ready.
+    pub ready_timeout_s: u64,
+}
+
+impl Default for StackConfig {
+    fn default() -> Self {
+        StackConfig {
+            pg_bin_dir: None,
+            pg_os_user: "postgres".into(),
+            pg_port: 0,
+            pg_max_slot_wal_keep_size_mb: 10_240,
+            tansu_bin: PathBuf::from("tansu"),
+            kafka_port: 0,
+            ready_timeout_s: 60,
+        }
+    }
+}
+
+/// The synthetic region (`vitrina generate`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RegionConfig {
+    /// Same seed, same knobs, same `as_of`: the same region, row for row.
+    pub seed: u64,
+    pub schools: u32,
+    pub students_per_school: u32,
+    /// Full academic years of history before the current one.
+    pub history_years: u32,
+    /// The day the region is generated "as of" (its current academic year
+    /// runs up to here). Unset: today. Set it for reproducible regions.
+    pub as_of: Option<NaiveDate>,
+    /// Share (0..=0.2) of people whose SNILS or documents are deliberately
+    /// invalid, to exercise the bad-input paths.
+    pub invalid_identifier_share: f64,
+    /// Parallel COPY connections used by the loader.
+    pub load_connections: u32,
+}
+
+impl Default for RegionConfig {
+    fn default() -> Self {
+        RegionConfig {
+            seed: 42,
+            schools: 20,
+            students_per_school: 500,
+            history_years: 3,
+            as_of: None,
+            invalid_identifier_share: 0.01,
+            load_connections: 2,
+        }
+    }
+}
+
+/// The live workload (`vitrina workload`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WorkloadConfig {
+    /// Target row changes per second (inserts + updates + deletes).
+    pub rate: u32,
+    /// Seconds to run.
+    pub duration_s: u64,
+    /// Concurrent database sessions (teachers typing at once).
+    pub sessions: u32,
+    /// Students enrolled by the September mass-enrolment transaction at the
+    /// start of the run (0: none).
+    pub mass_enrolment: u32,
+    pub seed: u64,
+}
+
+impl Default for WorkloadConfig {
+    fn default() -> Self {
+        WorkloadConfig {
+            rate: 500,
+            duration_s: 60,
+            sessions: 8,
+            mass_enrolment: 0,
+            seed: 7,
+        }
+    }
+}
