@@ -48,6 +48,15 @@ impl Loader<'_> {
             .join(format!("{}.json", self.cfg.capture.slot))
     }
 
+    fn table_load<'p>(&'p self, state_path: &'p std::path::Path) -> snapshot::TableLoad<'p> {
+        snapshot::TableLoad {
+            cfg: self.cfg,
+            journal: self.journal,
+            dp: self.dp,
+            state_path,
+        }
+    }
+
     /// Runs the load the slot's state calls for; returns, per table, the
     /// LSN before which its streamed changes are already loaded.
     pub async fn run(
@@ -79,18 +88,11 @@ impl Loader<'_> {
                     ))?
                     .to_string();
                 let tables: Vec<&TableMapping> = self.tables.iter().collect();
-                let rows = snapshot::load_tables(
-                    self.cfg,
-                    self.journal,
-                    &tables,
-                    &name,
-                    lsn,
-                    self.dp,
-                    publisher,
-                    &mut state,
-                    &state_path,
-                )
-                .await?;
+                let at = snapshot::At { name, lsn };
+                let rows = self
+                    .table_load(&state_path)
+                    .run(&tables, &at, publisher, &mut state)
+                    .await?;
                 self.progress
                     .loaded_rows
                     .store(rows.max(1), Ordering::SeqCst);
@@ -166,18 +168,10 @@ impl Loader<'_> {
             };
             publisher.send_to_all_partitions(&e).await?;
         }
-        snapshot::load_tables(
-            self.cfg,
-            self.journal,
-            &remaining,
-            &name,
-            lsn,
-            self.dp,
-            publisher,
-            state,
-            state_path,
-        )
-        .await?;
+        let at = snapshot::At { name, lsn };
+        self.table_load(state_path)
+            .run(&remaining, &at, publisher, state)
+            .await?;
         drop(helper); // the temporary slot goes with its connection
         state.done = true;
         state.save(state_path);

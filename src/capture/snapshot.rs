@@ -143,18 +143,56 @@ impl Row for CopyRow<'_> {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-pub async fn load_tables(
-    cfg: &Config,
-    journal: &PgEndpoint,
+/// An exported snapshot and the slot position it stands for.
+#[derive(Debug, Clone)]
+pub struct At {
+    pub name: String,
+    pub lsn: u64,
+}
+
+/// What a load of tables needs from the capture running it.
+pub struct TableLoad<'a> {
+    pub cfg: &'a Config,
+    pub journal: &'a PgEndpoint,
+    pub dp: &'a Depersonalizer,
+    /// Where progress is recorded ([`State`]).
+    pub state_path: &'a Path,
+}
+
+/// One worker's copy of what every table copy needs.
+#[derive(Clone)]
+struct Copier {
+    at: At,
+    /// The snapshot rows' commit time (µs): when the load started.
+    time: i64,
+    window: NaiveDate,
+    dp: Depersonalizer,
+    slot: String,
+}
+
+impl TableLoad<'_> {
+    /// Copies `tables` at snapshot `at` and publishes their rows; returns
+    /// the rows published. A table is recorded done in `state` once all
+    /// its events are acknowledged.
+    pub async fn run(
+        &self,
+        tables: &[&TableMapping],
+        at: &At,
+        publisher: &mut Publisher,
+        state: &mut State,
+    ) -> Result<u64, CaptureError> {
+        load_tables(self, tables, at, publisher, state).await
+    }
+}
+
+async fn load_tables(
+    load: &TableLoad<'_>,
     tables: &[&TableMapping],
-    snapshot_name: &str,
-    snapshot_lsn: u64,
-    dp: &Depersonalizer,
+    at: &At,
     publisher: &mut Publisher,
     state: &mut State,
-    state_path: &Path,
 ) -> Result<u64, CaptureError> {
+    let (cfg, state_path) = (load.cfg, load.state_path);
     let started = Instant::now();
     let window = window_start(chrono::Local::now().date_naive(), cfg.capture.history_years);
     let snapshot_time = chrono::Utc::now().timestamp_micros();
@@ -164,33 +202,23 @@ pub async fn load_tables(
     let queue: std::sync::Arc<std::sync::Mutex<Vec<TableMapping>>> = std::sync::Arc::new(
         std::sync::Mutex::new(tables.iter().rev().map(|t| (*t).clone()).collect()),
     );
+    let copier = Copier {
+        at: at.clone(),
+        time: snapshot_time,
+        window,
+        dp: load.dp.clone(),
+        slot: cfg.capture.slot.clone(),
+    };
     let mut workers = Vec::new();
     for _ in 0..cfg.capture.snapshot_connections.max(1) {
-        let (tx, queue) = (tx.clone(), queue.clone());
-        let pg_cfg = journal.config();
-        let (snapshot_name, dp, slot) = (
-            snapshot_name.to_string(),
-            dp.clone(),
-            cfg.capture.slot.clone(),
-        );
+        let (tx, queue, copier) = (tx.clone(), queue.clone(), copier.clone());
+        let pg_cfg = load.journal.config();
         workers.push(tokio::spawn(async move {
             loop {
                 let Some(t) = queue.lock().unwrap().pop() else {
                     return;
                 };
-                if let Err(e) = copy_table(
-                    &pg_cfg,
-                    &t,
-                    &snapshot_name,
-                    snapshot_lsn,
-                    snapshot_time,
-                    window,
-                    &dp,
-                    &slot,
-                    &tx,
-                )
-                .await
-                {
+                if let Err(e) = copier.copy_table(&pg_cfg, &t, &tx).await {
                     let _ = tx.send(Item::Failed(e)).await;
                     return;
                 }
@@ -286,95 +314,101 @@ pub fn copy_sql(t: &TableMapping, window: NaiveDate) -> String {
     )
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn copy_table(
-    pg_cfg: &tokio_postgres::Config,
-    t: &TableMapping,
-    snapshot_name: &str,
-    snapshot_lsn: u64,
-    snapshot_time: i64,
-    window: NaiveDate,
-    dp: &Depersonalizer,
-    slot: &str,
-    tx: &mpsc::Sender<Item>,
-) -> Result<(), CaptureError> {
-    let mut client = pg::connect(pg_cfg).await?;
-    let txn = client
-        .build_transaction()
-        .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
-        .read_only(true)
-        .start()
+impl Copier {
+    /// Copies table `t` at the snapshot, sending its rows as events (or dead
+    /// letters) and then `TableDone`.
+    async fn copy_table(
+        &self,
+        pg_cfg: &tokio_postgres::Config,
+        t: &TableMapping,
+        tx: &mpsc::Sender<Item>,
+    ) -> Result<(), CaptureError> {
+        let (snapshot_name, snapshot_lsn, snapshot_time, window, dp, slot) = (
+            &self.at.name,
+            self.at.lsn,
+            self.time,
+            self.window,
+            &self.dp,
+            &self.slot,
+        );
+        let mut client = pg::connect(pg_cfg).await?;
+        let txn = client
+            .build_transaction()
+            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .await
+            .map_err(PgError::query("starting the snapshot transaction"))?;
+        txn.batch_execute(&format!(
+            "SET TRANSACTION SNAPSHOT '{}'",
+            snapshot_name.replace('\'', "")
+        ))
         .await
-        .map_err(PgError::query("starting the snapshot transaction"))?;
-    txn.batch_execute(&format!(
-        "SET TRANSACTION SNAPSHOT '{}'",
-        snapshot_name.replace('\'', "")
-    ))
-    .await
-    .map_err(PgError::query(format!(
-        "adopting snapshot {snapshot_name} for {}",
-        t.table
-    )))?;
-    let cols = t.columns();
-    let sql = copy_sql(t, window);
-    let stream = txn
-        .copy_out(&sql)
-        .await
-        .map_err(PgError::query(format!("COPY of {}", t.table)))?;
-    futures::pin_mut!(stream);
-    let mut carry = Vec::new();
-    let mut n = 0u64;
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(PgError::query(format!("COPY of {}", t.table)))?;
-        carry.extend_from_slice(&chunk);
-        let mut start = 0;
-        while let Some(pos) = carry[start..].iter().position(|b| *b == b'\n') {
-            let line = std::str::from_utf8(&carry[start..start + pos]).unwrap_or_default();
-            let row = CopyRow::parse(&cols, line);
-            let item = match t.map_row(&row, dp) {
-                Ok(m) => Item::Event(
-                    Box::new(Event {
-                        event_id: events::snapshot_event_id(snapshot_lsn, &t.table, &m.key),
-                        entity: t.entity,
-                        op: Op::Read,
-                        key: m.key,
-                        source: Source {
-                            lsn: snapshot_lsn,
-                            commit_lsn: snapshot_lsn,
-                            txid: 0,
-                            commit_time_micros: snapshot_time,
-                            table: t.table.clone(),
-                            snapshot: true,
-                        },
-                        actor: m.actor,
-                        quality: m.quality,
-                        after: Some(m.after),
+        .map_err(PgError::query(format!(
+            "adopting snapshot {snapshot_name} for {}",
+            t.table
+        )))?;
+        let cols = t.columns();
+        let sql = copy_sql(t, window);
+        let stream = txn
+            .copy_out(&sql)
+            .await
+            .map_err(PgError::query(format!("COPY of {}", t.table)))?;
+        futures::pin_mut!(stream);
+        let mut carry = Vec::new();
+        let mut n = 0u64;
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(PgError::query(format!("COPY of {}", t.table)))?;
+            carry.extend_from_slice(&chunk);
+            let mut start = 0;
+            while let Some(pos) = carry[start..].iter().position(|b| *b == b'\n') {
+                let line = std::str::from_utf8(&carry[start..start + pos]).unwrap_or_default();
+                let row = CopyRow::parse(&cols, line);
+                let item = match t.map_row(&row, dp) {
+                    Ok(m) => Item::Event(
+                        Box::new(Event {
+                            event_id: events::snapshot_event_id(snapshot_lsn, &t.table, &m.key),
+                            entity: t.entity,
+                            op: Op::Read,
+                            key: m.key,
+                            source: Source {
+                                lsn: snapshot_lsn,
+                                commit_lsn: snapshot_lsn,
+                                txid: 0,
+                                commit_time_micros: snapshot_time,
+                                table: t.table.clone(),
+                                snapshot: true,
+                            },
+                            actor: m.actor,
+                            quality: m.quality,
+                            after: Some(m.after),
+                        }),
+                        m.partition_key,
+                    ),
+                    Err(u) => Item::Dead(DeadLetter {
+                        reason: u.0,
+                        kind: "unmappable",
+                        table: t.table.clone(),
+                        entity: Some(t.entity.name),
+                        op: "READ",
+                        lsn: crate::lsn::format(snapshot_lsn),
+                        commit_lsn: crate::lsn::format(snapshot_lsn),
+                        txid: 0,
+                        commit_time_micros: snapshot_time,
+                        capture: slot.to_string(),
                     }),
-                    m.partition_key,
-                ),
-                Err(u) => Item::Dead(DeadLetter {
-                    reason: u.0,
-                    kind: "unmappable",
-                    table: t.table.clone(),
-                    entity: Some(t.entity.name),
-                    op: "READ",
-                    lsn: crate::lsn::format(snapshot_lsn),
-                    commit_lsn: crate::lsn::format(snapshot_lsn),
-                    txid: 0,
-                    commit_time_micros: snapshot_time,
-                    capture: slot.to_string(),
-                }),
-            };
-            if tx.send(item).await.is_err() {
-                return Ok(());
+                };
+                if tx.send(item).await.is_err() {
+                    return Ok(());
+                }
+                n += 1;
+                start += pos + 1;
             }
-            n += 1;
-            start += pos + 1;
+            carry.drain(..start);
         }
-        carry.drain(..start);
+        let _ = tx.send(Item::TableDone(t.table.clone(), n)).await;
+        Ok(())
     }
-    let _ = tx.send(Item::TableDone(t.table.clone(), n)).await;
-    Ok(())
 }
 
 #[cfg(test)]
