@@ -5,12 +5,11 @@
 
 use std::collections::HashMap;
 
-use apache_avro::rabin::Rabin;
 use apache_avro::types::Value;
 use apache_avro::{GenericSingleObjectWriter, Schema};
 
 use super::contract::{Entity, Ty, ENTITIES};
-use super::{schema, Event, Message, Op, Source, Val, Watermark};
+use super::{canonical, schema, Event, Message, Op, Source, Val, Watermark};
 
 /// Single-object encoding marker.
 pub const MAGIC: [u8; 2] = [0xC3, 0x01];
@@ -49,9 +48,9 @@ impl Registry {
         let mut by_fingerprint = HashMap::new();
         let mut writers = HashMap::new();
         for e in ENTITIES {
-            let schema = Schema::parse(&schema::avsc(e)).expect("generated schema parses");
-            let fp = schema.fingerprint::<Rabin>();
-            let fingerprint: [u8; 8] = fp.bytes[..8].try_into().expect("8-byte fingerprint");
+            let json = schema::avsc(e);
+            let schema = Schema::parse(&json).expect("generated schema parses");
+            let fingerprint = canonical::fingerprint(&json);
             by_fingerprint.insert(fingerprint, known.len());
             writers.insert(
                 e.name,
@@ -63,10 +62,9 @@ impl Registry {
                 fingerprint,
             });
         }
-        let watermark = Schema::parse(&schema::watermark_avsc()).expect("watermark schema parses");
-        let watermark_fp: [u8; 8] = watermark.fingerprint::<Rabin>().bytes[..8]
-            .try_into()
-            .expect("8 bytes");
+        let watermark_json = schema::watermark_avsc();
+        let watermark = Schema::parse(&watermark_json).expect("watermark schema parses");
+        let watermark_fp = canonical::fingerprint(&watermark_json);
         let watermark_writer =
             GenericSingleObjectWriter::new_with_capacity(&watermark, 64).expect("writer");
         Registry {
@@ -101,6 +99,9 @@ impl Registry {
         self.watermark_writer
             .write_value_ref(&v, &mut out)
             .expect("watermark matches its schema");
+        // apache-avro's writer heads the message with its own fingerprint,
+        // over a canonical form that is not the specification's.
+        out[2..10].copy_from_slice(&self.watermark_fp);
         out
     }
 
@@ -208,6 +209,9 @@ impl Registry {
                 entity: e.entity.name.to_string(),
                 message: err.to_string(),
             })?;
+        if let Some(k) = self.known.iter().find(|k| k.entity.name == e.entity.name) {
+            out[2..10].copy_from_slice(&k.fingerprint);
+        }
         Ok(out)
     }
 

@@ -14,10 +14,12 @@
 //! ```
 //!
 //! Messages use the Avro single-object encoding: `C3 01`, the 8-byte
-//! little-endian CRC-64-AVRO (Rabin) fingerprint of the schema's canonical
-//! form, then the Avro binary body; a consumer holding `avro/` can decode any
+//! little-endian CRC-64-AVRO (Rabin) fingerprint of the schema's Parsing
+//! Canonical Form as the specification defines it ([`canonical`]), then the
+//! Avro binary body; a consumer holding `avro/` can decode any
 //! message ([`codec::Registry::decode`]).
 
+pub mod canonical;
 pub mod codec;
 pub mod contract;
 pub mod schema;
