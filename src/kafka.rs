@@ -62,6 +62,12 @@ pub fn event_topics(prefix: &str) -> Vec<String> {
         .collect()
 }
 
+/// The restricted topic: medical detail under consent, compacted, keyed
+/// `<entity>:<key>` (see [`crate::events::Detail`]).
+pub fn detail_topic(prefix: &str) -> String {
+    format!("{prefix}.medical_detail.v1")
+}
+
 /// Where changes that cannot be mapped or encoded go, with their reason.
 pub fn dead_letter_topic(prefix: &str) -> String {
     format!("{prefix}.deadletter.v1")
@@ -92,14 +98,47 @@ pub fn producer(
         })
 }
 
-/// Creates the topics that do not exist yet, with unlimited retention (the
-/// topics are the event log).
+/// Creates the topics that do not exist yet: the event log with unlimited
+/// retention, the restricted topic compacted.
 pub async fn ensure_topics(
     kafka: &KafkaEndpoint,
     topics: &[String],
     partitions: i32,
     replication_factor: i32,
 ) -> Result<(), KafkaError> {
+    let (detail, log): (Vec<String>, Vec<String>) = topics
+        .iter()
+        .cloned()
+        .partition(|t| t.ends_with(".medical_detail.v1"));
+    create_topics(kafka, &log, partitions, replication_factor, LOG).await?;
+    create_topics(kafka, &detail, partitions, replication_factor, COMPACTED).await
+}
+
+/// The event log: kept forever.
+const LOG: &[(&str, &str)] = &[("retention.ms", "-1"), ("retention.bytes", "-1")];
+
+/// The restricted topic: only the latest record per key is kept, and a
+/// tombstone erases it. With these settings Kafka's log cleaner rewrites a
+/// segment at the latest a day after it was written (rolled after an hour),
+/// and drops tombstones a day after that.
+const COMPACTED: &[(&str, &str)] = &[
+    ("cleanup.policy", "compact"),
+    ("min.cleanable.dirty.ratio", "0.01"),
+    ("segment.ms", "3600000"),
+    ("max.compaction.lag.ms", "86400000"),
+    ("delete.retention.ms", "86400000"),
+];
+
+async fn create_topics(
+    kafka: &KafkaEndpoint,
+    topics: &[String],
+    partitions: i32,
+    replication_factor: i32,
+    settings: &[(&str, &str)],
+) -> Result<(), KafkaError> {
+    if topics.is_empty() {
+        return Ok(());
+    }
     let admin: AdminClient<DefaultClientContext> =
         kafka
             .client_config()
@@ -111,9 +150,10 @@ pub async fn ensure_topics(
     let new: Vec<NewTopic> = topics
         .iter()
         .map(|t| {
-            NewTopic::new(t, partitions, TopicReplication::Fixed(replication_factor))
-                .set("retention.ms", "-1")
-                .set("retention.bytes", "-1")
+            settings.iter().fold(
+                NewTopic::new(t, partitions, TopicReplication::Fixed(replication_factor)),
+                |n, (k, v)| n.set(k, v),
+            )
         })
         .collect();
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));

@@ -18,6 +18,12 @@ pub const CAPTURE_IN_FLIGHT: &str = "vitrina_capture_in_flight_events";
 pub const CAPTURE_WATERMARKS: &str = "vitrina_capture_watermarks_total";
 pub const CAPTURE_SNAPSHOT_ROWS: &str = "vitrina_capture_snapshot_rows_total";
 pub const CAPTURE_SNAPSHOT_TABLES_DONE: &str = "vitrina_capture_snapshot_tables_done";
+/// Records written to the restricted topic (label `kind`: detail, tombstone).
+pub const CAPTURE_DETAILS: &str = "vitrina_capture_medical_detail_records_total";
+/// Names and numbers replaced in free text (labels `entity`, `field`).
+pub const CAPTURE_SCRUBBED: &str = "vitrina_capture_free_text_replacements_total";
+/// Students whose parents consent to medical-data transfer, as capture knows them.
+pub const CAPTURE_CONSENTING: &str = "vitrina_capture_consenting_students";
 pub const CAPTURE_SNAPSHOT_TABLES: &str = "vitrina_capture_snapshot_tables";
 
 pub const PROJECTOR_EVENTS: &str = "vitrina_projector_events_total";
@@ -156,6 +162,24 @@ fn describe_restarts(stage: &'static str) {
 
 pub fn describe_capture() {
     describe_restarts("capture");
+    for kind in ["detail", "tombstone"] {
+        metrics::counter!(CAPTURE_DETAILS, "kind" => kind).increment(0);
+    }
+    describe_counter!(
+        CAPTURE_DETAILS,
+        Unit::Count,
+        "Records written to the restricted medical-detail topic: detail under consent, tombstones on revocation and deletion"
+    );
+    describe_counter!(
+        CAPTURE_SCRUBBED,
+        Unit::Count,
+        "Names and long numbers replaced in free-text fields before publishing (never the values)"
+    );
+    describe_gauge!(
+        CAPTURE_CONSENTING,
+        Unit::Count,
+        "Students with an active consent to medical-data transfer, as capture follows them"
+    );
     for kind in ["replication", "heartbeat"] {
         metrics::counter!(CAPTURE_ERRORS, "kind" => kind).increment(0);
     }

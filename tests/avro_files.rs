@@ -64,6 +64,10 @@ fn fingerprints_are_the_ones_fastavro_computes() {
         theirs[schema::WATERMARK_FILE].as_str().unwrap(),
         reg.watermark_fingerprint()
     );
+    assert_eq!(
+        theirs[schema::DETAIL_FILE].as_str().unwrap(),
+        reg.detail_fingerprint()
+    );
 }
 
 /// Every message of every topic after an initial load and a live workload
@@ -132,5 +136,11 @@ fn avro_dir_matches_the_contract() {
         .count();
     let wm = std::fs::read_to_string(dir.join(schema::WATERMARK_FILE)).unwrap();
     assert_eq!(wm, schema::watermark_text(), "avro/watermark.avsc is stale");
-    assert_eq!(files, ENTITIES.len() + 1, "no stray schemas in avro/");
+    let detail = std::fs::read_to_string(dir.join(schema::DETAIL_FILE)).unwrap();
+    assert_eq!(
+        detail,
+        schema::detail_text(),
+        "avro/medical_detail.avsc is stale"
+    );
+    assert_eq!(files, ENTITIES.len() + 2, "no stray schemas in avro/");
 }

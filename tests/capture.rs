@@ -29,7 +29,9 @@ fn fold(messages: &[(String, i32, Vec<u8>, Vec<u8>)], prefix: &str) -> (State, u
     let mut truncated: HashMap<String, (u64, u64)> = HashMap::new();
     let mut events = 0;
     for (topic, _, _, payload) in messages {
-        if topic == &format!("{prefix}.deadletter.v1") {
+        if topic == &format!("{prefix}.deadletter.v1")
+            || topic == &format!("{prefix}.medical_detail.v1")
+        {
             continue;
         }
         let Message::Event(e) = reg

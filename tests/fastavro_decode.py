@@ -33,6 +33,11 @@ def main():
             m = json.loads(line)
             value = bytes.fromhex(m["value"])
             where = f"message {n} on {m['topic']}"
+            restricted = m["topic"].endswith(".medical_detail.v1")
+            if restricted and not value:
+                # A tombstone: the key's detail is erased.
+                decoded[m["topic"]] = decoded.get(m["topic"], 0) + 1
+                continue
             if value[:2] != b"\xc3\x01":
                 fail(f"{where}: no single-object marker C3 01")
             known = by_fp.get(value[2:10])
@@ -44,7 +49,9 @@ def main():
             if body.tell() != len(value) - 10:
                 fail(f"{where}: {len(value) - 10 - body.tell()} bytes left after the {name} record")
             entity = m["topic"].split(".")[-2]
-            if name != "watermark.avsc" and record.get("entity") != entity:
+            if restricted != (name == "medical_detail.avsc"):
+                fail(f"{where}: decoded with {name}")
+            if name not in ("watermark.avsc", "medical_detail.avsc") and record.get("entity") != entity:
                 fail(f"{where}: decoded with {name}, entity {record.get('entity')!r}")
             decoded[m["topic"]] = decoded.get(m["topic"], 0) + 1
     print(json.dumps({"decoded": decoded, "fingerprints": fps}))

@@ -209,7 +209,7 @@ async fn showcase_equals_the_journal_after_a_workload_with_the_projector_killed_
     common::assert_same_state(
         "showcase vs journal",
         &showcase_state(&showcase).await,
-        &under_consent(&cfg, common::journal_state(&cfg).await).await,
+        &under_consent(&cfg, common::journal_view(&cfg, true).await).await,
     );
 
     // Freshness is truthful: near the heartbeat interval while capture runs…
@@ -362,7 +362,7 @@ async fn replay_rebuilds_the_showcase_beside_the_live_one_and_swaps_it_in() {
     common::assert_same_state(
         "swapped-in showcase (kept up by the live projector) vs journal",
         &showcase_state(&showcase).await,
-        &under_consent(&cfg, common::journal_state(&cfg).await).await,
+        &under_consent(&cfg, common::journal_view(&cfg, true).await).await,
     );
     let c = vitrina::pg::connect(&showcase).await.unwrap();
     let previous: i64 = c
@@ -423,7 +423,7 @@ async fn journal_and_showcase_on_two_servers() {
     common::assert_same_state(
         "showcase on its own server vs journal",
         &showcase_state(&showcase).await,
-        &under_consent(&cfg, common::journal_state(&cfg).await).await,
+        &under_consent(&cfg, common::journal_view(&cfg, true).await).await,
     );
     common::kill(&mut projector, libc::SIGTERM);
     common::kill(&mut capture, libc::SIGTERM);

@@ -3,7 +3,9 @@
 
 mod common;
 
+use vitrina::events::Detail;
 use vitrina::events::{contract, Event, Op, Source, Val};
+use vitrina::showcase::apply::{apply_with_watermarks, DetailChange};
 use vitrina::showcase::{self, apply::apply_batch};
 
 fn subject(key: i64, name: &str, commit_lsn: u64, lsn: u64, op: Op) -> Event {
@@ -172,17 +174,46 @@ fn event(entity: &str, key: i64, commit_lsn: u64, fields: &[(&str, Val)]) -> Eve
     }
 }
 
+/// An attendance mark as capture publishes it: the reason of an illness
+/// (Б) is not on the general topic; other reasons are.
 fn ill(key: i64, student: i64, lsn: u64, code: &str) -> Event {
-    event(
-        "attendance",
-        key,
+    let mut fields = vec![
+        ("student_id", Val::Long(student)),
+        ("code", Val::Str(code.into())),
+    ];
+    if code != "Б" {
+        fields.push(("reason", Val::Str("соревнования".into())));
+    }
+    event("attendance", key, lsn, &fields)
+}
+
+/// The restricted topic's record of an illness mark's reason.
+fn detail(key: i64, student: i64, lsn: u64) -> DetailChange {
+    DetailChange::Keep(Detail {
+        entity: contract::entity("attendance").unwrap(),
+        key: key.to_string(),
+        student_id: Some(student),
+        fields: vitrina::events::schema::medical_fields()
+            .into_iter()
+            .map(|f| (f, (f == "reason").then(|| "ОРВИ".to_string())))
+            .collect(),
+        commit_lsn: lsn,
         lsn,
-        &[
-            ("student_id", Val::Long(student)),
-            ("code", Val::Str(code.into())),
-            ("reason", Val::Str("ОРВИ".into())),
-        ],
-    )
+        commit_time_micros: 1_700_000_000_000_000,
+    })
+}
+
+fn erase(key: i64) -> DetailChange {
+    DetailChange::Erase {
+        entity: "attendance".into(),
+        key: key.to_string(),
+    }
+}
+
+async fn apply(c: &mut tokio_postgres::Client, events: &[Event], details: &[DetailChange]) {
+    apply_with_watermarks(c, showcase::SCHEMA, events, details, &[], &[])
+        .await
+        .unwrap();
 }
 
 fn consent(key: i64, student: i64, lsn: u64, status: &str) -> Event {
@@ -215,90 +246,74 @@ async fn medical_detail_shows_only_under_consent_whatever_the_arrival_order() {
     let cfg = common::fresh_db("t_show_consent").await;
     let mut c = vitrina::pg::connect(&cfg).await.unwrap();
     showcase::migrate(&c, showcase::SCHEMA).await.unwrap();
-    let s = showcase::SCHEMA;
     let shown = |k: &str, r: Option<&str>| (k.to_string(), r.map(String::from));
 
-    // Illness of student 7 before any consent: held back; code Н is not medical.
-    apply_batch(&mut c, s, &[ill(1, 7, 100, "Б"), ill(2, 7, 101, "Н")], &[])
-        .await
-        .unwrap();
+    // An illness of student 7 and an absence: the absence's reason shows,
+    // the illness has none (the general topic carries none).
+    apply(&mut c, &[ill(1, 7, 100, "Б"), ill(2, 7, 101, "Н")], &[]).await;
     assert_eq!(
         reasons(&c).await,
-        vec![shown("1", None), shown("2", Some("ОРВИ"))]
+        vec![shown("1", None), shown("2", Some("соревнования"))]
     );
-    // The consent arrives (later, from another topic): the detail appears.
-    apply_batch(&mut c, s, &[consent(50, 7, 90, "granted")], &[])
-        .await
-        .unwrap();
-    assert_eq!(reasons(&c).await[0], shown("1", Some("ОРВИ")));
-    // A new illness mark under active consent is shown at once.
-    apply_batch(&mut c, s, &[ill(3, 7, 110, "Б")], &[])
-        .await
-        .unwrap();
-    assert_eq!(reasons(&c).await[2], shown("3", Some("ОРВИ")));
-    // Revocation redacts everything shown for that student.
-    apply_batch(&mut c, s, &[consent(50, 7, 120, "revoked")], &[])
-        .await
-        .unwrap();
-    assert_eq!(
-        reasons(&c).await,
-        vec![shown("1", None), shown("2", Some("ОРВИ")), shown("3", None)]
-    );
-    // An older "granted" delivered again does not bring it back.
-    apply_batch(&mut c, s, &[consent(50, 7, 90, "granted")], &[])
-        .await
-        .unwrap();
+    // The detail arrives before the consent row does (another topic):
+    // held, not shown.
+    apply(&mut c, &[], &[detail(1, 7, 100)]).await;
     assert_eq!(reasons(&c).await[0], shown("1", None));
-    // Another student's consent changes nothing for student 7; a consent
-    // deleted from the journal redacts like a revocation.
-    apply_batch(
-        &mut c,
-        s,
-        &[consent(51, 8, 130, "granted"), ill(4, 8, 131, "Б")],
-        &[],
-    )
-    .await
-    .unwrap();
-    assert_eq!(reasons(&c).await[3], shown("4", Some("ОРВИ")));
-    let mut gone = consent(51, 8, 140, "granted");
-    gone.op = Op::Delete;
-    gone.after = None;
-    apply_batch(&mut c, s, &[gone], &[]).await.unwrap();
+    // The consent arrives: the detail appears.
+    apply(&mut c, &[consent(50, 7, 90, "granted")], &[]).await;
+    assert_eq!(reasons(&c).await[0], shown("1", Some("ОРВИ")));
+    // A new illness whose detail comes first, then its mark: shown.
+    apply(&mut c, &[], &[detail(3, 7, 110)]).await;
+    apply(&mut c, &[ill(3, 7, 110, "Б")], &[]).await;
+    assert_eq!(reasons(&c).await[2], shown("3", Some("ОРВИ")));
+    // Revocation redacts at once; the tombstones that follow erase the
+    // held detail.
+    apply(&mut c, &[consent(50, 7, 120, "revoked")], &[]).await;
     assert_eq!(
         reasons(&c).await,
         vec![
             shown("1", None),
-            shown("2", Some("ОРВИ")),
-            shown("3", None),
-            shown("4", None)
+            shown("2", Some("соревнования")),
+            shown("3", None)
         ]
     );
-    // The detail held back lives outside the showcase schema, for the
-    // illness marks only (1, 3, 4; mark 2 is an absence, not medical).
-    let private: Vec<String> = common::column(
+    apply(&mut c, &[], &[erase(1), erase(3)]).await;
+    let held: Vec<String> = common::column(
         &c,
         "SELECT key FROM showcase_private.attendance_medical WHERE reason IS NOT NULL ORDER BY key",
     )
     .await;
-    assert_eq!(private, ["1", "3", "4"]);
-    // A correction from Б to Н clears what was held, order-safely.
-    apply_batch(&mut c, s, &[ill(1, 7, 150, "Н")], &[])
-        .await
-        .unwrap();
-    let held: Option<String> = c
-        .query_one(
-            "SELECT reason FROM showcase_private.attendance_medical WHERE key = '1'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(held, None);
-    assert_eq!(
-        reasons(&c).await[0],
-        shown("1", Some("ОРВИ")),
-        "no longer medical: shown"
-    );
+    assert!(held.is_empty(), "erased: {held:?}");
+    // An older "granted" delivered again does not bring anything back.
+    apply(&mut c, &[consent(50, 7, 90, "granted")], &[]).await;
+    assert_eq!(reasons(&c).await[0], shown("1", None));
+    // A new consent: capture publishes the detail again; it shows.
+    apply(
+        &mut c,
+        &[consent(50, 7, 200, "granted")],
+        &[detail(1, 7, 200), detail(3, 7, 200)],
+    )
+    .await;
+    assert_eq!(reasons(&c).await[0], shown("1", Some("ОРВИ")));
+    assert_eq!(reasons(&c).await[2], shown("3", Some("ОРВИ")));
+    // Another student's consent changes nothing for student 7; a consent
+    // deleted from the journal redacts like a revocation.
+    apply(
+        &mut c,
+        &[consent(51, 8, 230, "granted"), ill(4, 8, 231, "Б")],
+        &[detail(4, 8, 231)],
+    )
+    .await;
+    assert_eq!(reasons(&c).await[3], shown("4", Some("ОРВИ")));
+    let mut gone = consent(51, 8, 240, "granted");
+    gone.op = Op::Delete;
+    gone.after = None;
+    apply(&mut c, &[gone], &[]).await;
+    assert_eq!(reasons(&c).await[3], shown("4", None));
+    assert_eq!(reasons(&c).await[0], shown("1", Some("ОРВИ")));
+    // Within one batch the last record of a key wins.
+    apply(&mut c, &[], &[detail(1, 7, 300), erase(1)]).await;
+    assert_eq!(reasons(&c).await[0], shown("1", None));
 }
 
 fn finding<'a>(

@@ -20,6 +20,7 @@ use std::sync::atomic::Ordering;
 
 use pg_walstream::LogicalReplicationStream;
 
+use super::gate::Gate;
 use super::mapping::TableMapping;
 use super::preflight::SlotState;
 use super::publisher::{Progress, Publisher};
@@ -64,6 +65,7 @@ impl Loader<'_> {
         slot_state: &SlotState,
         stream: &mut LogicalReplicationStream,
         publisher: &mut Publisher,
+        gate: &mut Gate,
     ) -> Result<HashMap<String, u64>, CaptureError> {
         let c = &self.cfg.capture;
         let state_path = self.state_path();
@@ -91,7 +93,7 @@ impl Loader<'_> {
                 let at = snapshot::At { name, lsn };
                 let rows = self
                     .table_load(&state_path)
-                    .run(&tables, &at, publisher, &mut state)
+                    .run(&tables, &at, publisher, gate, &mut state)
                     .await?;
                 self.progress
                     .loaded_rows
@@ -100,7 +102,8 @@ impl Loader<'_> {
             state.done = true;
             state.save(&state_path);
         } else if c.snapshot && state.started && !state.done {
-            self.resume(&mut state, &state_path, publisher).await?;
+            self.resume(&mut state, &state_path, publisher, gate)
+                .await?;
         }
         Ok(state.table_lsn)
     }
@@ -112,6 +115,7 @@ impl Loader<'_> {
         state: &mut snapshot::State,
         state_path: &std::path::Path,
         publisher: &mut Publisher,
+        gate: &mut Gate,
     ) -> Result<(), CaptureError> {
         let c = &self.cfg.capture;
         let remaining: Vec<&TableMapping> = self
@@ -170,7 +174,7 @@ impl Loader<'_> {
         }
         let at = snapshot::At { name, lsn };
         self.table_load(state_path)
-            .run(&remaining, &at, publisher, state)
+            .run(&remaining, &at, publisher, gate, state)
             .await?;
         drop(helper); // the temporary slot goes with its connection
         state.done = true;

@@ -27,6 +27,18 @@ pub const DEFAULT_MAPPING: &str = include_str!("../../config/mapping.toml");
 #[serde(deny_unknown_fields)]
 struct MappingFile {
     table: Vec<TableSpec>,
+    /// Where people's names are: capture learns them to replace them in
+    /// free text (they are never published).
+    #[serde(default)]
+    names: Vec<NameSource>,
+}
+
+/// A journal table and its columns holding people's names.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NameSource {
+    pub table: String,
+    pub columns: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -98,6 +110,7 @@ pub struct Unmappable(pub String);
 #[derive(Debug, Clone)]
 pub struct Mapping {
     pub tables: Vec<TableMapping>,
+    pub names: Vec<NameSource>,
 }
 
 impl Mapping {
@@ -200,7 +213,30 @@ impl Mapping {
                 sources,
             });
         }
-        Ok(Mapping { tables })
+        for n in &file.names {
+            if !n.table.contains('.') || n.columns.is_empty() {
+                return Err(bad(format!(
+                    "[[names]] {}: needs a schema-qualified table and at least one column",
+                    n.table
+                )));
+            }
+        }
+        Ok(Mapping {
+            tables,
+            names: file.names,
+        })
+    }
+
+    /// The name columns of `schema`.`table`, when it holds people's names.
+    pub fn names_of(&self, schema: &str, table: &str) -> Option<&NameSource> {
+        self.names
+            .iter()
+            .find(|n| n.table.split_once('.') == Some((schema, table)))
+    }
+
+    /// The mapping of the table that feeds `entity`.
+    pub fn of_entity(&self, entity: &str) -> Option<&TableMapping> {
+        self.tables.iter().find(|t| t.entity.name == entity)
     }
 
     pub fn table(&self, qualified: &str) -> Option<&TableMapping> {
@@ -217,6 +253,16 @@ impl Mapping {
 }
 
 impl TableMapping {
+    /// The journal column contract field `field` comes from, when it is a
+    /// plain column.
+    pub fn column_of(&self, field: &str) -> Option<&str> {
+        let i = self.entity.index(field)?;
+        match &self.sources[i] {
+            Source::Column(c) => Some(c),
+            Source::Hash(..) => None,
+        }
+    }
+
     /// Every journal column this mapping reads.
     pub fn columns(&self) -> Vec<String> {
         let mut cols: Vec<String> = self.key.clone();

@@ -30,6 +30,7 @@
 //!   to every partition of every topic, and its commit is confirmed, so the
 //!   slot advances on a quiet journal.
 
+pub mod gate;
 pub mod heartbeat;
 pub mod initial_load;
 pub mod mapping;
@@ -240,6 +241,7 @@ impl Capture {
         topics.sort();
         topics.dedup();
         topics.push(kafka::dead_letter_topic(&c.topic_prefix));
+        topics.push(kafka::detail_topic(&c.topic_prefix));
         kafka::ensure_topics(&self.kafka, &topics, c.partitions, c.replication_factor).await?;
         let producer = kafka::producer(&self.kafka, c.linger_ms, &c.compression)?;
         let partitions = partition_counts(&producer, &topics, c.partitions)?;
@@ -274,7 +276,15 @@ impl Capture {
                 .collect(),
             partitions,
             in_flight: in_flight.clone(),
+            detail_topic: kafka::detail_topic(&c.topic_prefix),
         };
+        let mut gate = gate::Gate::open(
+            pg::connect(&self.journal.config()).await?,
+            &mapping,
+            &dp,
+            c.scrub_free_text,
+        )
+        .await?;
 
         // The initial load, at the slot's exported snapshot, before streaming.
         let loader = initial_load::Loader {
@@ -285,7 +295,9 @@ impl Capture {
             dp: &dp,
             progress: &self.progress,
         };
-        let skip_before = loader.run(&slot_state, &mut stream, &mut publisher).await?;
+        let skip_before = loader
+            .run(&slot_state, &mut stream, &mut publisher, &mut gate)
+            .await?;
 
         stream
             .start(None)
@@ -309,6 +321,7 @@ impl Capture {
             publisher,
             skip_before,
             heartbeat::prefix(&c.slot),
+            gate,
         );
         let result: Result<(), CaptureError> = loop {
             // Heartbeat messages keep this loop turning on an idle journal.

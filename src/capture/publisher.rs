@@ -28,7 +28,7 @@ use tokio::sync::{broadcast, mpsc};
 
 use super::CaptureError;
 use crate::events::codec::Registry;
-use crate::events::{Event, Op, Watermark};
+use crate::events::{Detail, Event, Op, Watermark};
 use crate::kafka;
 use crate::lsn;
 use crate::observability as obs;
@@ -72,6 +72,8 @@ pub struct Publisher {
     pub(super) topics: HashMap<&'static str, String>,
     pub(super) partitions: HashMap<String, i32>,
     pub(super) in_flight: Arc<AtomicI64>,
+    /// The restricted topic (medical detail under consent).
+    pub(super) detail_topic: String,
 }
 
 impl Publisher {
@@ -164,6 +166,39 @@ impl Publisher {
         Ok(())
     }
 
+    /// A row's medical detail to the restricted topic (only under consent:
+    /// the caller, [`super::gate`], decides).
+    pub async fn send_detail(&mut self, d: &Detail) -> Result<(), CaptureError> {
+        let bytes = self.registry.encode_detail(d);
+        let key = Detail::kafka_key(d.entity.name, &d.key);
+        let topic = self.detail_topic.clone();
+        let f = self.produce(&topic, &key, &bytes, None).await?;
+        metrics::counter!(obs::CAPTURE_DETAILS, "kind" => "detail").increment(1);
+        self.enqueue(Ack::Other(f)).await
+    }
+
+    /// A tombstone (no value) for a row's detail on the restricted topic:
+    /// compaction then drops every earlier record of the key.
+    pub async fn send_tombstone(&mut self, entity: &str, key: &str) -> Result<(), CaptureError> {
+        let k = Detail::kafka_key(entity, key);
+        let mut record: FutureRecord<'_, str, [u8]> = FutureRecord::to(&self.detail_topic).key(&k);
+        let f = loop {
+            match self.producer.send_result(record) {
+                Ok(f) => {
+                    self.in_flight.fetch_add(1, Ordering::Relaxed);
+                    break f;
+                }
+                Err((RdKafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                    record = r;
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                Err((e, _)) => return Err(CaptureError::delivery(&e)),
+            }
+        };
+        metrics::counter!(obs::CAPTURE_DETAILS, "kind" => "tombstone").increment(1);
+        self.enqueue(Ack::Other(f)).await
+    }
+
     pub async fn dead_letter(&mut self, dl: DeadLetter) -> Result<(), CaptureError> {
         tracing::warn!(table = %dl.table, kind = dl.kind, reason = %dl.reason, lsn = %dl.lsn, "change dead-lettered");
         metrics::counter!(obs::CAPTURE_DEAD_LETTERS, "table" => dl.table.clone(), "kind" => dl.kind).increment(1);
@@ -182,7 +217,9 @@ impl Publisher {
         let topics: Vec<(String, i32)> = self
             .partitions
             .iter()
-            .filter(|(t, _)| **t != kafka::dead_letter_topic(&self.prefix))
+            .filter(|(t, _)| {
+                **t != kafka::dead_letter_topic(&self.prefix) && **t != self.detail_topic
+            })
             .map(|(t, n)| (t.clone(), *n))
             .collect();
         for (topic, n) in topics {

@@ -26,6 +26,7 @@ use chrono::{Datelike, NaiveDate};
 use futures::StreamExt;
 use tokio::sync::mpsc;
 
+use super::gate::{self, Gate};
 use super::mapping::{Row, TableMapping};
 use super::{CaptureError, DeadLetter, Publisher};
 use crate::config::Config;
@@ -81,7 +82,9 @@ pub fn window_start(today: NaiveDate, years: u32) -> NaiveDate {
 }
 
 enum Item {
-    Event(Box<Event>, String),
+    /// An event (through the gate's fields: scrubbed, medical detail out),
+    /// its Kafka key, and what the gate took out.
+    Event(Box<Event>, String, Box<gate::Applied>),
     Dead(DeadLetter),
     TableDone(String, u64),
     Failed(CaptureError),
@@ -168,6 +171,7 @@ struct Copier {
     window: NaiveDate,
     dp: Depersonalizer,
     slot: String,
+    fields: gate::Fields,
 }
 
 impl TableLoad<'_> {
@@ -179,9 +183,10 @@ impl TableLoad<'_> {
         tables: &[&TableMapping],
         at: &At,
         publisher: &mut Publisher,
+        gate: &mut Gate,
         state: &mut State,
     ) -> Result<u64, CaptureError> {
-        load_tables(self, tables, at, publisher, state).await
+        load_tables(self, tables, at, publisher, gate, state).await
     }
 }
 
@@ -190,6 +195,7 @@ async fn load_tables(
     tables: &[&TableMapping],
     at: &At,
     publisher: &mut Publisher,
+    gate: &mut Gate,
     state: &mut State,
 ) -> Result<u64, CaptureError> {
     let (cfg, state_path) = (load.cfg, load.state_path);
@@ -208,6 +214,7 @@ async fn load_tables(
         window,
         dp: load.dp.clone(),
         slot: cfg.capture.slot.clone(),
+        fields: gate.fields.clone(),
     };
     let mut workers = Vec::new();
     for _ in 0..cfg.capture.snapshot_connections.max(1) {
@@ -249,8 +256,22 @@ async fn load_tables(
             metrics::gauge!(obs::CAPTURE_SNAPSHOT_TABLES_DONE).set(state.tables_done.len() as f64);
         }
         match item {
-            Item::Event(e, pk) => {
+            Item::Event(e, pk, applied) => {
                 publisher.send_event(&e, &pk).await?;
+                gate.count(e.entity, &applied);
+                if e.entity.has_medical() {
+                    let student = e
+                        .after
+                        .as_deref()
+                        .and_then(|a| gate::student_of(e.entity, a));
+                    let here = gate::At {
+                        commit_lsn: e.source.commit_lsn,
+                        lsn: e.source.lsn,
+                        commit_time_micros: e.source.commit_time_micros,
+                    };
+                    gate.row_changed(e.entity, &e.key, student, Some(&applied), here, publisher)
+                        .await?;
+                }
                 rows += 1;
                 if rows % 10_000 == 0 {
                     bar.set_message(format!(
@@ -365,26 +386,30 @@ impl Copier {
                 let line = std::str::from_utf8(&carry[start..start + pos]).unwrap_or_default();
                 let row = CopyRow::parse(&cols, line);
                 let item = match t.map_row(&row, dp) {
-                    Ok(m) => Item::Event(
-                        Box::new(Event {
-                            event_id: events::snapshot_event_id(snapshot_lsn, &t.table, &m.key),
-                            entity: t.entity,
-                            op: Op::Read,
-                            key: m.key,
-                            source: Source {
-                                lsn: snapshot_lsn,
-                                commit_lsn: snapshot_lsn,
-                                txid: 0,
-                                commit_time_micros: snapshot_time,
-                                table: t.table.clone(),
-                                snapshot: true,
-                            },
-                            actor: m.actor,
-                            quality: m.quality,
-                            after: Some(m.after),
-                        }),
-                        m.partition_key,
-                    ),
+                    Ok(mut m) => {
+                        let applied = self.fields.apply(t.entity, &mut m.after);
+                        Item::Event(
+                            Box::new(Event {
+                                event_id: events::snapshot_event_id(snapshot_lsn, &t.table, &m.key),
+                                entity: t.entity,
+                                op: Op::Read,
+                                key: m.key,
+                                source: Source {
+                                    lsn: snapshot_lsn,
+                                    commit_lsn: snapshot_lsn,
+                                    txid: 0,
+                                    commit_time_micros: snapshot_time,
+                                    table: t.table.clone(),
+                                    snapshot: true,
+                                },
+                                actor: m.actor,
+                                quality: m.quality,
+                                after: Some(m.after),
+                            }),
+                            m.partition_key,
+                            Box::new(applied),
+                        )
+                    }
                     Err(u) => Item::Dead(DeadLetter {
                         reason: u.0,
                         kind: "unmappable",

@@ -12,6 +12,9 @@
 //! - Names and raw document numbers never leave this module's rows: a row
 //!   is mapped ([`super::mapping`]) before anything is encoded, logged or
 //!   counted; what cannot be mapped is dead-lettered with column names only.
+//!   Every mapped state then passes the privacy gate ([`super::gate`]): free
+//!   text scrubbed, medical detail out of the general event and onto the
+//!   restricted topic only under consent.
 //! - A change's event id derives from its WAL position, so a change sent
 //!   again after a restart carries the same id.
 //! - Changes of a table reloaded at a resume snapshot that committed
@@ -22,6 +25,7 @@ use std::collections::HashMap;
 use pg_walstream::{ColumnValue, EventType, ReplicationError, RowData};
 use tracing::Instrument;
 
+use super::gate::{self, Gate};
 use super::mapping::{Mapping, Row};
 use super::publisher::{DeadLetter, Publisher};
 use super::CaptureError;
@@ -57,6 +61,7 @@ pub struct Streamer {
     /// Per table: changes committed before this LSN are in a resumed snapshot.
     pub(super) skip_before: HashMap<String, u64>,
     pub(super) heartbeat_prefix: String,
+    pub(super) gate: Gate,
     txn: Txn,
 }
 
@@ -67,6 +72,7 @@ impl Streamer {
         publisher: Publisher,
         skip_before: HashMap<String, u64>,
         heartbeat_prefix: String,
+        gate: Gate,
     ) -> Streamer {
         Streamer {
             mapping,
@@ -74,6 +80,7 @@ impl Streamer {
             publisher,
             skip_before,
             heartbeat_prefix,
+            gate,
             txn: Txn::default(),
         }
     }
@@ -91,6 +98,7 @@ impl Streamer {
             txn,
             skip_before,
             heartbeat_prefix,
+            gate,
         } = self;
         let (tm, op, new, old) = match ev {
             EventType::Begin {
@@ -125,6 +133,10 @@ impl Streamer {
                     if txn.heartbeat {
                         publisher.watermarks(txn.commit_lsn, t).await?;
                     }
+                    // A revocation seen in the journal stops publication
+                    // within the refresh, however far behind the stream is.
+                    gate.maybe_refresh(at(txn, txn.commit_lsn), publisher)
+                        .await?;
                     publisher.commit(end_lsn.value(), t).await
                 }
                 .instrument(span)
@@ -219,23 +231,51 @@ impl Streamer {
             capture: publisher.slot().to_string(),
         };
         let event_id = events::change_event_id(txn.commit_lsn, lsn, &tm.table);
+        let here = at(txn, lsn);
         match (new, old) {
-            (Some(row), _) => match tm.map_row(&WalRow(&row), dp) {
-                Ok(m) => {
-                    let e = Event {
-                        event_id,
-                        entity: tm.entity,
-                        op,
-                        key: m.key,
-                        source: source(txn, lsn, &tm.table),
-                        actor: m.actor,
-                        quality: m.quality,
-                        after: Some(m.after),
-                    };
-                    publisher.send_event(&e, &m.partition_key).await
+            (Some(row), _) => {
+                // People's names feed the free-text scrubber, in memory.
+                if let Some((schema, table)) = tm.table.split_once('.') {
+                    if let Some(n) = mapping.names_of(schema, table) {
+                        gate.learn_row(&WalRow(&row), &n.columns);
+                    }
                 }
-                Err(u) => publisher.dead_letter(dead(u.0, "unmappable")).await,
-            },
+                match tm.map_row(&WalRow(&row), dp) {
+                    Ok(mut m) => {
+                        let applied = gate.fields.apply(tm.entity, &mut m.after);
+                        gate.count(tm.entity, &applied);
+                        let student = gate::student_of(tm.entity, &m.after);
+                        let e = Event {
+                            event_id,
+                            entity: tm.entity,
+                            op,
+                            key: m.key,
+                            source: source(txn, lsn, &tm.table),
+                            actor: m.actor,
+                            quality: m.quality,
+                            after: Some(m.after),
+                        };
+                        publisher.send_event(&e, &m.partition_key).await?;
+                        if tm.entity.has_medical() {
+                            gate.row_changed(
+                                tm.entity,
+                                &e.key,
+                                student,
+                                Some(&applied),
+                                here,
+                                publisher,
+                            )
+                            .await?;
+                        }
+                        if tm.entity.name == "consent" {
+                            gate.consent_changed(&e.key, student, here, publisher)
+                                .await?;
+                        }
+                        Ok(())
+                    }
+                    Err(u) => publisher.dead_letter(dead(u.0, "unmappable")).await,
+                }
+            }
             (None, Some(old)) => match tm.key_of(&WalRow(&old)) {
                 Ok(key) => {
                     let pk = tm.partition_key_of_old(&WalRow(&old), &key);
@@ -249,12 +289,28 @@ impl Streamer {
                         quality: vec![],
                         after: None,
                     };
-                    publisher.send_event(&e, &pk).await
+                    publisher.send_event(&e, &pk).await?;
+                    if tm.entity.has_medical() {
+                        gate.row_changed(tm.entity, &e.key, None, None, here, publisher)
+                            .await?;
+                    }
+                    if tm.entity.name == "consent" {
+                        gate.consent_changed(&e.key, None, here, publisher).await?;
+                    }
+                    Ok(())
                 }
                 Err(u) => publisher.dead_letter(dead(u.0, "unmappable")).await,
             },
             (None, None) => Ok(()),
         }
+    }
+}
+
+fn at(txn: &Txn, lsn: u64) -> gate::At {
+    gate::At {
+        commit_lsn: txn.commit_lsn,
+        lsn,
+        commit_time_micros: txn.commit_time_micros,
     }
 }
 

@@ -104,6 +104,9 @@ pub struct CaptureConfig {
     pub linger_ms: u32,
     /// librdkafka `compression.type`.
     pub compression: String,
+    /// Replace people's names and long numbers in free-text fields before
+    /// publishing (off only to measure its cost).
+    pub scrub_free_text: bool,
 }
 
 impl Default for CaptureConfig {
@@ -125,6 +128,7 @@ impl Default for CaptureConfig {
             snapshot_connections: 2,
             linger_ms: 5,
             compression: "lz4".into(),
+            scrub_free_text: true,
         }
     }
 }

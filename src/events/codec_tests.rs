@@ -143,3 +143,25 @@ fn a_required_field_cannot_be_null() {
     let err = reg.encode(&ev).unwrap_err().to_string();
     assert!(err.contains("`id` is required"), "{err}");
 }
+
+#[test]
+fn details_round_trip() {
+    let reg = Registry::new();
+    let e = super::super::contract::entity("attendance").unwrap();
+    let d = Detail {
+        entity: e,
+        key: "42".into(),
+        student_id: Some(7),
+        fields: schema::medical_fields()
+            .into_iter()
+            .map(|f| (f, (f == "reason").then(|| "болезнь: ОРВИ".to_string())))
+            .collect(),
+        commit_lsn: 100,
+        lsn: 90,
+        commit_time_micros: 1_700_000_000_000_000,
+    };
+    let bytes = reg.encode_detail(&d);
+    assert_eq!(&bytes[2..10], &reg.detail_fp);
+    assert_eq!(reg.decode_detail(&bytes).unwrap(), d);
+    assert!(reg.decode_message(&bytes).is_err(), "not an event");
+}

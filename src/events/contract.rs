@@ -22,12 +22,40 @@ pub enum Ty {
     Time,
 }
 
+/// What a field may carry, for the privacy rules at the capture boundary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Class {
+    /// Codes, ids, dates, hashes: published as they are.
+    Plain,
+    /// Text people type (comments, topics, homework, reasons): published
+    /// only after capture replaces people's names and document numbers.
+    FreeText,
+    /// Medical detail: never on a general topic; only on the restricted
+    /// topic, and only while the student's parent consents.
+    Medical,
+    /// Medical detail when field `.0` equals `.1` (the reason of an illness
+    /// mark); free text otherwise.
+    MedicalWhen(&'static str, &'static str),
+}
+
+impl Class {
+    /// The mark in the field's Avro doc and `vitrina schemas`.
+    pub fn label(self) -> Option<&'static str> {
+        match self {
+            Class::Plain => None,
+            Class::FreeText => Some("free_text"),
+            Class::Medical | Class::MedicalWhen(..) => Some("medical"),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 pub struct Field {
     pub name: &'static str,
     pub ty: Ty,
     pub nullable: bool,
     pub doc: &'static str,
+    pub class: Class,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -46,6 +74,7 @@ const fn f(name: &'static str, ty: Ty, doc: &'static str) -> Field {
         ty,
         nullable: false,
         doc,
+        class: Class::Plain,
     }
 }
 const fn o(name: &'static str, ty: Ty, doc: &'static str) -> Field {
@@ -54,6 +83,34 @@ const fn o(name: &'static str, ty: Ty, doc: &'static str) -> Field {
         ty,
         nullable: true,
         doc,
+        class: Class::Plain,
+    }
+}
+/// Optional free text.
+const fn t(name: &'static str, doc: &'static str) -> Field {
+    Field {
+        name,
+        ty: Ty::Str,
+        nullable: true,
+        doc,
+        class: Class::FreeText,
+    }
+}
+/// Optional medical detail (`when`: only when that field has that value).
+const fn m(
+    name: &'static str,
+    doc: &'static str,
+    when: Option<(&'static str, &'static str)>,
+) -> Field {
+    Field {
+        name,
+        ty: Ty::Str,
+        nullable: true,
+        doc,
+        class: match when {
+            Some((f, v)) => Class::MedicalWhen(f, v),
+            None => Class::Medical,
+        },
     }
 }
 
@@ -76,7 +133,7 @@ pub const ENTITIES: &[Entity] = &[
             o("mark", Int, "Mark on the five-point scale (1..5); null for pass/fail subjects."),
             o("passed", Bool, "Pass/fail result (зачёт) for pass/fail subjects; null otherwise."),
             f("weight", Double, "Weight of the mark in the weighted average."),
-            o("comment", Str, "Teacher's note, e.g. the kind of work."),
+            t("comment", "Teacher's note, e.g. the kind of work; names and document numbers replaced."),
             f("created_at", Timestamp, "When the grade was entered."),
             f("updated_at", Timestamp, "When it was last changed."),
         ],
@@ -90,7 +147,7 @@ pub const ENTITIES: &[Entity] = &[
             f("lesson_id", Long, "Lesson."),
             f("student_id", Long, "Student."),
             f("code", Str, "Н absent, Б ill, У excused, ОП late."),
-            o("reason", Str, "Reason as entered; medical detail when the code is Б."),
+            m("reason", "Reason as entered, names replaced. For code Б it is medical detail: null here, on the restricted topic under consent.", Some(("code", "Б"))),
             o("minutes_late", Int, "Minutes late, for ОП."),
             f("teacher_id", Long, "Teacher who entered the mark."),
             f("created_at", Timestamp, "When the mark was entered."),
@@ -115,7 +172,7 @@ pub const ENTITIES: &[Entity] = &[
             o("to_organization_id", Long, "Organization the student joins."),
             f("education_form", Str, "full_time, part_time, extramural, family or self_education."),
             f("programme_kind", Str, "primary_general, basic_general, secondary_general or adapted."),
-            o("reason", Str, "Reason stated in the order."),
+            t("reason", "Reason stated in the order; names and document numbers replaced."),
         ],
     },
     Entity {
@@ -268,8 +325,8 @@ pub const ENTITIES: &[Entity] = &[
             f("starts_at", Time, "Start time (local)."),
             f("ends_at", Time, "End time (local)."),
             o("room", Str, "Room."),
-            o("topic", Str, "Topic."),
-            o("homework", Str, "Homework assigned."),
+            t("topic", "Topic; names replaced."),
+            t("homework", "Homework assigned; names and document numbers replaced."),
             o("homework_due", Date, "When the homework is due."),
         ],
     },
@@ -298,8 +355,8 @@ pub const ENTITIES: &[Entity] = &[
             f("starts_on", Date, "First day."),
             f("ends_on", Date, "Last day."),
             f("source", Str, "Source system (ЕМИАС)."),
-            o("diagnosis_group", Str, "ICD-10 group: medical detail."),
-            o("pe_group", Str, "Physical-education group after illness."),
+            m("diagnosis_group", "ICD-10 group. Medical detail: null here, on the restricted topic under consent.", None),
+            m("pe_group", "Physical-education group after illness. Medical detail: null here, on the restricted topic under consent.", None),
         ],
     },
 ];
@@ -311,6 +368,18 @@ pub fn entity(name: &str) -> Option<&'static Entity> {
 impl Entity {
     pub fn field(&self, name: &str) -> Option<&'static Field> {
         self.fields.iter().find(|f| f.name == name)
+    }
+
+    /// Position of field `name` in the state.
+    pub fn index(&self, name: &str) -> Option<usize> {
+        self.fields.iter().position(|f| f.name == name)
+    }
+
+    /// Whether any field carries medical detail.
+    pub fn has_medical(&self) -> bool {
+        self.fields
+            .iter()
+            .any(|f| matches!(f.class, Class::Medical | Class::MedicalWhen(..)))
     }
 }
 

@@ -107,6 +107,30 @@ pub struct Watermark {
     pub partition: i32,
 }
 
+/// The medical detail of one journal row, for the restricted topic
+/// (`<prefix>.medical_detail.v1`, compacted, keyed `<entity>:<key>`).
+/// Published only while the student's parent consents; a revocation
+/// publishes a tombstone (no value) for every such key.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Detail {
+    pub entity: &'static Entity,
+    pub key: String,
+    pub student_id: Option<i64>,
+    /// Every medical field of the contract (all entities'), by name; the
+    /// ones this entity lacks are `None`.
+    pub fields: Vec<(&'static str, Option<String>)>,
+    pub commit_lsn: u64,
+    pub lsn: u64,
+    pub commit_time_micros: i64,
+}
+
+impl Detail {
+    /// The Kafka key of a row's detail, and of its tombstone.
+    pub fn kafka_key(entity: &str, key: &str) -> String {
+        format!("{entity}:{key}")
+    }
+}
+
 /// Anything found on an event topic.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Message {

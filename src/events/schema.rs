@@ -28,11 +28,19 @@ pub fn avsc(e: &Entity) -> Value {
         .fields
         .iter()
         .map(|f| {
-            if f.nullable {
-                json!({"name": f.name, "type": ["null", field_type(f.ty)], "default": null, "doc": f.doc})
+            let doc = match f.class.label() {
+                Some(label) => format!("[{label}] {}", f.doc),
+                None => f.doc.to_string(),
+            };
+            let mut v = if f.nullable {
+                json!({"name": f.name, "type": ["null", field_type(f.ty)], "default": null, "doc": doc})
             } else {
-                json!({"name": f.name, "type": field_type(f.ty), "doc": f.doc})
+                json!({"name": f.name, "type": field_type(f.ty), "doc": doc})
+            };
+            if let Some(label) = f.class.label() {
+                v["vitrina_class"] = json!(label);
             }
+            v
         })
         .collect();
     json!({
@@ -103,6 +111,51 @@ pub fn watermark_avsc() -> Value {
 
 pub const WATERMARK_FILE: &str = "watermark.avsc";
 
+/// The medical fields of the whole contract, in contract order, once each.
+pub fn medical_fields() -> Vec<&'static str> {
+    let mut out: Vec<&'static str> = Vec::new();
+    for e in super::ENTITIES {
+        for f in e.fields {
+            if f.class.label() == Some("medical") && !out.contains(&f.name) {
+                out.push(f.name);
+            }
+        }
+    }
+    out
+}
+
+/// File of the restricted topic's schema in `avro/`.
+pub const DETAIL_FILE: &str = "medical_detail.avsc";
+
+/// The schema of the restricted topic's records ([`super::Detail`]).
+pub fn detail_avsc() -> Value {
+    let mut fields = vec![
+        json!({"name": "entity", "type": "string", "doc": "Entity of the row (attendance, medical_exemption)."}),
+        json!({"name": "key", "type": "string", "doc": "The row's key, as on the entity's topic."}),
+        json!({"name": "student_id", "type": ["null", "long"], "default": null, "doc": "Journal id of the student."}),
+    ];
+    for name in medical_fields() {
+        fields.push(json!({"name": name, "type": ["null", "string"], "default": null,
+            "doc": format!("[medical] {name} of the row; null when the entity has no such field or the row holds none."), "vitrina_class": "medical"}));
+    }
+    fields.push(json!({"name": "commit_lsn", "type": "long", "doc": "Commit LSN of the change (or of the consent) that published it."}));
+    fields.push(json!({"name": "lsn", "type": "long", "doc": "LSN of that change."}));
+    fields.push(json!({"name": "commit_time", "type": {"type": "long", "logicalType": "timestamp-micros"}, "doc": "Commit time in the journal."}));
+    json!({
+        "type": "record",
+        "name": "MedicalDetail",
+        "namespace": NAMESPACE,
+        "doc": "Medical detail of one journal row (the reason of an illness mark, an exemption's diagnosis and PE groups). Restricted topic vitrina.medical_detail.v1: compacted, keyed <entity>:<key>; a record exists only while a parent's consent to medical-data transfer is active, and a revocation writes a tombstone (no value) for every key of the student. Grant access to this topic only to consumers entitled to medical data.",
+        "fields": fields
+    })
+}
+
+pub fn detail_text() -> String {
+    let mut s = serde_json::to_string_pretty(&detail_avsc()).expect("schema serializes");
+    s.push('\n');
+    s
+}
+
 pub fn watermark_text() -> String {
     let mut s = serde_json::to_string_pretty(&watermark_avsc()).expect("schema serializes");
     s.push('\n');
@@ -129,6 +182,27 @@ pub fn listing(reg: &super::codec::Registry) -> String {
             format!("{NAMESPACE}.{}Event", e.record)
         ));
     }
+    o.push_str(&format!(
+        "{:<32} {:<40} {}  (restricted, compacted)\n",
+        "vitrina.medical_detail.v1",
+        format!("{NAMESPACE}.MedicalDetail"),
+        reg.detail_fingerprint()
+    ));
+    o.push_str("\nFIELDS MARKED (medical: never on a general topic; free_text: names and numbers replaced)\n");
+    for e in super::ENTITIES {
+        for f in e.fields {
+            let label = match f.class {
+                super::contract::Class::MedicalWhen(w, v) => {
+                    format!("medical when {w} = {v}, free_text otherwise")
+                }
+                c => match c.label() {
+                    Some(l) => l.to_string(),
+                    None => continue,
+                },
+            };
+            o.push_str(&format!("{:<32} {:<24} {label}\n", e.name, f.name));
+        }
+    }
     o
 }
 
@@ -140,5 +214,6 @@ pub fn write_all(dir: &std::path::Path) -> std::io::Result<usize> {
         std::fs::write(dir.join(file_name(e)), avsc_text(e))?;
     }
     std::fs::write(dir.join(WATERMARK_FILE), watermark_text())?;
-    Ok(super::ENTITIES.len() + 1)
+    std::fs::write(dir.join(DETAIL_FILE), detail_text())?;
+    Ok(super::ENTITIES.len() + 2)
 }

@@ -129,7 +129,8 @@ impl Projection {
         showcase::migrate(&client, schema).await?;
         let stored = showcase::stored_offsets(&client, schema).await?;
         let offsets: Offsets = Arc::new(Mutex::new(stored.clone()));
-        let topics = kafka::event_topics(&prefix);
+        let mut topics = kafka::event_topics(&prefix);
+        topics.push(kafka::detail_topic(&prefix));
         kafka::ensure_topics(
             kafka_ep,
             &topics,
@@ -177,6 +178,7 @@ impl Projection {
                 unassigned_since: None,
                 rejoin_after: Duration::from_millis(kafka_ep.session_timeout_ms as u64 * 3),
                 topics: topics.clone(),
+                detail_topic: kafka::detail_topic(&cfg.capture.topic_prefix),
             },
             sink: Some(Sink::new(client, second, schema, offsets)),
             in_flight: None,

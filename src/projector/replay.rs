@@ -246,13 +246,38 @@ pub async fn run(
             consent::private_schema(SHADOW),
             consent::private_schema(PREVIOUS),
         );
+        // The previous showcase keeps no medical detail: a revocation
+        // after the swap could not reach it. Its private schema goes, and
+        // its medical columns are emptied.
+        let strip: String = consent::MEDICAL
+            .iter()
+            .map(|m| {
+                let nulls: Vec<String> = m.fields.iter().map(|f| format!("{f} = NULL")).collect();
+                let when = m
+                    .when
+                    .map(|(f, v)| format!("{f} = '{v}' AND "))
+                    .unwrap_or_default();
+                format!(
+                    "UPDATE {PREVIOUS}.{e} SET {n} WHERE {when}({c});\n",
+                    e = m.entity,
+                    n = nulls.join(", "),
+                    c = m
+                        .fields
+                        .iter()
+                        .map(|f| format!("{f} IS NOT NULL"))
+                        .collect::<Vec<_>>()
+                        .join(" OR ")
+                )
+            })
+            .collect();
         tx.batch_execute(&format!(
             "DROP SCHEMA IF EXISTS {PREVIOUS} CASCADE;
              DROP SCHEMA IF EXISTS {prev_p} CASCADE;
              ALTER SCHEMA {live} RENAME TO {PREVIOUS};
-             ALTER SCHEMA {live_p} RENAME TO {prev_p};
+             DROP SCHEMA {live_p} CASCADE;
              ALTER SCHEMA {SHADOW} RENAME TO {live};
-             ALTER SCHEMA {shadow_p} RENAME TO {live_p};",
+             ALTER SCHEMA {shadow_p} RENAME TO {live_p};
+             {strip}",
             live = showcase::SCHEMA
         ))
         .await

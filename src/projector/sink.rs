@@ -40,6 +40,8 @@ pub(super) struct Batch {
     pub(super) messages: usize,
     pub(super) events: Vec<crate::events::Event>,
     pub(super) marks: Vec<apply::WatermarkAt>,
+    /// Records of the restricted topic, in the order consumed.
+    pub(super) details: Vec<apply::DetailChange>,
     /// Next offset per partition after this batch.
     pub(super) next: HashMap<Tp, i64>,
     /// Commit time (µs) of the batch's last record per partition.
@@ -113,6 +115,7 @@ impl Sink {
                     &mut self.client,
                     &self.schema,
                     &b.events,
+                    &b.details,
                     &offs,
                     &b.marks,
                 )
@@ -126,8 +129,16 @@ impl Sink {
                 let (mb, ma): (Vec<_>, Vec<_>) =
                     b.marks.iter().cloned().partition(|m| on_second(&m.0));
                 let (ra, rb) = tokio::join!(
-                    apply::apply_with_watermarks(&mut self.client, &self.schema, &ea, &oa, &ma),
-                    apply::apply_with_watermarks(second, &self.schema, &eb, &ob, &mb),
+                    apply::apply_with_watermarks(
+                        &mut self.client,
+                        &self.schema,
+                        &ea,
+                        &[],
+                        &oa,
+                        &ma
+                    ),
+                    // The restricted topic goes with consent and the medical entities.
+                    apply::apply_with_watermarks(second, &self.schema, &eb, &b.details, &ob, &mb),
                 );
                 let (ra, rb) = (ra?, rb?);
                 b.events = ea;

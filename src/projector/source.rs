@@ -27,6 +27,7 @@ use crate::events::codec::Registry;
 use crate::events::Message as Decoded;
 use crate::kafka;
 use crate::observability as obs;
+use crate::showcase::apply::DetailChange;
 
 /// Next offset to apply per partition, shared with the rebalance callback.
 pub(super) type Offsets = Arc<Mutex<HashMap<Tp, i64>>>;
@@ -86,6 +87,8 @@ pub(super) struct Source {
     pub(super) unassigned_since: Option<Instant>,
     pub(super) rejoin_after: Duration,
     pub(super) topics: Vec<String>,
+    /// The restricted topic (medical detail under consent).
+    pub(super) detail_topic: String,
 }
 
 impl Source {
@@ -148,6 +151,13 @@ impl Source {
             b.messages += 1;
             set(&mut self.gathered, k, m.offset() + 1);
             set(&mut b.next, k, m.offset() + 1);
+            if k.0 == self.detail_topic {
+                match self.detail(&m) {
+                    Ok(d) => b.details.push(d),
+                    Err(reason) => self.dead_letter(&m, &reason).await?,
+                }
+                continue;
+            }
             match self
                 .registry
                 .decode_message(m.payload().unwrap_or_default())
@@ -193,6 +203,31 @@ impl Source {
             .map_err(|e| ProjectorError::consumer("rejoining the group", e))?;
         self.unassigned_since = Some(Instant::now());
         Ok(())
+    }
+
+    /// A record of the restricted topic: detail, or a tombstone (no value)
+    /// keyed `<entity>:<key>`.
+    fn detail(&self, m: &rdkafka::message::BorrowedMessage<'_>) -> Result<DetailChange, String> {
+        match m.payload() {
+            Some(bytes) => self
+                .registry
+                .decode_detail(bytes)
+                .map(DetailChange::Keep)
+                .map_err(|e| e.to_string()),
+            None => {
+                let key = m
+                    .key()
+                    .and_then(|k| std::str::from_utf8(k).ok())
+                    .ok_or("a tombstone without a key")?;
+                let (entity, key) = key
+                    .split_once(':')
+                    .ok_or("a tombstone key is not <entity>:<key>")?;
+                Ok(DetailChange::Erase {
+                    entity: entity.to_string(),
+                    key: key.to_string(),
+                })
+            }
+        }
     }
 
     async fn dead_letter(

@@ -18,7 +18,7 @@ use tokio_postgres::Client;
 
 use super::consent::{self, Medical};
 use crate::events::contract::{Entity, Ty};
-use crate::events::{Event, Op, Val};
+use crate::events::{Detail, Event, Op, Val};
 use crate::pg::PgError;
 
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -30,69 +30,6 @@ pub struct Applied {
     pub truncated: u64,
     /// Showcase rows whose medical detail was revealed or redacted.
     pub consent_updates: u64,
-}
-
-/// The raw medical detail of `evs`, into the private table (order-safe).
-async fn upsert_private(
-    tx: &tokio_postgres::Transaction<'_>,
-    schema: &str,
-    m: &Medical,
-    held: &[usize],
-    evs: &[&Event],
-) -> Result<(), PgError> {
-    // Only states that hold medical detail are kept; an update or delete
-    // that leaves none clears what an earlier state kept (order-safe).
-    let holds = m.holds();
-    let (evs, cleared): (Vec<&Event>, Vec<&Event>) = evs
-        .iter()
-        .partition(|e| e.after.as_deref().is_some_and(&holds));
-    let cleared: Vec<&Event> = cleared
-        .into_iter()
-        .filter(|e| matches!(e.op, Op::Update | Op::Delete))
-        .collect();
-    if !cleared.is_empty() {
-        let keys: Vec<&str> = cleared.iter().map(|e| e.key.as_str()).collect();
-        let commit_lsn: Vec<i64> = cleared.iter().map(|e| e.source.commit_lsn as i64).collect();
-        let lsn: Vec<i64> = cleared.iter().map(|e| e.source.lsn as i64).collect();
-        tx.execute(
-            &consent::private_clear_sql(m, schema),
-            &[&keys, &commit_lsn, &lsn],
-        )
-        .await
-        .map_err(PgError::query(format!(
-            "clearing the medical detail of {}",
-            m.entity
-        )))?;
-    }
-    if evs.is_empty() {
-        return Ok(());
-    }
-    let keys: Vec<&str> = evs.iter().map(|e| e.key.as_str()).collect();
-    let students: Vec<Option<i64>> = evs.iter().map(|e| consent::student_of(e)).collect();
-    let fields: Vec<Vec<Option<&str>>> = held
-        .iter()
-        .map(|i| {
-            evs.iter()
-                .map(|e| match e.after.as_ref().map(|a| &a[*i]) {
-                    Some(Val::Str(s)) => Some(s.as_str()),
-                    _ => None,
-                })
-                .collect()
-        })
-        .collect();
-    let commit_lsn: Vec<i64> = evs.iter().map(|e| e.source.commit_lsn as i64).collect();
-    let lsn: Vec<i64> = evs.iter().map(|e| e.source.lsn as i64).collect();
-    let mut params: Vec<&(dyn ToSql + Sync)> = vec![&keys, &students];
-    params.extend(fields.iter().map(|f| f as &(dyn ToSql + Sync)));
-    params.push(&commit_lsn);
-    params.push(&lsn);
-    tx.execute(&consent::private_upsert_sql(m, schema), &params)
-        .await
-        .map_err(PgError::query(format!(
-            "keeping the medical detail of {}",
-            m.entity
-        )))?;
-    Ok(())
 }
 
 fn pos(e: &Event) -> (u64, u64) {
@@ -229,7 +166,100 @@ pub async fn apply_batch(
     events: &[Event],
     offsets: &[(String, i32, i64)],
 ) -> Result<Applied, PgError> {
-    apply_with_watermarks(client, schema, events, offsets, &[]).await
+    apply_with_watermarks(client, schema, events, &[], offsets, &[]).await
+}
+
+/// A record of the restricted topic: a row's medical detail, or its
+/// tombstone.
+#[derive(Debug, Clone, PartialEq)]
+pub enum DetailChange {
+    Keep(Detail),
+    Erase { entity: String, key: String },
+}
+
+impl DetailChange {
+    fn id(&self) -> (&str, &str) {
+        match self {
+            DetailChange::Keep(d) => (d.entity.name, d.key.as_str()),
+            DetailChange::Erase { entity, key } => (entity.as_str(), key.as_str()),
+        }
+    }
+}
+
+/// The restricted topic's records, into the private tables: the last
+/// record of each key wins. Returns the keys touched, per entity.
+async fn apply_details(
+    tx: &tokio_postgres::Transaction<'_>,
+    schema: &str,
+    details: &[DetailChange],
+) -> Result<HashMap<&'static str, Vec<String>>, PgError> {
+    let mut last: HashMap<(&str, &str), &DetailChange> = HashMap::new();
+    for d in details {
+        last.insert(d.id(), d);
+    }
+    let mut touched: HashMap<&'static str, Vec<String>> = HashMap::new();
+    for m in consent::MEDICAL {
+        let (keep, erase): (Vec<&DetailChange>, Vec<&DetailChange>) = last
+            .values()
+            .filter(|d| d.id().0 == m.entity)
+            .partition(|d| matches!(d, DetailChange::Keep(_)));
+        if !erase.is_empty() {
+            let keys: Vec<&str> = erase.iter().map(|d| d.id().1).collect();
+            tx.execute(&consent::detail_erase_sql(m, schema), &[&keys])
+                .await
+                .map_err(PgError::query(format!(
+                    "erasing the medical detail of {}",
+                    m.entity
+                )))?;
+            touched
+                .entry(m.entity)
+                .or_default()
+                .extend(keys.iter().map(|k| k.to_string()));
+        }
+        let keep: Vec<&Detail> = keep
+            .iter()
+            .filter_map(|d| match d {
+                DetailChange::Keep(d) => Some(d),
+                DetailChange::Erase { .. } => None,
+            })
+            .collect();
+        if keep.is_empty() {
+            continue;
+        }
+        let keys: Vec<&str> = keep.iter().map(|d| d.key.as_str()).collect();
+        let students: Vec<Option<i64>> = keep.iter().map(|d| d.student_id).collect();
+        let fields: Vec<Vec<Option<&str>>> = m
+            .fields
+            .iter()
+            .map(|f| {
+                keep.iter()
+                    .map(|d| {
+                        d.fields
+                            .iter()
+                            .find(|(n, _)| n == f)
+                            .and_then(|(_, v)| v.as_deref())
+                    })
+                    .collect()
+            })
+            .collect();
+        let commit_lsn: Vec<i64> = keep.iter().map(|d| d.commit_lsn as i64).collect();
+        let lsn: Vec<i64> = keep.iter().map(|d| d.lsn as i64).collect();
+        let mut params: Vec<&(dyn ToSql + Sync)> = vec![&keys, &students];
+        params.extend(fields.iter().map(|f| f as &(dyn ToSql + Sync)));
+        params.push(&commit_lsn);
+        params.push(&lsn);
+        tx.execute(&consent::detail_upsert_sql(m, schema), &params)
+            .await
+            .map_err(PgError::query(format!(
+                "keeping the medical detail of {}",
+                m.entity
+            )))?;
+        touched
+            .entry(m.entity)
+            .or_default()
+            .extend(keys.iter().map(|k| k.to_string()));
+    }
+    Ok(touched)
 }
 
 /// A watermark consumed from (topic, partition): journal commit time (µs) and LSN.
@@ -241,6 +271,7 @@ pub async fn apply_with_watermarks(
     client: &mut Client,
     schema: &str,
     events: &[Event],
+    details: &[DetailChange],
     offsets: &[(String, i32, i64)],
     watermarks: &[WatermarkAt],
 ) -> Result<Applied, PgError> {
@@ -403,9 +434,11 @@ pub async fn apply_with_watermarks(
             )))?;
         applied.written += n;
         applied.skipped += evs.len() as u64 - n;
-        if let Some(m) = medical {
-            upsert_private(&tx, schema, m, &held, evs).await?;
-        }
+    }
+    // Medical detail comes only from the restricted topic: a general event
+    // carries none (capture nulls it), so it never writes the private tables.
+    for (entity, keys) in apply_details(&tx, schema, details).await? {
+        medical_keys.entry(entity).or_default().extend(keys);
     }
     students.sort_unstable();
     students.dedup();

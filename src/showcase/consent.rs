@@ -154,6 +154,27 @@ pub fn private_upsert_sql(m: &Medical, schema: &str) -> String {
     )
 }
 
+/// Upsert of detail from the restricted topic (`$1` keys, `$2` students,
+/// one text array per field, commit LSNs, LSNs): the last record of a key
+/// wins (a key's records come in order on one partition).
+pub fn detail_upsert_sql(m: &Medical, schema: &str) -> String {
+    private_upsert_sql(m, schema)
+        .split("\n         WHERE (cur.source_commit_lsn")
+        .next()
+        .expect("the upsert has a head")
+        .to_string()
+}
+
+/// A tombstone on the restricted topic: the detail of keys `$1` is erased.
+pub fn detail_erase_sql(m: &Medical, schema: &str) -> String {
+    let nulls: Vec<String> = m.fields.iter().map(|f| format!("{f} = NULL")).collect();
+    format!(
+        "UPDATE {t} SET {nulls}, source_commit_lsn = 0, source_lsn = 0 WHERE key = ANY($1::text[])",
+        t = m.private_table(schema),
+        nulls = nulls.join(", ")
+    )
+}
+
 /// Clears the private detail of keys `$1` older than positions (`$2`, `$3`).
 pub fn private_clear_sql(m: &Medical, schema: &str) -> String {
     let nulls: Vec<String> = m.fields.iter().map(|f| format!("{f} = NULL")).collect();
@@ -235,6 +256,34 @@ mod tests {
             }
         }
         field_index(entity("consent"), "student_id");
+    }
+
+    #[test]
+    fn the_medical_list_is_the_contracts() {
+        use crate::events::contract::Class;
+        for e in ENTITIES {
+            let fields: Vec<&str> = e
+                .fields
+                .iter()
+                .filter(|f| matches!(f.class, Class::Medical | Class::MedicalWhen(..)))
+                .map(|f| f.name)
+                .collect();
+            match medical(e.name) {
+                None => assert!(fields.is_empty(), "{} has medical fields", e.name),
+                Some(m) => {
+                    assert_eq!(m.fields, fields.as_slice(), "{}", e.name);
+                    for f in e.fields.iter().filter(|f| fields.contains(&f.name)) {
+                        let when = match f.class {
+                            Class::MedicalWhen(a, b) => Some((a, b)),
+                            _ => None,
+                        };
+                        assert_eq!(m.when, when, "{}.{}", e.name, f.name);
+                    }
+                }
+            }
+        }
+        assert!(detail_upsert_sql(medical("attendance").unwrap(), "s").contains("ON CONFLICT"));
+        assert!(!detail_upsert_sql(medical("attendance").unwrap(), "s").contains("WHERE"));
     }
 
     #[test]

@@ -314,11 +314,33 @@ pub fn http_get(addr: &str, path: &str) -> (u16, String) {
 pub async fn journal_state(
     cfg: &tokio_postgres::Config,
 ) -> std::collections::BTreeMap<(String, String), Vec<vitrina::events::Val>> {
+    journal_view(cfg, false).await
+}
+
+/// What the journal holds, as capture publishes it: mapped, free text
+/// scrubbed of the journal's names and numbers, and medical detail either
+/// out (`keep_medical` false: the general topics) or kept (what the
+/// showcase may show under consent).
+pub async fn journal_view(
+    cfg: &tokio_postgres::Config,
+    keep_medical: bool,
+) -> std::collections::BTreeMap<(String, String), Vec<vitrina::events::Val>> {
     use futures::StreamExt;
     let c = vitrina::pg::connect(cfg).await.unwrap();
     let dp = vitrina::privacy::Depersonalizer::new(vitrina::privacy::Mode::Plain);
+    let mapping = vitrina::capture::mapping::Mapping::reference();
+    let mut fields = vitrina::capture::gate::Fields::new(true);
+    for n in &mapping.names {
+        for col in &n.columns {
+            let names: Vec<Option<String>> =
+                column(&c, &format!("SELECT {col} FROM {}", n.table)).await;
+            for name in names.into_iter().flatten() {
+                fields.learn(&name);
+            }
+        }
+    }
     let mut out = std::collections::BTreeMap::new();
-    for t in vitrina::capture::mapping::Mapping::reference().tables {
+    for t in mapping.tables {
         let cols = t.columns();
         let sql = format!(
             "COPY (SELECT {} FROM {}) TO STDOUT",
@@ -332,7 +354,15 @@ pub async fn journal_state(
             .collect();
         for line in String::from_utf8(bytes).unwrap().lines() {
             let row = vitrina::capture::snapshot::CopyRow::parse(&cols, line);
-            let m = t.map_row(&row, &dp).unwrap();
+            let mut m = t.map_row(&row, &dp).unwrap();
+            let applied = fields.apply(t.entity, &mut m.after);
+            if keep_medical {
+                for (name, v) in applied.detail.into_iter().flatten() {
+                    if let (Some(i), Some(v)) = (t.entity.index(name), v) {
+                        m.after[i] = vitrina::events::Val::Str(v);
+                    }
+                }
+            }
             out.insert((t.entity.name.to_string(), m.key), m.after);
         }
     }

@@ -105,6 +105,9 @@ struct State {
     consent_active: Vec<(i64, i64)>,
     consent_none: Vec<i64>,
     first_parent: HashMap<i64, (i64, String)>,
+    /// Surnames of the region's students: teachers write them into free
+    /// text, which capture must scrub.
+    surnames: Vec<String>,
 }
 
 fn push_bounded<T>(v: &mut Vec<T>, x: T) {
@@ -257,7 +260,18 @@ async fn load_state(client: &Client) -> Result<State, WorkloadError> {
         .into_iter()
         .map(|r| (r.get(0), r.get(1)))
         .collect();
+    let surnames = client
+        .query(
+            "SELECT DISTINCT last_name FROM journal.students ORDER BY last_name LIMIT 500",
+            &[],
+        )
+        .await
+        .map_err(PgError::query("reading surnames"))?
+        .into_iter()
+        .map(|r| r.get(0))
+        .collect();
     Ok(State {
+        surnames,
         today: chrono::Local::now().date_naive(),
         classes,
         student_class,

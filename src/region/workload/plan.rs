@@ -119,6 +119,13 @@ pub(super) fn plan(op: &str, state: &Mutex<State>, rng: &mut Rng) -> Option<Plan
         "lesson_entry" => {
             let ci = rng.below(st.classes.len() as u64) as usize;
             let today = st.today;
+            let note = if rng.chance(0.15) {
+                mention(&st.surnames, rng)
+                    .map(|n| format!(" ({n} — переписать)"))
+                    .unwrap_or_default()
+            } else {
+                String::new()
+            };
             let class = &mut st.classes[ci];
             if class.students.is_empty() || class.subjects.is_empty() {
                 return None;
@@ -172,7 +179,7 @@ pub(super) fn plan(op: &str, state: &Mutex<State>, rng: &mut Rng) -> Option<Plan
                     topic: format!("тема {topic_no}"),
                     homework: rng
                         .chance(0.7)
-                        .then(|| format!("§{topic_no}, упр. {}", rng.range(1, 400))),
+                        .then(|| format!("§{topic_no}, упр. {}{note}", rng.range(1, 400))),
                 },
                 grades,
                 absences,
@@ -216,15 +223,28 @@ pub(super) fn plan(op: &str, state: &Mutex<State>, rng: &mut Rng) -> Option<Plan
             let lesson = *st
                 .recent_lessons
                 .get(rng.below(st.recent_lessons.len().max(1) as u64) as usize)?;
-            Some(Plan::Homework {
-                lesson,
-                text: format!(
-                    "повторить §{}, задачи {}–{}",
-                    rng.range(1, 40),
-                    rng.range(1, 20),
-                    rng.range(21, 40)
-                ),
-            })
+            let mut text = format!(
+                "повторить §{}, задачи {}–{}",
+                rng.range(1, 40),
+                rng.range(1, 20),
+                rng.range(21, 40)
+            );
+            // Teachers type what they should not: a pupil's name, a document.
+            if rng.chance(0.3) {
+                if let Some(n) = mention(&st.surnames, rng) {
+                    text.push_str(&format!("; {n} принести справку"));
+                }
+            }
+            if rng.chance(0.1) {
+                text.push_str(&format!(
+                    ", СНИЛС {:03}-{:03}-{:03} {:02}",
+                    rng.range(100, 999),
+                    rng.range(100, 999),
+                    rng.range(100, 999),
+                    rng.range(10, 99)
+                ));
+            }
+            Some(Plan::Homework { lesson, text })
         }
         "class_transfer" => {
             let from = rng.below(st.classes.len() as u64) as usize;
@@ -439,5 +459,20 @@ pub(super) async fn execute(
     Ok(Created {
         changes: n,
         ..Created::default()
+    })
+}
+
+/// A surname of the region in one of the forms teachers write it in
+/// (Иванов, Иванову, Ивановым; Иванова, Ивановой).
+fn mention(surnames: &[String], rng: &mut Rng) -> Option<String> {
+    let s = surnames.get(rng.below(surnames.len().max(1) as u64) as usize)?;
+    let form = rng.below(3);
+    Some(match s.strip_suffix('а') {
+        Some(stem) if form > 0 => format!("{stem}ой"),
+        _ => match form {
+            1 => format!("{s}у"),
+            2 => format!("{s}ым"),
+            _ => s.clone(),
+        },
     })
 }

@@ -16,6 +16,8 @@ use streebog::{Digest, Streebog512};
 
 use crate::identifiers::{self, Invalid};
 
+pub mod scrub;
+
 /// How identifiers are hashed.
 #[derive(Clone)]
 pub enum Mode {

@@ -1,0 +1,329 @@
+//! The law at the Kafka boundary: after a workload that grants and revokes
+//! consents and types pupils' names and document numbers into free text,
+//! no general topic carries medical detail, a name or a raw document
+//! number; the restricted topic carries detail only for students whose
+//! parent consents now, loses it on revocation (what a new reader gets:
+//! the latest record per key, as compaction leaves it) and gets it back on
+//! a new consent; the showcase follows.
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use vitrina::events::codec::Registry;
+use vitrina::events::{Message, Val};
+use vitrina::region::load;
+
+/// The restricted topic as a new reader gets it once compacted: the latest
+/// record per key; `None` for a tombstone.
+fn compacted(
+    messages: &[(String, i32, Vec<u8>, Vec<u8>)],
+    prefix: &str,
+) -> HashMap<String, Option<vitrina::events::Detail>> {
+    let reg = Registry::new();
+    let topic = format!("{prefix}.medical_detail.v1");
+    let mut out = HashMap::new();
+    for (t, _, key, value) in messages {
+        if *t != topic {
+            continue;
+        }
+        let k = String::from_utf8(key.clone()).unwrap();
+        let v = (!value.is_empty()).then(|| reg.decode_detail(value).expect("detail decodes"));
+        out.insert(k, v);
+    }
+    out
+}
+
+async fn consenting(c: &tokio_postgres::Client) -> HashSet<i64> {
+    common::column::<i64>(
+        c,
+        "SELECT DISTINCT student_id FROM journal.parental_consents
+          WHERE kind = 'medical_data_transfer' AND status = 'granted'",
+    )
+    .await
+    .into_iter()
+    .collect()
+}
+
+/// Waits until the showcase shows `reason` (or nothing) for attendance `key`.
+async fn shown(show: &tokio_postgres::Client, key: i64, want: Option<&str>) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let r: Option<Option<String>> = show
+            .query_opt(
+                "SELECT reason FROM showcase.attendance WHERE key = $1",
+                &[&key.to_string()],
+            )
+            .await
+            .unwrap()
+            .map(|r| r.get(0));
+        if r.as_ref().map(|x| x.as_deref()) == Some(want) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "showcase.attendance {key}: reason {r:?}, want {want:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_medical_detail_names_or_documents_leave_except_under_consent() {
+    let cfg = common::journal_db("t_privacy").await;
+    let db = common::db_name(&cfg);
+    load::load(
+        &cfg,
+        &common::small_region(61, 1, 40, 0.02),
+        2,
+        false,
+        false,
+    )
+    .await
+    .unwrap();
+    let c = vitrina::pg::connect(&cfg).await.unwrap();
+    // The student under test, without any consent, ill once.
+    let student: i64 = c
+        .query_one(
+            "SELECT s.id FROM journal.students s
+              JOIN journal.attendance a ON a.student_id = s.id
+              WHERE NOT EXISTS (SELECT 1 FROM journal.parental_consents p WHERE p.student_id = s.id)
+              ORDER BY s.id LIMIT 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let (parent, lesson, teacher): (i64, i64, i64) = {
+        let r = c
+            .query_one(
+                "SELECT sp.parent_id, a.lesson_id, a.teacher_id FROM journal.student_parents sp
+                   JOIN journal.attendance a ON a.student_id = sp.student_id
+                  WHERE sp.student_id = $1 LIMIT 1",
+                &[&student],
+            )
+            .await
+            .unwrap();
+        (r.get(0), r.get(1), r.get(2))
+    };
+    let surname: String = c
+        .query_one(
+            "SELECT last_name FROM journal.students WHERE id = $1",
+            &[&student],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    c.execute(
+        "DELETE FROM journal.attendance WHERE student_id = $1 AND lesson_id = $2",
+        &[&student, &lesson],
+    )
+    .await
+    .unwrap();
+    let ill: i64 = c
+        .query_one(
+            "INSERT INTO journal.attendance (lesson_id, student_id, code, reason, teacher_id, updated_by)
+             VALUES ($1, $2, 'Б', 'болезнь: ОРВИ', $3, 'test') RETURNING id",
+            &[&lesson, &student, &teacher],
+        )
+        .await
+        .unwrap()
+        .get(0);
+
+    let name = format!("priv{}", std::process::id());
+    let show_cfg = common::fresh_db("t_privacy_show").await;
+    let show_db = common::db_name(&show_cfg);
+    let mut capture = common::spawn_capture(&db, &name);
+    let mut projector = common::spawn_projector(&db, &name, &show_db);
+    common::wait_caught_up(&cfg, &name, Duration::from_secs(240)).await;
+    let show = vitrina::pg::connect(&show_cfg).await.unwrap();
+    shown(&show, ill, None).await;
+
+    // The live workload: lessons with names in homework, corrections,
+    // consents granted and revoked, ЕМИАС exemptions; and a comment that
+    // names our student in another case, with a SNILS.
+    let load_task = common::spawn_workload(&cfg, 8, 0, 17);
+    c.execute(
+        "UPDATE journal.attendance SET reason = 'болезнь: ОРВИ, ' || $2 || 'у СНИЛС 112-233-445 95' WHERE id = $1",
+        &[&ill, &surname],
+    )
+    .await
+    .unwrap();
+    assert_eq!(load_task.await.unwrap().failed_transactions, 0);
+
+    // Consent granted: the detail that already exists goes out, and shows.
+    let consent: i64 = c
+        .query_one(
+            "INSERT INTO journal.parental_consents (student_id, parent_id, kind, status, granted_at, document_number, document_date, updated_by)
+             VALUES ($1, $2, 'medical_data_transfer', 'granted', now(), 'Т-1', current_date, 'test') RETURNING id",
+            &[&student, &parent],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    common::wait_caught_up(&cfg, &name, Duration::from_secs(240)).await;
+    let detail_key = format!("attendance:{ill}");
+    let messages = common::read_all(&name);
+    let view = compacted(&messages, &name);
+    let d = view
+        .get(&detail_key)
+        .cloned()
+        .flatten()
+        .expect("under consent the detail is on the restricted topic");
+    let reason = d
+        .fields
+        .iter()
+        .find(|(f, _)| *f == "reason")
+        .unwrap()
+        .1
+        .clone()
+        .unwrap();
+    assert!(reason.starts_with("болезнь: ОРВИ"), "{reason}");
+    assert!(
+        !reason.contains(&surname),
+        "names are scrubbed there too: {reason}"
+    );
+    shown(&show, ill, Some(&reason)).await;
+
+    // Every general topic: no medical detail, no names, no raw documents.
+    let reg = Registry::new();
+    let surnames: Vec<String> = common::column::<String>(
+        &c,
+        "SELECT DISTINCT last_name FROM journal.students UNION SELECT DISTINCT last_name FROM journal.parents
+         UNION SELECT DISTINCT last_name FROM journal.teachers",
+    )
+    .await
+    .into_iter()
+    .filter(|s| s.chars().count() >= 5)
+    // The stem without a feminine ending catches the declined forms.
+    .map(|s| s.trim_end_matches('а').to_lowercase())
+    .collect();
+    let snils = regex_lite::Regex::new(r"\d{3}-\d{3}-\d{3} \d{2}").unwrap();
+    let mut checked = 0;
+    let mut free_text = 0;
+    for (topic, _, _, payload) in &messages {
+        if topic.ends_with(".deadletter.v1") || topic.ends_with(".medical_detail.v1") {
+            continue;
+        }
+        let Ok(Message::Event(e)) = reg.decode_message(payload) else {
+            continue;
+        };
+        let Some(after) = &e.after else { continue };
+        checked += 1;
+        let field = |name: &str| &after[e.entity.index(name).unwrap()];
+        match e.entity.name {
+            "attendance" if *field("code") == Val::Str("Б".into()) => {
+                assert_eq!(*field("reason"), Val::Null, "an illness reason on {topic}")
+            }
+            "medical_exemption" => {
+                assert_eq!(
+                    *field("diagnosis_group"),
+                    Val::Null,
+                    "a diagnosis on {topic}"
+                );
+                assert_eq!(*field("pe_group"), Val::Null, "a PE group on {topic}");
+            }
+            _ => {}
+        }
+        for (f, v) in e.entity.fields.iter().zip(after) {
+            let Val::Str(s) = v else { continue };
+            if e.entity.name == "organization" {
+                continue; // heads' names are public registry data
+            }
+            if f.class.label().is_some() {
+                free_text += 1;
+            }
+            let lower = s.to_lowercase();
+            for n in &surnames {
+                assert!(
+                    !lower.contains(n.as_str()),
+                    "a name on {topic}: {}.{} = {s:?}",
+                    e.entity.name,
+                    f.name
+                );
+            }
+            assert!(
+                !snils.is_match(s),
+                "a SNILS on {topic}: {}.{}",
+                e.entity.name,
+                f.name
+            );
+        }
+    }
+    assert!(
+        checked > 10_000 && free_text > 100,
+        "{checked} events, {free_text} free-text values checked"
+    );
+    // The journal did hold names in free text: the check above was not idle.
+    let named: i64 = c
+        .query_one(
+            "SELECT count(*) FROM journal.lessons l WHERE EXISTS (
+               SELECT 1 FROM journal.students s WHERE l.homework LIKE '%' || s.last_name || '%')",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(named > 0, "the workload typed names into homework");
+
+    // The restricted topic holds detail only for students who consent now.
+    let now = consenting(&c).await;
+    for (k, d) in &view {
+        if let Some(d) = d {
+            assert!(
+                d.student_id.is_some_and(|s| now.contains(&s)),
+                "{k}: detail of a student without consent"
+            );
+        }
+    }
+
+    // Revocation: tombstones; a new reader gets no detail; the showcase
+    // redacts; the private copy is erased.
+    c.execute(
+        "UPDATE journal.parental_consents SET status = 'revoked', revoked_at = now() WHERE id = $1",
+        &[&consent],
+    )
+    .await
+    .unwrap();
+    common::wait_caught_up(&cfg, &name, Duration::from_secs(240)).await;
+    let view = compacted(&common::read_all(&name), &name);
+    for (k, d) in &view {
+        if let Some(d) = d {
+            assert_ne!(d.student_id, Some(student), "{k}: detail after revocation");
+        }
+    }
+    assert_eq!(
+        view.get(&detail_key),
+        Some(&None),
+        "a tombstone erases the key"
+    );
+    shown(&show, ill, None).await;
+    let held: Option<String> = show
+        .query_one(
+            "SELECT reason FROM showcase_private.attendance_medical WHERE key = $1",
+            &[&ill.to_string()],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(held, None, "the private copy is erased");
+
+    // A late consent brings it back.
+    c.execute(
+        "INSERT INTO journal.parental_consents (student_id, parent_id, kind, status, granted_at, document_number, document_date, updated_by)
+         VALUES ($1, $2, 'medical_data_transfer', 'granted', now(), 'Т-2', current_date, 'test')",
+        &[&student, &parent],
+    )
+    .await
+    .unwrap();
+    common::wait_caught_up(&cfg, &name, Duration::from_secs(240)).await;
+    let view = compacted(&common::read_all(&name), &name);
+    assert!(
+        view.get(&detail_key).cloned().flatten().is_some(),
+        "back under the new consent"
+    );
+    shown(&show, ill, Some(&reason)).await;
+    common::kill(&mut projector, libc::SIGTERM);
+    common::kill(&mut capture, libc::SIGTERM);
+}
