@@ -37,6 +37,11 @@ pub struct CaptureBench {
     pub capture_median_s: f64,
     pub throughput_ratio: f64,
     pub capture_changes_per_s: f64,
+    /// Capture without free-text scrubbing over the same range, per run (s),
+    /// its median, and scrubbed ÷ unscrubbed time (the cost of scrubbing).
+    pub unscrubbed_runs: Vec<f64>,
+    pub unscrubbed_median_s: f64,
+    pub scrub_cost_ratio: f64,
     pub latency_rate_target: u32,
     pub latency_rate_achieved: f64,
     pub latency_transactions: usize,
@@ -108,7 +113,7 @@ pub async fn capture(cfg: &Config, knobs: &Knobs) -> Result<CaptureBench, BenchE
         None
     };
     for r in 0..knobs.runs {
-        for kind in ["recv", "cap"] {
+        for kind in ["recv", "cap", "raw"] {
             sql.execute(
                 "SELECT pg_create_logical_replication_slot($1, 'pgoutput')",
                 &[&format!("{tag}_{kind}_{r}")],
@@ -166,6 +171,7 @@ pub async fn capture(cfg: &Config, knobs: &Knobs) -> Result<CaptureBench, BenchE
         .bin_dir
         .join("pg_recvlogical");
     let mut runs = Vec::new();
+    let mut unscrubbed = Vec::new();
     for r in 0..knobs.runs {
         let t0 = Instant::now();
         let j = conns.journal().map_err(fail)?;
@@ -220,9 +226,22 @@ pub async fn capture(cfg: &Config, knobs: &Knobs) -> Result<CaptureBench, BenchE
             r + 1
         );
         runs.push((reference, secs));
+        // The same range without free-text scrubbing: its cost, same run.
+        let mut c = capture_config(
+            cfg,
+            &format!("{tag}_raw_{r}"),
+            &publication,
+            &format!("{tag}-raw-{r}"),
+            false,
+            3_600_000,
+        );
+        c.capture.scrub_free_text = false;
+        let raw = timed_capture(&c, &conns, end).await?;
+        eprintln!("bench: run {}: capture without scrubbing {raw:.3} s", r + 1);
+        unscrubbed.push(raw);
     }
     for r in 0..knobs.runs {
-        for kind in ["recv", "cap"] {
+        for kind in ["recv", "cap", "raw"] {
             let _ = sql
                 .execute(
                     "SELECT pg_drop_replication_slot($1)",
@@ -306,7 +325,11 @@ pub async fn capture(cfg: &Config, knobs: &Knobs) -> Result<CaptureBench, BenchE
     let mut refs: Vec<f64> = runs.iter().map(|r| r.0).collect();
     let mut caps: Vec<f64> = runs.iter().map(|r| r.1).collect();
     let (mr, mc) = (median(&mut refs), median(&mut caps));
+    let mu = median(&mut unscrubbed.clone());
     Ok(CaptureBench {
+        unscrubbed_runs: unscrubbed,
+        unscrubbed_median_s: mu,
+        scrub_cost_ratio: mc / mu,
         wal_bytes,
         changes: report.changes,
         runs,

@@ -29,6 +29,11 @@ impl fmt::Display for CaptureBench {
         )?;
         writeln!(
             f,
+            "  free-text scrubbing: capture {:.3} s with, {:.3} s without (medians, same range, same run); with ÷ without {:.2}",
+            b.capture_median_s, b.unscrubbed_median_s, b.scrub_cost_ratio
+        )?;
+        writeln!(
+            f,
             "  commit → ack latency at {} changes/s (achieved {:.0}/s, {} transactions): p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms (target p99 < 500 ms)",
             b.latency_rate_target, b.latency_rate_achieved, b.latency_transactions, b.latency_p50_ms, b.latency_p99_ms, b.latency_max_ms
         )?;

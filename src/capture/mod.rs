@@ -141,6 +141,9 @@ impl Classify for CaptureError {
     }
 }
 
+/// How often an idle capture confirms the server's sent position.
+const IDLE_TICK: Duration = Duration::from_secs(1);
+
 /// pgoutput v1 with logical messages (heartbeats) from `slot`, which
 /// exports a snapshot when created (the initial load reads at it).
 fn stream_config(slot: &str, publication: &str, temporary: bool) -> ReplicationStreamConfig {
@@ -277,6 +280,7 @@ impl Capture {
             partitions,
             in_flight: in_flight.clone(),
             detail_topic: kafka::detail_topic(&c.topic_prefix),
+            last_commit: 0,
         };
         let mut gate = gate::Gate::open(
             pg::connect(&self.journal.config()).await?,
@@ -323,11 +327,26 @@ impl Capture {
             heartbeat::prefix(&c.slot),
             gate,
         );
+        // A tick wakes the loop every second even when the server sends only
+        // keepalives (pg_walstream's cancellation is safe mid-stream): when
+        // idle, capture confirms what the server says it has sent, so a
+        // walsender waiting for that at shutdown lets the server stop.
+        let tick_slot = Arc::new(std::sync::Mutex::new(cancel.child_token()));
+        let ticker = {
+            let slot = tick_slot.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(IDLE_TICK).await;
+                    slot.lock().unwrap().cancel();
+                }
+            })
+        };
+        let mut tick = tick_slot.lock().unwrap().clone();
         let result: Result<(), CaptureError> = loop {
             // Heartbeat messages keep this loop turning on an idle journal.
             self.health.beat();
             let ev = tokio::select! {
-                r = stream.next_event(&cancel) => r,
+                r = stream.next_event(&tick) => r,
                 a = &mut acker_task => {
                     break match a {
                         Ok(Ok(())) => Err(CaptureError::Task("the acker stopped".into())),
@@ -338,7 +357,21 @@ impl Capture {
             };
             let ev = match ev {
                 Ok(ev) => ev,
-                Err(ReplicationError::Cancelled(_)) => break Ok(()),
+                Err(ReplicationError::Cancelled(_)) if cancel.is_cancelled() => break Ok(()),
+                Err(ReplicationError::Cancelled(_)) => {
+                    tick = cancel.child_token();
+                    *tick_slot.lock().unwrap() = tick.clone();
+                    if streamer.idle(&self.progress) {
+                        let sent = stream.current_lsn();
+                        if sent > self.progress.confirmed.load(Ordering::SeqCst) {
+                            stream.shared_lsn_feedback.update_flushed_lsn(sent);
+                            stream.shared_lsn_feedback.update_applied_lsn(sent);
+                            self.progress.confirmed.fetch_max(sent, Ordering::SeqCst);
+                            let _ = stream.send_feedback().await;
+                        }
+                    }
+                    continue;
+                }
                 Err(e) => {
                     metrics::counter!(obs::CAPTURE_ERRORS, "kind" => "replication").increment(1);
                     break Err(CaptureError::Replication(e));
@@ -353,6 +386,7 @@ impl Capture {
             // hold WAL meanwhile. Checking after every event costs a clock read.
             stream.maybe_send_feedback().await;
         };
+        ticker.abort();
 
         // Drain: everything produced is acknowledged and confirmed, then told
         // to the server, before we go.

@@ -74,6 +74,8 @@ pub struct Publisher {
     pub(super) in_flight: Arc<AtomicI64>,
     /// The restricted topic (medical detail under consent).
     pub(super) detail_topic: String,
+    /// End LSN of the last commit handed to the acker.
+    pub(super) last_commit: u64,
 }
 
 impl Publisher {
@@ -101,6 +103,12 @@ impl Publisher {
                 Err((e, _)) => return Err(CaptureError::delivery(&e)),
             }
         }
+    }
+
+    /// Whether every commit handed to the acker is confirmed: nothing of
+    /// what the stream delivered waits for Kafka.
+    pub fn drained(&self, progress: &Progress) -> bool {
+        progress.confirmed.load(Ordering::SeqCst) >= self.last_commit
     }
 
     /// The capture's name (its slot), as dead letters carry it.
@@ -254,7 +262,12 @@ impl Publisher {
             .map_err(|_| CaptureError::Task("the acker stopped before acknowledging".into()))
     }
 
-    pub async fn commit(&self, end_lsn: u64, commit_time_micros: i64) -> Result<(), CaptureError> {
+    pub async fn commit(
+        &mut self,
+        end_lsn: u64,
+        commit_time_micros: i64,
+    ) -> Result<(), CaptureError> {
+        self.last_commit = self.last_commit.max(end_lsn);
         self.enqueue(Ack::Commit {
             end_lsn,
             commit_time_micros,

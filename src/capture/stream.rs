@@ -51,6 +51,8 @@ struct Txn {
     commit_lsn: u64,
     commit_time_micros: i64,
     heartbeat: bool,
+    /// Between Begin and Commit.
+    open: bool,
 }
 
 /// Turns the replication stream's messages into published events.
@@ -89,6 +91,12 @@ impl Streamer {
         self.publisher
     }
 
+    /// Between transactions, with every delivered change acknowledged:
+    /// the stream may confirm what the server says it has sent.
+    pub(super) fn idle(&self, progress: &super::Progress) -> bool {
+        !self.txn.open && self.publisher.drained(progress)
+    }
+
     /// Handles one message of the stream at WAL position `lsn`.
     pub(super) async fn handle(&mut self, ev: EventType, lsn: u64) -> Result<(), CaptureError> {
         let Streamer {
@@ -111,6 +119,7 @@ impl Streamer {
                     commit_lsn: final_lsn.value(),
                     commit_time_micros: commit_timestamp.timestamp_micros(),
                     heartbeat: false,
+                    open: true,
                 };
                 return Ok(());
             }
@@ -120,6 +129,7 @@ impl Streamer {
                 ..
             } => {
                 let t = commit_timestamp.timestamp_micros();
+                txn.open = false;
                 // One span per journal transaction (capture's batch), with its
                 // source positions; FmtSpan::CLOSE logs it at debug level.
                 let span = tracing::debug_span!(
