@@ -147,6 +147,8 @@ pub struct KafkaEndpoint {
     pub brokers: String,
     /// Consumer-group session timeout (librdkafka `session.timeout.ms`).
     pub session_timeout_ms: u32,
+    /// `kafka.properties`: security and tuning for every client.
+    pub properties: crate::config::KafkaProperties,
 }
 
 impl KafkaEndpoint {
@@ -155,6 +157,7 @@ impl KafkaEndpoint {
         KafkaEndpoint {
             brokers: brokers.to_string(),
             session_timeout_ms: crate::config::KafkaConfig::default().session_timeout_ms,
+            properties: Default::default(),
         }
     }
 
@@ -162,6 +165,9 @@ impl KafkaEndpoint {
     pub fn client_config(&self) -> rdkafka::ClientConfig {
         let mut c = rdkafka::ClientConfig::new();
         c.set("bootstrap.servers", &self.brokers);
+        for (k, v) in &self.properties.0 {
+            c.set(k, v);
+        }
         c
     }
 }
@@ -187,6 +193,7 @@ impl Connections {
             .map(|brokers| KafkaEndpoint {
                 brokers,
                 session_timeout_ms: cfg.kafka.session_timeout_ms,
+                properties: cfg.kafka.properties.clone(),
             });
         Connections {
             journal: PgEndpoint::resolve("journal", &cfg.journal, local),

@@ -18,9 +18,22 @@ use serde::{Deserialize, Serialize};
 
 mod sections;
 pub use sections::{
-    CaptureConfig, DatabaseConfig, Hashing, KafkaConfig, ProjectorConfig, RegionConfig,
-    StackConfig, WorkloadConfig,
+    Assignment, CaptureConfig, DatabaseConfig, Hashing, KafkaConfig, KafkaProperties, ProjectorConfig,
+    RegionConfig, StackConfig, WorkloadConfig,
 };
+
+/// librdkafka properties vitrina owns: the servers, and what its
+/// exactly-once and nothing-lost guarantees rest on.
+const RESERVED_KAFKA: &[&str] = &[
+    "bootstrap.servers",
+    "enable.idempotence",
+    "acks",
+    "message.timeout.ms",
+    "group.id",
+    "enable.auto.commit",
+    "enable.auto.offset.store",
+    "auto.offset.reset",
+];
 
 /// Environment variables with this prefix override configuration keys.
 pub const ENV_PREFIX: &str = "VITRINA_";
@@ -159,8 +172,48 @@ impl Config {
                 message: e.to_string().trim().to_string(),
             }
         })?;
+        let mut cfg = cfg;
+        cfg.read_secret_files()?;
         cfg.validate()?;
         Ok(cfg)
+    }
+
+    /// Reads `*_file` secrets into their keys; both set is an error.
+    fn read_secret_files(&mut self) -> Result<(), ConfigError> {
+        fn read(
+            key: &'static str,
+            file: &Option<PathBuf>,
+            value: &mut Option<Secret>,
+        ) -> Result<(), ConfigError> {
+            let Some(path) = file else { return Ok(()) };
+            if value.is_some() {
+                return Err(ConfigError::Invalid {
+                    key,
+                    constraint: "and the key it replaces are both set; keep one".into(),
+                });
+            }
+            let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Invalid {
+                key,
+                constraint: format!("names {} which cannot be read: {e}", path.display()),
+            })?;
+            *value = Some(Secret::new(text.trim_end_matches(['\n', '\r'])));
+            Ok(())
+        }
+        read(
+            "journal.password_file",
+            &self.journal.password_file,
+            &mut self.journal.password,
+        )?;
+        read(
+            "showcase.password_file",
+            &self.showcase.password_file,
+            &mut self.showcase.password,
+        )?;
+        read(
+            "capture.hmac_key_file",
+            &self.capture.hmac_key_file,
+            &mut self.capture.hmac_key,
+        )
     }
 
     /// Checks constraints serde cannot express.
@@ -256,6 +309,14 @@ impl Config {
         }
         if p.batch_wait_ms == 0 || p.batch_wait_ms > 60_000 {
             return bad("projector.batch_wait_ms", "must be within 1..=60000");
+        }
+        for key in self.kafka.properties.0.keys() {
+            if RESERVED_KAFKA.contains(&key.as_str()) {
+                return Err(ConfigError::Invalid {
+                    key: "kafka.properties",
+                    constraint: format!("may not set `{key}`: vitrina sets it for its guarantees (use kafka.brokers for the servers)"),
+                });
+            }
         }
         if self.kafka.session_timeout_ms < 1000 {
             return bad("kafka.session_timeout_ms", "must be at least 1000");

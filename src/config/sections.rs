@@ -38,6 +38,20 @@ pub struct ProjectorConfig {
     /// A reference to a row not in the showcase is "pending" this long
     /// (it may arrive late on another topic), then a violation.
     pub pending_grace_s: u64,
+    /// `self`: one projector reads every partition, assigned by itself,
+    /// with no group coordination (it applies again within seconds of a
+    /// broker's return); `group`: several projectors share the partitions
+    /// through the broker's consumer group.
+    pub assignment: Assignment,
+}
+
+/// How the projector gets its partitions.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Assignment {
+    #[serde(rename = "self")]
+    SelfAssigned,
+    Group,
 }
 
 impl Default for ProjectorConfig {
@@ -53,6 +67,7 @@ impl Default for ProjectorConfig {
             apply_connections: 2,
             quality_interval_s: 60,
             pending_grace_s: 600,
+            assignment: Assignment::SelfAssigned,
         }
     }
 }
@@ -90,6 +105,9 @@ pub struct CaptureConfig {
     pub hashing: Hashing,
     /// Regional secret for `hashing = "keyed"`.
     pub hmac_key: Option<Secret>,
+    /// A file holding the HMAC key (trailing newline ignored), instead of
+    /// `hmac_key`.
+    pub hmac_key_file: Option<PathBuf>,
     /// Prometheus exporter address (`/metrics`).
     pub metrics_listen: String,
     /// Events produced but not yet acknowledged, at most (backpressure).
@@ -121,6 +139,7 @@ impl Default for CaptureConfig {
             mapping_file: None,
             hashing: Hashing::Plain,
             hmac_key: None,
+            hmac_key_file: None,
             metrics_listen: "127.0.0.1:9464".into(),
             max_in_flight: 50_000,
             snapshot: true,
@@ -143,6 +162,9 @@ pub struct DatabaseConfig {
     pub port: Option<u16>,
     pub user: String,
     pub password: Option<Secret>,
+    /// A file holding the password (trailing newline ignored), instead of
+    /// `password`: a mounted secret.
+    pub password_file: Option<PathBuf>,
     pub database: String,
     /// Connect timeout in seconds.
     pub connect_timeout_s: u64,
@@ -155,6 +177,7 @@ impl DatabaseConfig {
             port: None,
             user: "vitrina".into(),
             password: None,
+            password_file: None,
             database: database.into(),
             connect_timeout_s: 10,
         }
@@ -181,6 +204,11 @@ pub struct KafkaConfig {
     /// librdkafka `session.timeout.ms` for consumer groups. tansu joins a
     /// group in about 3 s with 6000 ms and about 23 s with the default.
     pub session_timeout_ms: u32,
+    /// librdkafka properties for every client (producer, consumer, admin),
+    /// e.g. `security.protocol = "SASL_SSL"`, `sasl.mechanism =
+    /// "SCRAM-SHA-512"`, `sasl.username`, `sasl.password`,
+    /// `ssl.ca.location`. Values of keys that name a secret print as `***`.
+    pub properties: KafkaProperties,
 }
 
 impl Default for KafkaConfig {
@@ -188,7 +216,45 @@ impl Default for KafkaConfig {
         KafkaConfig {
             brokers: None,
             session_timeout_ms: 6000,
+            properties: KafkaProperties::default(),
         }
+    }
+}
+
+/// librdkafka properties; those whose key names a secret (`password`,
+/// `secret`, `token`, `.key`, `jaas`) serialize as `***`.
+#[derive(Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct KafkaProperties(pub std::collections::BTreeMap<String, String>);
+
+impl KafkaProperties {
+    pub fn is_secret(key: &str) -> bool {
+        ["password", "secret", "token", "jaas"]
+            .iter()
+            .any(|w| key.contains(w))
+            || key.ends_with(".key")
+            || key.ends_with("key.pem")
+    }
+}
+
+impl std::fmt::Debug for KafkaProperties {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map()
+            .entries(self.0.iter().map(|(k, v)| {
+                (k, if Self::is_secret(k) { "***" } else { v.as_str() })
+            }))
+            .finish()
+    }
+}
+
+impl Serialize for KafkaProperties {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut m = s.serialize_map(Some(self.0.len()))?;
+        for (k, v) in &self.0 {
+            m.serialize_entry(k, if Self::is_secret(k) { "***" } else { v.as_str() })?;
+        }
+        m.end()
     }
 }
 

@@ -77,3 +77,39 @@ fn as_of_parses_as_date() {
     let c = load_str("[region]\nas_of = 2026-11-20\n", &[]).unwrap();
     assert_eq!(c.region.as_of, NaiveDate::from_ymd_opt(2026, 11, 20));
 }
+
+#[test]
+fn secrets_come_from_files_and_never_print() {
+    let dir = std::env::temp_dir().join(format!("vitrina-sec-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let pw = dir.join("pw");
+    std::fs::write(&pw, "s3cr3t-from-file\n").unwrap();
+    let key = dir.join("key");
+    std::fs::write(&key, "a-regional-hmac-key-of-32-chars!").unwrap();
+    let c = load_str(
+        &format!(
+            "[journal]\npassword_file = {pw:?}\n[capture]\nhashing = \"keyed\"\nhmac_key_file = {key:?}\n[kafka.properties]\n\"security.protocol\" = \"SASL_SSL\"\n\"sasl.password\" = \"kafka-pw\"\n"
+        ),
+        &[],
+    )
+    .unwrap();
+    assert_eq!(c.journal.password.as_ref().unwrap().expose(), "s3cr3t-from-file");
+    assert_eq!(
+        c.capture.hmac_key.as_ref().unwrap().expose(),
+        "a-regional-hmac-key-of-32-chars!"
+    );
+    let printed = toml::to_string_pretty(&c).unwrap();
+    let debug = format!("{c:?}");
+    for secret in ["s3cr3t-from-file", "a-regional-hmac-key", "kafka-pw"] {
+        assert!(!printed.contains(secret) && !debug.contains(secret), "{secret} printed");
+    }
+    assert!(printed.contains("SASL_SSL"), "{printed}");
+    let e = load_str(
+        &format!("[journal]\npassword = \"x\"\npassword_file = {pw:?}\n"),
+        &[],
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("journal.password_file"), "{e}");
+    let e = load_str("[kafka.properties]\n\"enable.idempotence\" = \"false\"\n", &[]).unwrap_err();
+    assert!(e.to_string().contains("enable.idempotence"), "{e}");
+}

@@ -154,10 +154,19 @@ impl Projection {
                 assigned: assigned.clone(),
             })
             .map_err(|e| ProjectorError::consumer("creating the consumer", e))?;
-        let topic_refs: Vec<&str> = topics.iter().map(String::as_str).collect();
-        consumer
-            .subscribe(&topic_refs)
-            .map_err(|e| ProjectorError::consumer("subscribing to the event topics", e))?;
+        match cfg.projector.assignment {
+            crate::config::Assignment::Group => {
+                let topic_refs: Vec<&str> = topics.iter().map(String::as_str).collect();
+                consumer
+                    .subscribe(&topic_refs)
+                    .map_err(|e| ProjectorError::consumer("subscribing to the event topics", e))?;
+            }
+            crate::config::Assignment::SelfAssigned => {
+                let n = source::assign_all(&consumer, &topics, &stored)?;
+                assigned.store(n, std::sync::atomic::Ordering::SeqCst);
+                tracing::info!(partitions = n, "assigned every partition; positioned at the showcase's offsets");
+            }
+        }
         let dlq: FutureProducer = kafka::producer(kafka_ep, 5, "lz4")?;
         for t in &topics {
             metrics::counter!(obs::PROJECTOR_DEAD_LETTERS, "topic" => t.clone()).increment(0);
@@ -177,6 +186,7 @@ impl Projection {
                 assigned,
                 unassigned_since: None,
                 rejoin_after: Duration::from_millis(kafka_ep.session_timeout_ms as u64 * 3),
+                grouped: cfg.projector.assignment == crate::config::Assignment::Group,
                 topics: topics.clone(),
                 detail_topic: kafka::detail_topic(&cfg.capture.topic_prefix),
             },

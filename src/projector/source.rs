@@ -89,6 +89,38 @@ pub(super) struct Source {
     pub(super) topics: Vec<String>,
     /// The restricted topic (medical detail under consent).
     pub(super) detail_topic: String,
+    /// Partitions come from the broker's consumer group (else: assigned
+    /// by this projector itself).
+    pub(super) grouped: bool,
+}
+
+/// Assigns every partition of `topics` to `consumer`, positioned at the
+/// showcase's offsets (the beginning where it has none); returns how many.
+pub(super) fn assign_all(
+    consumer: &StreamConsumer<SeekToShowcase>,
+    topics: &[String],
+    stored: &HashMap<Tp, i64>,
+) -> Result<usize, ProjectorError> {
+    let mut tpl = TopicPartitionList::new();
+    for t in topics {
+        let md = consumer
+            .fetch_metadata(Some(t), Duration::from_secs(30))
+            .map_err(|e| ProjectorError::consumer(format!("reading the partitions of {t}"), e))?;
+        for topic in md.topics() {
+            for p in topic.partitions() {
+                let at = stored
+                    .get(&(t.clone(), p.id()))
+                    .map(|o| Offset::Offset(*o))
+                    .unwrap_or(Offset::Beginning);
+                tpl.add_partition_offset(t, p.id(), at)
+                    .map_err(|e| ProjectorError::consumer(format!("assigning {t}[{}]", p.id()), e))?;
+            }
+        }
+    }
+    consumer
+        .assign(&tpl)
+        .map_err(|e| ProjectorError::consumer("assigning the partitions", e))?;
+    Ok(tpl.count())
 }
 
 impl Source {
@@ -184,6 +216,9 @@ impl Source {
     /// rebalance once their sessions expire. With at most as many members as
     /// partitions, an empty assignment is never the steady state.
     fn watch_assignment(&mut self) -> Result<(), ProjectorError> {
+        if !self.grouped {
+            return Ok(());
+        }
         if self.assigned.load(std::sync::atomic::Ordering::SeqCst) > 0 {
             self.unassigned_since = None;
             return Ok(());

@@ -210,6 +210,18 @@ impl LocalPostgres {
         Ok(port)
     }
 
+    /// `pg_ctl stop -m fast`, waiting at most `timeout_s`, with no fallback:
+    /// an error when the server did not stop in time.
+    pub fn stop_fast(&self, timeout_s: u64) -> Result<(), StackError> {
+        let mut c = self.cmd("pg_ctl");
+        c.arg("-D")
+            .arg(self.data_dir())
+            .args(["-m", "fast", "-w", "-t"])
+            .arg(timeout_s.to_string())
+            .arg("stop");
+        self.run(c, "pg_ctl stop -m fast").map(|_| ())
+    }
+
     pub fn stop(&self) -> Result<bool, StackError> {
         if self.running_pid().is_none() {
             return Ok(false);

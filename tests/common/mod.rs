@@ -616,3 +616,156 @@ impl Drop for OwnCluster {
         let _ = std::fs::remove_dir_all(&self.root);
     }
 }
+
+/// (entity, key) → state of a showcase or of the journal.
+pub type ShowState = std::collections::BTreeMap<(String, String), Vec<vitrina::events::Val>>;
+
+pub async fn showcase_state(cfg: &tokio_postgres::Config) -> ShowState {
+    use chrono::{DateTime, NaiveDate, NaiveTime, Timelike, Utc};
+    use vitrina::events::{contract::ENTITIES, Ty, Val};
+    let c = vitrina::pg::connect(cfg).await.unwrap();
+    let epoch = NaiveDate::from_ymd_opt(1970, 1, 1).unwrap();
+    let mut out = ShowState::new();
+    for e in ENTITIES {
+        let cols: Vec<&str> = e.fields.iter().map(|f| f.name).collect();
+        let sql = format!(
+            "SELECT key, {} FROM showcase.{} WHERE NOT deleted",
+            cols.join(", "),
+            e.name
+        );
+        for r in c.query(&sql, &[]).await.unwrap() {
+            let mut vals = Vec::new();
+            for (i, f) in e.fields.iter().enumerate() {
+                let j = i + 1;
+                let v = match f.ty {
+                    Ty::Long => r.get::<_, Option<i64>>(j).map(Val::Long),
+                    Ty::Int => r.get::<_, Option<i32>>(j).map(Val::Int),
+                    Ty::Double => r.get::<_, Option<f64>>(j).map(Val::Double),
+                    Ty::Bool => r.get::<_, Option<bool>>(j).map(Val::Bool),
+                    Ty::Str => r.get::<_, Option<String>>(j).map(Val::Str),
+                    Ty::Date => r
+                        .get::<_, Option<NaiveDate>>(j)
+                        .map(|d| Val::Date((d - epoch).num_days() as i32)),
+                    Ty::Timestamp => r
+                        .get::<_, Option<DateTime<Utc>>>(j)
+                        .map(|t| Val::Timestamp(t.timestamp_micros())),
+                    Ty::Time => r.get::<_, Option<NaiveTime>>(j).map(|t| {
+                        Val::Time(
+                            t.num_seconds_from_midnight() as i64 * 1_000_000
+                                + (t.nanosecond() / 1000) as i64,
+                        )
+                    }),
+                };
+                vals.push(v.unwrap_or(Val::Null));
+            }
+            out.insert((e.name.to_string(), r.get(0)), vals);
+        }
+    }
+    out
+}
+
+/// Waits until the projector's stored offsets reach the end of every topic.
+pub async fn wait_projected(
+    showcase: &tokio_postgres::Config,
+    prefix: &str,
+    timeout: std::time::Duration,
+) {
+    use std::time::Duration;
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", stack().brokers())
+        .create()
+        .unwrap();
+    let md = consumer
+        .fetch_metadata(None, Duration::from_secs(10))
+        .unwrap();
+    let mut ends = Vec::new();
+    for t in md.topics().iter().filter(|t| {
+        t.name().starts_with(&format!("{prefix}.")) && !t.name().ends_with("deadletter.v1")
+    }) {
+        for p in t.partitions() {
+            let (_, hi) = consumer
+                .fetch_watermarks(t.name(), p.id(), Duration::from_secs(10))
+                .unwrap();
+            ends.push((t.name().to_string(), p.id(), hi));
+        }
+    }
+    let c = vitrina::pg::connect(showcase).await.unwrap();
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let mut behind = 0;
+        for (t, p, hi) in &ends {
+            let at: Option<i64> = c
+                .query_opt("SELECT next_offset FROM showcase.consumer_offsets WHERE topic = $1 AND partition = $2", &[t, p])
+                .await
+                .ok()
+                .flatten()
+                .map(|r| r.get(0));
+            if at.unwrap_or(0) < *hi {
+                behind += 1;
+            }
+        }
+        if behind == 0 {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{behind} partitions not projected in {timeout:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// The journal's state as the showcase may show it: medical detail (the
+/// reason of an illness mark, an exemption's diagnosis and PE group) only
+/// for students with a granted medical-data consent, computed here straight
+/// from the journal tables.
+pub async fn under_consent(cfg: &tokio_postgres::Config, mut state: ShowState) -> ShowState {
+    use vitrina::events::Val;
+    let c = vitrina::pg::connect(cfg).await.unwrap();
+    let consenting: std::collections::HashSet<i64> = column(
+        &c,
+        "SELECT DISTINCT student_id FROM journal.parental_consents
+          WHERE kind = 'medical_data_transfer' AND status = 'granted'",
+    )
+    .await
+    .into_iter()
+    .collect();
+    let index = |entity: &str, field: &str| {
+        vitrina::events::contract::entity(entity)
+            .unwrap()
+            .fields
+            .iter()
+            .position(|f| f.name == field)
+            .unwrap()
+    };
+    let mut redacted = 0;
+    for ((entity, _), vals) in state.iter_mut() {
+        let hidden: &[&str] = match entity.as_str() {
+            "attendance" if vals[index("attendance", "code")] == Val::Str("Б".into()) => {
+                &["reason"]
+            }
+            "medical_exemption" => &["diagnosis_group", "pe_group"],
+            _ => continue,
+        };
+        let Val::Long(student) = vals[index(entity, "student_id")] else {
+            continue;
+        };
+        if consenting.contains(&student) {
+            continue;
+        }
+        for f in hidden {
+            let i = index(entity, f);
+            if vals[i] != Val::Null {
+                vals[i] = Val::Null;
+                redacted += 1;
+            }
+        }
+    }
+    assert!(
+        redacted > 0,
+        "the region has medical detail without consent"
+    );
+    state
+}
+
