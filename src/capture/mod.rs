@@ -141,6 +141,9 @@ impl Classify for CaptureError {
     }
 }
 
+/// How often capture reports to the server while Kafka holds it back.
+const KEEPALIVE_WHILE_BLOCKED: Duration = Duration::from_secs(2);
+
 /// How often an idle capture confirms the server's sent position.
 const IDLE_TICK: Duration = Duration::from_secs(1);
 
@@ -377,7 +380,24 @@ impl Capture {
                     break Err(CaptureError::Replication(e));
                 }
             };
-            if let Err(e) = streamer.handle(ev.event_type, ev.lsn.value()).await {
+            // Handling waits when Kafka is behind (at most max_in_flight
+            // unacknowledged): meanwhile capture keeps telling the server it
+            // is alive, so a long broker outage never reaches
+            // wal_sender_timeout. The timer is set only when handling waits.
+            let mut handled = std::pin::pin!(streamer.handle(ev.event_type, ev.lsn.value()));
+            let r = match futures::poll!(handled.as_mut()) {
+                std::task::Poll::Ready(r) => r,
+                std::task::Poll::Pending => loop {
+                    tokio::select! {
+                        r = handled.as_mut() => break r,
+                        _ = tokio::time::sleep(KEEPALIVE_WHILE_BLOCKED) => {
+                            self.health.beat();
+                            let _ = stream.send_feedback().await;
+                        }
+                    }
+                },
+            };
+            if let Err(e) = r {
                 break Err(e);
             }
             // pg_walstream looks at its feedback timer only every 128 frames:

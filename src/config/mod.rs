@@ -18,8 +18,8 @@ use serde::{Deserialize, Serialize};
 
 mod sections;
 pub use sections::{
-    Assignment, CaptureConfig, DatabaseConfig, Hashing, KafkaConfig, KafkaProperties, ProjectorConfig,
-    RegionConfig, StackConfig, WorkloadConfig,
+    Assignment, CaptureConfig, DatabaseConfig, Hashing, KafkaConfig, KafkaProperties,
+    ProjectorConfig, RegionConfig, StackConfig, WorkloadConfig,
 };
 
 /// librdkafka properties vitrina owns: the servers, and what its

@@ -241,7 +241,14 @@ impl std::fmt::Debug for KafkaProperties {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_map()
             .entries(self.0.iter().map(|(k, v)| {
-                (k, if Self::is_secret(k) { "***" } else { v.as_str() })
+                (
+                    k,
+                    if Self::is_secret(k) {
+                        "***"
+                    } else {
+                        v.as_str()
+                    },
+                )
             }))
             .finish()
     }
@@ -252,7 +259,14 @@ impl Serialize for KafkaProperties {
         use serde::ser::SerializeMap;
         let mut m = s.serialize_map(Some(self.0.len()))?;
         for (k, v) in &self.0 {
-            m.serialize_entry(k, if Self::is_secret(k) { "***" } else { v.as_str() })?;
+            m.serialize_entry(
+                k,
+                if Self::is_secret(k) {
+                    "***"
+                } else {
+                    v.as_str()
+                },
+            )?;
         }
         m.end()
     }

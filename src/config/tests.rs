@@ -93,7 +93,10 @@ fn secrets_come_from_files_and_never_print() {
         &[],
     )
     .unwrap();
-    assert_eq!(c.journal.password.as_ref().unwrap().expose(), "s3cr3t-from-file");
+    assert_eq!(
+        c.journal.password.as_ref().unwrap().expose(),
+        "s3cr3t-from-file"
+    );
     assert_eq!(
         c.capture.hmac_key.as_ref().unwrap().expose(),
         "a-regional-hmac-key-of-32-chars!"
@@ -101,7 +104,10 @@ fn secrets_come_from_files_and_never_print() {
     let printed = toml::to_string_pretty(&c).unwrap();
     let debug = format!("{c:?}");
     for secret in ["s3cr3t-from-file", "a-regional-hmac-key", "kafka-pw"] {
-        assert!(!printed.contains(secret) && !debug.contains(secret), "{secret} printed");
+        assert!(
+            !printed.contains(secret) && !debug.contains(secret),
+            "{secret} printed"
+        );
     }
     assert!(printed.contains("SASL_SSL"), "{printed}");
     let e = load_str(
@@ -110,6 +116,10 @@ fn secrets_come_from_files_and_never_print() {
     )
     .unwrap_err();
     assert!(e.to_string().contains("journal.password_file"), "{e}");
-    let e = load_str("[kafka.properties]\n\"enable.idempotence\" = \"false\"\n", &[]).unwrap_err();
+    let e = load_str(
+        "[kafka.properties]\n\"enable.idempotence\" = \"false\"\n",
+        &[],
+    )
+    .unwrap_err();
     assert!(e.to_string().contains("enable.idempotence"), "{e}");
 }

@@ -164,7 +164,10 @@ impl Projection {
             crate::config::Assignment::SelfAssigned => {
                 let n = source::assign_all(&consumer, &topics, &stored)?;
                 assigned.store(n, std::sync::atomic::Ordering::SeqCst);
-                tracing::info!(partitions = n, "assigned every partition; positioned at the showcase's offsets");
+                tracing::info!(
+                    partitions = n,
+                    "assigned every partition; positioned at the showcase's offsets"
+                );
             }
         }
         let dlq: FutureProducer = kafka::producer(kafka_ep, 5, "lz4")?;

@@ -112,8 +112,9 @@ pub(super) fn assign_all(
                     .get(&(t.clone(), p.id()))
                     .map(|o| Offset::Offset(*o))
                     .unwrap_or(Offset::Beginning);
-                tpl.add_partition_offset(t, p.id(), at)
-                    .map_err(|e| ProjectorError::consumer(format!("assigning {t}[{}]", p.id()), e))?;
+                tpl.add_partition_offset(t, p.id(), at).map_err(|e| {
+                    ProjectorError::consumer(format!("assigning {t}[{}]", p.id()), e)
+                })?;
             }
         }
     }

@@ -569,7 +569,7 @@ pub fn read_all(prefix: &str) -> Vec<(String, i32, Vec<u8>, Vec<u8>)> {
 /// A PostgreSQL cluster of this test's own (under the temp dir), with
 /// `settings` appended to its configuration; stopped and removed on drop.
 pub struct OwnCluster {
-    pg: vitrina::stack::postgres::LocalPostgres,
+    pub pg: vitrina::stack::postgres::LocalPostgres,
     root: std::path::PathBuf,
     pub port: u16,
 }
@@ -670,10 +670,20 @@ pub async fn wait_projected(
     prefix: &str,
     timeout: std::time::Duration,
 ) {
-    use std::time::Duration;
+    wait_projected_on(stack().brokers(), showcase, prefix, timeout).await
+}
+
+/// [`wait_projected`] against the broker at `brokers`.
+pub async fn wait_projected_on(
+    brokers: &str,
+    showcase: &tokio_postgres::Config,
+    prefix: &str,
+    timeout: std::time::Duration,
+) {
     use rdkafka::consumer::{BaseConsumer, Consumer};
+    use std::time::Duration;
     let consumer: BaseConsumer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", stack().brokers())
+        .set("bootstrap.servers", brokers)
         .create()
         .unwrap();
     let md = consumer
@@ -768,4 +778,3 @@ pub async fn under_consent(cfg: &tokio_postgres::Config, mut state: ShowState) -
     );
     state
 }
-

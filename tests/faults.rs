@@ -1,0 +1,195 @@
+//! Faults past their timeouts, each ending with the showcase compared to
+//! the journal row by row: the journal restarted (fast) under a workload
+//! with capture attached, and the broker frozen (SIGSTOP) for longer than
+//! the journal's `wal_sender_timeout`. Each test runs its own journal
+//! cluster (and broker), so it can break them without touching the others.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use vitrina::region::load;
+
+/// A journal cluster of the test's own, as `vitrina` sees an external one.
+struct Journal {
+    cluster: common::OwnCluster,
+    cfg: tokio_postgres::Config,
+}
+
+impl Journal {
+    async fn start(tag: &str, settings: &str, seed: u64) -> Journal {
+        let cluster = common::OwnCluster::start(tag, settings);
+        let admin = vitrina::pg::connect(&cluster.config()).await.unwrap();
+        admin
+            .batch_execute("CREATE DATABASE journal")
+            .await
+            .unwrap();
+        let mut cfg = cluster.config();
+        cfg.dbname("journal");
+        let mut c = vitrina::pg::connect(&cfg).await.unwrap();
+        vitrina::journal::migrate(&mut c).await.unwrap();
+        load::load(
+            &cfg,
+            &common::small_region(seed, 1, 30, 0.02),
+            2,
+            false,
+            false,
+        )
+        .await
+        .unwrap();
+        Journal { cluster, cfg }
+    }
+
+    fn env(&self) -> Vec<(&'static str, String)> {
+        let mut e = self.cluster.as_journal();
+        e.push(("VITRINA_JOURNAL__DATABASE", "journal".into()));
+        e
+    }
+}
+
+fn spawn(command: &str, name: &str, env: &[(&'static str, String)]) -> std::process::Child {
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    common::spawn_vitrina(command, "journal", name, &format!("{name}-{command}"), &env)
+}
+
+fn alive(child: &mut std::process::Child, what: &str, name: &str) {
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "{what} exited: {}",
+        common::log_tail(&format!("{name}-{what}"), 30)
+    );
+}
+
+async fn compare(
+    brokers: &str,
+    journal: &tokio_postgres::Config,
+    showcase: &tokio_postgres::Config,
+    name: &str,
+) {
+    common::wait_projected_on(brokers, showcase, name, Duration::from_secs(240)).await;
+    common::assert_same_state(
+        "showcase vs journal",
+        &common::showcase_state(showcase).await,
+        &common::under_consent(journal, common::journal_view(journal, true).await).await,
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn journal_fast_restart_under_a_workload_with_capture_attached() {
+    let j = Journal::start("restart", "", 71).await;
+    let show = common::fresh_db("t_fault_restart").await;
+    let name = format!("restart{}", std::process::id());
+    let mut env = j.env();
+    env.push(("VITRINA_SHOWCASE__DATABASE", common::db_name(&show)));
+    env.push(("VITRINA_PROJECTOR__METRICS_LISTEN", "127.0.0.1:0".into()));
+    let mut capture = spawn("capture", &name, &env);
+    let mut projector = spawn("project", &name, &env);
+    common::wait_caught_up(&j.cfg, &name, Duration::from_secs(240)).await;
+
+    let load_task = common::spawn_workload(&j.cfg, 6, 0, 5);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    // The DBA's minor upgrade: a fast restart while capture streams and the
+    // workload writes. pg_ctl fails if the server does not stop in 20 s.
+    let t0 = Instant::now();
+    j.cluster
+        .pg
+        .stop_fast(20)
+        .unwrap_or_else(|e| panic!("the journal did not shut down with capture attached: {e}"));
+    let stopped = t0.elapsed();
+    j.cluster.pg.start(j.cluster.port).unwrap();
+    eprintln!(
+        "journal fast restart: stopped in {:.2} s, up again in {:.2} s",
+        stopped.as_secs_f64(),
+        t0.elapsed().as_secs_f64()
+    );
+    // The workload's sessions died with the server; write some more.
+    let _ = load_task.await;
+    let report = common::spawn_workload(&j.cfg, 5, 0, 6).await.unwrap();
+    assert_eq!(report.failed_transactions, 0);
+    common::wait_caught_up(&j.cfg, &name, Duration::from_secs(240)).await;
+    alive(&mut capture, "capture", &name);
+    alive(&mut projector, "project", &name);
+    compare(common::stack().brokers(), &j.cfg, &show, &name).await;
+    common::kill(&mut projector, libc::SIGTERM);
+    common::kill(&mut capture, libc::SIGTERM);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_frozen_past_the_wal_sender_timeout() {
+    let j = Journal::start("frozen", "wal_sender_timeout = '5s'\n", 71).await;
+    // A broker of the test's own, to freeze.
+    let dir = std::env::temp_dir().join(format!("vitrina-frozen-broker-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let broker = vitrina::stack::tansu::LocalBroker::new(
+        &vitrina::config::StackConfig::default(),
+        dir.clone(),
+    );
+    let port = broker.start(common::free_port()).unwrap();
+    let pid = broker.running_pid().expect("the broker runs");
+    let show = common::fresh_db("t_fault_frozen").await;
+    let name = format!("frozen{}", std::process::id());
+    let mut env = j.env();
+    env.push(("VITRINA_KAFKA__BROKERS", format!("127.0.0.1:{port}")));
+    // A small in-flight window: the frozen broker holds capture back within
+    // a second, and it must stay connected past wal_sender_timeout.
+    env.push(("VITRINA_CAPTURE__MAX_IN_FLIGHT", "100".into()));
+    env.push(("VITRINA_SHOWCASE__DATABASE", common::db_name(&show)));
+    env.push(("VITRINA_PROJECTOR__METRICS_LISTEN", "127.0.0.1:0".into()));
+    let mut capture = spawn("capture", &name, &env);
+    let mut projector = spawn("project", &name, &env);
+    common::wait_caught_up(&j.cfg, &name, Duration::from_secs(240)).await;
+
+    let load_task = common::spawn_workload(&j.cfg, 20, 0, 7);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    // SAFETY: signalling the broker process this test started.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+    tokio::time::sleep(Duration::from_secs(15)).await; // three wal_sender_timeouts
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGCONT) }, 0);
+    let back = Instant::now();
+    let report = load_task.await.unwrap();
+    assert_eq!(report.failed_transactions, 0, "the journal never noticed");
+    alive(&mut capture, "capture", &name);
+    alive(&mut projector, "project", &name);
+    common::wait_caught_up(&j.cfg, &name, Duration::from_secs(240)).await;
+    eprintln!(
+        "broker frozen 15 s: capture caught up {:.1} s after its return",
+        back.elapsed().as_secs_f64()
+    );
+    // Freshness back to normal within 60 s of the broker's return.
+    let c = vitrina::pg::connect(&show).await.unwrap();
+    loop {
+        let fresh: Option<f64> = c
+            .query_one(
+                "SELECT extract(epoch FROM now() - fresh_as_of)::float8 FROM showcase.status",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if fresh.is_some_and(|f| f < 10.0) {
+            eprintln!(
+                "freshness {:.1} s, {:.1} s after the broker's return",
+                fresh.unwrap(),
+                back.elapsed().as_secs_f64()
+            );
+            break;
+        }
+        assert!(
+            back.elapsed() < Duration::from_secs(60),
+            "freshness {fresh:?} s a minute after the broker's return"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // Held back by the frozen broker, capture kept reporting to the server:
+    // its replication connection outlived three wal_sender_timeouts.
+    let log = common::log_tail(&format!("{name}-capture"), 10_000);
+    assert!(
+        !log.contains("transient failure"),
+        "capture lost its replication connection:\n{log}"
+    );
+    compare(&format!("127.0.0.1:{port}"), &j.cfg, &show, &name).await;
+    common::kill(&mut projector, libc::SIGTERM);
+    common::kill(&mut capture, libc::SIGTERM);
+    let _ = broker.stop();
+    let _ = std::fs::remove_dir_all(&dir);
+}
