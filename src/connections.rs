@@ -48,6 +48,7 @@ pub struct PgEndpoint {
     pub connect_timeout: Duration,
     /// Provided by the local development stack (not a region's server).
     pub local: bool,
+    pub tls: crate::pg::TlsSettings,
 }
 
 impl PgEndpoint {
@@ -74,6 +75,15 @@ impl PgEndpoint {
             database: c.database.clone(),
             connect_timeout: Duration::from_secs(c.connect_timeout_s.max(1)),
             local: local_stack,
+            tls: crate::pg::TlsSettings {
+                // The local stack's cluster has no certificate.
+                mode: c
+                    .sslmode
+                    .or(local_stack.then_some(crate::pg::SslMode::Disable)),
+                root_cert: c.sslrootcert.clone(),
+                client_cert: c.sslcert.clone(),
+                client_key: c.sslkey.clone(),
+            },
         })
     }
 
@@ -91,8 +101,15 @@ impl PgEndpoint {
         }
     }
 
-    /// A tokio-postgres configuration.
-    pub fn config(&self) -> tokio_postgres::Config {
+    /// A connection target: the tokio-postgres configuration and its TLS.
+    pub fn config(&self) -> crate::pg::Target {
+        crate::pg::Target {
+            config: self.pg_config(),
+            tls: self.tls.clone(),
+        }
+    }
+
+    fn pg_config(&self) -> tokio_postgres::Config {
         let mut c = tokio_postgres::Config::new();
         c.host(&self.host)
             .port(self.port)
@@ -117,14 +134,22 @@ impl PgEndpoint {
             ),
             None => percent_encode(&self.user),
         };
-        format!(
-            "postgresql://{auth}@{}:{}/{}?replication=database&application_name={}&connect_timeout={}",
+        let mut url = format!(
+            "postgresql://{auth}@{}:{}/{}?replication=database&application_name={}&connect_timeout={}&sslmode={}",
             self.host,
             self.port,
             percent_encode(&self.database),
             percent_encode(application_name),
-            self.connect_timeout.as_secs()
-        )
+            self.connect_timeout.as_secs(),
+            self.tls.mode().as_str()
+        );
+        if let Some(ca) = &self.tls.root_cert {
+            url.push_str(&format!(
+                "&sslrootcert={}",
+                percent_encode(&ca.to_string_lossy())
+            ));
+        }
+        url
     }
 
     /// A URL for people and tools like psql (password left out).

@@ -39,9 +39,32 @@ pub trait Classify {
 pub fn pg_kind(e: &tokio_postgres::Error) -> ErrorKind {
     match e.code() {
         Some(code) => sqlstate_kind(code.code()),
+        // A certificate the configured CA does not vouch for, or a TLS
+        // setting the server refuses, stays wrong until someone fixes it.
+        None if is_tls_failure(e) => ErrorKind::Definite,
         // No server error: the connection failed, closed or timed out.
         None => ErrorKind::Transient,
     }
+}
+
+/// Whether rustls refused the handshake somewhere in `e`'s chain.
+pub fn is_tls_failure(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if err.downcast_ref::<rustls::Error>().is_some() {
+            return true;
+        }
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            if io
+                .get_ref()
+                .is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some())
+            {
+                return true;
+            }
+        }
+        cur = err.source();
+    }
+    false
 }
 
 /// SQLSTATE classes: 08 connection exception, 40 transaction rollback

@@ -25,7 +25,7 @@ pub fn prefix(slot: &str) -> String {
 
 /// Heartbeats through the slot, and slot metrics.
 pub(super) async fn run(
-    pg_cfg: tokio_postgres::Config,
+    pg_cfg: crate::pg::Target,
     slot: String,
     interval: Duration,
     last_commit_time: Arc<AtomicI64>,

@@ -144,6 +144,9 @@ impl Classify for CaptureError {
 /// How often capture reports to the server while Kafka holds it back.
 const KEEPALIVE_WHILE_BLOCKED: Duration = Duration::from_secs(2);
 
+/// Held back by Kafka this long, capture reports itself not ready.
+const WAITING_NOT_READY: Duration = Duration::from_secs(10);
+
 /// How often an idle capture confirms the server's sent position.
 const IDLE_TICK: Duration = Duration::from_secs(1);
 
@@ -387,15 +390,28 @@ impl Capture {
             let mut handled = std::pin::pin!(streamer.handle(ev.event_type, ev.lsn.value()));
             let r = match futures::poll!(handled.as_mut()) {
                 std::task::Poll::Ready(r) => r,
-                std::task::Poll::Pending => loop {
-                    tokio::select! {
-                        r = handled.as_mut() => break r,
-                        _ = tokio::time::sleep(KEEPALIVE_WHILE_BLOCKED) => {
-                            self.health.beat();
-                            let _ = stream.send_feedback().await;
+                std::task::Poll::Pending => {
+                    let since = std::time::Instant::now();
+                    let r = loop {
+                        tokio::select! {
+                            r = handled.as_mut() => break r,
+                            _ = tokio::time::sleep(KEEPALIVE_WHILE_BLOCKED) => {
+                                self.health.beat();
+                                let _ = stream.send_feedback().await;
+                                if since.elapsed() >= WAITING_NOT_READY {
+                                    self.health.not_ready(format!(
+                                        "waiting for Kafka to acknowledge events for {} s (capture.max_in_flight reached)",
+                                        since.elapsed().as_secs()
+                                    ));
+                                }
+                            }
                         }
+                    };
+                    if since.elapsed() >= WAITING_NOT_READY {
+                        self.health.ready();
                     }
-                },
+                    r
+                }
             };
             if let Err(e) = r {
                 break Err(e);

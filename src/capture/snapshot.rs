@@ -340,7 +340,7 @@ impl Copier {
     /// letters) and then `TableDone`.
     async fn copy_table(
         &self,
-        pg_cfg: &tokio_postgres::Config,
+        pg_cfg: &crate::pg::Target,
         t: &TableMapping,
         tx: &mpsc::Sender<Item>,
     ) -> Result<(), CaptureError> {

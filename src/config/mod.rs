@@ -272,6 +272,40 @@ impl Config {
                 );
             }
         }
+        for (db, section) in [(&self.journal, "journal"), (&self.showcase, "showcase")] {
+            let verify = matches!(
+                db.sslmode,
+                Some(crate::pg::SslMode::VerifyCa | crate::pg::SslMode::VerifyFull)
+            );
+            if verify && db.sslrootcert.is_none() {
+                return bad(
+                    if section == "journal" {
+                        "journal.sslrootcert"
+                    } else {
+                        "showcase.sslrootcert"
+                    },
+                    format!(
+                        "must name the CA certificate when {section}.sslmode verifies the server"
+                    ),
+                );
+            }
+            if db.sslcert.is_some() != db.sslkey.is_some() {
+                return bad(
+                    if section == "journal" {
+                        "journal.sslcert"
+                    } else {
+                        "showcase.sslcert"
+                    },
+                    "and sslkey go together",
+                );
+            }
+        }
+        if self.journal.sslcert.is_some() {
+            return bad(
+                "journal.sslcert",
+                "is not supported: capture's replication connection (pg_walstream 0.9) cannot present a client certificate; authenticate with a password (SCRAM) over verify-full TLS",
+            );
+        }
         if self.journal.is_local() == self.showcase.is_local()
             && self.journal.host == self.showcase.host
             && self.journal.port == self.showcase.port

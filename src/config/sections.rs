@@ -168,6 +168,16 @@ pub struct DatabaseConfig {
     pub database: String,
     /// Connect timeout in seconds.
     pub connect_timeout_s: u64,
+    /// libpq's sslmode: disable, prefer, require, verify-ca, verify-full.
+    /// Unset: prefer (disable for the local stack's cluster).
+    pub sslmode: Option<crate::pg::SslMode>,
+    /// CA certificate (PEM) the server's certificate must chain to
+    /// (verify-ca, verify-full).
+    pub sslrootcert: Option<PathBuf>,
+    /// Client certificate and key (PEM), when the server asks for one
+    /// (showcase only: capture's replication connection cannot present one).
+    pub sslcert: Option<PathBuf>,
+    pub sslkey: Option<PathBuf>,
 }
 
 impl DatabaseConfig {
@@ -180,6 +190,10 @@ impl DatabaseConfig {
             password_file: None,
             database: database.into(),
             connect_timeout_s: 10,
+            sslmode: None,
+            sslrootcert: None,
+            sslcert: None,
+            sslkey: None,
         }
     }
 

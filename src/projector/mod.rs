@@ -449,7 +449,7 @@ impl Projector {
 
 /// Quality checks on their own connection, every `every`.
 async fn quality_rounds(
-    pg: tokio_postgres::Config,
+    pg: crate::pg::Target,
     cancel: CancellationToken,
     every: Duration,
     grace: u64,

@@ -25,7 +25,12 @@ impl TestStack {
 
     /// The test cluster's database `db`, as its superuser.
     pub fn pg_config(&self, db: &str) -> tokio_postgres::Config {
-        self.conns.journal().unwrap().with_database(db).config()
+        self.conns
+            .journal()
+            .unwrap()
+            .with_database(db)
+            .config()
+            .config
     }
 }
 
@@ -55,7 +60,12 @@ pub fn stack() -> &'static TestStack {
             .up()
             .unwrap_or_else(|e| panic!("starting the test stack: {e}"));
         let conns = stack.connections().expect("connections");
-        let admin = conns.journal().unwrap().with_database("postgres").config();
+        let admin = conns
+            .journal()
+            .unwrap()
+            .with_database("postgres")
+            .config()
+            .config;
         std::thread::spawn(move || {
             tokio::runtime::Runtime::new()
                 .unwrap()
@@ -312,7 +322,7 @@ pub fn http_get(addr: &str, path: &str) -> (u16, String) {
 
 /// What the journal holds, per (entity, key), mapped as capture maps it.
 pub async fn journal_state(
-    cfg: &tokio_postgres::Config,
+    cfg: &(impl vitrina::pg::Connectable + ?Sized),
 ) -> std::collections::BTreeMap<(String, String), Vec<vitrina::events::Val>> {
     journal_view(cfg, false).await
 }
@@ -322,7 +332,7 @@ pub async fn journal_state(
 /// out (`keep_medical` false: the general topics) or kept (what the
 /// showcase may show under consent).
 pub async fn journal_view(
-    cfg: &tokio_postgres::Config,
+    cfg: &(impl vitrina::pg::Connectable + ?Sized),
     keep_medical: bool,
 ) -> std::collections::BTreeMap<(String, String), Vec<vitrina::events::Val>> {
     use futures::StreamExt;
@@ -405,7 +415,7 @@ pub fn db_name(cfg: &tokio_postgres::Config) -> String {
 
 /// Waits until slot `slot` is (or is no longer) held by a walsender.
 pub async fn wait_slot_active(
-    cfg: &tokio_postgres::Config,
+    cfg: &(impl vitrina::pg::Connectable + ?Sized),
     slot: &str,
     active: bool,
     timeout: std::time::Duration,
@@ -472,7 +482,7 @@ pub fn spawn_workload(
 /// Waits until capture streams (the slot is active: the initial load is
 /// over) and the slot has confirmed everything written before that.
 pub async fn wait_caught_up(
-    cfg: &tokio_postgres::Config,
+    cfg: &(impl vitrina::pg::Connectable + ?Sized),
     slot: &str,
     timeout: std::time::Duration,
 ) {
@@ -576,6 +586,16 @@ pub struct OwnCluster {
 
 impl OwnCluster {
     pub fn start(tag: &str, settings: &str) -> OwnCluster {
+        OwnCluster::start_with(tag, settings, |_| {})
+    }
+
+    /// [`OwnCluster::start`], calling `prepare` with the data directory
+    /// between initdb and the first start (to place certificates).
+    pub fn start_with(
+        tag: &str,
+        settings: &str,
+        prepare: impl FnOnce(&std::path::Path),
+    ) -> OwnCluster {
         let root = std::env::temp_dir().join(format!("vitrina-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&root);
         let pg = vitrina::stack::postgres::LocalPostgres::new(
@@ -588,6 +608,7 @@ impl OwnCluster {
         let mut text = std::fs::read_to_string(&conf).unwrap();
         text.push_str(settings);
         std::fs::write(&conf, text).unwrap();
+        prepare(&pg.data_dir());
         let port = pg.start(free_port()).unwrap();
         OwnCluster { pg, root, port }
     }
@@ -620,7 +641,7 @@ impl Drop for OwnCluster {
 /// (entity, key) → state of a showcase or of the journal.
 pub type ShowState = std::collections::BTreeMap<(String, String), Vec<vitrina::events::Val>>;
 
-pub async fn showcase_state(cfg: &tokio_postgres::Config) -> ShowState {
+pub async fn showcase_state(cfg: &(impl vitrina::pg::Connectable + ?Sized)) -> ShowState {
     use chrono::{DateTime, NaiveDate, NaiveTime, Timelike, Utc};
     use vitrina::events::{contract::ENTITIES, Ty, Val};
     let c = vitrina::pg::connect(cfg).await.unwrap();
@@ -666,7 +687,7 @@ pub async fn showcase_state(cfg: &tokio_postgres::Config) -> ShowState {
 
 /// Waits until the projector's stored offsets reach the end of every topic.
 pub async fn wait_projected(
-    showcase: &tokio_postgres::Config,
+    showcase: &(impl vitrina::pg::Connectable + ?Sized),
     prefix: &str,
     timeout: std::time::Duration,
 ) {
@@ -676,7 +697,7 @@ pub async fn wait_projected(
 /// [`wait_projected`] against the broker at `brokers`.
 pub async fn wait_projected_on(
     brokers: &str,
-    showcase: &tokio_postgres::Config,
+    showcase: &(impl vitrina::pg::Connectable + ?Sized),
     prefix: &str,
     timeout: std::time::Duration,
 ) {
@@ -730,7 +751,10 @@ pub async fn wait_projected_on(
 /// reason of an illness mark, an exemption's diagnosis and PE group) only
 /// for students with a granted medical-data consent, computed here straight
 /// from the journal tables.
-pub async fn under_consent(cfg: &tokio_postgres::Config, mut state: ShowState) -> ShowState {
+pub async fn under_consent(
+    cfg: &(impl vitrina::pg::Connectable + ?Sized),
+    mut state: ShowState,
+) -> ShowState {
     use vitrina::events::Val;
     let c = vitrina::pg::connect(cfg).await.unwrap();
     let consenting: std::collections::HashSet<i64> = column(
