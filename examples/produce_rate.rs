@@ -2,7 +2,7 @@
 //! `cargo run --release --example produce_rate -- BROKERS N SIZE`.
 use std::time::Instant;
 
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::FutureRecord;
 
 #[tokio::main]
 async fn main() {
@@ -14,7 +14,7 @@ async fn main() {
     vitrina::kafka::ensure_topics(brokers, std::slice::from_ref(&topic), 3, 1)
         .await
         .unwrap();
-    let p: FutureProducer = vitrina::kafka::producer(brokers, 5, "lz4").unwrap();
+    let p = vitrina::kafka::producer(brokers, 5, "lz4").unwrap();
     // Hex of a xorshift stream: compresses about as badly as hashed events.
     let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
     let payload: Vec<u8> = (0..size)

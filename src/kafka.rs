@@ -5,10 +5,10 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::producer::FutureProducer;
+use rdkafka::{config::RDKafkaLogLevel, ClientContext};
 
 use crate::connections::KafkaEndpoint;
 use crate::error::{kafka_kind, Classify, ErrorKind};
@@ -48,6 +48,45 @@ impl Classify for KafkaError {
     }
 }
 
+/// The context of every client vitrina makes: librdkafka's log lines and
+/// errors (a TLS handshake refused, a broker unreachable) go to vitrina's
+/// log with the endpoint and librdkafka's reason.
+#[derive(Clone, Default)]
+pub struct Context;
+
+impl ClientContext for Context {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        log_line(level, fac, message);
+    }
+
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        client_error(&error, reason);
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for Context {}
+
+/// librdkafka's log line, at its level.
+pub fn log_line(level: RDKafkaLogLevel, fac: &str, message: &str) {
+    use RDKafkaLogLevel as L;
+    match level {
+        L::Emerg | L::Alert | L::Critical | L::Error => {
+            tracing::error!(target: "rdkafka", facility = fac, "{message}")
+        }
+        L::Warning => tracing::warn!(target: "rdkafka", facility = fac, "{message}"),
+        L::Notice | L::Info => tracing::info!(target: "rdkafka", facility = fac, "{message}"),
+        L::Debug => tracing::debug!(target: "rdkafka", facility = fac, "{message}"),
+    }
+}
+
+/// A client-level error (the broker unreachable, a handshake refused).
+pub fn client_error(error: &rdkafka::error::KafkaError, reason: &str) {
+    tracing::warn!(error = %error, reason, "kafka client error");
+}
+
+/// The idempotent producer type.
+pub type Producer = FutureProducer<Context>;
+
 /// `<prefix>.<entity>.v1`
 pub fn topic(prefix: &str, entity: &str) -> String {
     format!("{prefix}.{entity}.v1")
@@ -79,7 +118,7 @@ pub fn producer(
     kafka: &KafkaEndpoint,
     linger_ms: u32,
     compression: &str,
-) -> Result<FutureProducer, KafkaError> {
+) -> Result<Producer, KafkaError> {
     kafka
         .client_config()
         .set("enable.idempotence", "true")
@@ -91,7 +130,7 @@ pub fn producer(
         .set("queue.buffering.max.kbytes", "1048576")
         .set("batch.num.messages", "10000")
         .set("log_level", "4")
-        .create()
+        .create_with_context(Context)
         .map_err(|source| KafkaError::Client {
             brokers: kafka.brokers.clone(),
             source,
@@ -139,10 +178,10 @@ async fn create_topics(
     if topics.is_empty() {
         return Ok(());
     }
-    let admin: AdminClient<DefaultClientContext> =
+    let admin: AdminClient<Context> =
         kafka
             .client_config()
-            .create()
+            .create_with_context(Context)
             .map_err(|source| KafkaError::Client {
                 brokers: kafka.brokers.clone(),
                 source,
@@ -195,10 +234,10 @@ pub fn end_offsets_blocking(
     kafka: &KafkaEndpoint,
     topics: &[String],
 ) -> Result<HashMap<(String, i32), i64>, KafkaError> {
-    let consumer: BaseConsumer = kafka
+    let consumer: BaseConsumer<Context> = kafka
         .client_config()
         .set("log_level", "3")
-        .create()
+        .create_with_context(Context)
         .map_err(|e| KafkaError::Client {
             brokers: kafka.brokers.clone(),
             source: e,

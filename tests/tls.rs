@@ -8,106 +8,10 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use vitrina::pg::{SslMode, Target, TlsSettings};
 use vitrina::region::load;
-
-fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl")
-        .current_dir(dir)
-        .args(args)
-        .output()
-        .expect("openssl runs (Debian's openssl)");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// A CA, a server certificate it signed for 127.0.0.1 and localhost, and
-/// another CA that signed nothing here.
-fn certificates(dir: &Path) {
-    std::fs::create_dir_all(dir).unwrap();
-    openssl(
-        dir,
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.crt",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=vitrina test CA",
-        ],
-    );
-    openssl(
-        dir,
-        &[
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            "server.key",
-            "-out",
-            "server.csr",
-            "-subj",
-            "/CN=localhost",
-        ],
-    );
-    std::fs::write(
-        dir.join("san.ext"),
-        "subjectAltName=IP:127.0.0.1,DNS:localhost\n",
-    )
-    .unwrap();
-    openssl(
-        dir,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            "server.csr",
-            "-CA",
-            "ca.crt",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-out",
-            "server.crt",
-            "-days",
-            "2",
-            "-extfile",
-            "san.ext",
-        ],
-    );
-    openssl(
-        dir,
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            "other.key",
-            "-out",
-            "other.crt",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=another CA",
-        ],
-    );
-}
 
 fn tls(ca: &Path) -> TlsSettings {
     TlsSettings {
@@ -130,7 +34,7 @@ fn target(cluster: &common::OwnCluster, db: &str, ca: &Path) -> Target {
 async fn verify_full_tls_end_to_end_and_a_wrong_ca_refused() {
     let certs = std::env::temp_dir().join(format!("vitrina-tls-certs-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&certs);
-    certificates(&certs);
+    common::certificates(&certs);
     let certs_for_server = certs.clone();
     let cluster = common::OwnCluster::start_with(
         "tls",

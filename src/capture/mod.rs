@@ -251,8 +251,11 @@ impl Capture {
         topics.dedup();
         topics.push(kafka::dead_letter_topic(&c.topic_prefix));
         topics.push(kafka::detail_topic(&c.topic_prefix));
-        kafka::ensure_topics(&self.kafka, &topics, c.partitions, c.replication_factor).await?;
+        // The producer first: its polling thread reports the client's
+        // errors (a broker unreachable, a TLS handshake refused) while the
+        // topics are being created.
         let producer = kafka::producer(&self.kafka, c.linger_ms, &c.compression)?;
+        kafka::ensure_topics(&self.kafka, &topics, c.partitions, c.replication_factor).await?;
         let partitions = partition_counts(&producer, &topics, c.partitions)?;
 
         // Confirmed positions reach the server within a heartbeat or a second.
@@ -448,7 +451,7 @@ impl Capture {
 /// Partitions of each topic as the cluster has them (`default` when the
 /// metadata does not say).
 fn partition_counts(
-    producer: &rdkafka::producer::FutureProducer,
+    producer: &kafka::Producer,
     topics: &[String],
     default: i32,
 ) -> Result<HashMap<String, i32>, CaptureError> {

@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use pg_walstream::SharedLsnFeedback;
 use rdkafka::error::{KafkaError as RdKafkaError, RDKafkaErrorCode};
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
+use rdkafka::producer::{DeliveryFuture, FutureRecord};
 use tokio::sync::{broadcast, mpsc};
 
 use super::CaptureError;
@@ -63,7 +63,7 @@ pub struct DeadLetter {
 
 /// Owns the producer and the order of everything sent.
 pub struct Publisher {
-    pub(super) producer: FutureProducer,
+    pub(super) producer: kafka::Producer,
     pub(super) registry: Registry,
     pub(super) acks: mpsc::Sender<Ack>,
     pub(super) prefix: String,

@@ -35,7 +35,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::producer::FutureProducer;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
@@ -170,7 +169,7 @@ impl Projection {
                 );
             }
         }
-        let dlq: FutureProducer = kafka::producer(kafka_ep, 5, "lz4")?;
+        let dlq = kafka::producer(kafka_ep, 5, "lz4")?;
         for t in &topics {
             metrics::counter!(obs::PROJECTOR_DEAD_LETTERS, "topic" => t.clone()).increment(0);
         }

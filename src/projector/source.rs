@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, StreamConsumer};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::FutureRecord;
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
@@ -39,7 +39,15 @@ pub(super) struct SeekToShowcase {
     pub(super) assigned: Arc<AtomicUsize>,
 }
 
-impl ClientContext for SeekToShowcase {}
+impl ClientContext for SeekToShowcase {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
+        kafka::log_line(level, fac, message);
+    }
+
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        kafka::client_error(&error, reason);
+    }
+}
 
 impl ConsumerContext for SeekToShowcase {
     fn rebalance(
@@ -78,7 +86,7 @@ impl ConsumerContext for SeekToShowcase {
 pub(super) struct Source {
     pub(super) consumer: StreamConsumer<SeekToShowcase>,
     pub(super) registry: Registry,
-    pub(super) dlq: FutureProducer,
+    pub(super) dlq: kafka::Producer,
     pub(super) prefix: String,
     /// Next offset expected per partition: what is applied or in flight.
     pub(super) gathered: HashMap<Tp, i64>,

@@ -23,15 +23,25 @@ pub struct LocalBroker {
     bin: PathBuf,
     root: PathBuf,
     ready_timeout: Duration,
+    /// The address clients are told to use, when it is not the listener's
+    /// (a TLS terminator in front of the broker).
+    advertised: Option<String>,
 }
 
 impl LocalBroker {
     pub fn new(cfg: &StackConfig, root: PathBuf) -> Self {
         LocalBroker {
+            advertised: None,
             bin: cfg.tansu_bin.clone(),
             root,
             ready_timeout: Duration::from_secs(cfg.ready_timeout_s),
         }
+    }
+
+    /// Tells clients to connect to `host:port` (e.g. stunnel in front).
+    pub fn advertising(mut self, host_port: &str) -> Self {
+        self.advertised = Some(format!("tcp://{host_port}"));
+        self
     }
 
     pub fn log_path(&self) -> PathBuf {
@@ -75,7 +85,10 @@ impl LocalBroker {
             .arg("broker")
             .args(["--storage-engine", "memory://tansu/"])
             .args(["--listener-url", &url])
-            .args(["--advertised-listener-url", &url])
+            .args([
+                "--advertised-listener-url",
+                self.advertised.as_deref().unwrap_or(&url),
+            ])
             .current_dir(&self.root)
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
@@ -101,9 +114,11 @@ impl LocalBroker {
         process::wait_until(self.ready_timeout, || {
             !pid_alive(pid) || process::port_accepts(port)
         });
+        // Behind a terminator, metadata would send the check elsewhere.
         let ready = pid_alive(pid)
             && process::port_accepts(port)
-            && metadata_ok(&format!("127.0.0.1:{port}"), self.ready_timeout);
+            && (self.advertised.is_some()
+                || metadata_ok(&format!("127.0.0.1:{port}"), self.ready_timeout));
         if !ready {
             process::signal(pid, libc::SIGKILL);
             return Err(StackError::NotReady {

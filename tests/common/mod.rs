@@ -701,12 +701,25 @@ pub async fn wait_projected_on(
     prefix: &str,
     timeout: std::time::Duration,
 ) {
+    wait_projected_with(brokers, &[], showcase, prefix, timeout).await
+}
+
+/// [`wait_projected_on`] with client properties (TLS).
+pub async fn wait_projected_with(
+    brokers: &str,
+    props: &[(&str, &str)],
+    showcase: &(impl vitrina::pg::Connectable + ?Sized),
+    prefix: &str,
+    timeout: std::time::Duration,
+) {
     use rdkafka::consumer::{BaseConsumer, Consumer};
     use std::time::Duration;
-    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .create()
-        .unwrap();
+    let mut client = rdkafka::ClientConfig::new();
+    client.set("bootstrap.servers", brokers);
+    for (k, v) in props {
+        client.set(*k, *v);
+    }
+    let consumer: BaseConsumer = client.create().unwrap();
     let md = consumer
         .fetch_metadata(None, Duration::from_secs(10))
         .unwrap();
@@ -801,4 +814,99 @@ pub async fn under_consent(
         "the region has medical detail without consent"
     );
     state
+}
+
+fn openssl(dir: &std::path::Path, args: &[&str]) {
+    let out = std::process::Command::new("openssl")
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .expect("openssl runs (Debian's openssl)");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A CA, a server certificate it signed for 127.0.0.1 and localhost, and
+/// another CA that signed nothing here.
+pub fn certificates(dir: &std::path::Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.crt",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=vitrina test CA",
+        ],
+    );
+    openssl(
+        dir,
+        &[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=localhost",
+        ],
+    );
+    std::fs::write(
+        dir.join("san.ext"),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\n",
+    )
+    .unwrap();
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.crt",
+            "-days",
+            "2",
+            "-extfile",
+            "san.ext",
+        ],
+    );
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "other.key",
+            "-out",
+            "other.crt",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=another CA",
+        ],
+    );
 }
