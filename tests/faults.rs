@@ -67,11 +67,13 @@ async fn compare(
     name: &str,
 ) {
     common::wait_projected_on(brokers, showcase, name, Duration::from_secs(240)).await;
-    common::assert_same_state(
+    common::assert_showcase_converges(
         "showcase vs journal",
-        &common::showcase_state(showcase).await,
+        showcase,
         &common::under_consent(journal, common::journal_view(journal, true).await).await,
-    );
+        Duration::from_secs(60),
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -192,4 +194,66 @@ async fn broker_frozen_past_the_wal_sender_timeout() {
     common::kill(&mut capture, libc::SIGTERM);
     let _ = broker.stop();
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn showcase_database_restarted_under_a_workload() {
+    let cfg = common::journal_db("t_fault_showcase").await;
+    let db = common::db_name(&cfg);
+    load::load(
+        &cfg,
+        &common::small_region(71, 1, 30, 0.02),
+        2,
+        false,
+        false,
+    )
+    .await
+    .unwrap();
+    // The showcase on a server of the test's own, to restart.
+    let cluster = common::OwnCluster::start("showrestart", "");
+    let admin = vitrina::pg::connect(&cluster.config()).await.unwrap();
+    admin
+        .batch_execute("CREATE DATABASE showcase")
+        .await
+        .unwrap();
+    drop(admin);
+    let mut show = cluster.config();
+    show.dbname("showcase");
+    let name = format!("showrestart{}", std::process::id());
+    let env: Vec<(&'static str, String)> = vec![
+        ("VITRINA_SHOWCASE__HOST", "127.0.0.1".into()),
+        ("VITRINA_SHOWCASE__PORT", cluster.port.to_string()),
+        (
+            "VITRINA_SHOWCASE__USER",
+            vitrina::stack::postgres::SUPERUSER.into(),
+        ),
+        ("VITRINA_SHOWCASE__DATABASE", "showcase".into()),
+        ("VITRINA_PROJECTOR__METRICS_LISTEN", "127.0.0.1:0".into()),
+    ];
+    let env_ref: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let mut capture = common::spawn_capture(&db, &name);
+    let mut projector =
+        common::spawn_vitrina("project", &db, &name, &format!("{name}-project"), &env_ref);
+    common::wait_caught_up(&cfg, &name, Duration::from_secs(240)).await;
+    let load_task = common::spawn_workload(&cfg, 8, 0, 9);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    cluster.pg.stop_fast(20).unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    cluster.pg.start(cluster.port).unwrap();
+    let restarted = Instant::now();
+    assert_eq!(load_task.await.unwrap().failed_transactions, 0);
+    common::wait_caught_up(&cfg, &name, Duration::from_secs(240)).await;
+    alive(&mut projector, "project", &name);
+    compare(common::stack().brokers(), &cfg, &show, &name).await;
+    eprintln!(
+        "showcase restarted: the projector caught up {:.1} s after the server was back",
+        restarted.elapsed().as_secs_f64()
+    );
+    let log = common::log_tail(&format!("{name}-project"), 10_000);
+    assert!(
+        log.contains("transient failure; restarting"),
+        "the projector restarted itself:\n{log}"
+    );
+    common::kill(&mut projector, libc::SIGTERM);
+    common::kill(&mut capture, libc::SIGTERM);
 }

@@ -111,11 +111,13 @@ async fn capture_and_projector_through_a_tls_kafka_endpoint() {
         Duration::from_secs(240),
     )
     .await;
-    common::assert_same_state(
+    common::assert_showcase_converges(
         "showcase via TLS Kafka vs journal",
-        &common::showcase_state(&show).await,
+        &show,
         &common::under_consent(&cfg, common::journal_view(&cfg, true).await).await,
-    );
+        Duration::from_secs(60),
+    )
+    .await;
     common::kill(&mut projector, libc::SIGTERM);
     common::kill(&mut capture, libc::SIGTERM);
 

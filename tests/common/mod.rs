@@ -401,9 +401,19 @@ pub fn assert_same_state(
         .map(|(k, _)| k)
         .take(5)
         .collect();
+    let first = differ
+        .first()
+        .map(|k| {
+            format!(
+                "\n  {k:?}\n  got  {:?}\n  want {:?}",
+                got.get(*k),
+                want.get(*k)
+            )
+        })
+        .unwrap_or_default();
     assert!(
         missing.is_empty() && extra.is_empty() && differ.is_empty(),
-        "{what}: {} vs {} entities; missing {missing:?}; extra {extra:?}; different {differ:?}",
+        "{what}: {} vs {} entities; missing {missing:?}; extra {extra:?}; different {differ:?}{first}",
         got.len(),
         want.len()
     );
@@ -909,4 +919,24 @@ pub fn certificates(dir: &std::path::Path) {
             "/CN=another CA",
         ],
     );
+}
+
+/// Waits until the showcase at `showcase` holds `want` (the broker's end
+/// offsets, which `wait_projected` reads, can be early on tansu), then
+/// asserts it, naming the differences.
+pub async fn assert_showcase_converges(
+    what: &str,
+    showcase: &(impl vitrina::pg::Connectable + ?Sized),
+    want: &ShowState,
+    timeout: std::time::Duration,
+) {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let got = showcase_state(showcase).await;
+        if &got == want || std::time::Instant::now() > deadline {
+            assert_same_state(what, &got, want);
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
 }
