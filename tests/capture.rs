@@ -544,3 +544,67 @@ async fn an_invalidated_slot_is_refused_with_a_hint() {
         "{err}"
     );
 }
+
+/// Least privilege: capture runs as a role with REPLICATION and SELECT on
+/// the journal only. Without a publication it says what the DBA runs; with
+/// the DBA's publication it captures everything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn capture_runs_as_a_role_with_replication_and_select_only() {
+    let cfg = common::journal_db("t_cap_least").await;
+    let db = common::db_name(&cfg);
+    load::load(&cfg, &spec(43, 0.02), 2, false, false)
+        .await
+        .unwrap();
+    let name = format!("capleast{}", std::process::id());
+    let c = vitrina::pg::connect(&cfg).await.unwrap();
+    c.batch_execute(&format!(
+        "DROP ROLE IF EXISTS {name}; CREATE ROLE {name} LOGIN REPLICATION;
+         GRANT USAGE ON SCHEMA journal TO {name};
+         GRANT SELECT ON ALL TABLES IN SCHEMA journal TO {name};"
+    ))
+    .await
+    .unwrap();
+    let port = cfg.get_ports()[0].to_string();
+    let env = [
+        ("VITRINA_JOURNAL__HOST", "127.0.0.1"),
+        ("VITRINA_JOURNAL__PORT", port.as_str()),
+        ("VITRINA_JOURNAL__USER", name.as_str()),
+    ];
+    let (code, err) = run_capture_to_exit_with(&db, &name, &env);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("a DBA runs: CREATE PUBLICATION") && err.contains("\"grades\""),
+        "{err}"
+    );
+    // The DBA creates it; capture needs nothing more.
+    let tables: Vec<String> = vitrina::capture::mapping::Mapping::reference()
+        .tables
+        .iter()
+        .map(|t| t.table.clone())
+        .collect();
+    c.batch_execute(&format!(
+        "CREATE PUBLICATION {name} FOR TABLE {}",
+        tables.join(", ")
+    ))
+    .await
+    .unwrap();
+    let mut child = common::spawn_vitrina("capture", &db, &name, &name, &env);
+    common::wait_caught_up(&cfg, &name, Duration::from_secs(240)).await;
+    let report = common::spawn_workload(&cfg, 4, 0, 8).await.unwrap();
+    assert_eq!(report.failed_transactions, 0);
+    common::wait_caught_up(&cfg, &name, Duration::from_secs(240)).await;
+    let messages = common::read_all(&name);
+    common::kill(&mut child, libc::SIGTERM);
+    let (got, _) = fold(&messages, &name);
+    common::assert_same_state(
+        "topics from a least-privilege capture vs journal",
+        &got,
+        &common::journal_state(&cfg).await,
+    );
+    let super_: bool = c
+        .query_one("SELECT rolsuper FROM pg_roles WHERE rolname = $1", &[&name])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(!super_);
+}

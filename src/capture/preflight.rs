@@ -143,13 +143,26 @@ pub async fn check(
             })
             .collect::<Vec<_>>()
             .join(", ");
-        client
-            .batch_execute(&format!(
-                "CREATE PUBLICATION {} FOR TABLE {list}",
-                crate::pg::ident(publication)
-            ))
-            .await
-            .map_err(q("creating the publication"))?;
+        let create = format!(
+            "CREATE PUBLICATION {} FOR TABLE {list}",
+            crate::pg::ident(publication)
+        );
+        match client.batch_execute(&create).await {
+            Ok(()) => {}
+            // Capture runs with least privilege (REPLICATION and SELECT):
+            // creating a publication takes the tables' owner.
+            Err(e)
+                if e.code() == Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE) =>
+            {
+                return Err(CaptureError::Privilege {
+                    user: user.clone(),
+                    hint: format!(
+                        "publication `{publication}` does not exist and creating one takes the tables' owner; a DBA runs: {create};"
+                    ),
+                });
+            }
+            Err(e) => return Err(q("creating the publication")(e).into()),
+        }
         tracing::info!(publication, tables = wanted.len(), "publication created");
     } else {
         let published: Vec<String> = client

@@ -1,6 +1,7 @@
 //! Unit tests of `codec`.
 
 use super::*;
+use crate::events::Detail;
 use crate::region::rng::Rng;
 
 fn sample(e: &'static Entity, rng: &mut Rng, op: Op) -> Event {
