@@ -283,3 +283,99 @@ async fn journal_and_showcase_on_two_servers() {
     common::kill(&mut capture, libc::SIGTERM);
     drop(admin);
 }
+
+/// Least privilege on the showcase side: the projector runs as a role that
+/// may only create schemas in the showcase database (it owns what it
+/// makes); a reader role reads `showcase` but not the private schema, and
+/// keeps its access across a replay's swap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn projector_as_an_owner_role_and_readers_keep_access_across_a_swap() {
+    let cfg = common::journal_db("t_proj_roles").await;
+    let db = common::db_name(&cfg);
+    load::load(
+        &cfg,
+        &common::small_region(55, 1, 20, 0.02),
+        2,
+        false,
+        false,
+    )
+    .await
+    .unwrap();
+    let show = common::fresh_db("t_proj_roles_show").await;
+    let show_db = common::db_name(&show);
+    let name = format!("projroles{}", std::process::id());
+    let (owner, reader) = (format!("{name}_owner"), format!("{name}_reader"));
+    let admin = vitrina::pg::connect(&show).await.unwrap();
+    admin
+        .batch_execute(&format!(
+            "DROP ROLE IF EXISTS {owner}; DROP ROLE IF EXISTS {reader};
+             CREATE ROLE {owner} LOGIN; CREATE ROLE {reader} LOGIN;
+             GRANT CREATE ON DATABASE {show_db} TO {owner};"
+        ))
+        .await
+        .unwrap();
+    let port = show.get_ports()[0].to_string();
+    let readers = format!("[\"{reader}\"]");
+    let env = [
+        ("VITRINA_SHOWCASE__HOST", "127.0.0.1"),
+        ("VITRINA_SHOWCASE__PORT", port.as_str()),
+        ("VITRINA_SHOWCASE__USER", owner.as_str()),
+        ("VITRINA_SHOWCASE__DATABASE", show_db.as_str()),
+        ("VITRINA_PROJECTOR__READERS", readers.as_str()),
+        ("VITRINA_PROJECTOR__METRICS_LISTEN", "127.0.0.1:0"),
+        ("VITRINA_PROJECTOR__REPLAY_METRICS_LISTEN", "127.0.0.1:0"),
+    ];
+    let mut capture = common::spawn_capture(&db, &name);
+    let mut projector =
+        common::spawn_vitrina("project", &db, &name, &format!("{name}-projector"), &env);
+    common::wait_caught_up(&cfg, &name, Duration::from_secs(240)).await;
+    common::wait_projected(&show, &name, Duration::from_secs(240)).await;
+    let mut as_reader = show.clone();
+    as_reader.user(&reader);
+    let r = vitrina::pg::connect(&as_reader).await.unwrap();
+    let before = grade_count(&r)
+        .await
+        .expect("the reader reads the showcase");
+    assert!(before > 0);
+    let private = r
+        .query_one(
+            "SELECT count(*) FROM showcase_private.attendance_medical",
+            &[],
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        private.to_string().contains("permission denied")
+            || format!("{private:?}").contains("42501"),
+        "{private:?}"
+    );
+    let owned: String = admin
+        .query_one(
+            "SELECT nspowner::regrole::text FROM pg_namespace WHERE nspname = 'showcase'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(owned, owner, "the projector owns the schema it made");
+    // A replay as the same role swaps a new showcase in; the reader keeps access.
+    let out = common::run_vitrina(&db, &name, &["replay", "--json"], &env);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r = vitrina::pg::connect(&as_reader).await.unwrap();
+    let after = grade_count(&r)
+        .await
+        .expect("the reader reads the swapped showcase");
+    assert_eq!(after, before);
+    common::kill(&mut projector, libc::SIGTERM);
+    common::kill(&mut capture, libc::SIGTERM);
+}
+
+async fn grade_count(c: &tokio_postgres::Client) -> Result<i64, tokio_postgres::Error> {
+    c.query_one("SELECT count(*) FROM showcase.grade", &[])
+        .await
+        .map(|row| row.get(0))
+}

@@ -38,6 +38,10 @@ pub struct ProjectorConfig {
     /// A reference to a row not in the showcase is "pending" this long
     /// (it may arrive late on another topic), then a violation.
     pub pending_grace_s: u64,
+    /// Roles that read the showcase (the federal side's, the analysts'):
+    /// granted USAGE and SELECT on schema `showcase`, kept across a
+    /// replay's swap; never the private schema.
+    pub readers: Vec<String>,
     /// `self`: one projector reads every partition, assigned by itself,
     /// with no group coordination (it applies again within seconds of a
     /// broker's return); `group`: several projectors share the partitions
@@ -68,6 +72,7 @@ impl Default for ProjectorConfig {
             quality_interval_s: 60,
             pending_grace_s: 600,
             assignment: Assignment::SelfAssigned,
+            readers: Vec::new(),
         }
     }
 }

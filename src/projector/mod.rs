@@ -330,6 +330,7 @@ impl Projector {
         );
         let mut p =
             Projection::open(cfg, &self.showcase, &self.kafka, showcase::SCHEMA, &group).await?;
+        showcase::grant_readers(p.client(), showcase::SCHEMA, &cfg.projector.readers).await?;
         let forward = {
             let (mut rx, tx) = (p.subscribe_visible(), self.visible.clone());
             tokio::spawn(async move {

@@ -249,6 +249,9 @@ pub async fn run(
         // The previous showcase keeps no medical detail: a revocation
         // after the swap could not reach it. Its private schema goes, and
         // its medical columns are emptied.
+        // Readers keep their access: the shadow gets their grants before
+        // it becomes the showcase.
+        showcase::grant_readers(&tx, SHADOW, &cfg.projector.readers).await?;
         let strip: String = consent::MEDICAL
             .iter()
             .map(|m| {

@@ -41,6 +41,29 @@ pub async fn stored_offsets(
         .collect())
 }
 
+/// Lets the showcase's readers (`projector.readers`) read `schema`: usage
+/// of the schema and SELECT on its tables, never its private schema. Run
+/// on the live schema at start and on a replay's shadow before the swap,
+/// so readers keep their access when the shadow becomes the showcase.
+pub async fn grant_readers(
+    client: &impl tokio_postgres::GenericClient,
+    schema: &str,
+    readers: &[String],
+) -> Result<(), PgError> {
+    for r in readers {
+        let role = crate::pg::ident(r);
+        client
+            .batch_execute(&format!(
+                "GRANT USAGE ON SCHEMA {schema} TO {role}; GRANT SELECT ON ALL TABLES IN SCHEMA {schema} TO {role};"
+            ))
+            .await
+            .map_err(PgError::query(format!(
+                "granting {r} read access to schema {schema} (does the role exist?)"
+            )))?;
+    }
+    Ok(())
+}
+
 /// The key of the advisory lock that orders apply transactions into
 /// `schema` (shared) against a replay's swap (exclusive).
 pub fn apply_lock_key(schema: &str) -> String {
