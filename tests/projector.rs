@@ -60,11 +60,13 @@ async fn showcase_equals_the_journal_after_a_workload_with_the_projector_killed_
     assert_eq!(report.failed_transactions, 0);
     common::wait_caught_up(&cfg, &name, Duration::from_secs(240)).await;
     common::wait_projected(&showcase, &name, Duration::from_secs(240)).await;
-    common::assert_same_state(
+    common::assert_showcase_converges(
         "showcase vs journal",
-        &common::showcase_state(&showcase).await,
+        &showcase,
         &common::under_consent(&cfg, common::journal_view(&cfg, true).await).await,
-    );
+        Duration::from_secs(60),
+    )
+    .await;
 
     // Freshness is truthful: near the heartbeat interval while capture runs…
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -213,11 +215,13 @@ async fn replay_rebuilds_the_showcase_beside_the_live_one_and_swaps_it_in() {
     assert_eq!(report.failed_transactions, 0);
     common::wait_caught_up(&cfg, &name, Duration::from_secs(240)).await;
     common::wait_projected(&showcase, &name, Duration::from_secs(240)).await;
-    common::assert_same_state(
+    common::assert_showcase_converges(
         "swapped-in showcase (kept up by the live projector) vs journal",
-        &common::showcase_state(&showcase).await,
+        &showcase,
         &common::under_consent(&cfg, common::journal_view(&cfg, true).await).await,
-    );
+        Duration::from_secs(60),
+    )
+    .await;
     let c = vitrina::pg::connect(&showcase).await.unwrap();
     let previous: i64 = c
         .query_one("SELECT count(*) FROM showcase_previous.grade", &[])
@@ -274,11 +278,13 @@ async fn journal_and_showcase_on_two_servers() {
     assert_eq!(report.failed_transactions, 0);
     common::wait_caught_up(&cfg, &name, Duration::from_secs(240)).await;
     common::wait_projected(&showcase, &name, Duration::from_secs(240)).await;
-    common::assert_same_state(
+    common::assert_showcase_converges(
         "showcase on its own server vs journal",
-        &common::showcase_state(&showcase).await,
+        &showcase,
         &common::under_consent(&cfg, common::journal_view(&cfg, true).await).await,
-    );
+        Duration::from_secs(60),
+    )
+    .await;
     common::kill(&mut projector, libc::SIGTERM);
     common::kill(&mut capture, libc::SIGTERM);
     drop(admin);

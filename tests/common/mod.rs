@@ -583,6 +583,21 @@ pub fn read_all(prefix: &str) -> Vec<(String, i32, Vec<u8>, Vec<u8>)> {
             None => {}
         }
     }
+    // tansu's end offsets can be early (ListOffsets(Latest) answers the
+    // newest batch's base): read on for a while (a running capture writes
+    // watermarks every heartbeat, so "until nothing new" would not end).
+    let tail = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    while std::time::Instant::now() < tail {
+        let Some(Ok(m)) = consumer.poll(std::time::Duration::from_millis(500)) else {
+            continue;
+        };
+        out.push((
+            m.topic().to_string(),
+            m.partition(),
+            m.key().unwrap_or_default().to_vec(),
+            m.payload().unwrap_or_default().to_vec(),
+        ));
+    }
     out
 }
 
