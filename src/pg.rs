@@ -80,6 +80,18 @@ fn describe(cfg: &tokio_postgres::Config) -> String {
     )
 }
 
+/// Runs a connection's task until it closes.
+fn drive<F>(conn: F)
+where
+    F: std::future::Future<Output = Result<(), tokio_postgres::Error>> + Send + 'static,
+{
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "postgres connection closed");
+        }
+    });
+}
+
 /// Connects (with the target's TLS, if it has any) and spawns the
 /// connection task on the current runtime.
 pub async fn connect(target: &(impl Connectable + ?Sized)) -> Result<Client, PgError> {
@@ -103,20 +115,12 @@ pub async fn connect(target: &(impl Connectable + ?Sized)) -> Result<Client, PgE
                 _ => tokio_postgres::config::SslMode::Require,
             });
             let (client, conn) = cfg.connect(tls).await.map_err(fail)?;
-            tokio::spawn(async move {
-                if let Err(e) = conn.await {
-                    tracing::debug!(error = %e, "postgres connection closed");
-                }
-            });
+            drive(conn);
             client
         }
         None => {
             let (client, conn) = cfg.connect(NoTls).await.map_err(fail)?;
-            tokio::spawn(async move {
-                if let Err(e) = conn.await {
-                    tracing::debug!(error = %e, "postgres connection closed");
-                }
-            });
+            drive(conn);
             client
         }
     };

@@ -194,8 +194,8 @@ fn detail(key: i64, student: i64, lsn: u64) -> DetailChange {
         key: key.to_string(),
         student_id: Some(student),
         fields: vitrina::events::schema::medical_fields()
-            .into_iter()
-            .map(|f| (f, (f == "reason").then(|| "ОРВИ".to_string())))
+            .iter()
+            .map(|f| (*f, (*f == "reason").then(|| "ОРВИ".to_string())))
             .collect(),
         commit_lsn: lsn,
         lsn,

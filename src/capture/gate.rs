@@ -109,8 +109,8 @@ impl Fields {
             if matches!(f.class, Class::Medical | Class::MedicalWhen(..)) && detail.is_none() {
                 detail = Some(
                     schema::medical_fields()
-                        .into_iter()
-                        .map(|n| (n, None))
+                        .iter()
+                        .map(|n| (*n, None))
                         .collect(),
                 );
             }

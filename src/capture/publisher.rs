@@ -83,10 +83,14 @@ impl Publisher {
         &self,
         topic: &str,
         key: &str,
-        payload: &[u8],
+        payload: Option<&[u8]>,
         partition: Option<i32>,
     ) -> Result<DeliveryFuture, CaptureError> {
-        let mut record = FutureRecord::to(topic).key(key).payload(payload);
+        // No payload: a tombstone (compaction erases the key).
+        let mut record: FutureRecord<'_, str, [u8]> = FutureRecord::to(topic).key(key);
+        if let Some(p) = payload {
+            record = record.payload(p);
+        }
         if let Some(p) = partition {
             record = record.partition(p);
         }
@@ -134,7 +138,9 @@ impl Publisher {
         match self.registry.encode(e) {
             Ok(bytes) => {
                 let topic = self.topic(e.entity.name);
-                let f = self.produce(topic, partition_key, &bytes, None).await?;
+                let f = self
+                    .produce(topic, partition_key, Some(&bytes), None)
+                    .await?;
                 for q in &e.quality {
                     metrics::counter!(obs::CAPTURE_QUALITY_FLAGS, "entity" => e.entity.name, "flag" => q.clone()).increment(1);
                 }
@@ -168,7 +174,7 @@ impl Publisher {
         let topic = self.topic(e.entity.name);
         let n = self.partitions.get(topic).copied().unwrap_or(1);
         for p in 0..n {
-            let f = self.produce(topic, &e.key, &bytes, Some(p)).await?;
+            let f = self.produce(topic, &e.key, Some(&bytes), Some(p)).await?;
             self.enqueue(Ack::Delivery(f, e.entity.name, e.op)).await?;
         }
         Ok(())
@@ -180,7 +186,7 @@ impl Publisher {
         let bytes = self.registry.encode_detail(d);
         let key = Detail::kafka_key(d.entity.name, &d.key);
         let topic = self.detail_topic.clone();
-        let f = self.produce(&topic, &key, &bytes, None).await?;
+        let f = self.produce(&topic, &key, Some(&bytes), None).await?;
         metrics::counter!(obs::CAPTURE_DETAILS, "kind" => "detail").increment(1);
         self.enqueue(Ack::Other(f)).await
     }
@@ -189,20 +195,8 @@ impl Publisher {
     /// compaction then drops every earlier record of the key.
     pub async fn send_tombstone(&mut self, entity: &str, key: &str) -> Result<(), CaptureError> {
         let k = Detail::kafka_key(entity, key);
-        let mut record: FutureRecord<'_, str, [u8]> = FutureRecord::to(&self.detail_topic).key(&k);
-        let f = loop {
-            match self.producer.send_result(record) {
-                Ok(f) => {
-                    self.in_flight.fetch_add(1, Ordering::Relaxed);
-                    break f;
-                }
-                Err((RdKafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
-                    record = r;
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
-                Err((e, _)) => return Err(CaptureError::delivery(&e)),
-            }
-        };
+        let topic = self.detail_topic.clone();
+        let f = self.produce(&topic, &k, None, None).await?;
         metrics::counter!(obs::CAPTURE_DETAILS, "kind" => "tombstone").increment(1);
         self.enqueue(Ack::Other(f)).await
     }
@@ -212,7 +206,9 @@ impl Publisher {
         metrics::counter!(obs::CAPTURE_DEAD_LETTERS, "table" => dl.table.clone(), "kind" => dl.kind).increment(1);
         let payload = serde_json::to_vec(&dl).expect("dead letter serializes");
         let topic = kafka::dead_letter_topic(&self.prefix);
-        let f = self.produce(&topic, &dl.table, &payload, None).await?;
+        let f = self
+            .produce(&topic, &dl.table, Some(&payload), None)
+            .await?;
         self.enqueue(Ack::Other(f)).await
     }
 
@@ -239,7 +235,7 @@ impl Publisher {
                     emitted_at_micros: now,
                     partition: p,
                 });
-                let f = self.produce(&topic, "", &bytes, Some(p)).await?;
+                let f = self.produce(&topic, "", Some(&bytes), Some(p)).await?;
                 self.enqueue(Ack::Other(f)).await?;
                 metrics::counter!(obs::CAPTURE_WATERMARKS).increment(1);
             }

@@ -87,8 +87,8 @@ impl Registry {
             _ => None,
         };
         let fields = schema::medical_fields()
-            .into_iter()
-            .map(|f| (f, text(m.remove(f))))
+            .iter()
+            .map(|f| (*f, text(m.remove(*f))))
             .collect();
         let long = |v: Option<Value>| match v {
             Some(Value::Long(x)) | Some(Value::TimestampMicros(x)) => Ok(x),

@@ -154,8 +154,8 @@ fn details_round_trip() {
         key: "42".into(),
         student_id: Some(7),
         fields: schema::medical_fields()
-            .into_iter()
-            .map(|f| (f, (f == "reason").then(|| "болезнь: ОРВИ".to_string())))
+            .iter()
+            .map(|f| (*f, (*f == "reason").then(|| "болезнь: ОРВИ".to_string())))
             .collect(),
         commit_lsn: 100,
         lsn: 90,

@@ -112,16 +112,20 @@ pub fn watermark_avsc() -> Value {
 pub const WATERMARK_FILE: &str = "watermark.avsc";
 
 /// The medical fields of the whole contract, in contract order, once each.
-pub fn medical_fields() -> Vec<&'static str> {
-    let mut out: Vec<&'static str> = Vec::new();
-    for e in super::ENTITIES {
-        for f in e.fields {
-            if f.class.label() == Some("medical") && !out.contains(&f.name) {
-                out.push(f.name);
+/// (computed once: the gate asks for every row of a medical entity).
+pub fn medical_fields() -> &'static [&'static str] {
+    static FIELDS: std::sync::OnceLock<Vec<&'static str>> = std::sync::OnceLock::new();
+    FIELDS.get_or_init(|| {
+        let mut out: Vec<&'static str> = Vec::new();
+        for e in super::ENTITIES {
+            for f in e.fields {
+                if f.class.label() == Some("medical") && !out.contains(&f.name) {
+                    out.push(f.name);
+                }
             }
         }
-    }
-    out
+        out
+    })
 }
 
 /// File of the restricted topic's schema in `avro/`.
@@ -134,7 +138,7 @@ pub fn detail_avsc() -> Value {
         json!({"name": "key", "type": "string", "doc": "The row's key, as on the entity's topic."}),
         json!({"name": "student_id", "type": ["null", "long"], "default": null, "doc": "Journal id of the student."}),
     ];
-    for name in medical_fields() {
+    for &name in medical_fields() {
         fields.push(json!({"name": name, "type": ["null", "string"], "default": null,
             "doc": format!("[medical] {name} of the row; null when the entity has no such field or the row holds none."), "vitrina_class": "medical"}));
     }
