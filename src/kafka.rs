@@ -33,6 +33,8 @@ pub enum KafkaError {
         #[source]
         source: rdkafka::error::KafkaError,
     },
+    #[error("Kafka refused this client: {0}\nhint: no retry cures this; check [kafka.properties]: ssl.ca.location must name the CA that signed the broker's certificate (and the broker's name must match it), sasl.mechanism, sasl.username and sasl.password must be what the cluster expects")]
+    Refused(String),
     #[error("Kafka task failed: {0}")]
     Task(String),
 }
@@ -43,7 +45,7 @@ impl Classify for KafkaError {
             KafkaError::Client { source, .. }
             | KafkaError::Topic { source, .. }
             | KafkaError::Metadata { source, .. } => kafka_kind(source),
-            KafkaError::Task(_) => ErrorKind::Definite,
+            KafkaError::Refused(_) | KafkaError::Task(_) => ErrorKind::Definite,
         }
     }
 }
@@ -80,8 +82,55 @@ pub fn log_line(level: RDKafkaLogLevel, fac: &str, message: &str) {
 }
 
 /// A client-level error (the broker unreachable, a handshake refused).
+/// A refusal no retry cures is recorded for [`refused`].
 pub fn client_error(error: &rdkafka::error::KafkaError, reason: &str) {
     tracing::warn!(error = %error, reason, "kafka client error");
+    if is_refusal(error, reason) {
+        refusals().send_if_modified(|r| {
+            let first = r.is_none();
+            if first {
+                *r = Some(reason.to_string());
+            }
+            first
+        });
+    }
+}
+
+/// Whether a client error is one that retrying cannot cure: the broker's
+/// certificate not trusted, or SASL credentials refused. librdkafka gives
+/// one code (`__SSL`) for every TLS failure; only its reason separates a
+/// certificate refused from a connection dropped mid-handshake (a broker
+/// restarting), which stays transient.
+pub fn is_refusal(error: &rdkafka::error::KafkaError, reason: &str) -> bool {
+    use rdkafka::types::RDKafkaErrorCode as C;
+    match error.rdkafka_error_code() {
+        Some(C::Authentication | C::SaslAuthenticationFailed) => true,
+        Some(C::SSL) => reason.contains("certificate"),
+        _ => false,
+    }
+}
+
+/// The first refusal this process met (one process is one stage).
+fn refusals() -> &'static tokio::sync::watch::Sender<Option<String>> {
+    static R: std::sync::OnceLock<tokio::sync::watch::Sender<Option<String>>> =
+        std::sync::OnceLock::new();
+    R.get_or_init(|| tokio::sync::watch::Sender::new(None))
+}
+
+/// Resolves when a Kafka client of this process has been refused (see
+/// [`is_refusal`]): a stage races its run against it and stops with
+/// [`KafkaError::Refused`], a definite error, instead of retrying for ever.
+pub async fn refused() -> KafkaError {
+    let mut rx = refusals().subscribe();
+    let reason = rx
+        .wait_for(|r| r.is_some())
+        .await
+        .map(|r| r.clone().unwrap_or_default());
+    match reason {
+        Ok(reason) => KafkaError::Refused(reason),
+        // The sender is a static: never dropped.
+        Err(_) => std::future::pending().await,
+    }
 }
 
 /// The idempotent producer type.
@@ -114,10 +163,13 @@ pub fn dead_letter_topic(prefix: &str) -> String {
 
 /// An idempotent producer: acks=all, ordered per partition, retried without
 /// duplicates; messages wait for an unavailable broker instead of expiring.
+/// Messages up to `max_message_bytes` pass librdkafka's own size check
+/// (the caller dead-letters larger ones before producing).
 pub fn producer(
     kafka: &KafkaEndpoint,
     linger_ms: u32,
     compression: &str,
+    max_message_bytes: usize,
 ) -> Result<Producer, KafkaError> {
     kafka
         .client_config()
@@ -129,6 +181,8 @@ pub fn producer(
         .set("queue.buffering.max.messages", "1000000")
         .set("queue.buffering.max.kbytes", "1048576")
         .set("batch.num.messages", "10000")
+        // A record batch's framing comes on top of the message itself.
+        .set("message.max.bytes", (max_message_bytes + 65_536).to_string())
         .set("log_level", "4")
         .create_with_context(Context)
         .map_err(|source| KafkaError::Client {
@@ -265,4 +319,33 @@ pub fn end_offsets_blocking(
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rdkafka::error::KafkaError as K;
+    use rdkafka::types::RDKafkaErrorCode as C;
+
+    #[test]
+    fn certificate_and_credential_refusals_are_told_from_dropped_connections() {
+        let ssl = K::Global(C::SSL);
+        assert!(is_refusal(
+            &ssl,
+            "ssl://127.0.0.1:9093/bootstrap: SSL handshake failed: error:0A000086:SSL routines::certificate verify failed"
+        ));
+        // A broker restarting mid-handshake: retry.
+        assert!(!is_refusal(
+            &ssl,
+            "ssl://127.0.0.1:9093/bootstrap: SSL handshake failed: Disconnected"
+        ));
+        assert!(is_refusal(
+            &K::Global(C::Authentication),
+            "sasl_ssl://127.0.0.1:9093/bootstrap: SASL authentication error"
+        ));
+        assert!(!is_refusal(
+            &K::Global(C::AllBrokersDown),
+            "1/1 brokers are down"
+        ));
+    }
 }

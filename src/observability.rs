@@ -35,6 +35,8 @@ pub const PROJECTOR_REWINDS: &str = "vitrina_projector_rewinds_total";
 pub const PROJECTOR_CONSENT_UPDATES: &str = "vitrina_projector_consent_updates_total";
 pub const PROJECTOR_BATCH_EVENTS: &str = "vitrina_projector_batch_messages";
 pub const PROJECTOR_CATCH_UP: &str = "vitrina_projector_catch_up_mode";
+/// Partitions stopped before an event of a schema the projector does not know.
+pub const PROJECTOR_PARTITIONS_STALLED: &str = "vitrina_projector_partitions_stalled";
 pub const PROJECTOR_LAG_MESSAGES: &str = "vitrina_projector_consumer_lag_messages";
 pub const PROJECTOR_LAG_SECONDS: &str = "vitrina_projector_consumer_lag_seconds";
 pub const SHOWCASE_FRESHNESS: &str = "vitrina_showcase_freshness_seconds";
@@ -98,6 +100,12 @@ pub fn describe_projector() {
         PROJECTOR_BATCH_EVENTS,
         Unit::Count,
         "Messages per apply transaction."
+    );
+    metrics::gauge!(PROJECTOR_PARTITIONS_STALLED).set(0.0);
+    describe_gauge!(
+        PROJECTOR_PARTITIONS_STALLED,
+        Unit::Count,
+        "Partitions stopped before an event whose schema this projector does not know (a newer capture): upgrade the projector."
     );
     describe_gauge!(
         PROJECTOR_CATCH_UP,

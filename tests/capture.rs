@@ -608,3 +608,72 @@ async fn capture_runs_as_a_role_with_replication_and_select_only() {
         .get(0);
     assert!(!super_);
 }
+
+/// The compose stack's journal roles (docker/initdb/journal.sql), applied
+/// as the postgres image applies them, on a cluster of the test's own: the
+/// journal's owner creates the tables afterwards, and capture runs as
+/// `vitrina_capture` (REPLICATION, SELECT by default privileges, the
+/// DBA's publication) end to end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_compose_journal_roles_let_capture_run_without_superuser() {
+    let cluster = common::OwnCluster::start("composeroles", "");
+    let admin = vitrina::pg::connect(&cluster.config()).await.unwrap();
+    // The image's POSTGRES_USER is the cluster's superuser and owns POSTGRES_DB.
+    admin
+        .batch_execute(
+            "CREATE ROLE journal_owner LOGIN SUPERUSER; CREATE DATABASE journal OWNER journal_owner",
+        )
+        .await
+        .unwrap();
+    let mut owner = cluster.config();
+    owner.user("journal_owner").dbname("journal");
+    let c = vitrina::pg::connect(&owner).await.unwrap();
+    let init = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docker/initdb/journal.sql"),
+    )
+    .unwrap();
+    c.batch_execute(&init).await.unwrap();
+    // Then the school system creates its tables (here: the reference journal).
+    let mut mc = vitrina::pg::connect(&owner).await.unwrap();
+    vitrina::journal::migrate(&mut mc).await.unwrap();
+    load::load(&owner, &spec(44, 0.02), 2, false, false)
+        .await
+        .unwrap();
+    let compose = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docker/compose.yml"),
+    )
+    .unwrap();
+    assert!(
+        compose.contains("VITRINA_JOURNAL__USER: vitrina_capture"),
+        "compose runs capture as the role the init script makes"
+    );
+    let name = format!("composeroles{}", std::process::id());
+    let port = cluster.port.to_string();
+    let env = [
+        ("VITRINA_JOURNAL__HOST", "127.0.0.1"),
+        ("VITRINA_JOURNAL__PORT", port.as_str()),
+        ("VITRINA_JOURNAL__USER", "vitrina_capture"),
+        ("VITRINA_CAPTURE__PUBLICATION", "vitrina"),
+    ];
+    let mut child = common::spawn_vitrina("capture", "journal", &name, &name, &env);
+    common::wait_caught_up(&owner, &name, Duration::from_secs(240)).await;
+    let report = common::spawn_workload(&owner, 3, 0, 8).await.unwrap();
+    assert_eq!(report.failed_transactions, 0);
+    common::wait_caught_up(&owner, &name, Duration::from_secs(240)).await;
+    let messages = common::read_all(&name);
+    common::kill(&mut child, libc::SIGTERM);
+    let (got, _) = fold(&messages, &name);
+    common::assert_same_state(
+        "topics from the compose capture role vs journal",
+        &got,
+        &common::journal_state(&owner).await,
+    );
+    let row = c
+        .query_one(
+            "SELECT rolsuper, rolreplication FROM pg_roles WHERE rolname = 'vitrina_capture'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!((row.get::<_, bool>(0), row.get::<_, bool>(1)), (false, true));
+}

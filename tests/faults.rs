@@ -3,6 +3,10 @@
 //! with capture attached, and the broker frozen (SIGSTOP) for longer than
 //! the journal's `wal_sender_timeout`. Each test runs its own journal
 //! cluster (and broker), so it can break them without touching the others.
+//! Each prints the highest freshness age seen while its fault ran.
+//!
+//! `VITRINA_SLOW_FAULTS=1` runs the broker freeze for 150 s against the
+//! server's default `wal_sender_timeout` (60 s) instead of 15 s against 5 s.
 
 mod common;
 
@@ -89,6 +93,7 @@ async fn journal_fast_restart_under_a_workload_with_capture_attached() {
     common::wait_caught_up(&j.cfg, &name, Duration::from_secs(240)).await;
 
     let load_task = common::spawn_workload(&j.cfg, 6, 0, 5);
+    let watch = common::FreshnessWatch::start(&show);
     tokio::time::sleep(Duration::from_secs(3)).await;
     // The DBA's minor upgrade: a fast restart while capture streams and the
     // workload writes. pg_ctl fails if the server does not stop in 20 s.
@@ -112,13 +117,23 @@ async fn journal_fast_restart_under_a_workload_with_capture_attached() {
     alive(&mut capture, "capture", &name);
     alive(&mut projector, "project", &name);
     compare(common::stack().brokers(), &j.cfg, &show, &name).await;
+    eprintln!(
+        "journal fast restart: highest freshness during the fault {:.1} s",
+        watch.highest().await.expect("freshness was known")
+    );
     common::kill(&mut projector, libc::SIGTERM);
     common::kill(&mut capture, libc::SIGTERM);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_frozen_past_the_wal_sender_timeout() {
-    let j = Journal::start("frozen", "wal_sender_timeout = '5s'\n", 71).await;
+    // Three wal_sender_timeouts of 5 s; slow: 150 s against the default 60 s.
+    let (settings, frozen_s) = if common::slow_faults() {
+        ("", 150)
+    } else {
+        ("wal_sender_timeout = '5s'\n", 15)
+    };
+    let j = Journal::start("frozen", settings, 71).await;
     // A broker of the test's own, to freeze.
     let dir = std::env::temp_dir().join(format!("vitrina-frozen-broker-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -141,11 +156,12 @@ async fn broker_frozen_past_the_wal_sender_timeout() {
     let mut projector = spawn("project", &name, &env);
     common::wait_caught_up(&j.cfg, &name, Duration::from_secs(240)).await;
 
-    let load_task = common::spawn_workload(&j.cfg, 20, 0, 7);
+    let load_task = common::spawn_workload(&j.cfg, frozen_s + 5, 0, 7);
+    let watch = common::FreshnessWatch::start(&show);
     tokio::time::sleep(Duration::from_secs(3)).await;
     // SAFETY: signalling the broker process this test started.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
-    tokio::time::sleep(Duration::from_secs(15)).await; // three wal_sender_timeouts
+    tokio::time::sleep(Duration::from_secs(frozen_s)).await;
     assert_eq!(unsafe { libc::kill(pid, libc::SIGCONT) }, 0);
     let back = Instant::now();
     let report = load_task.await.unwrap();
@@ -154,7 +170,7 @@ async fn broker_frozen_past_the_wal_sender_timeout() {
     alive(&mut projector, "project", &name);
     common::wait_caught_up(&j.cfg, &name, Duration::from_secs(240)).await;
     eprintln!(
-        "broker frozen 15 s: capture caught up {:.1} s after its return",
+        "broker frozen {frozen_s} s: capture caught up {:.1} s after its return",
         back.elapsed().as_secs_f64()
     );
     // Freshness back to normal within 60 s of the broker's return.
@@ -170,9 +186,10 @@ async fn broker_frozen_past_the_wal_sender_timeout() {
             .get(0);
         if fresh.is_some_and(|f| f < 10.0) {
             eprintln!(
-                "freshness {:.1} s, {:.1} s after the broker's return",
+                "freshness {:.1} s, {:.1} s after the broker's return; highest during the fault {:.1} s",
                 fresh.unwrap(),
-                back.elapsed().as_secs_f64()
+                back.elapsed().as_secs_f64(),
+                watch.highest().await.expect("freshness was known")
             );
             break;
         }
@@ -236,6 +253,7 @@ async fn showcase_database_restarted_under_a_workload() {
         common::spawn_vitrina("project", &db, &name, &format!("{name}-project"), &env_ref);
     common::wait_caught_up(&cfg, &name, Duration::from_secs(240)).await;
     let load_task = common::spawn_workload(&cfg, 8, 0, 9);
+    let watch = common::FreshnessWatch::start(&show);
     tokio::time::sleep(Duration::from_secs(3)).await;
     cluster.pg.stop_fast(20).unwrap();
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -246,8 +264,9 @@ async fn showcase_database_restarted_under_a_workload() {
     alive(&mut projector, "project", &name);
     compare(common::stack().brokers(), &cfg, &show, &name).await;
     eprintln!(
-        "showcase restarted: the projector caught up {:.1} s after the server was back",
-        restarted.elapsed().as_secs_f64()
+        "showcase restarted: the projector caught up {:.1} s after the server was back; highest freshness during the fault {:.1} s",
+        restarted.elapsed().as_secs_f64(),
+        watch.highest().await.expect("freshness was known")
     );
     let log = common::log_tail(&format!("{name}-project"), 10_000);
     assert!(
@@ -255,5 +274,127 @@ async fn showcase_database_restarted_under_a_workload() {
         "the projector restarted itself:\n{log}"
     );
     common::kill(&mut projector, libc::SIGTERM);
+    common::kill(&mut capture, libc::SIGTERM);
+}
+
+/// The partitions `log`'s projector said it holds, at its latest
+/// assignment (None: never assigned).
+fn assigned_partitions(log: &str) -> Option<usize> {
+    common::log_tail(log, 100_000)
+        .lines()
+        .filter(|l| l.contains("assigned; positioned at the showcase's offsets"))
+        .last()
+        .and_then(|l| l.split("partitions=").nth(1))
+        .and_then(|n| n.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok())
+}
+
+async fn wait_assigned(log: &str, what: impl Fn(usize) -> bool, timeout: Duration, why: &str) {
+    let deadline = Instant::now() + timeout;
+    while !assigned_partitions(log).is_some_and(&what) {
+        assert!(
+            Instant::now() < deadline,
+            "{why} within {timeout:?}; latest assignment {:?}:\n{}",
+            assigned_partitions(log),
+            common::log_tail(log, 30)
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// Several projectors as one consumer group (`projector.assignment =
+/// group`) share the partitions; one SIGKILLed under a workload, the other
+/// takes them all after the session timeout; the killed one back, they
+/// share again; the first stopped cleanly, the second takes them all. The
+/// showcase equals the journal at the end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn projector_group_rebalances_when_a_member_dies_or_leaves() {
+    let cfg = common::journal_db("t_fault_group").await;
+    let db = common::db_name(&cfg);
+    load::load(
+        &cfg,
+        &common::small_region(73, 1, 20, 0.02),
+        2,
+        false,
+        false,
+    )
+    .await
+    .unwrap();
+    let show = common::fresh_db("t_fault_group_show").await;
+    let show_db = common::db_name(&show);
+    let name = format!("group{}", std::process::id());
+    let env: Vec<(&str, &str)> = vec![
+        ("VITRINA_SHOWCASE__DATABASE", &show_db),
+        ("VITRINA_PROJECTOR__METRICS_LISTEN", "127.0.0.1:0"),
+        ("VITRINA_PROJECTOR__ASSIGNMENT", "group"),
+    ];
+    let member = |n: u32| -> (std::process::Child, String) {
+        let log = format!("{name}-project-{n}");
+        (common::spawn_vitrina("project", &db, &name, &log, &env), log)
+    };
+    let mut capture = common::spawn_capture(&db, &name);
+    common::wait_caught_up(&cfg, &name, Duration::from_secs(240)).await;
+    let (mut a, log_a) = member(1);
+    let (mut b, log_b) = member(2);
+    let some = |n: usize| n > 0;
+    wait_assigned(&log_a, some, Duration::from_secs(90), "the first member is assigned").await;
+    wait_assigned(&log_b, some, Duration::from_secs(90), "the second member is assigned").await;
+    // Every topic exists now (the projectors create the ones capture did not).
+    let total = vitrina::kafka::end_offsets(
+        common::stack().conns.kafka().unwrap(),
+        &vitrina::kafka::event_topics(&name)
+            .into_iter()
+            .chain([vitrina::kafka::detail_topic(&name)])
+            .collect::<Vec<_>>(),
+    )
+    .await
+    .unwrap()
+    .len();
+    let shared = |n: usize| n > 0 && n < total;
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while assigned_partitions(&log_a).unwrap_or(0) + assigned_partitions(&log_b).unwrap_or(0)
+        != total
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the members do not share {total} partitions: {:?} + {:?}",
+            assigned_partitions(&log_a),
+            assigned_partitions(&log_b)
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+
+    let load_task = common::spawn_workload(&cfg, 25, 0, 11);
+    let watch = common::FreshnessWatch::start(&show);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    common::kill(&mut b, libc::SIGKILL);
+    let died = Instant::now();
+    wait_assigned(&log_a, |n| n == total, Duration::from_secs(90), "the survivor takes every partition").await;
+    eprintln!(
+        "group: a member SIGKILLed, the other held all {total} partitions {:.1} s later",
+        died.elapsed().as_secs_f64()
+    );
+    let (mut b, log_b) = {
+        let log = format!("{name}-project-3");
+        (common::spawn_vitrina("project", &db, &name, &log, &env), log)
+    };
+    wait_assigned(&log_b, shared, Duration::from_secs(90), "a member back shares again").await;
+    assert_eq!(load_task.await.unwrap().failed_transactions, 0);
+    common::kill(&mut a, libc::SIGTERM);
+    let left = Instant::now();
+    wait_assigned(&log_b, |n| n == total, Duration::from_secs(90), "the remaining member takes every partition").await;
+    eprintln!(
+        "group: a member stopped, the other held all {total} partitions {:.1} s later",
+        left.elapsed().as_secs_f64()
+    );
+    let report = common::spawn_workload(&cfg, 3, 0, 12).await.unwrap();
+    assert_eq!(report.failed_transactions, 0);
+    common::wait_caught_up(&cfg, &name, Duration::from_secs(240)).await;
+    compare(common::stack().brokers(), &cfg, &show, &name).await;
+    eprintln!(
+        "group: highest freshness during the rebalances {:.1} s",
+        watch.highest().await.expect("freshness was known")
+    );
+    alive(&mut b, "project-3", &name);
+    common::kill(&mut b, libc::SIGTERM);
     common::kill(&mut capture, libc::SIGTERM);
 }

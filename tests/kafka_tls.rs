@@ -2,8 +2,8 @@
 //! broker of the test's own, which advertises the TLS address; capture
 //! and the projector reach it with `security.protocol = SSL` through
 //! `[kafka.properties]`, end to end. A CA that did not sign the endpoint's
-//! certificate gets nothing through, and the log names the endpoint and
-//! the certificate problem.
+//! certificate gets nothing through: capture and the projector stop with a
+//! definite error that names the endpoint and the certificate problem.
 
 mod common;
 
@@ -20,46 +20,81 @@ impl Drop for Stunnel {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn capture_and_projector_through_a_tls_kafka_endpoint() {
-    let dir = std::env::temp_dir().join(format!("vitrina-kafka-tls-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    common::certificates(&dir);
-    let [plain, tls] = common::free_ports(2)[..] else {
-        unreachable!()
-    };
-    let broker = vitrina::stack::tansu::LocalBroker::new(
-        &vitrina::config::StackConfig::default(),
-        dir.join("broker"),
-    )
-    .advertising(&format!("127.0.0.1:{tls}"));
-    broker.start(plain).unwrap();
-    std::fs::write(
-        dir.join("stunnel.conf"),
-        format!(
-            "foreground = yes\npid =\n[kafka]\naccept = 127.0.0.1:{tls}\nconnect = 127.0.0.1:{plain}\ncert = {d}/server.crt\nkey = {d}/server.key\n",
-            d = dir.display()
-        ),
-    )
-    .unwrap();
-    let log = std::fs::File::create(dir.join("stunnel.log")).unwrap();
-    let _stunnel = Stunnel(
-        std::process::Command::new("stunnel4")
-            .arg(dir.join("stunnel.conf"))
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("stunnel4 runs (scripts/bootstrap installs it)"),
-    );
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", tls)).is_err() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "stunnel did not listen"
+/// A broker of the test's own behind stunnel, which terminates TLS with
+/// the test's certificates; the broker advertises the TLS address.
+struct TlsBroker {
+    dir: std::path::PathBuf,
+    broker: vitrina::stack::tansu::LocalBroker,
+    _stunnel: Stunnel,
+    tls: u16,
+}
+
+impl TlsBroker {
+    fn start(tag: &str, authenticating: bool) -> TlsBroker {
+        let dir = std::env::temp_dir().join(format!("vitrina-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        common::certificates(&dir);
+        let [plain, tls] = common::free_ports(2)[..] else {
+            unreachable!()
+        };
+        let mut broker = vitrina::stack::tansu::LocalBroker::new(
+            &vitrina::config::StackConfig::default(),
+            dir.join("broker"),
+        )
+        .advertising(&format!("127.0.0.1:{tls}"));
+        if authenticating {
+            broker = broker.authenticating();
+        }
+        broker.start(plain).unwrap();
+        std::fs::write(
+            dir.join("stunnel.conf"),
+            format!(
+                "foreground = yes\npid =\n[kafka]\naccept = 127.0.0.1:{tls}\nconnect = 127.0.0.1:{plain}\ncert = {d}/server.crt\nkey = {d}/server.key\n",
+                d = dir.display()
+            ),
+        )
+        .unwrap();
+        let log = std::fs::File::create(dir.join("stunnel.log")).unwrap();
+        let stunnel = Stunnel(
+            std::process::Command::new("stunnel4")
+                .arg(dir.join("stunnel.conf"))
+                .stdout(log.try_clone().unwrap())
+                .stderr(log)
+                .spawn()
+                .expect("stunnel4 runs (scripts/bootstrap installs it)"),
         );
-        std::thread::sleep(Duration::from_millis(100));
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", tls)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "stunnel did not listen"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        TlsBroker {
+            dir,
+            broker,
+            _stunnel: stunnel,
+            tls,
+        }
     }
 
+    fn ca(&self) -> String {
+        self.dir.join("ca.crt").display().to_string()
+    }
+}
+
+impl Drop for TlsBroker {
+    fn drop(&mut self) {
+        let _ = self.broker.stop();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn capture_and_projector_through_a_tls_kafka_endpoint() {
+    let tb = TlsBroker::start("kafka-tls", false);
+    let (dir, tls) = (tb.dir.clone(), tb.tls);
     let cfg = common::journal_db("t_kafka_tls").await;
     let db = common::db_name(&cfg);
     load::load(
@@ -73,7 +108,7 @@ async fn capture_and_projector_through_a_tls_kafka_endpoint() {
     .unwrap();
     let show = common::fresh_db("t_kafka_tls_show").await;
     let name = format!("ktls{}", std::process::id());
-    let ca = dir.join("ca.crt").display().to_string();
+    let ca = tb.ca();
     let brokers = format!("127.0.0.1:{tls}");
     let env = |ca: &str| -> Vec<(String, String)> {
         vec![
@@ -121,25 +156,43 @@ async fn capture_and_projector_through_a_tls_kafka_endpoint() {
     common::kill(&mut projector, libc::SIGTERM);
     common::kill(&mut capture, libc::SIGTERM);
 
-    // The wrong CA: nothing gets through; the log says where and why.
+    // The wrong CA: nothing gets through; capture and the projector stop
+    // (a definite error, no restarts) and say where and why.
     let other = dir.join("other.crt").display().to_string();
     let bad = env(&other);
     let bad_ref: Vec<(&str, &str)> = bad.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let wrong = format!("{name}w");
-    let mut c2 = common::spawn_vitrina(
-        "capture",
-        &db,
-        &wrong,
-        &format!("{wrong}-capture"),
-        &bad_ref,
-    );
-    tokio::time::sleep(Duration::from_secs(8)).await;
-    common::kill(&mut c2, libc::SIGKILL);
-    let log = common::log_tail(&format!("{wrong}-capture"), 200);
-    assert!(
-        log.contains(&format!("127.0.0.1:{tls}")) && log.contains("certificate verify failed"),
-        "the log names the endpoint and the certificate problem:\n{log}"
-    );
+    for stage in ["capture", "project"] {
+        let log_name = format!("{wrong}-{stage}");
+        let mut child = common::spawn_vitrina(stage, &db, &wrong, &log_name, &bad_ref);
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if std::time::Instant::now() > deadline {
+                common::kill(&mut child, libc::SIGKILL);
+                panic!(
+                    "{stage} kept retrying a refused certificate:\n{}",
+                    common::log_tail(&log_name, 40)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        let log = common::log_tail(&log_name, 200);
+        assert_eq!(status.code(), Some(1), "{stage} exits 1:\n{log}");
+        assert!(
+            log.contains(&format!("127.0.0.1:{tls}"))
+                && log.contains("certificate verify failed")
+                && log.contains("Kafka refused this client")
+                && log.contains("ssl.ca.location"),
+            "{stage}'s log names the endpoint, the certificate problem and what to check:\n{log}"
+        );
+        assert!(
+            !log.contains("transient failure"),
+            "{stage} did not restart on a refusal:\n{log}"
+        );
+    }
     let c = vitrina::pg::connect(&cfg).await.unwrap();
     let slot: Option<String> = c
         .query_opt(
@@ -150,6 +203,108 @@ async fn capture_and_projector_through_a_tls_kafka_endpoint() {
         .unwrap()
         .and_then(|r| r.get(0));
     assert!(slot.is_none(), "no slot was even created: {slot:?}");
-    let _ = broker.stop();
-    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// SASL_SSL: an authenticating broker behind TLS. With `sasl.*` in
+/// `[kafka.properties]` (the password from a file of its own, never
+/// printed) the pipeline runs end to end; without them the broker answers
+/// nothing. tansu's PLAIN accepts any password, so a wrong password cannot
+/// be refused here: that part is the cluster's (Apache Kafka's) to test.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn capture_and_projector_through_sasl_ssl() {
+    let tb = TlsBroker::start("kafka-sasl", true);
+    let cfg = common::journal_db("t_kafka_sasl").await;
+    let db = common::db_name(&cfg);
+    load::load(
+        &cfg,
+        &common::small_region(92, 1, 10, 0.02),
+        2,
+        false,
+        false,
+    )
+    .await
+    .unwrap();
+    let show = common::fresh_db("t_kafka_sasl_show").await;
+    let name = format!("ksasl{}", std::process::id());
+    let brokers = format!("127.0.0.1:{}", tb.tls);
+    let secret = format!("sasl-secret-{}", std::process::id());
+    let ca = tb.ca();
+    let sasl: Vec<(String, String)> = vec![
+        ("VITRINA_KAFKA__BROKERS".into(), brokers.clone()),
+        ("VITRINA_KAFKA__PROPERTIES__SECURITY.PROTOCOL".into(), "SASL_SSL".into()),
+        ("VITRINA_KAFKA__PROPERTIES__SSL.CA.LOCATION".into(), ca.clone()),
+        ("VITRINA_KAFKA__PROPERTIES__SASL.MECHANISM".into(), "PLAIN".into()),
+        ("VITRINA_KAFKA__PROPERTIES__SASL.USERNAME".into(), "vitrina".into()),
+        ("VITRINA_KAFKA__PROPERTIES__SASL.PASSWORD".into(), secret.clone()),
+        ("VITRINA_SHOWCASE__DATABASE".into(), common::db_name(&show)),
+        ("VITRINA_PROJECTOR__METRICS_LISTEN".into(), "127.0.0.1:0".into()),
+    ];
+    let sasl_ref: Vec<(&str, &str)> = sasl.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+
+    // Without SASL, TLS alone: the broker serves nothing, no slot is made.
+    let tls_only: Vec<(&str, &str)> = sasl_ref
+        .iter()
+        .copied()
+        .filter(|(k, _)| !k.contains("SASL"))
+        .chain([("VITRINA_KAFKA__PROPERTIES__SECURITY.PROTOCOL", "SSL")])
+        .collect();
+    let anon = format!("{name}a");
+    let mut c0 = common::spawn_vitrina("capture", &db, &anon, &format!("{anon}-capture"), &tls_only);
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    common::kill(&mut c0, libc::SIGKILL);
+    let c = vitrina::pg::connect(&cfg).await.unwrap();
+    let anon_slot = c
+        .query_opt("SELECT 1 FROM pg_replication_slots WHERE slot_name = $1", &[&anon])
+        .await
+        .unwrap();
+    assert!(
+        anon_slot.is_none(),
+        "an unauthenticated capture got as far as its slot:\n{}",
+        common::log_tail(&format!("{anon}-capture"), 40)
+    );
+
+    let mut capture =
+        common::spawn_vitrina("capture", &db, &name, &format!("{name}-capture"), &sasl_ref);
+    let mut projector =
+        common::spawn_vitrina("project", &db, &name, &format!("{name}-project"), &sasl_ref);
+    common::wait_caught_up(&cfg, &name, Duration::from_secs(240)).await;
+    let report = common::spawn_workload(&cfg, 3, 0, 4).await.unwrap();
+    assert_eq!(report.failed_transactions, 0);
+    common::wait_caught_up(&cfg, &name, Duration::from_secs(240)).await;
+    common::wait_projected_with(
+        &brokers,
+        &[
+            ("security.protocol", "SASL_SSL"),
+            ("ssl.ca.location", &ca),
+            ("sasl.mechanism", "PLAIN"),
+            ("sasl.username", "vitrina"),
+            ("sasl.password", &secret),
+        ],
+        &show,
+        &name,
+        Duration::from_secs(240),
+    )
+    .await;
+    common::assert_showcase_converges(
+        "showcase via SASL_SSL Kafka vs journal",
+        &show,
+        &common::under_consent(&cfg, common::journal_view(&cfg, true).await).await,
+        Duration::from_secs(60),
+    )
+    .await;
+    common::kill(&mut projector, libc::SIGTERM);
+    common::kill(&mut capture, libc::SIGTERM);
+    // The password is in no log and `vitrina config` hides it.
+    for stage in ["capture", "project"] {
+        let log = common::log_tail(&format!("{name}-{stage}"), 100_000);
+        assert!(!log.contains(&secret), "{stage}'s log printed the SASL password");
+    }
+    let out = common::run_vitrina(&db, &name, &["config"], &sasl_ref);
+    let printed = String::from_utf8_lossy(&out.stdout).to_string()
+        + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "vitrina config: {printed}");
+    assert!(
+        printed.contains("sasl.password") && !printed.contains(&secret),
+        "vitrina config shows the key and hides its value:\n{printed}"
+    );
 }

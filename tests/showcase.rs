@@ -10,7 +10,7 @@ use vitrina::showcase::{self, apply::apply_batch};
 
 fn subject(key: i64, name: &str, commit_lsn: u64, lsn: u64, op: Op) -> Event {
     Event {
-        event_id: vitrina::events::change_event_id(commit_lsn, lsn, "journal.subjects"),
+        event_id: vitrina::events::change_event_id(commit_lsn, lsn, 0, "journal.subjects"),
         entity: contract::entity("subject").unwrap(),
         op,
         key: key.to_string(),
@@ -156,7 +156,7 @@ fn event(entity: &str, key: i64, commit_lsn: u64, fields: &[(&str, Val)]) -> Eve
     }
     let table = format!("journal.{entity}");
     Event {
-        event_id: vitrina::events::change_event_id(commit_lsn, commit_lsn, &table),
+        event_id: vitrina::events::change_event_id(commit_lsn, commit_lsn, 0, &table),
         entity: e,
         op: Op::Update,
         key: key.to_string(),

@@ -159,8 +159,8 @@ impl Loader<'_> {
                 op: Op::Truncate,
                 key: "*".into(),
                 source: Source {
-                    lsn: 0,
-                    commit_lsn: lsn,
+                    lsn: crate::events::withdrawal_position(lsn).1,
+                    commit_lsn: crate::events::withdrawal_position(lsn).0,
                     txid: 0,
                     commit_time_micros: chrono::Utc::now().timestamp_micros(),
                     table: t.table.clone(),

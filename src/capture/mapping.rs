@@ -304,7 +304,8 @@ pub struct Mapped {
 
 fn missing(t: &TableMapping, col: &str) -> Unmappable {
     Unmappable(format!(
-        "mapped column `{col}` is missing from {} (dropped or renamed?); entity `{}` cannot be built",
+        "mapped column `{col}` is missing from {} (dropped or renamed? or, in an UPDATE, a TOASTed value left unchanged: ALTER TABLE {} REPLICA IDENTITY FULL sends it in the old row); entity `{}` cannot be built",
+        t.table,
         t.table, t.entity.name
     ))
 }

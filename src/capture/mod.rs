@@ -84,6 +84,17 @@ pub enum CaptureError {
         publication: String,
         tables: Vec<String>,
     },
+    #[error("mapped table {table} {problem}\nhint: {hint}")]
+    ReplicaIdentity {
+        table: String,
+        problem: String,
+        hint: String,
+    },
+    #[error("publication `{publication}` publishes the partitions of {tables:?}, not the tables themselves, and no mapping names a partition\nhint: ALTER PUBLICATION {publication} SET (publish_via_partition_root = true);")]
+    PublicationPartitions {
+        publication: String,
+        tables: Vec<String>,
+    },
     #[error("replication slot `{slot}` is active in process {pid}; another capture is running against this database\nhint: stop the other capture, or give this one another capture.slot")]
     SlotActive { slot: String, pid: i32 },
     #[error("replication slot `{0}` was invalidated (its WAL exceeded max_slot_wal_keep_size); changes since its position are gone\nhint: drop the slot (SELECT pg_drop_replication_slot('{0}')) and start capture again: it takes a new initial snapshot; consumers should replay from it")]
@@ -131,6 +142,8 @@ impl Classify for CaptureError {
             | E::Privilege { .. }
             | E::MissingTable(_)
             | E::PublicationMissing { .. }
+            | E::ReplicaIdentity { .. }
+            | E::PublicationPartitions { .. }
             | E::SlotActive { .. }
             | E::SlotInvalidated(_)
             | E::SlotForeign { .. }
@@ -206,7 +219,12 @@ impl Capture {
                 }
             })
         };
-        let r = self.run_inner(cancel).await;
+        // A broker that refuses this client (certificate, credentials) is
+        // a definite error: retrying would only repeat it.
+        let r = tokio::select! {
+            r = self.run_inner(cancel) => r,
+            e = kafka::refused() => Err(e.into()),
+        };
         alive.abort();
         self.health.not_ready(match &r {
             Ok(()) => "capture stopped".to_string(),
@@ -224,7 +242,7 @@ impl Capture {
         // Dead-letter series exist from the start, at 0, so that increase()
         // and alerts see the first one.
         for t in &mapping.tables {
-            for kind in ["unmappable", "encode"] {
+            for kind in ["unmappable", "encode", "oversize"] {
                 metrics::counter!(obs::CAPTURE_DEAD_LETTERS, "table" => t.table.clone(), "kind" => kind)
                     .increment(0);
             }
@@ -254,7 +272,12 @@ impl Capture {
         // The producer first: its polling thread reports the client's
         // errors (a broker unreachable, a TLS handshake refused) while the
         // topics are being created.
-        let producer = kafka::producer(&self.kafka, c.linger_ms, &c.compression)?;
+        let producer = kafka::producer(
+            &self.kafka,
+            c.linger_ms,
+            &c.compression,
+            c.max_message_bytes,
+        )?;
         kafka::ensure_topics(&self.kafka, &topics, c.partitions, c.replication_factor).await?;
         let partitions = partition_counts(&producer, &topics, c.partitions)?;
 
@@ -290,6 +313,7 @@ impl Capture {
             in_flight: in_flight.clone(),
             detail_topic: kafka::detail_topic(&c.topic_prefix),
             last_commit: 0,
+            max_message_bytes: c.max_message_bytes,
         };
         let mut gate = gate::Gate::open(
             pg::connect(&self.journal.config()).await?,

@@ -1,5 +1,18 @@
 //! Checks before capture streams: logical WAL, privileges, mapped tables,
-//! the publication and the slot. Every failure says what to do.
+//! their replica identity, the publication and the slot. Every failure says
+//! what to do, and all of them run before capture changes anything (the
+//! publication is created only after every table passed).
+//!
+//! Replica identity, per mapped table (per leaf partition of a partitioned
+//! one):
+//! - none (no primary key, or `REPLICA IDENTITY NOTHING`): once published,
+//!   the journal's own UPDATE and DELETE on it fail. Refused.
+//! - the entity key or the Kafka partition column (`partition_by`) not in
+//!   it: a delete would arrive without them, unmappable or on another
+//!   partition than the row's other changes. Refused.
+//! - not FULL while mapped columns can be TOASTed: an UPDATE that leaves
+//!   such a value unchanged arrives without it, and capture can take it
+//!   only from a FULL old row. Warned.
 
 use tokio_postgres::Client;
 
@@ -85,6 +98,7 @@ pub async fn check(
     }
 
     let mut missing_columns = Vec::new();
+    let mut partitioned = Vec::new();
     for t in &mapping.tables {
         let (schema, table) = t
             .table
@@ -123,6 +137,9 @@ pub async fn check(
                 hint: format!("GRANT SELECT ON {} TO {user}", t.table),
             });
         }
+        if check_identity(client, t).await? {
+            partitioned.push(t.table.clone());
+        }
     }
 
     let exists = client
@@ -143,8 +160,10 @@ pub async fn check(
             })
             .collect::<Vec<_>>()
             .join(", ");
+        // Changes of a partitioned table arrive under its own name, not
+        // its partitions' (which no mapping names).
         let create = format!(
-            "CREATE PUBLICATION {} FOR TABLE {list}",
+            "CREATE PUBLICATION {} FOR TABLE {list} WITH (publish_via_partition_root = true)",
             crate::pg::ident(publication)
         );
         match client.batch_execute(&create).await {
@@ -165,6 +184,20 @@ pub async fn check(
         }
         tracing::info!(publication, tables = wanted.len(), "publication created");
     } else {
+        let via_root: bool = client
+            .query_one(
+                "SELECT pubviaroot FROM pg_publication WHERE pubname = $1",
+                &[&publication],
+            )
+            .await
+            .map_err(q("reading pg_publication"))?
+            .get(0);
+        if !via_root && !partitioned.is_empty() {
+            return Err(CaptureError::PublicationPartitions {
+                publication: publication.to_string(),
+                tables: partitioned,
+            });
+        }
         let published: Vec<String> = client
             .query(
                 "SELECT schemaname::text || '.' || tablename::text FROM pg_publication_tables WHERE pubname = $1",
@@ -175,6 +208,10 @@ pub async fn check(
             .iter()
             .map(|r| r.get(0))
             .collect();
+        let unmapped: Vec<&String> = published.iter().filter(|t| !wanted.contains(t)).collect();
+        if !unmapped.is_empty() {
+            tracing::warn!(publication, tables = ?unmapped, "the publication holds tables no mapping covers; their changes are decoded and ignored");
+        }
         let absent: Vec<String> = wanted
             .into_iter()
             .filter(|t| !published.contains(t))
@@ -225,4 +262,80 @@ pub async fn check(
         }
     };
     Ok((state, missing_columns))
+}
+
+/// Checks `t`'s replica identity (see the module's header); returns whether
+/// `t` is partitioned.
+async fn check_identity(client: &Client, t: &super::mapping::TableMapping) -> Result<bool, CaptureError> {
+    let q = |what: &'static str| PgError::query(what);
+    let leaves = client
+        .query(
+            "SELECT c.oid::regclass::text, c.relreplident::text,
+                    coalesce((SELECT array_agg(a.attname::text)
+                                FROM pg_index i
+                                JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey::int2[])
+                               WHERE i.indrelid = c.oid
+                                 AND CASE c.relreplident WHEN 'd' THEN i.indisprimary
+                                                         WHEN 'i' THEN i.indisreplident
+                                                         ELSE false END), '{}'),
+                    (SELECT relkind = 'p' FROM pg_class WHERE oid = $1::text::regclass)
+               FROM pg_partition_tree($1::text::regclass) p JOIN pg_class c ON c.oid = p.relid
+              WHERE p.isleaf",
+            &[&t.table],
+        )
+        .await
+        .map_err(q("reading the replica identity of mapped tables"))?;
+    let mut partitioned = false;
+    for r in &leaves {
+        let (leaf, ident, cols): (String, String, Vec<String>) = (r.get(0), r.get(1), r.get(2));
+        partitioned = r.get(3);
+        let full = ident == "f";
+        let fix = format!("ALTER TABLE {leaf} REPLICA IDENTITY FULL");
+        if !full && cols.is_empty() {
+            return Err(CaptureError::ReplicaIdentity {
+                table: leaf,
+                problem: "has no replica identity (no primary key, or REPLICA IDENTITY NOTHING): once published, the journal's own UPDATE and DELETE on it would fail".into(),
+                hint: format!("give it a primary key, or run {fix}; capture changed nothing"),
+            });
+        }
+        let lacking: Vec<&String> = t
+            .key
+            .iter()
+            .chain(t.partition_by.iter())
+            .filter(|c| !full && !cols.contains(c))
+            .collect();
+        if !lacking.is_empty() {
+            return Err(CaptureError::ReplicaIdentity {
+                table: leaf,
+                problem: format!(
+                    "has a replica identity of ({}) without {lacking:?}: its deletes would arrive without the entity key or the Kafka partition column (partition_by), and travel on another partition than the row's other changes",
+                    cols.join(", ")
+                ),
+                hint: format!("{fix} (or a unique index over the key and the partition column as its REPLICA IDENTITY USING INDEX); capture changed nothing"),
+            });
+        }
+        if !full {
+            let wanted = t.columns();
+            let toastable: Vec<String> = client
+                .query(
+                    "SELECT attname::text FROM pg_attribute
+                      WHERE attrelid = $1::text::regclass AND attnum > 0 AND NOT attisdropped
+                        AND attstorage <> 'p' AND attname::text = ANY($2)",
+                    &[&leaf, &wanted],
+                )
+                .await
+                .map_err(q("reading the storage of mapped columns"))?
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+            if !toastable.is_empty() {
+                tracing::warn!(
+                    table = %leaf,
+                    columns = ?toastable,
+                    "an UPDATE that leaves a TOASTed value (over about 2 kB) of these columns unchanged arrives without it and is dead-lettered; {fix} lets capture take it from the old row"
+                );
+            }
+        }
+    }
+    Ok(partitioned)
 }

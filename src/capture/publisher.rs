@@ -59,6 +59,11 @@ pub struct DeadLetter {
     pub txid: i64,
     pub commit_time_micros: i64,
     pub capture: String,
+    /// The entity key and the encoded size, for an event too large to send.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub size_bytes: Option<usize>,
 }
 
 /// Owns the producer and the order of everything sent.
@@ -76,6 +81,8 @@ pub struct Publisher {
     pub(super) detail_topic: String,
     /// End LSN of the last commit handed to the acker.
     pub(super) last_commit: u64,
+    /// `capture.max_message_bytes`.
+    pub(super) max_message_bytes: usize,
 }
 
 impl Publisher {
@@ -135,7 +142,34 @@ impl Publisher {
     }
 
     pub async fn send_event(&mut self, e: &Event, partition_key: &str) -> Result<(), CaptureError> {
+        let dead = |reason: String, kind: &'static str| DeadLetter {
+            reason,
+            kind,
+            table: e.source.table.clone(),
+            entity: Some(e.entity.name),
+            op: e.op.symbol(),
+            lsn: lsn::format(e.source.lsn),
+            commit_lsn: lsn::format(e.source.commit_lsn),
+            txid: e.source.txid,
+            commit_time_micros: e.source.commit_time_micros,
+            capture: self.slot.clone(),
+            key: None,
+            size_bytes: None,
+        };
         match self.registry.encode(e) {
+            Ok(bytes) if bytes.len() + partition_key.len() > self.max_message_bytes => {
+                let size = bytes.len() + partition_key.len();
+                let mut dl = dead(
+                    format!(
+                        "the event is {size} bytes, over capture.max_message_bytes = {}; raise it (and the topic's max.message.bytes) to send such rows",
+                        self.max_message_bytes
+                    ),
+                    "oversize",
+                );
+                dl.key = Some(e.key.clone());
+                dl.size_bytes = Some(size);
+                self.dead_letter(dl).await
+            }
             Ok(bytes) => {
                 let topic = self.topic(e.entity.name);
                 let f = self
@@ -146,21 +180,7 @@ impl Publisher {
                 }
                 self.enqueue(Ack::Delivery(f, e.entity.name, e.op)).await
             }
-            Err(err) => {
-                self.dead_letter(DeadLetter {
-                    reason: err.to_string(),
-                    kind: "encode",
-                    table: e.source.table.clone(),
-                    entity: Some(e.entity.name),
-                    op: e.op.symbol(),
-                    lsn: lsn::format(e.source.lsn),
-                    commit_lsn: lsn::format(e.source.commit_lsn),
-                    txid: e.source.txid,
-                    commit_time_micros: e.source.commit_time_micros,
-                    capture: self.slot.clone(),
-                })
-                .await
-            }
+            Err(err) => self.dead_letter(dead(err.to_string(), "encode")).await,
         }
     }
 
@@ -202,7 +222,7 @@ impl Publisher {
     }
 
     pub async fn dead_letter(&mut self, dl: DeadLetter) -> Result<(), CaptureError> {
-        tracing::warn!(table = %dl.table, kind = dl.kind, reason = %dl.reason, lsn = %dl.lsn, "change dead-lettered");
+        tracing::warn!(table = %dl.table, kind = dl.kind, reason = %dl.reason, lsn = %dl.lsn, size_bytes = dl.size_bytes, "change dead-lettered");
         metrics::counter!(obs::CAPTURE_DEAD_LETTERS, "table" => dl.table.clone(), "kind" => dl.kind).increment(1);
         let payload = serde_json::to_vec(&dl).expect("dead letter serializes");
         let topic = kafka::dead_letter_topic(&self.prefix);

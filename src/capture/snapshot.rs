@@ -377,6 +377,7 @@ impl Copier {
             .map_err(PgError::query(format!("COPY of {}", t.table)))?;
         futures::pin_mut!(stream);
         let mut carry = Vec::new();
+        let (at_commit, at_lsn) = events::snapshot_position(snapshot_lsn);
         let mut n = 0u64;
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(PgError::query(format!("COPY of {}", t.table)))?;
@@ -395,8 +396,8 @@ impl Copier {
                                 op: Op::Read,
                                 key: m.key,
                                 source: Source {
-                                    lsn: snapshot_lsn,
-                                    commit_lsn: snapshot_lsn,
+                                    lsn: at_lsn,
+                                    commit_lsn: at_commit,
                                     txid: 0,
                                     commit_time_micros: snapshot_time,
                                     table: t.table.clone(),
@@ -421,6 +422,8 @@ impl Copier {
                         txid: 0,
                         commit_time_micros: snapshot_time,
                         capture: slot.to_string(),
+                        key: None,
+                        size_bytes: None,
                     }),
                 };
                 if tx.send(item).await.is_err() {

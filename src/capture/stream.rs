@@ -37,10 +37,28 @@ struct WalRow<'a>(&'a RowData);
 
 impl Row for WalRow<'_> {
     fn get(&self, column: &str) -> Option<Option<&str>> {
-        self.0.get(column).map(|v| match v {
-            ColumnValue::Null => None,
-            other => other.as_str(),
-        })
+        wal_value(self.0, column)
+    }
+}
+
+fn wal_value<'r>(row: &'r RowData, column: &str) -> Option<Option<&'r str>> {
+    row.get(column).map(|v| match v {
+        ColumnValue::Null => None,
+        other => other.as_str(),
+    })
+}
+
+/// An UPDATE's new row; a column it lacks (a TOASTed value the UPDATE
+/// left unchanged) comes from the old row, which a table with REPLICA
+/// IDENTITY FULL sends whole.
+struct Updated<'a> {
+    new: &'a RowData,
+    old: Option<&'a RowData>,
+}
+
+impl Row for Updated<'_> {
+    fn get(&self, column: &str) -> Option<Option<&str>> {
+        wal_value(self.new, column).or_else(|| self.old.and_then(|o| wal_value(o, column)))
     }
 }
 
@@ -53,6 +71,22 @@ struct Txn {
     heartbeat: bool,
     /// Between Begin and Commit.
     open: bool,
+    /// The position of the previous row change, and how many changes came
+    /// at it before this one (a multi-row insert gives them one position).
+    last_lsn: u64,
+    seq: u32,
+}
+
+impl Txn {
+    /// This change's place among the changes at `lsn`.
+    fn seq_at(&mut self, lsn: u64) -> u32 {
+        if lsn == self.last_lsn {
+            self.seq += 1;
+        } else {
+            (self.last_lsn, self.seq) = (lsn, 0);
+        }
+        self.seq
+    }
 }
 
 /// Turns the replication stream's messages into published events.
@@ -120,6 +154,8 @@ impl Streamer {
                     commit_time_micros: commit_timestamp.timestamp_micros(),
                     heartbeat: false,
                     open: true,
+                    last_lsn: 0,
+                    seq: 0,
                 };
                 return Ok(());
             }
@@ -204,7 +240,7 @@ impl Streamer {
                         continue;
                     }
                     let e = Event {
-                        event_id: events::change_event_id(txn.commit_lsn, lsn, &tm.table),
+                        event_id: events::change_event_id(txn.commit_lsn, lsn, 0, &tm.table),
                         entity: tm.entity,
                         op: Op::Truncate,
                         key: "*".into(),
@@ -228,6 +264,7 @@ impl Streamer {
         {
             return Ok(()); // already in the resumed snapshot of this table
         }
+        let seq = txn.seq_at(lsn);
         let dead = |reason: String, kind: &'static str| DeadLetter {
             reason,
             kind,
@@ -239,18 +276,24 @@ impl Streamer {
             txid: txn.xid,
             commit_time_micros: txn.commit_time_micros,
             capture: publisher.slot().to_string(),
+            key: None,
+            size_bytes: None,
         };
-        let event_id = events::change_event_id(txn.commit_lsn, lsn, &tm.table);
+        let event_id = events::change_event_id(txn.commit_lsn, lsn, seq, &tm.table);
         let here = at(txn, lsn);
         match (new, old) {
-            (Some(row), _) => {
+            (Some(row), old) => {
+                let row = Updated {
+                    new: &row,
+                    old: old.as_ref(),
+                };
                 // People's names feed the free-text scrubber, in memory.
                 if let Some((schema, table)) = tm.table.split_once('.') {
                     if let Some(n) = mapping.names_of(schema, table) {
-                        gate.learn_row(&WalRow(&row), &n.columns);
+                        gate.learn_row(&row, &n.columns);
                     }
                 }
-                match tm.map_row(&WalRow(&row), dp) {
+                match tm.map_row(&row, dp) {
                     Ok(mut m) => {
                         let applied = gate.fields.apply(tm.entity, &mut m.after);
                         gate.count(tm.entity, &applied);

@@ -401,6 +401,12 @@ impl Config {
                 "must be set (at least 16 characters) when capture.hashing = \"keyed\"",
             );
         }
+        if !(4096..=100_000_000).contains(&c.max_message_bytes) {
+            return bad(
+                "capture.max_message_bytes",
+                "must be within 4096..=100000000",
+            );
+        }
         if c.max_in_flight < 100 {
             return bad("capture.max_in_flight", "must be at least 100");
         }

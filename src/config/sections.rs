@@ -130,6 +130,11 @@ pub struct CaptureConfig {
     /// Replace people's names and long numbers in free-text fields before
     /// publishing (off only to measure its cost).
     pub scrub_free_text: bool,
+    /// The largest encoded event capture sends (bytes); a larger one (a
+    /// homework with an embedded image) is dead-lettered with its table,
+    /// key and size, and capture goes on. Keep it at or below the topics'
+    /// `max.message.bytes` (Kafka's default: 1,048,588).
+    pub max_message_bytes: usize,
 }
 
 impl Default for CaptureConfig {
@@ -153,6 +158,7 @@ impl Default for CaptureConfig {
             linger_ms: 5,
             compression: "lz4".into(),
             scrub_free_text: true,
+            max_message_bytes: 1_000_000,
         }
     }
 }

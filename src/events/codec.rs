@@ -32,10 +32,25 @@ struct Known {
     fingerprint: [u8; 8],
 }
 
+/// An older release's writer schema of an entity: its events decode
+/// through Avro schema resolution into the current (reader) schema.
+struct Older {
+    known: usize,
+    writer: Schema,
+}
+
+/// Writer schemas of earlier releases still to be read: (entity, .avsc).
+/// When a release changes an entity's schema, the one it replaces is added
+/// here (compatibly: new fields with defaults), so a projector reads what
+/// an older capture wrote. Empty: every schema is as first published with
+/// the specification's fingerprints.
+pub const WRITER_HISTORY: &[(&str, &str)] = &[];
+
 /// All event schemas, by entity and by fingerprint.
 pub struct Registry {
     known: Vec<Known>,
     by_fingerprint: HashMap<[u8; 8], usize>,
+    older: HashMap<[u8; 8], Older>,
     writers: HashMap<&'static str, GenericSingleObjectWriter>,
     watermark: Schema,
     watermark_fp: [u8; 8],
@@ -46,6 +61,14 @@ pub struct Registry {
 
 impl Registry {
     pub fn new() -> Registry {
+        Self::with_history(WRITER_HISTORY)
+    }
+
+    /// A registry that also reads the given older writer schemas.
+    ///
+    /// Panics on a history entry that does not parse or names no entity:
+    /// the history is compiled in, a test covers it.
+    pub fn with_history(history: &[(&str, &str)]) -> Registry {
         let mut known = Vec::new();
         let mut by_fingerprint = HashMap::new();
         let mut writers = HashMap::new();
@@ -72,7 +95,19 @@ impl Registry {
         let detail_json = schema::detail_avsc();
         let detail = Schema::parse(&detail_json).expect("detail schema parses");
         let detail_fp = canonical::fingerprint(&detail_json);
+        let mut older = HashMap::new();
+        for (entity, json) in history {
+            let i = known
+                .iter()
+                .position(|k: &Known| k.entity.name == *entity)
+                .unwrap_or_else(|| panic!("writer history names unknown entity {entity}"));
+            let json: serde_json::Value =
+                serde_json::from_str(json).expect("a historic writer schema is JSON");
+            let writer = Schema::parse(&json).expect("a historic writer schema parses");
+            older.insert(canonical::fingerprint(&json), Older { known: i, writer });
+        }
         Registry {
+            older,
             detail,
             detail_fp,
             known,
@@ -233,15 +268,23 @@ impl Registry {
             return Err(CodecError::NotSingleObject { len: bytes.len() });
         }
         let fp: [u8; 8] = bytes[2..10].try_into().expect("8 bytes");
-        let k = self
-            .by_fingerprint
-            .get(&fp)
-            .map(|i| &self.known[*i])
-            .ok_or_else(|| CodecError::UnknownSchema {
-                fingerprint: hex8(&fp),
-            })?;
+        let (k, writer) = match self.by_fingerprint.get(&fp) {
+            Some(i) => (&self.known[*i], None),
+            None => match self.older.get(&fp) {
+                Some(o) => (&self.known[o.known], Some(&o.writer)),
+                None => {
+                    return Err(CodecError::UnknownSchema {
+                        fingerprint: hex8(&fp),
+                    })
+                }
+            },
+        };
         let mut body = &bytes[10..];
-        let value = apache_avro::from_avro_datum(&k.schema, &mut body, None).map_err(|e| {
+        let value = match writer {
+            None => apache_avro::from_avro_datum(&k.schema, &mut body, None),
+            Some(w) => apache_avro::from_avro_datum(w, &mut body, Some(&k.schema)),
+        }
+        .map_err(|e| {
             CodecError::Body {
                 schema: k.entity.record.to_string(),
                 message: e.to_string(),

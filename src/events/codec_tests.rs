@@ -26,7 +26,7 @@ fn sample(e: &'static Entity, rng: &mut Rng, op: Op) -> Event {
             .collect()
     });
     Event {
-        event_id: super::super::change_event_id(rng.next_u64(), rng.next_u64(), "journal.t"),
+        event_id: super::super::change_event_id(rng.next_u64(), rng.next_u64(), 0, "journal.t"),
         entity: e,
         op,
         key: rng.below(1_000_000).to_string(),
@@ -165,4 +165,55 @@ fn details_round_trip() {
     assert_eq!(&bytes[2..10], &reg.detail_fp);
     assert_eq!(reg.decode_detail(&bytes).unwrap(), d);
     assert!(reg.decode_message(&bytes).is_err(), "not an event");
+}
+
+/// An older capture's writer schema (here: grade before its `comment`
+/// field existed) decodes through Avro schema resolution into the current
+/// one; a fingerprint neither current nor historic is refused as unknown.
+#[test]
+fn an_older_writer_schema_resolves_against_the_current_one() {
+    let grade = ENTITIES.iter().find(|e| e.name == "grade").unwrap();
+    let mut old = schema::avsc(grade);
+    let after = old["fields"]
+        .as_array_mut()
+        .unwrap()
+        .iter_mut()
+        .find(|f| f["name"] == "after")
+        .unwrap();
+    let fields = after["type"][1]["fields"].as_array_mut().unwrap();
+    let before = fields.len();
+    fields.retain(|f| f["name"] != "comment");
+    assert_eq!(fields.len(), before - 1);
+    let old_text = old.to_string();
+    let old_schema = Schema::parse(&old).unwrap();
+
+    let mut current = Registry::new();
+    let mut rng = Rng::new(7);
+    let mut ev = sample(grade, &mut rng, Op::Create);
+    let comment = grade.index("comment").unwrap();
+    ev.after.as_mut().unwrap()[comment] = Val::Str("забыл тетрадь".into());
+    let bytes = current.encode(&ev).unwrap();
+    // The same event as the older release wrote it.
+    let cur_schema = current.schema("grade").unwrap().clone();
+    let mut value = apache_avro::from_avro_datum(&cur_schema, &mut &bytes[10..], None).unwrap();
+    let Value::Record(top) = &mut value else { panic!() };
+    let (_, after_v) = top.iter_mut().find(|(n, _)| n == "after").unwrap();
+    let Value::Union(_, inner) = after_v else { panic!() };
+    let Value::Record(af) = inner.as_mut() else { panic!() };
+    af.retain(|(n, _)| n != "comment");
+    let mut old_bytes = MAGIC.to_vec();
+    old_bytes.extend_from_slice(&canonical::fingerprint(&old));
+    old_bytes.extend(apache_avro::to_avro_datum(&old_schema, value).unwrap());
+
+    match current.decode(&old_bytes) {
+        Err(CodecError::UnknownSchema { .. }) => {}
+        other => panic!("without its history the older schema is unknown: {other:?}"),
+    }
+    let reader = Registry::with_history(&[("grade", &old_text)]);
+    let got = reader.decode(&old_bytes).unwrap();
+    let mut want = ev.clone();
+    want.after.as_mut().unwrap()[comment] = Val::Null;
+    assert_eq!(got, want, "the field the older writer lacked takes its default");
+    // Current events still decode as before.
+    assert_eq!(reader.decode(&bytes).unwrap(), ev);
 }

@@ -140,8 +140,31 @@ pub enum Message {
 
 /// The id of a streamed change: its WAL position, its commit, and the table
 /// (a TRUNCATE of several tables is one WAL record and several events).
-pub fn change_event_id(commit_lsn: u64, lsn: u64, table: &str) -> String {
-    format!("{commit_lsn:016X}-{lsn:016X}-{table}")
+/// Rows of one multi-row insert (COPY into the journal) share one WAL
+/// record and so one position: `seq` is the row's place among the changes
+/// at that position (0 for the first, and for every single-row change),
+/// so ids stay unique and a change read again gets the same id.
+pub fn change_event_id(commit_lsn: u64, lsn: u64, seq: u32, table: &str) -> String {
+    if seq == 0 {
+        format!("{commit_lsn:016X}-{lsn:016X}-{table}")
+    } else {
+        format!("{commit_lsn:016X}-{lsn:016X}.{seq}-{table}")
+    }
+}
+
+/// The position `(commit_lsn, lsn)` of every row read at a snapshot whose
+/// consistent point is `snapshot_lsn`: just below every streamed change
+/// (a transaction committing exactly at the consistent point is streamed,
+/// not in the snapshot, and must win over the snapshot's rows).
+pub fn snapshot_position(snapshot_lsn: u64) -> (u64, u64) {
+    let p = snapshot_lsn.saturating_sub(1);
+    (p, p)
+}
+
+/// The position of the TRUNCATE that withdraws a table's earlier rows just
+/// before it is loaded again at `snapshot_lsn`: below that snapshot's rows.
+pub fn withdrawal_position(snapshot_lsn: u64) -> (u64, u64) {
+    (snapshot_lsn.saturating_sub(1), 0)
 }
 
 /// The id of a snapshot read: the snapshot's position, the table and key.

@@ -24,11 +24,18 @@ pub struct Migration {
 }
 
 /// The reference journal's migrations, in order.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "reference_journal",
-    sql: include_str!("../../migrations/journal/0001_reference_journal.sql"),
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "reference_journal",
+        sql: include_str!("../../migrations/journal/0001_reference_journal.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "replica_identity",
+        sql: include_str!("../../migrations/journal/0002_replica_identity.sql"),
+    },
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum MigrateError {

@@ -169,7 +169,7 @@ impl Projection {
                 );
             }
         }
-        let dlq = kafka::producer(kafka_ep, 5, "lz4")?;
+        let dlq = kafka::producer(kafka_ep, 5, "lz4", 1_000_000)?;
         for t in &topics {
             metrics::counter!(obs::PROJECTOR_DEAD_LETTERS, "topic" => t.clone()).increment(0);
         }
@@ -189,6 +189,7 @@ impl Projection {
                 unassigned_since: None,
                 rejoin_after: Duration::from_millis(kafka_ep.session_timeout_ms as u64 * 3),
                 grouped: cfg.projector.assignment == crate::config::Assignment::Group,
+                stalled: HashMap::new(),
                 topics: topics.clone(),
                 detail_topic: kafka::detail_topic(&cfg.capture.topic_prefix),
             },
@@ -268,6 +269,11 @@ impl Projection {
         self.sink().subscribe_visible()
     }
 
+    /// Why a partition stopped before an event of an unknown schema.
+    pub fn stalled(&self) -> Option<&String> {
+        self.source.stalled()
+    }
+
     fn sink(&self) -> &Sink {
         self.sink.as_ref().expect("no apply in flight")
     }
@@ -311,7 +317,12 @@ impl Projector {
 
     /// Runs until `cancel` fires or an error stops it.
     pub async fn run(&self, cancel: CancellationToken) -> Result<(), ProjectorError> {
-        let r = self.run_inner(&cancel).await;
+        // A broker that refuses this client (certificate, credentials) is
+        // a definite error: retrying would only repeat it.
+        let r = tokio::select! {
+            r = self.run_inner(&cancel) => r,
+            e = kafka::refused() => Err(e.into()),
+        };
         self.health.not_ready(match &r {
             Ok(()) => "projector stopped".to_string(),
             Err(e) => format!(
@@ -435,9 +446,10 @@ impl Projector {
                     );
                 }
                 sla = now;
-                match sla {
-                    Sla::Breached => health.not_ready("freshness SLA breached"),
-                    _ => health.ready(),
+                match (p.stalled(), sla) {
+                    (Some(why), _) => health.not_ready(why.clone()),
+                    (None, Sla::Breached) => health.not_ready("freshness SLA breached"),
+                    (None, _) => health.ready(),
                 }
             }
             if cancel.is_cancelled() {

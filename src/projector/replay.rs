@@ -174,6 +174,9 @@ pub async fn run(
         let s = p
             .step(batch, Duration::from_millis(500), &cancel, None)
             .await?;
+        if let Some(why) = p.stalled() {
+            return Err(ProjectorError::Replay(format!("{why}; nothing swapped")));
+        }
         events += s.events as u64;
         gather += s.gather;
         applying += s.apply;
@@ -232,6 +235,9 @@ pub async fn run(
             let s = p
                 .step(batch, Duration::from_millis(200), &cancel, Some(&live))
                 .await?;
+            if let Some(why) = p.stalled() {
+                return Err(ProjectorError::Replay(format!("{why}; nothing swapped")));
+            }
             events += s.events as u64;
         }
         events += p.flush().await?.events as u64;

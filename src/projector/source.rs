@@ -6,7 +6,11 @@
 //!   rows; nothing at or below an applied or in-flight offset is gathered
 //!   again.
 //! - An event that fails to decode goes to the dead-letter topic with the
-//!   reason and its position; the partition goes on.
+//!   reason and its position; the partition goes on. Except an event whose
+//!   schema this projector does not know (a newer capture): its partition
+//!   stops before it (nothing at or after it is applied or committed), the
+//!   projector reports itself not ready, and a projector that knows the
+//!   schema resumes from there.
 //! - Broker answers known to be wrong are corrected here: a fetch that skips
 //!   offsets rewinds the partition.
 
@@ -23,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::sink::{set, Batch};
 use super::{ProjectorError, Tp};
-use crate::events::codec::Registry;
+use crate::events::codec::{CodecError, Registry};
 use crate::events::Message as Decoded;
 use crate::kafka;
 use crate::observability as obs;
@@ -100,6 +104,8 @@ pub(super) struct Source {
     /// Partitions come from the broker's consumer group (else: assigned
     /// by this projector itself).
     pub(super) grouped: bool,
+    /// Partitions stopped before an event of an unknown schema, and why.
+    pub(super) stalled: HashMap<Tp, String>,
 }
 
 /// Assigns every partition of `topics` to `consumer`, positioned at the
@@ -189,6 +195,23 @@ impl Source {
                     })?;
                 continue;
             }
+            if self.stalled.contains_key(k) {
+                continue; // fetched before the partition was paused
+            }
+            let decoded = if k.0 == self.detail_topic {
+                None
+            } else {
+                match self
+                    .registry
+                    .decode_message(m.payload().unwrap_or_default())
+                {
+                    Err(CodecError::UnknownSchema { fingerprint }) => {
+                        self.stall(k, m.offset(), &fingerprint);
+                        continue;
+                    }
+                    other => Some(other),
+                }
+            };
             b.messages += 1;
             set(&mut self.gathered, k, m.offset() + 1);
             set(&mut b.next, k, m.offset() + 1);
@@ -199,10 +222,7 @@ impl Source {
                 }
                 continue;
             }
-            match self
-                .registry
-                .decode_message(m.payload().unwrap_or_default())
-            {
+            match decoded.expect("decoded above") {
                 Ok(Decoded::Event(e)) => {
                     set(&mut b.times, k, e.source.commit_time_micros);
                     b.events.push(e);
@@ -217,6 +237,26 @@ impl Source {
         }
         b.gather = t0.elapsed();
         Ok(b)
+    }
+
+    /// Stops partition `k` before `offset`, whose schema (`fingerprint`)
+    /// this projector does not know.
+    fn stall(&mut self, k: &Tp, offset: i64, fingerprint: &str) {
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition(&k.0, k.1);
+        let _ = self.consumer.pause(&tpl);
+        let why = format!(
+            "{}[{}] stopped at offset {offset}: its event has schema fingerprint {fingerprint}, which this projector does not know (a newer capture?); nothing from there on is applied. Run a projector release that knows it (vitrina schemas lists the known ones); it resumes from this offset",
+            k.0, k.1
+        );
+        tracing::error!(topic = %k.0, partition = k.1, offset, fingerprint, "partition stopped before an event of an unknown schema; upgrade the projector");
+        self.stalled.insert(k.clone(), why);
+        metrics::gauge!(obs::PROJECTOR_PARTITIONS_STALLED).set(self.stalled.len() as f64);
+    }
+
+    /// Why a partition is stopped (the first, when several are).
+    pub(super) fn stalled(&self) -> Option<&String> {
+        self.stalled.values().next()
     }
 
     /// A member left without partitions for several session timeouts

@@ -26,12 +26,15 @@ pub struct LocalBroker {
     /// The address clients are told to use, when it is not the listener's
     /// (a TLS terminator in front of the broker).
     advertised: Option<String>,
+    /// Clients must authenticate (SASL) before anything else.
+    authentication: bool,
 }
 
 impl LocalBroker {
     pub fn new(cfg: &StackConfig, root: PathBuf) -> Self {
         LocalBroker {
             advertised: None,
+            authentication: false,
             bin: cfg.tansu_bin.clone(),
             root,
             ready_timeout: Duration::from_secs(cfg.ready_timeout_s),
@@ -41,6 +44,14 @@ impl LocalBroker {
     /// Tells clients to connect to `host:port` (e.g. stunnel in front).
     pub fn advertising(mut self, host_port: &str) -> Self {
         self.advertised = Some(format!("tcp://{host_port}"));
+        self
+    }
+
+    /// Requires SASL authentication of every client (tansu's
+    /// `--authentication`; its PLAIN mechanism accepts any password, so
+    /// this tests the client side of SASL, not a credential check).
+    pub fn authenticating(mut self) -> Self {
+        self.authentication = true;
         self
     }
 
@@ -81,8 +92,12 @@ impl LocalBroker {
             source: e,
         })?;
         let url = format!("tcp://127.0.0.1:{port}");
-        let child = Command::new(&bin)
-            .arg("broker")
+        let mut cmd = Command::new(&bin);
+        cmd.arg("broker");
+        if self.authentication {
+            cmd.arg("--authentication");
+        }
+        let child = cmd
             .args(["--storage-engine", "memory://tansu/"])
             .args(["--listener-url", &url])
             .args([

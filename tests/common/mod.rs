@@ -955,3 +955,62 @@ pub async fn assert_showcase_converges(
         tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     }
 }
+
+/// The highest freshness age (`now() - showcase.status.fresh_as_of`, in
+/// seconds) seen while a fault runs, sampled every 250 ms until
+/// [`FreshnessWatch::highest`] is called.
+pub struct FreshnessWatch {
+    stop: tokio_util::sync::CancellationToken,
+    task: tokio::task::JoinHandle<Option<f64>>,
+}
+
+impl FreshnessWatch {
+    pub fn start(showcase: &tokio_postgres::Config) -> FreshnessWatch {
+        let (cfg, stop) = (showcase.clone(), tokio_util::sync::CancellationToken::new());
+        let token = stop.clone();
+        let task = tokio::spawn(async move {
+            let mut highest: Option<f64> = None;
+            let mut client = None;
+            while !token.is_cancelled() {
+                if client.is_none() {
+                    // The showcase may itself be the fault: reconnect.
+                    client = vitrina::pg::connect(&cfg).await.ok();
+                }
+                if let Some(c) = &client {
+                    match c
+                        .query_one(
+                            "SELECT extract(epoch FROM now() - fresh_as_of)::float8 FROM showcase.status",
+                            &[],
+                        )
+                        .await
+                    {
+                        Ok(r) => {
+                            if let Some(age) = r.get::<_, Option<f64>>(0) {
+                                highest = Some(highest.map_or(age, |h: f64| h.max(age)));
+                            }
+                        }
+                        Err(_) => client = None,
+                    }
+                }
+                tokio::select! {
+                    _ = token.cancelled() => {}
+                    _ = tokio::time::sleep(std::time::Duration::from_millis(250)) => {}
+                }
+            }
+            highest
+        });
+        FreshnessWatch { stop, task }
+    }
+
+    /// Stops sampling; the highest age seen (None: never known).
+    pub async fn highest(self) -> Option<f64> {
+        self.stop.cancel();
+        self.task.await.unwrap()
+    }
+}
+
+/// Slow fault variants (minutes of outage against default timeouts) run
+/// only with `VITRINA_SLOW_FAULTS=1`.
+pub fn slow_faults() -> bool {
+    std::env::var("VITRINA_SLOW_FAULTS").is_ok_and(|v| v == "1")
+}
