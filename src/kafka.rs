@@ -156,6 +156,22 @@ pub fn detail_topic(prefix: &str) -> String {
     format!("{prefix}.medical_detail.v1")
 }
 
+/// Capture's own state (the initial load's progress), compacted, keyed
+/// by slot: [`crate::capture::load_state`].
+pub fn capture_state_topic(prefix: &str) -> String {
+    format!("{prefix}.capture_state.v1")
+}
+
+/// Creates the capture state topic when it does not exist: one partition,
+/// compacted.
+pub async fn ensure_state_topic(
+    kafka: &KafkaEndpoint,
+    topic: &str,
+    replication_factor: i32,
+) -> Result<(), KafkaError> {
+    create_topics(kafka, &[topic.to_string()], 1, replication_factor, COMPACTED).await
+}
+
 /// Where changes that cannot be mapped or encoded go, with their reason.
 pub fn dead_letter_topic(prefix: &str) -> String {
     format!("{prefix}.deadletter.v1")

@@ -424,11 +424,6 @@ async fn initial_load(
         let _ = sql
             .execute("SELECT pg_drop_replication_slot($1)", &[&c.capture.slot])
             .await;
-        let _ = std::fs::remove_file(
-            c.state_dir
-                .join("capture")
-                .join(format!("{}.json", c.capture.slot)),
-        );
         eprintln!(
             "bench: load run {}: COPY of {rows} rows {reference:.2} s, capture loaded {loaded} rows in {secs:.2} s ({:.0} rows/s)",
             r + 1,

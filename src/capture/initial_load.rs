@@ -11,16 +11,18 @@
 //! Invariants:
 //! - Progress is recorded before the slot exists, so a crash right after
 //!   creating it resumes the load instead of skipping it.
-//! - Rows of a table published before an interruption are withdrawn (a
-//!   TRUNCATE on every partition) before the table is loaded again.
+//! - Rows of a table published before are withdrawn (a TRUNCATE on every
+//!   partition, positioned below the snapshot's rows) before the table is
+//!   loaded: at a resumed load, and at a new full load (a slot lost and
+//!   made again), so rows deleted in between do not survive downstream.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 
 use pg_walstream::LogicalReplicationStream;
 
 use super::gate::Gate;
+use super::load_state::LoadStateStore;
 use super::mapping::TableMapping;
 use super::preflight::SlotState;
 use super::publisher::{Progress, Publisher};
@@ -39,22 +41,17 @@ pub(super) struct Loader<'a> {
     pub tables: &'a [TableMapping],
     pub dp: &'a Depersonalizer,
     pub progress: &'a Progress,
+    /// Where the load's progress is recorded.
+    pub store: &'a LoadStateStore,
 }
 
 impl Loader<'_> {
-    fn state_path(&self) -> PathBuf {
-        self.cfg
-            .state_dir
-            .join("capture")
-            .join(format!("{}.json", self.cfg.capture.slot))
-    }
-
-    fn table_load<'p>(&'p self, state_path: &'p std::path::Path) -> snapshot::TableLoad<'p> {
+    fn table_load(&self) -> snapshot::TableLoad<'_> {
         snapshot::TableLoad {
             cfg: self.cfg,
             journal: self.journal,
             dp: self.dp,
-            state_path,
+            store: self.store,
         }
     }
 
@@ -68,14 +65,12 @@ impl Loader<'_> {
         gate: &mut Gate,
     ) -> Result<HashMap<String, u64>, CaptureError> {
         let c = &self.cfg.capture;
-        let state_path = self.state_path();
-        let mut state = snapshot::State::load(&state_path);
         if *slot_state == SlotState::Absent {
-            state = snapshot::State {
+            let mut state = snapshot::State {
                 started: c.snapshot,
                 ..Default::default()
             };
-            state.save(&state_path);
+            self.store.save(&state).await?;
             stream
                 .ensure_replication_slot()
                 .await
@@ -90,9 +85,13 @@ impl Loader<'_> {
                     ))?
                     .to_string();
                 let tables: Vec<&TableMapping> = self.tables.iter().collect();
+                // A new slot after a lost one (or a second load into the
+                // same topics): what the topics hold from before is
+                // withdrawn, so rows deleted meanwhile do not survive.
+                withdraw(&tables, lsn, publisher).await?;
                 let at = snapshot::At { name, lsn };
                 let rows = self
-                    .table_load(&state_path)
+                    .table_load()
                     .run(&tables, &at, publisher, gate, &mut state)
                     .await?;
                 self.progress
@@ -100,10 +99,22 @@ impl Loader<'_> {
                     .store(rows.max(1), Ordering::SeqCst);
             }
             state.done = true;
-            state.save(&state_path);
-        } else if c.snapshot && state.started && !state.done {
-            self.resume(&mut state, &state_path, publisher, gate)
-                .await?;
+            self.store.save(&state).await?;
+            return Ok(state.table_lsn);
+        }
+        let mut state = match self.store.read().await? {
+            Some(s) => s,
+            // Without an initial load there is nothing to have lost.
+            None if !c.snapshot => snapshot::State::default(),
+            None => {
+                return Err(CaptureError::LoadStateMissing {
+                    slot: c.slot.clone(),
+                    store: self.store.describe(),
+                })
+            }
+        };
+        if c.snapshot && state.started && !state.done {
+            self.resume(&mut state, publisher, gate).await?;
         }
         Ok(state.table_lsn)
     }
@@ -113,7 +124,6 @@ impl Loader<'_> {
     async fn resume(
         &self,
         state: &mut snapshot::State,
-        state_path: &std::path::Path,
         publisher: &mut Publisher,
         gate: &mut Gate,
     ) -> Result<(), CaptureError> {
@@ -148,37 +158,18 @@ impl Loader<'_> {
         for t in &remaining {
             state.table_lsn.insert(t.table.clone(), lsn);
         }
-        state.save(state_path);
+        self.store.save(state).await?;
         // Rows of these tables published before the interruption are
         // withdrawn: a TRUNCATE just before the new snapshot's rows, on
         // every partition. Consumers then hold exactly the new snapshot.
-        for t in &remaining {
-            let e = Event {
-                event_id: format!("R{lsn:016X}-{}", t.table),
-                entity: t.entity,
-                op: Op::Truncate,
-                key: "*".into(),
-                source: Source {
-                    lsn: crate::events::withdrawal_position(lsn).1,
-                    commit_lsn: crate::events::withdrawal_position(lsn).0,
-                    txid: 0,
-                    commit_time_micros: chrono::Utc::now().timestamp_micros(),
-                    table: t.table.clone(),
-                    snapshot: true,
-                },
-                actor: None,
-                quality: vec![],
-                after: None,
-            };
-            publisher.send_to_all_partitions(&e).await?;
-        }
+        withdraw(&remaining, lsn, publisher).await?;
         let at = snapshot::At { name, lsn };
-        self.table_load(state_path)
+        self.table_load()
             .run(&remaining, &at, publisher, gate, state)
             .await?;
         drop(helper); // the temporary slot goes with its connection
         state.done = true;
-        state.save(state_path);
+        self.store.save(state).await?;
         Ok(())
     }
 }
@@ -193,4 +184,36 @@ async fn slot_lsn(sql: &tokio_postgres::Client, slot: &str) -> Result<u64, Captu
         .map_err(crate::pg::PgError::query("reading the slot position"))?;
     let s: Option<String> = row.get(0);
     Ok(s.as_deref().and_then(lsn::parse).unwrap_or(0))
+}
+
+/// A TRUNCATE of each table, on every partition, positioned just below the
+/// rows of the snapshot at `lsn` that follows it: every row published
+/// before is withdrawn, the snapshot's rows stand.
+async fn withdraw(
+    tables: &[&TableMapping],
+    lsn: u64,
+    publisher: &mut Publisher,
+) -> Result<(), CaptureError> {
+    let (commit_lsn, at) = crate::events::withdrawal_position(lsn);
+    for t in tables {
+        let e = Event {
+            event_id: format!("R{lsn:016X}-{}", t.table),
+            entity: t.entity,
+            op: Op::Truncate,
+            key: "*".into(),
+            source: Source {
+                lsn: at,
+                commit_lsn,
+                txid: 0,
+                commit_time_micros: chrono::Utc::now().timestamp_micros(),
+                table: t.table.clone(),
+                snapshot: true,
+            },
+            actor: None,
+            quality: vec![],
+            after: None,
+        };
+        publisher.send_to_all_partitions(&e).await?;
+    }
+    Ok(())
 }

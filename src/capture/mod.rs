@@ -33,6 +33,7 @@
 pub mod gate;
 pub mod heartbeat;
 pub mod initial_load;
+pub mod load_state;
 pub mod mapping;
 pub mod preflight;
 pub mod publisher;
@@ -113,6 +114,10 @@ pub enum CaptureError {
     NoSnapshot(&'static str),
     #[error("Kafka did not acknowledge an event: {message}\nhint: nothing after the last confirmed LSN is lost; capture resumes from it on restart")]
     Delivery { message: String, kind: ErrorKind },
+    #[error("{0}\nhint: fix or remove that record (see the runbook, \"The initial load's state\"); capture changed nothing")]
+    LoadState(String),
+    #[error("replication slot `{slot}` exists but no record of its initial load was found ({store}, nor the file of earlier releases); streaming it as if loaded could skip the load for good\nhint: if the event log was lost, drop the slot (SELECT pg_drop_replication_slot('{slot}')) and start capture again: it makes a new initial load, and `vitrina replay` rebuilds the showcase from it")]
+    LoadStateMissing { slot: String, store: String },
     #[error("capture task failed: {0}")]
     Task(String),
 }
@@ -149,6 +154,8 @@ impl Classify for CaptureError {
             | E::SlotForeign { .. }
             | E::Connections(_)
             | E::NoSnapshot(_)
+            | E::LoadState(_)
+            | E::LoadStateMissing { .. }
             | E::Task(_) => ErrorKind::Definite,
         }
     }
@@ -279,6 +286,17 @@ impl Capture {
             c.max_message_bytes,
         )?;
         kafka::ensure_topics(&self.kafka, &topics, c.partitions, c.replication_factor).await?;
+        let state_topic = kafka::capture_state_topic(&c.topic_prefix);
+        kafka::ensure_state_topic(&self.kafka, &state_topic, c.replication_factor).await?;
+        let load_state = load_state::LoadStateStore::new(
+            &self.kafka,
+            &producer,
+            &c.topic_prefix,
+            &c.slot,
+            cfg.state_dir
+                .join("capture")
+                .join(format!("{}.json", c.slot)),
+        );
         let partitions = partition_counts(&producer, &topics, c.partitions)?;
 
         // Confirmed positions reach the server within a heartbeat or a second.
@@ -331,6 +349,7 @@ impl Capture {
             tables: &mapping.tables,
             dp: &dp,
             progress: &self.progress,
+            store: &load_state,
         };
         let skip_before = loader
             .run(&slot_state, &mut stream, &mut publisher, &mut gate)

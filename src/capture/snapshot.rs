@@ -19,7 +19,6 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
-use std::path::Path;
 use std::time::Instant;
 
 use chrono::{Datelike, NaiveDate};
@@ -36,6 +35,7 @@ use crate::observability as obs;
 use crate::pg::{self, PgError};
 use crate::privacy::Depersonalizer;
 
+/// The initial load's progress ([`super::load_state`] keeps it).
 #[derive(Debug, Default, Clone, serde::Serialize, serde::Deserialize)]
 pub struct State {
     pub started: bool,
@@ -44,30 +44,6 @@ pub struct State {
     /// Tables loaded at a resume snapshot: their changes that committed
     /// before this LSN are already in the snapshot.
     pub table_lsn: HashMap<String, u64>,
-}
-
-impl State {
-    pub fn load(path: &Path) -> State {
-        std::fs::read(path)
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .unwrap_or_default()
-    }
-
-    pub fn save(&self, path: &Path) {
-        if let Some(d) = path.parent() {
-            let _ = std::fs::create_dir_all(d);
-        }
-        let tmp = path.with_extension("json.tmp");
-        let ok = std::fs::write(
-            &tmp,
-            serde_json::to_vec_pretty(self).expect("state serializes"),
-        )
-        .and_then(|_| std::fs::rename(&tmp, path));
-        if let Err(e) = ok {
-            tracing::error!(path = %path.display(), error = %e, "cannot save capture state");
-        }
-    }
 }
 
 /// First day of the history window: 1 September, `years` academic years
@@ -159,7 +135,7 @@ pub struct TableLoad<'a> {
     pub journal: &'a PgEndpoint,
     pub dp: &'a Depersonalizer,
     /// Where progress is recorded ([`State`]).
-    pub state_path: &'a Path,
+    pub store: &'a super::load_state::LoadStateStore,
 }
 
 /// One worker's copy of what every table copy needs.
@@ -198,7 +174,7 @@ async fn load_tables(
     gate: &mut Gate,
     state: &mut State,
 ) -> Result<u64, CaptureError> {
-    let (cfg, state_path) = (load.cfg, load.state_path);
+    let (cfg, store) = (load.cfg, load.store);
     let started = Instant::now();
     let window = window_start(chrono::Local::now().date_naive(), cfg.capture.history_years);
     let snapshot_time = chrono::Utc::now().timestamp_micros();
@@ -252,7 +228,7 @@ async fn load_tables(
             Err(_) => false,
         });
         if pending.len() != before {
-            state.save(state_path);
+            store.save(state).await?;
             metrics::gauge!(obs::CAPTURE_SNAPSHOT_TABLES_DONE).set(state.tables_done.len() as f64);
         }
         match item {
@@ -301,7 +277,7 @@ async fn load_tables(
             .map_err(|_| CaptureError::Task("the acker stopped before acknowledging".into()))?;
         state.tables_done.push(table);
     }
-    state.save(state_path);
+    store.save(state).await?;
     metrics::gauge!(obs::CAPTURE_SNAPSHOT_TABLES_DONE).set(state.tables_done.len() as f64);
     bar.finish_and_clear();
     let secs = started.elapsed().as_secs_f64();

@@ -9,6 +9,10 @@
 //!   moves with heartbeats when the journal is idle.
 //! - A topic whose partitions have not all reported a watermark has no
 //!   freshness: unknown counts as breached.
+//! - The topics that count are those capture publishes: every one it
+//!   writes to gets watermarks, so a topic without any (an entity the
+//!   region's mapping leaves out) is not expected. With no watermark at all
+//!   yet, freshness is unknown.
 
 use std::collections::HashMap;
 
@@ -71,13 +75,12 @@ pub async fn update_freshness(
             (t, if n >= partitions_per_topic { age } else { None })
         })
         .collect();
-    let mut overall: Option<f64> = Some(0.0);
+    let mut overall: Option<f64> = (!by_topic.is_empty()).then_some(0.0);
     let mut per_entity: Vec<(&str, Option<f64>, Sla)> = Vec::new();
     for e in ENTITIES {
-        let age = by_topic
-            .get(&kafka::topic(prefix, e.name))
-            .copied()
-            .flatten();
+        let Some(age) = by_topic.get(&kafka::topic(prefix, e.name)).copied() else {
+            continue; // not published by capture
+        };
         overall = match (overall, age) {
             (Some(o), Some(a)) => Some(o.max(a)),
             _ => None,
