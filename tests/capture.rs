@@ -5,61 +5,19 @@
 
 mod common;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use vitrina::config::WorkloadConfig;
 use vitrina::events::codec::Registry;
-use vitrina::events::{Message, Op, Val};
+use vitrina::events::{Message, Op};
 use vitrina::region::{load, workload, RegionSpec};
 
 fn spec(seed: u64, invalid: f64) -> RegionSpec {
     common::small_region(seed, 1, 40, invalid)
 }
 
-type State = BTreeMap<(String, String), Vec<Val>>;
-/// Source position (commit LSN, change LSN) and state of the latest event per key.
-type Latest = HashMap<(String, String), ((u64, u64), Option<Vec<Val>>)>;
-
-/// What the topics say the journal holds: per (entity, key), the state of
-/// the event with the highest source position.
-fn fold(messages: &[(String, i32, Vec<u8>, Vec<u8>)], prefix: &str) -> (State, usize) {
-    let reg = Registry::new();
-    let mut latest: Latest = HashMap::new();
-    let mut truncated: HashMap<String, (u64, u64)> = HashMap::new();
-    let mut events = 0;
-    for (topic, _, _, payload) in messages {
-        if topic == &format!("{prefix}.deadletter.v1")
-            || topic == &format!("{prefix}.medical_detail.v1")
-        {
-            continue;
-        }
-        let Message::Event(e) = reg
-            .decode_message(payload)
-            .expect("every message decodes with avro/")
-        else {
-            continue;
-        };
-        events += 1;
-        let pos = (e.source.commit_lsn, e.source.lsn);
-        if e.op == Op::Truncate {
-            let t = truncated.entry(e.entity.name.to_string()).or_default();
-            *t = (*t).max(pos);
-            continue;
-        }
-        let k = (e.entity.name.to_string(), e.key.clone());
-        let slot = latest.entry(k).or_insert(((0, 0), None));
-        if pos >= slot.0 {
-            *slot = (pos, e.after.clone());
-        }
-    }
-    let state = latest
-        .into_iter()
-        .filter(|((entity, _), (pos, _))| truncated.get(entity).is_none_or(|t| pos > t))
-        .filter_map(|(k, (_, after))| after.map(|a| (k, a)))
-        .collect();
-    (state, events)
-}
+use common::fold;
 
 fn stop(mut child: std::process::Child) {
     common::kill(&mut child, libc::SIGTERM);

@@ -468,3 +468,52 @@ async fn quality_checks_find_each_kind_of_fault_and_hold_late_references_as_pend
         .get(0);
     assert_eq!(kept as usize, r.findings.len());
 }
+
+/// A transaction committing exactly at a snapshot's consistent point S is
+/// streamed, not in the snapshot: whatever order they arrive in, its change
+/// wins over the snapshot's row of the same key, and a withdrawal just
+/// before a reload removes rows published before it but not the reload's.
+#[tokio::test]
+async fn a_change_committed_at_the_snapshot_point_wins_over_the_snapshot_row() {
+    let cfg = common::fresh_db("t_show_snappos").await;
+    let mut c = vitrina::pg::connect(&cfg).await.unwrap();
+    showcase::migrate(&c, showcase::SCHEMA).await.unwrap();
+    let s: u64 = 0x5000;
+    let snap = |key: i64, name: &str, at: u64| {
+        let (commit_lsn, lsn) = vitrina::events::snapshot_position(at);
+        let mut e = subject(key, name, commit_lsn, lsn, Op::Read);
+        e.source.snapshot = true;
+        e
+    };
+    // The change: its transaction commits at S, its row change is before S.
+    let streamed = subject(1, "Алгебра", s, s - 0x40, Op::Update);
+    for order in [
+        vec![snap(1, "Математика", s), streamed.clone()],
+        vec![streamed.clone(), snap(1, "Математика", s)],
+    ] {
+        c.batch_execute("TRUNCATE showcase.subject").await.unwrap();
+        for e in order {
+            apply_batch(&mut c, showcase::SCHEMA, &[e], &[]).await.unwrap();
+        }
+        assert_eq!(
+            rows(&c).await[0].1.as_deref(),
+            Some("Алгебра"),
+            "the streamed change stands"
+        );
+    }
+    // A reload at R > S: its withdrawal removes what came before, its rows stand.
+    let r: u64 = 0x9000;
+    let (wc, wl) = vitrina::events::withdrawal_position(r);
+    let withdraw = subject(0, "", wc, wl, Op::Truncate);
+    apply_batch(
+        &mut c,
+        showcase::SCHEMA,
+        &[withdraw, snap(2, "Физика", r)],
+        &[],
+    )
+    .await
+    .unwrap();
+    let after = rows(&c).await;
+    assert!(after[0].2, "the earlier row is withdrawn: {after:?}");
+    assert_eq!((after[1].1.as_deref(), after[1].2), (Some("Физика"), false));
+}

@@ -126,8 +126,11 @@ fn read_latest(
     key: &str,
     until: i64,
 ) -> Result<Option<Vec<u8>>, CaptureError> {
+    // librdkafka wants a group even for an assignment; nothing is
+    // committed to it and it never joins.
     let consumer: BaseConsumer<kafka::Context> = kafka
         .client_config()
+        .set("group.id", format!("{topic}.{key}.reader"))
         .set("enable.auto.commit", "false")
         .set("log_level", "3")
         .create_with_context(kafka::Context)

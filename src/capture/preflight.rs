@@ -99,6 +99,7 @@ pub async fn check(
 
     let mut missing_columns = Vec::new();
     let mut partitioned = Vec::new();
+    let mut toast_prone = Vec::new();
     for t in &mapping.tables {
         let (schema, table) = t
             .table
@@ -137,9 +138,17 @@ pub async fn check(
                 hint: format!("GRANT SELECT ON {} TO {user}", t.table),
             });
         }
-        if check_identity(client, t).await? {
+        let (is_partitioned, prone) = check_identity(client, t).await?;
+        if is_partitioned {
             partitioned.push(t.table.clone());
         }
+        toast_prone.extend(prone);
+    }
+    if !toast_prone.is_empty() {
+        tracing::warn!(
+            tables = ?toast_prone,
+            "these tables are not REPLICA IDENTITY FULL and have mapped columns that can be TOASTed: an UPDATE that leaves such a value (over about 2 kB) unchanged is dead-lettered; REPLICA IDENTITY FULL lets capture take it from the old row"
+        );
     }
 
     let exists = client
@@ -265,8 +274,12 @@ pub async fn check(
 }
 
 /// Checks `t`'s replica identity (see the module's header); returns whether
-/// `t` is partitioned.
-async fn check_identity(client: &Client, t: &super::mapping::TableMapping) -> Result<bool, CaptureError> {
+/// `t` is partitioned, and its leaves that are not FULL while mapped
+/// columns can be TOASTed.
+async fn check_identity(
+    client: &Client,
+    t: &super::mapping::TableMapping,
+) -> Result<(bool, Vec<String>), CaptureError> {
     let q = |what: &'static str| PgError::query(what);
     let leaves = client
         .query(
@@ -279,13 +292,16 @@ async fn check_identity(client: &Client, t: &super::mapping::TableMapping) -> Re
                                                          WHEN 'i' THEN i.indisreplident
                                                          ELSE false END), '{}'),
                     (SELECT relkind = 'p' FROM pg_class WHERE oid = $1::text::regclass)
-               FROM pg_partition_tree($1::text::regclass) p JOIN pg_class c ON c.oid = p.relid
-              WHERE p.isleaf",
+               FROM pg_class c
+              WHERE c.oid IN (SELECT relid FROM pg_partition_tree($1::text::regclass) WHERE isleaf
+                              UNION
+                              SELECT oid FROM pg_class WHERE oid = $1::text::regclass AND relkind <> 'p')",
             &[&t.table],
         )
         .await
         .map_err(q("reading the replica identity of mapped tables"))?;
     let mut partitioned = false;
+    let mut toast_prone = Vec::new();
     for r in &leaves {
         let (leaf, ident, cols): (String, String, Vec<String>) = (r.get(0), r.get(1), r.get(2));
         partitioned = r.get(3);
@@ -316,26 +332,20 @@ async fn check_identity(client: &Client, t: &super::mapping::TableMapping) -> Re
         }
         if !full {
             let wanted = t.columns();
-            let toastable: Vec<String> = client
-                .query(
-                    "SELECT attname::text FROM pg_attribute
+            let toastable = client
+                .query_one(
+                    "SELECT count(*) FROM pg_attribute
                       WHERE attrelid = $1::text::regclass AND attnum > 0 AND NOT attisdropped
                         AND attstorage <> 'p' AND attname::text = ANY($2)",
                     &[&leaf, &wanted],
                 )
                 .await
                 .map_err(q("reading the storage of mapped columns"))?
-                .iter()
-                .map(|r| r.get(0))
-                .collect();
-            if !toastable.is_empty() {
-                tracing::warn!(
-                    table = %leaf,
-                    columns = ?toastable,
-                    "an UPDATE that leaves a TOASTed value (over about 2 kB) of these columns unchanged arrives without it and is dead-lettered; {fix} lets capture take it from the old row"
-                );
+                .get::<_, i64>(0);
+            if toastable > 0 {
+                toast_prone.push(leaf);
             }
         }
     }
-    Ok(partitioned)
+    Ok((partitioned, toast_prone))
 }

@@ -523,7 +523,8 @@ pub async fn wait_caught_up(
 }
 
 /// Every message of every topic with `prefix` (read from the beginning to
-/// the current end, without a consumer group): (topic, partition, key, payload).
+/// the current end, without a consumer group): (topic, partition, key,
+/// payload). Not capture's own state topic (JSON, not part of the log).
 pub fn read_all(prefix: &str) -> Vec<(String, i32, Vec<u8>, Vec<u8>)> {
     use rdkafka::consumer::{BaseConsumer, Consumer};
     use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
@@ -540,7 +541,9 @@ pub fn read_all(prefix: &str) -> Vec<(String, i32, Vec<u8>, Vec<u8>)> {
     let mut tpl = TopicPartitionList::new();
     let mut ends = std::collections::HashMap::new();
     for t in md.topics() {
-        if !t.name().starts_with(&format!("{prefix}.")) {
+        if !t.name().starts_with(&format!("{prefix}."))
+            || t.name() == vitrina::kafka::capture_state_topic(prefix)
+        {
             continue;
         }
         for p in t.partitions() {
@@ -750,7 +753,9 @@ pub async fn wait_projected_with(
         .unwrap();
     let mut ends = Vec::new();
     for t in md.topics().iter().filter(|t| {
-        t.name().starts_with(&format!("{prefix}.")) && !t.name().ends_with("deadletter.v1")
+        t.name().starts_with(&format!("{prefix}."))
+            && !t.name().ends_with("deadletter.v1")
+            && t.name() != vitrina::kafka::capture_state_topic(prefix)
     }) {
         for p in t.partitions() {
             let (_, hi) = consumer
@@ -1014,3 +1019,50 @@ impl FreshnessWatch {
 pub fn slow_faults() -> bool {
     std::env::var("VITRINA_SLOW_FAULTS").is_ok_and(|v| v == "1")
 }
+
+pub type FoldState = std::collections::BTreeMap<(String, String), Vec<vitrina::events::Val>>;
+/// Source position (commit LSN, change LSN) and state of the latest event per key.
+type Latest = std::collections::HashMap<(String, String), ((u64, u64), Option<Vec<vitrina::events::Val>>)>;
+
+/// What the topics say the journal holds: per (entity, key), the state of
+/// the event with the highest source position.
+pub fn fold(messages: &[(String, i32, Vec<u8>, Vec<u8>)], prefix: &str) -> (FoldState, usize) {
+    use vitrina::events::{codec::Registry, Message, Op};
+    use std::collections::HashMap;
+    let reg = Registry::new();
+    let mut latest: Latest = HashMap::new();
+    let mut truncated: HashMap<String, (u64, u64)> = HashMap::new();
+    let mut events = 0;
+    for (topic, _, _, payload) in messages {
+        if topic == &format!("{prefix}.deadletter.v1")
+            || topic == &format!("{prefix}.medical_detail.v1")
+        {
+            continue;
+        }
+        let Message::Event(e) = reg
+            .decode_message(payload)
+            .expect("every message decodes with avro/")
+        else {
+            continue;
+        };
+        events += 1;
+        let pos = (e.source.commit_lsn, e.source.lsn);
+        if e.op == Op::Truncate {
+            let t = truncated.entry(e.entity.name.to_string()).or_default();
+            *t = (*t).max(pos);
+            continue;
+        }
+        let k = (e.entity.name.to_string(), e.key.clone());
+        let slot = latest.entry(k).or_insert(((0, 0), None));
+        if pos >= slot.0 {
+            *slot = (pos, e.after.clone());
+        }
+    }
+    let state = latest
+        .into_iter()
+        .filter(|((entity, _), (pos, _))| truncated.get(entity).is_none_or(|t| pos > t))
+        .filter_map(|(k, (_, after))| after.map(|a| (k, a)))
+        .collect();
+    (state, events)
+}
+
