@@ -14,7 +14,7 @@ async fn main() {
     vitrina::kafka::ensure_topics(brokers, std::slice::from_ref(&topic), 3, 1)
         .await
         .unwrap();
-    let p = vitrina::kafka::producer(brokers, 5, "lz4").unwrap();
+    let p = vitrina::kafka::producer(brokers, 5, "lz4", 1_000_000).unwrap();
     // Hex of a xorshift stream: compresses about as badly as hashed events.
     let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
     let payload: Vec<u8> = (0..size)

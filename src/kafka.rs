@@ -103,9 +103,13 @@ pub fn client_error(error: &rdkafka::error::KafkaError, reason: &str) {
 /// restarting), which stays transient.
 pub fn is_refusal(error: &rdkafka::error::KafkaError, reason: &str) -> bool {
     use rdkafka::types::RDKafkaErrorCode as C;
+    // A connection that dropped during the handshake says so in its reason.
+    let dropped = ["transport failure", "Disconnected", "timed out", "Connection refused"]
+        .iter()
+        .any(|d| reason.contains(d));
     match error.rdkafka_error_code() {
-        Some(C::Authentication | C::SaslAuthenticationFailed) => true,
-        Some(C::SSL) => reason.contains("certificate"),
+        Some(C::Authentication | C::SaslAuthenticationFailed) => !dropped,
+        Some(C::SSL) => reason.contains("certificate") && !dropped,
         _ => false,
     }
 }
@@ -358,6 +362,11 @@ mod tests {
         assert!(is_refusal(
             &K::Global(C::Authentication),
             "sasl_ssl://127.0.0.1:9093/bootstrap: SASL authentication error"
+        ));
+        // SASL over a connection that dropped: retry.
+        assert!(!is_refusal(
+            &K::Global(C::Authentication),
+            "sasl_ssl://127.0.0.1:39391/bootstrap: SASL PLAIN mechanism handshake failed: Local: Broker transport failure: broker's supported mechanisms: (n/a) (after 0ms in state DOWN)"
         ));
         assert!(!is_refusal(
             &K::Global(C::AllBrokersDown),

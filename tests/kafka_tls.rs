@@ -205,25 +205,18 @@ async fn capture_and_projector_through_a_tls_kafka_endpoint() {
     assert!(slot.is_none(), "no slot was even created: {slot:?}");
 }
 
-/// SASL_SSL: an authenticating broker behind TLS. With `sasl.*` in
-/// `[kafka.properties]` (the password from a file of its own, never
-/// printed) the pipeline runs end to end; without them the broker answers
-/// nothing. tansu's PLAIN accepts any password, so a wrong password cannot
-/// be refused here: that part is the cluster's (Apache Kafka's) to test.
+/// SASL_SSL against an authenticating broker behind TLS, with SCRAM
+/// credentials the cluster does not know: capture and the projector stop
+/// at once (a definite error, no restarts) with the endpoint and the SASL
+/// failure, and the password appears in no log nor in `vitrina config`.
+/// A successful SASL session cannot be shown here: tansu 0.6.0 drops PLAIN
+/// connections, and its SCRAM credential store is a no-op on the storage
+/// engines built here (every login is refused).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn capture_and_projector_through_sasl_ssl() {
+async fn refused_sasl_credentials_stop_both_stages_without_printing_the_password() {
     let tb = TlsBroker::start("kafka-sasl", true);
     let cfg = common::journal_db("t_kafka_sasl").await;
     let db = common::db_name(&cfg);
-    load::load(
-        &cfg,
-        &common::small_region(92, 1, 10, 0.02),
-        2,
-        false,
-        false,
-    )
-    .await
-    .unwrap();
     let show = common::fresh_db("t_kafka_sasl_show").await;
     let name = format!("ksasl{}", std::process::id());
     let brokers = format!("127.0.0.1:{}", tb.tls);
@@ -233,72 +226,49 @@ async fn capture_and_projector_through_sasl_ssl() {
         ("VITRINA_KAFKA__BROKERS".into(), brokers.clone()),
         ("VITRINA_KAFKA__PROPERTIES__SECURITY.PROTOCOL".into(), "SASL_SSL".into()),
         ("VITRINA_KAFKA__PROPERTIES__SSL.CA.LOCATION".into(), ca.clone()),
-        ("VITRINA_KAFKA__PROPERTIES__SASL.MECHANISM".into(), "PLAIN".into()),
+        ("VITRINA_KAFKA__PROPERTIES__SASL.MECHANISM".into(), "SCRAM-SHA-512".into()),
         ("VITRINA_KAFKA__PROPERTIES__SASL.USERNAME".into(), "vitrina".into()),
         ("VITRINA_KAFKA__PROPERTIES__SASL.PASSWORD".into(), secret.clone()),
         ("VITRINA_SHOWCASE__DATABASE".into(), common::db_name(&show)),
         ("VITRINA_PROJECTOR__METRICS_LISTEN".into(), "127.0.0.1:0".into()),
     ];
     let sasl_ref: Vec<(&str, &str)> = sasl.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-
-    // Without SASL, TLS alone: the broker serves nothing, no slot is made.
-    let tls_only: Vec<(&str, &str)> = sasl_ref
-        .iter()
-        .copied()
-        .filter(|(k, _)| !k.contains("SASL"))
-        .chain([("VITRINA_KAFKA__PROPERTIES__SECURITY.PROTOCOL", "SSL")])
-        .collect();
-    let anon = format!("{name}a");
-    let mut c0 = common::spawn_vitrina("capture", &db, &anon, &format!("{anon}-capture"), &tls_only);
-    tokio::time::sleep(Duration::from_secs(8)).await;
-    common::kill(&mut c0, libc::SIGKILL);
-    let c = vitrina::pg::connect(&cfg).await.unwrap();
-    let anon_slot = c
-        .query_opt("SELECT 1 FROM pg_replication_slots WHERE slot_name = $1", &[&anon])
-        .await
-        .unwrap();
-    assert!(
-        anon_slot.is_none(),
-        "an unauthenticated capture got as far as its slot:\n{}",
-        common::log_tail(&format!("{anon}-capture"), 40)
-    );
-
-    let mut capture =
-        common::spawn_vitrina("capture", &db, &name, &format!("{name}-capture"), &sasl_ref);
-    let mut projector =
-        common::spawn_vitrina("project", &db, &name, &format!("{name}-project"), &sasl_ref);
-    common::wait_caught_up(&cfg, &name, Duration::from_secs(240)).await;
-    let report = common::spawn_workload(&cfg, 3, 0, 4).await.unwrap();
-    assert_eq!(report.failed_transactions, 0);
-    common::wait_caught_up(&cfg, &name, Duration::from_secs(240)).await;
-    common::wait_projected_with(
-        &brokers,
-        &[
-            ("security.protocol", "SASL_SSL"),
-            ("ssl.ca.location", &ca),
-            ("sasl.mechanism", "PLAIN"),
-            ("sasl.username", "vitrina"),
-            ("sasl.password", &secret),
-        ],
-        &show,
-        &name,
-        Duration::from_secs(240),
-    )
-    .await;
-    common::assert_showcase_converges(
-        "showcase via SASL_SSL Kafka vs journal",
-        &show,
-        &common::under_consent(&cfg, common::journal_view(&cfg, true).await).await,
-        Duration::from_secs(60),
-    )
-    .await;
-    common::kill(&mut projector, libc::SIGTERM);
-    common::kill(&mut capture, libc::SIGTERM);
-    // The password is in no log and `vitrina config` hides it.
     for stage in ["capture", "project"] {
-        let log = common::log_tail(&format!("{name}-{stage}"), 100_000);
+        let log_name = format!("{name}-{stage}");
+        let mut child = common::spawn_vitrina(stage, &db, &name, &log_name, &sasl_ref);
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if std::time::Instant::now() > deadline {
+                common::kill(&mut child, libc::SIGKILL);
+                panic!(
+                    "{stage} kept retrying refused credentials:\n{}",
+                    common::log_tail(&log_name, 40)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        let log = common::log_tail(&log_name, 100_000);
+        assert_eq!(status.code(), Some(1), "{stage} exits 1:\n{log}");
+        assert!(
+            log.contains("Kafka refused this client")
+                && log.contains(&format!("sasl_ssl://127.0.0.1:{}", tb.tls))
+                && log.contains("SASL"),
+            "{stage}'s log names the endpoint and the SASL failure:\n{log}"
+        );
+        assert!(!log.contains("transient failure"), "{stage} did not restart:\n{log}");
         assert!(!log.contains(&secret), "{stage}'s log printed the SASL password");
     }
+    let c = vitrina::pg::connect(&cfg).await.unwrap();
+    assert!(
+        c.query_opt("SELECT 1 FROM pg_replication_slots WHERE slot_name = $1", &[&name])
+            .await
+            .unwrap()
+            .is_none(),
+        "no slot was created"
+    );
     let out = common::run_vitrina(&db, &name, &["config"], &sasl_ref);
     let printed = String::from_utf8_lossy(&out.stdout).to_string()
         + &String::from_utf8_lossy(&out.stderr);

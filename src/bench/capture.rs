@@ -30,6 +30,12 @@ use crate::stack::Stack;
 
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct CaptureBench {
+    /// What the broker held when the bench began: capture's speed on tansu
+    /// depends on it (see docs/capture.md), so the figures say.
+    pub broker_topics: usize,
+    pub broker_partitions: usize,
+    /// Sum of the end offsets the broker reports (tansu's can be low).
+    pub broker_messages: i64,
     pub wal_bytes: i64,
     pub changes: u64,
     pub runs: Vec<(f64, f64)>,
@@ -96,6 +102,11 @@ pub async fn capture(cfg: &Config, knobs: &Knobs) -> Result<CaptureBench, BenchE
         .map_err(fail)?;
     let tag = format!("bench{}", std::process::id());
     let publication = tag.clone();
+    let (broker_topics, broker_partitions, broker_messages) =
+        broker_holds(conns.kafka().map_err(fail)?).await?;
+    eprintln!(
+        "bench: the broker holds {broker_topics} topics, {broker_partitions} partitions, {broker_messages} messages by its end offsets"
+    );
 
     // One publication, and 2 × runs slots at the same position.
     let mapping =
@@ -327,6 +338,9 @@ pub async fn capture(cfg: &Config, knobs: &Knobs) -> Result<CaptureBench, BenchE
     let (mr, mc) = (median(&mut refs), median(&mut caps));
     let mu = median(&mut unscrubbed.clone());
     Ok(CaptureBench {
+        broker_topics,
+        broker_partitions,
+        broker_messages,
         unscrubbed_runs: unscrubbed,
         unscrubbed_median_s: mu,
         scrub_cost_ratio: mc / mu,
@@ -442,4 +456,25 @@ async fn initial_load(
         capture_rows_per_s: rows as f64 / mc,
         ratio: mr / mc,
     })
+}
+
+/// Topics, partitions and messages (by end offsets) the broker holds.
+async fn broker_holds(
+    kafka: &crate::connections::KafkaEndpoint,
+) -> Result<(usize, usize, i64), BenchError> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let k = kafka.clone();
+    let topics: Vec<String> = tokio::task::spawn_blocking(move || {
+        let c: BaseConsumer = k.client_config().create().map_err(fail)?;
+        let md = c
+            .fetch_metadata(None, Duration::from_secs(10))
+            .map_err(fail)?;
+        Ok::<_, BenchError>(md.topics().iter().map(|t| t.name().to_string()).collect())
+    })
+    .await
+    .map_err(fail)??;
+    let ends = crate::kafka::end_offsets(kafka, &topics)
+        .await
+        .map_err(fail)?;
+    Ok((topics.len(), ends.len(), ends.values().sum()))
 }

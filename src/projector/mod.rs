@@ -130,6 +130,10 @@ impl Projection {
         let offsets: Offsets = Arc::new(Mutex::new(stored.clone()));
         let mut topics = kafka::event_topics(&prefix);
         topics.push(kafka::detail_topic(&prefix));
+        // The producer first: its polling thread reports the client's
+        // errors (a broker unreachable, a TLS handshake or SASL login
+        // refused) while the topics are being created.
+        let dlq = kafka::producer(kafka_ep, 5, "lz4", 1_000_000)?;
         kafka::ensure_topics(
             kafka_ep,
             &topics,
@@ -169,7 +173,6 @@ impl Projection {
                 );
             }
         }
-        let dlq = kafka::producer(kafka_ep, 5, "lz4", 1_000_000)?;
         for t in &topics {
             metrics::counter!(obs::PROJECTOR_DEAD_LETTERS, "topic" => t.clone()).increment(0);
         }

@@ -48,8 +48,8 @@ impl LocalBroker {
     }
 
     /// Requires SASL authentication of every client (tansu's
-    /// `--authentication`; its PLAIN mechanism accepts any password, so
-    /// this tests the client side of SASL, not a credential check).
+    /// `--authentication`). With the storage engines built here tansu
+    /// knows no SCRAM credentials: every login is refused.
     pub fn authenticating(mut self) -> Self {
         self.authentication = true;
         self
