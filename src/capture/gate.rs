@@ -389,7 +389,12 @@ impl Gate {
             },
         };
         let now = self.consents_now(student).await?;
-        self.flip(student, now, at, publisher).await
+        // Always acted on, even when the consenting set already agrees: it
+        // follows the journal now, so after a restart it may already hold
+        // a grant whose change the stream is only now replaying, and the
+        // student's existing detail would never be published. Publishing
+        // again is harmless (positions order it; the topic is compacted).
+        self.flip(student, now, true, at, publisher).await
     }
 
     /// Re-reads the whole consenting set every [`REFRESH`] and acts on
@@ -407,22 +412,25 @@ impl Gate {
         let granted: Vec<i64> = now.difference(&self.active).copied().collect();
         let revoked: Vec<i64> = self.active.difference(&now).copied().collect();
         for s in granted {
-            self.flip(s, true, at, publisher).await?;
+            self.flip(s, true, false, at, publisher).await?;
         }
         for s in revoked {
-            self.flip(s, false, at, publisher).await?;
+            self.flip(s, false, false, at, publisher).await?;
         }
         Ok(())
     }
 
+    /// Publishes (`active`) or erases the student's detail, when the
+    /// consenting set changes or `always`.
     async fn flip(
         &mut self,
         student: i64,
         active: bool,
+        always: bool,
         at: At,
         publisher: &mut Publisher,
     ) -> Result<(), CaptureError> {
-        if active == self.active.contains(&student) {
+        if active == self.active.contains(&student) && !always {
             return Ok(());
         }
         if active {

@@ -132,6 +132,8 @@ fn read_latest(
         .client_config()
         .set("group.id", format!("{topic}.{key}.reader"))
         .set("enable.auto.commit", "false")
+        // A few small records: do not let the broker wait to fill a fetch.
+        .set("fetch.wait.max.ms", "10")
         .set("log_level", "3")
         .create_with_context(kafka::Context)
         .map_err(|e| CaptureError::delivery(&e))?;
@@ -145,7 +147,7 @@ fn read_latest(
     let mut latest = None;
     let mut next = 0;
     while next <= until {
-        match consumer.poll(Duration::from_millis(200)) {
+        match consumer.poll(Duration::from_millis(50)) {
             Some(Ok(m)) => {
                 if m.offset() < next {
                     continue;
