@@ -115,7 +115,8 @@ async fn sigkill_at_random_moments_loses_nothing_and_duplicates_keep_their_ids()
     // The first kills land in the initial load and exercise its per-table
     // resume; then ten more while capture streams the live workload.
     let mut child = common::spawn_capture(&db, &name);
-    let load_task = common::spawn_workload(&cfg, 40, 300, 9);
+    // Long enough for ten restarts, each with its catch-up, on a loaded CI machine.
+    let load_task = common::spawn_workload(&cfg, 70, 300, 9);
     let mut rng = vitrina::region::rng::Rng::new(std::process::id() as u64);
     for _ in 0..2 {
         tokio::time::sleep(Duration::from_millis(rng.range(300, 1500) as u64)).await;
