@@ -104,9 +104,14 @@ pub fn client_error(error: &rdkafka::error::KafkaError, reason: &str) {
 pub fn is_refusal(error: &rdkafka::error::KafkaError, reason: &str) -> bool {
     use rdkafka::types::RDKafkaErrorCode as C;
     // A connection that dropped during the handshake says so in its reason.
-    let dropped = ["transport failure", "Disconnected", "timed out", "Connection refused"]
-        .iter()
-        .any(|d| reason.contains(d));
+    let dropped = [
+        "transport failure",
+        "Disconnected",
+        "timed out",
+        "Connection refused",
+    ]
+    .iter()
+    .any(|d| reason.contains(d));
     match error.rdkafka_error_code() {
         Some(C::Authentication | C::SaslAuthenticationFailed) => !dropped,
         Some(C::SSL) => reason.contains("certificate") && !dropped,
@@ -173,7 +178,14 @@ pub async fn ensure_state_topic(
     topic: &str,
     replication_factor: i32,
 ) -> Result<(), KafkaError> {
-    create_topics(kafka, &[topic.to_string()], 1, replication_factor, COMPACTED).await
+    create_topics(
+        kafka,
+        &[topic.to_string()],
+        1,
+        replication_factor,
+        COMPACTED,
+    )
+    .await
 }
 
 /// Where changes that cannot be mapped or encoded go, with their reason.
@@ -202,7 +214,10 @@ pub fn producer(
         .set("queue.buffering.max.kbytes", "1048576")
         .set("batch.num.messages", "10000")
         // A record batch's framing comes on top of the message itself.
-        .set("message.max.bytes", (max_message_bytes + 65_536).to_string())
+        .set(
+            "message.max.bytes",
+            (max_message_bytes + 65_536).to_string(),
+        )
         .set("log_level", "4")
         .create_with_context(Context)
         .map_err(|source| KafkaError::Client {

@@ -635,5 +635,8 @@ async fn the_compose_journal_roles_let_capture_run_without_superuser() {
         )
         .await
         .unwrap();
-    assert_eq!((row.get::<_, bool>(0), row.get::<_, bool>(1)), (false, true));
+    assert_eq!(
+        (row.get::<_, bool>(0), row.get::<_, bool>(1)),
+        (false, true)
+    );
 }

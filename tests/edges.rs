@@ -33,7 +33,12 @@ async fn untouched(c: &tokio_postgres::Client, name: &str) {
         "a publication was created"
     );
     assert!(
-        !exists(c, "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1", name).await,
+        !exists(
+            c,
+            "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1",
+            name
+        )
+        .await,
         "a slot was created"
     );
 }
@@ -124,9 +129,15 @@ async fn copy_grades(c: &tokio_postgres::Client, n: i64) {
 async fn multi_row_inserts_toast_oversize_rows_and_deletes_on_their_partition() {
     let cfg = common::journal_db("t_edge_rows").await;
     let db = common::db_name(&cfg);
-    load::load(&cfg, &common::small_region(61, 1, 30, 0.02), 2, false, false)
-        .await
-        .unwrap();
+    load::load(
+        &cfg,
+        &common::small_region(61, 1, 30, 0.02),
+        2,
+        false,
+        false,
+    )
+    .await
+    .unwrap();
     let name = format!("edgerows{}", std::process::id());
     let mut capture = common::spawn_capture(&db, &name);
     common::wait_caught_up(&cfg, &name, Duration::from_secs(240)).await;
@@ -151,7 +162,10 @@ async fn multi_row_inserts_toast_oversize_rows_and_deletes_on_their_partition() 
         .await
         .unwrap()
         .get(0);
-    assert!(stored > 20_000, "the homework is stored uncompressed: {stored}");
+    assert!(
+        stored > 20_000,
+        "the homework is stored uncompressed: {stored}"
+    );
     c.execute(
         "UPDATE journal.lessons SET topic = 'Повторение' WHERE id = $1",
         &[&toasted],
@@ -202,7 +216,11 @@ async fn multi_row_inserts_toast_oversize_rows_and_deletes_on_their_partition() 
         if e.op == Op::Truncate {
             continue;
         }
-        assert!(ids.insert(e.event_id.clone()), "event id {} twice", e.event_id);
+        assert!(
+            ids.insert(e.event_id.clone()),
+            "event id {} twice",
+            e.event_id
+        );
         partitions
             .entry((e.entity.name.to_string(), e.key.clone()))
             .or_default()
@@ -226,9 +244,19 @@ async fn multi_row_inserts_toast_oversize_rows_and_deletes_on_their_partition() 
         "the update carries the unchanged TOASTed homework"
     );
     let split: Vec<_> = partitions.iter().filter(|(_, p)| p.len() > 1).collect();
-    assert!(split.is_empty(), "rows whose changes took two partitions: {split:?}");
-    let grade_deletes = report.by_operation.iter().any(|(k, n)| k.contains("deletion") && *n > 0);
-    assert!(grade_deletes, "the workload deleted rows: {:?}", report.by_operation);
+    assert!(
+        split.is_empty(),
+        "rows whose changes took two partitions: {split:?}"
+    );
+    let grade_deletes = report
+        .by_operation
+        .iter()
+        .any(|(k, n)| k.contains("deletion") && *n > 0);
+    assert!(
+        grade_deletes,
+        "the workload deleted rows: {:?}",
+        report.by_operation
+    );
     let oversize: Vec<_> = dead.iter().filter(|d| d["kind"] == "oversize").collect();
     assert_eq!(oversize.len(), 1, "dead letters: {dead:?}");
     assert_eq!(oversize[0]["table"], "journal.lessons");
@@ -238,7 +266,10 @@ async fn multi_row_inserts_toast_oversize_rows_and_deletes_on_their_partition() 
         !dead.iter().any(|d| d["kind"] == "unmappable"),
         "nothing else was dead-lettered: {dead:?}"
     );
-    assert!(later_seen, "the change after the oversize row was published");
+    assert!(
+        later_seen,
+        "the change after the oversize row was published"
+    );
     // The topics still say what the journal holds, but for the oversize row.
     let (mut got, _) = common::fold(&messages, &name);
     let mut want = common::journal_state(&cfg).await;
@@ -264,9 +295,15 @@ async fn a_partitioned_journal_table_is_captured_through_its_root() {
     )
     .await
     .unwrap();
-    load::load(&cfg, &common::small_region(63, 1, 20, 0.02), 2, false, false)
-        .await
-        .unwrap();
+    load::load(
+        &cfg,
+        &common::small_region(63, 1, 20, 0.02),
+        2,
+        false,
+        false,
+    )
+    .await
+    .unwrap();
     c.batch_execute(
         "SELECT setval(pg_get_serial_sequence('journal.grades', 'id'), (SELECT max(id) FROM journal.grades))",
     )
@@ -319,9 +356,15 @@ async fn a_partitioned_journal_table_is_captured_through_its_root() {
 async fn an_interrupted_load_survives_the_loss_of_capture_s_disk() {
     let cfg = common::journal_db("t_edge_load").await;
     let db = common::db_name(&cfg);
-    load::load(&cfg, &common::small_region(65, 2, 120, 0.02), 2, false, false)
-        .await
-        .unwrap();
+    load::load(
+        &cfg,
+        &common::small_region(65, 2, 120, 0.02),
+        2,
+        false,
+        false,
+    )
+    .await
+    .unwrap();
     let name = format!("edgeload{}", std::process::id());
     let env = [("VITRINA_CAPTURE__SNAPSHOT_CONNECTIONS", "1")];
     let mut first = common::spawn_vitrina("capture", &db, &name, &name, &env);
@@ -333,7 +376,10 @@ async fn an_interrupted_load_survives_the_loss_of_capture_s_disk() {
         if log.contains("table copied") {
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "no table copied:\n{log}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no table copied:\n{log}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     common::kill(&mut first, libc::SIGKILL);
@@ -371,7 +417,8 @@ async fn an_interrupted_load_survives_the_loss_of_capture_s_disk() {
     let (code, err) = exit_of(&db, &other, &[]);
     assert_eq!(code, Some(1), "{err}");
     assert!(
-        err.contains("exists but no record of its initial load") && err.contains("pg_drop_replication_slot"),
+        err.contains("exists but no record of its initial load")
+            && err.contains("pg_drop_replication_slot"),
         "{err}"
     );
     c.execute("SELECT pg_drop_replication_slot($1)", &[&other])
@@ -386,9 +433,15 @@ async fn an_interrupted_load_survives_the_loss_of_capture_s_disk() {
 async fn a_new_load_after_a_lost_slot_withdraws_rows_deleted_in_the_gap() {
     let cfg = common::journal_db("t_edge_reload").await;
     let db = common::db_name(&cfg);
-    load::load(&cfg, &common::small_region(66, 1, 20, 0.02), 2, false, false)
-        .await
-        .unwrap();
+    load::load(
+        &cfg,
+        &common::small_region(66, 1, 20, 0.02),
+        2,
+        false,
+        false,
+    )
+    .await
+    .unwrap();
     let show = common::fresh_db("t_edge_reload_show").await;
     let name = format!("edgereload{}", std::process::id());
     let mut capture = common::spawn_capture(&db, &name);
@@ -428,9 +481,15 @@ async fn a_new_load_after_a_lost_slot_withdraws_rows_deleted_in_the_gap() {
 async fn freshness_follows_the_entities_capture_publishes() {
     let cfg = common::journal_db("t_edge_fresh").await;
     let db = common::db_name(&cfg);
-    load::load(&cfg, &common::small_region(67, 1, 10, 0.02), 2, false, false)
-        .await
-        .unwrap();
+    load::load(
+        &cfg,
+        &common::small_region(67, 1, 10, 0.02),
+        2,
+        false,
+        false,
+    )
+    .await
+    .unwrap();
     let mapping = std::fs::read_to_string(
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/mapping.toml"),
     )
@@ -442,7 +501,8 @@ async fn freshness_follows_the_entities_capture_publishes() {
         .filter(|b| !b.contains("table = \"journal.medical_exemptions\""))
         .collect();
     assert_eq!(kept.len() + 1, blocks.len(), "one table mapped out");
-    let file = std::env::temp_dir().join(format!("vitrina-edge-mapping-{}.toml", std::process::id()));
+    let file =
+        std::env::temp_dir().join(format!("vitrina-edge-mapping-{}.toml", std::process::id()));
     std::fs::write(&file, kept.join("[[table]]")).unwrap();
     let file_s = file.display().to_string();
     let show = common::fresh_db("t_edge_fresh_show").await;
@@ -476,7 +536,10 @@ async fn freshness_follows_the_entities_capture_publishes() {
         .await
         .unwrap();
     let (age, state): (Option<f64>, String) = (row.get(0), row.get(1));
-    assert!(age.is_some_and(|a| a < 60.0) && state == "ok", "{age:?} {state}");
+    assert!(
+        age.is_some_and(|a| a < 60.0) && state == "ok",
+        "{age:?} {state}"
+    );
     let entities: Vec<String> =
         common::column(&s, "SELECT entity FROM showcase.entity_freshness").await;
     assert!(
@@ -497,9 +560,15 @@ async fn an_unknown_schema_stops_its_partition_instead_of_being_skipped() {
     use rdkafka::producer::{FutureProducer, FutureRecord};
     let cfg = common::journal_db("t_edge_schema").await;
     let db = common::db_name(&cfg);
-    load::load(&cfg, &common::small_region(68, 1, 10, 0.02), 2, false, false)
-        .await
-        .unwrap();
+    load::load(
+        &cfg,
+        &common::small_region(68, 1, 10, 0.02),
+        2,
+        false,
+        false,
+    )
+    .await
+    .unwrap();
     let show = common::fresh_db("t_edge_schema_show").await;
     let show_db = common::db_name(&show);
     let name = format!("edgeschema{}", std::process::id());
@@ -525,7 +594,10 @@ async fn an_unknown_schema_stops_its_partition_instead_of_being_skipped() {
     // Its offset from the delivery report (tansu's end offsets can be low).
     let at = producer
         .send(
-            FutureRecord::to(&topic).key("1").payload(&newer).partition(0),
+            FutureRecord::to(&topic)
+                .key("1")
+                .payload(&newer)
+                .partition(0),
             Duration::from_secs(10),
         )
         .await
@@ -562,9 +634,16 @@ async fn an_unknown_schema_stops_its_partition_instead_of_being_skipped() {
             );
             tokio::time::sleep(Duration::from_millis(300)).await;
         };
-        assert!(body.contains(&format!("{topic}[0] stopped at offset {at}")), "{body}");
+        assert!(
+            body.contains(&format!("{topic}[0] stopped at offset {at}")),
+            "{body}"
+        );
         tokio::time::sleep(Duration::from_secs(2)).await;
-        assert_eq!(offset(0).await, at, "round {round}: nothing past it committed");
+        assert_eq!(
+            offset(0).await,
+            at,
+            "round {round}: nothing past it committed"
+        );
         assert!(offset(1).await > 0, "the other partitions go on");
         // Started again (still not knowing the schema): stops there again.
         common::kill(&mut projector, libc::SIGTERM);

@@ -362,13 +362,22 @@ async fn projector_group_rebalances_when_a_member_dies_or_leaves() {
     ];
     let member = |n: u32| -> (std::process::Child, String) {
         let log = format!("{name}-project-{n}");
-        (common::spawn_vitrina("project", &db, &name, &log, &env), log)
+        (
+            common::spawn_vitrina("project", &db, &name, &log, &env),
+            log,
+        )
     };
     let mut capture = common::spawn_vitrina("capture", &db, &name, &name, &env);
     common::wait_caught_up(&cfg, &name, Duration::from_secs(240)).await;
     // Members join one after the other (as a rolling deploy starts them).
     let (mut a, log_a) = member(1);
-    wait_assigned(&log_a, |n| n > 0, Duration::from_secs(90), "the first member is assigned").await;
+    wait_assigned(
+        &log_a,
+        |n| n > 0,
+        Duration::from_secs(90),
+        "the first member is assigned",
+    )
+    .await;
     // Every topic exists now (the projector creates the ones capture did not).
     let total = vitrina::kafka::end_offsets(
         &vitrina::connections::KafkaEndpoint::new(&brokers),
@@ -380,10 +389,22 @@ async fn projector_group_rebalances_when_a_member_dies_or_leaves() {
     .await
     .unwrap()
     .len();
-    wait_assigned(&log_a, |n| n == total, Duration::from_secs(90), "the only member holds every partition").await;
+    wait_assigned(
+        &log_a,
+        |n| n == total,
+        Duration::from_secs(90),
+        "the only member holds every partition",
+    )
+    .await;
     let (mut b, log_b) = member(2);
     let shared = |n: usize| n > 0 && n < total;
-    wait_assigned(&log_b, shared, Duration::from_secs(90), "the second member shares").await;
+    wait_assigned(
+        &log_b,
+        shared,
+        Duration::from_secs(90),
+        "the second member shares",
+    )
+    .await;
     let deadline = Instant::now() + Duration::from_secs(90);
     while assigned_partitions(&log_a).unwrap_or(0) + assigned_partitions(&log_b).unwrap_or(0)
         != total
@@ -402,17 +423,35 @@ async fn projector_group_rebalances_when_a_member_dies_or_leaves() {
     tokio::time::sleep(Duration::from_secs(4)).await;
     common::kill(&mut b, libc::SIGKILL);
     let died = Instant::now();
-    wait_assigned(&log_a, |n| n == total, Duration::from_secs(90), "the survivor takes every partition").await;
+    wait_assigned(
+        &log_a,
+        |n| n == total,
+        Duration::from_secs(90),
+        "the survivor takes every partition",
+    )
+    .await;
     eprintln!(
         "group: a member SIGKILLed, the other held all {total} partitions {:.1} s later",
         died.elapsed().as_secs_f64()
     );
     let (mut b, log_b) = member(3);
-    wait_assigned(&log_b, shared, Duration::from_secs(90), "a member back shares again").await;
+    wait_assigned(
+        &log_b,
+        shared,
+        Duration::from_secs(90),
+        "a member back shares again",
+    )
+    .await;
     assert_eq!(load_task.await.unwrap().failed_transactions, 0);
     common::kill(&mut a, libc::SIGTERM);
     let left = Instant::now();
-    wait_assigned(&log_b, |n| n == total, Duration::from_secs(90), "the remaining member takes every partition").await;
+    wait_assigned(
+        &log_b,
+        |n| n == total,
+        Duration::from_secs(90),
+        "the remaining member takes every partition",
+    )
+    .await;
     eprintln!(
         "group: a member stopped, the other held all {total} partitions {:.1} s later",
         left.elapsed().as_secs_f64()

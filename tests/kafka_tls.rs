@@ -224,13 +224,31 @@ async fn refused_sasl_credentials_stop_both_stages_without_printing_the_password
     let ca = tb.ca();
     let sasl: Vec<(String, String)> = vec![
         ("VITRINA_KAFKA__BROKERS".into(), brokers.clone()),
-        ("VITRINA_KAFKA__PROPERTIES__SECURITY.PROTOCOL".into(), "SASL_SSL".into()),
-        ("VITRINA_KAFKA__PROPERTIES__SSL.CA.LOCATION".into(), ca.clone()),
-        ("VITRINA_KAFKA__PROPERTIES__SASL.MECHANISM".into(), "SCRAM-SHA-512".into()),
-        ("VITRINA_KAFKA__PROPERTIES__SASL.USERNAME".into(), "vitrina".into()),
-        ("VITRINA_KAFKA__PROPERTIES__SASL.PASSWORD".into(), secret.clone()),
+        (
+            "VITRINA_KAFKA__PROPERTIES__SECURITY.PROTOCOL".into(),
+            "SASL_SSL".into(),
+        ),
+        (
+            "VITRINA_KAFKA__PROPERTIES__SSL.CA.LOCATION".into(),
+            ca.clone(),
+        ),
+        (
+            "VITRINA_KAFKA__PROPERTIES__SASL.MECHANISM".into(),
+            "SCRAM-SHA-512".into(),
+        ),
+        (
+            "VITRINA_KAFKA__PROPERTIES__SASL.USERNAME".into(),
+            "vitrina".into(),
+        ),
+        (
+            "VITRINA_KAFKA__PROPERTIES__SASL.PASSWORD".into(),
+            secret.clone(),
+        ),
         ("VITRINA_SHOWCASE__DATABASE".into(), common::db_name(&show)),
-        ("VITRINA_PROJECTOR__METRICS_LISTEN".into(), "127.0.0.1:0".into()),
+        (
+            "VITRINA_PROJECTOR__METRICS_LISTEN".into(),
+            "127.0.0.1:0".into(),
+        ),
     ];
     let sasl_ref: Vec<(&str, &str)> = sasl.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     for stage in ["capture", "project"] {
@@ -258,20 +276,29 @@ async fn refused_sasl_credentials_stop_both_stages_without_printing_the_password
                 && log.contains("SASL"),
             "{stage}'s log names the endpoint and the SASL failure:\n{log}"
         );
-        assert!(!log.contains("transient failure"), "{stage} did not restart:\n{log}");
-        assert!(!log.contains(&secret), "{stage}'s log printed the SASL password");
+        assert!(
+            !log.contains("transient failure"),
+            "{stage} did not restart:\n{log}"
+        );
+        assert!(
+            !log.contains(&secret),
+            "{stage}'s log printed the SASL password"
+        );
     }
     let c = vitrina::pg::connect(&cfg).await.unwrap();
     assert!(
-        c.query_opt("SELECT 1 FROM pg_replication_slots WHERE slot_name = $1", &[&name])
-            .await
-            .unwrap()
-            .is_none(),
+        c.query_opt(
+            "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1",
+            &[&name]
+        )
+        .await
+        .unwrap()
+        .is_none(),
         "no slot was created"
     );
     let out = common::run_vitrina(&db, &name, &["config"], &sasl_ref);
-    let printed = String::from_utf8_lossy(&out.stdout).to_string()
-        + &String::from_utf8_lossy(&out.stderr);
+    let printed =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "vitrina config: {printed}");
     assert!(
         printed.contains("sasl.password") && !printed.contains(&secret),

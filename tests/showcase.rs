@@ -493,7 +493,9 @@ async fn a_change_committed_at_the_snapshot_point_wins_over_the_snapshot_row() {
     ] {
         c.batch_execute("TRUNCATE showcase.subject").await.unwrap();
         for e in order {
-            apply_batch(&mut c, showcase::SCHEMA, &[e], &[]).await.unwrap();
+            apply_batch(&mut c, showcase::SCHEMA, &[e], &[])
+                .await
+                .unwrap();
         }
         assert_eq!(
             rows(&c).await[0].1.as_deref(),

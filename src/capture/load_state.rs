@@ -70,9 +70,7 @@ impl LoadStateStore {
     /// The latest saved state, from the topic or else the legacy file;
     /// None when neither has one.
     pub async fn read(&self) -> Result<Option<State>, CaptureError> {
-        let probe = self
-            .produce(&format!("probe:{}", self.slot), b"{}")
-            .await?;
+        let probe = self.produce(&format!("probe:{}", self.slot), b"{}").await?;
         let (k, t, key) = (self.kafka.clone(), self.topic.clone(), self.slot.clone());
         let latest = tokio::task::spawn_blocking(move || read_latest(&k, &t, &key, probe))
             .await

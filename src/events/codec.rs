@@ -284,11 +284,9 @@ impl Registry {
             None => apache_avro::from_avro_datum(&k.schema, &mut body, None),
             Some(w) => apache_avro::from_avro_datum(w, &mut body, Some(&k.schema)),
         }
-        .map_err(|e| {
-            CodecError::Body {
-                schema: k.entity.record.to_string(),
-                message: e.to_string(),
-            }
+        .map_err(|e| CodecError::Body {
+            schema: k.entity.record.to_string(),
+            message: e.to_string(),
         })?;
         from_value(k.entity, value).map_err(|message| CodecError::Body {
             schema: k.entity.record.to_string(),

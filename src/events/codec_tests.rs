@@ -196,10 +196,16 @@ fn an_older_writer_schema_resolves_against_the_current_one() {
     // The same event as the older release wrote it.
     let cur_schema = current.schema("grade").unwrap().clone();
     let mut value = apache_avro::from_avro_datum(&cur_schema, &mut &bytes[10..], None).unwrap();
-    let Value::Record(top) = &mut value else { panic!() };
+    let Value::Record(top) = &mut value else {
+        panic!()
+    };
     let (_, after_v) = top.iter_mut().find(|(n, _)| n == "after").unwrap();
-    let Value::Union(_, inner) = after_v else { panic!() };
-    let Value::Record(af) = inner.as_mut() else { panic!() };
+    let Value::Union(_, inner) = after_v else {
+        panic!()
+    };
+    let Value::Record(af) = inner.as_mut() else {
+        panic!()
+    };
     af.retain(|(n, _)| n != "comment");
     let mut old_bytes = MAGIC.to_vec();
     old_bytes.extend_from_slice(&canonical::fingerprint(&old));
@@ -213,7 +219,10 @@ fn an_older_writer_schema_resolves_against_the_current_one() {
     let got = reader.decode(&old_bytes).unwrap();
     let mut want = ev.clone();
     want.after.as_mut().unwrap()[comment] = Val::Null;
-    assert_eq!(got, want, "the field the older writer lacked takes its default");
+    assert_eq!(
+        got, want,
+        "the field the older writer lacked takes its default"
+    );
     // Current events still decode as before.
     assert_eq!(reader.decode(&bytes).unwrap(), ev);
 }

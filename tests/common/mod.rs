@@ -1022,13 +1022,14 @@ pub fn slow_faults() -> bool {
 
 pub type FoldState = std::collections::BTreeMap<(String, String), Vec<vitrina::events::Val>>;
 /// Source position (commit LSN, change LSN) and state of the latest event per key.
-type Latest = std::collections::HashMap<(String, String), ((u64, u64), Option<Vec<vitrina::events::Val>>)>;
+type Latest =
+    std::collections::HashMap<(String, String), ((u64, u64), Option<Vec<vitrina::events::Val>>)>;
 
 /// What the topics say the journal holds: per (entity, key), the state of
 /// the event with the highest source position.
 pub fn fold(messages: &[(String, i32, Vec<u8>, Vec<u8>)], prefix: &str) -> (FoldState, usize) {
-    use vitrina::events::{codec::Registry, Message, Op};
     use std::collections::HashMap;
+    use vitrina::events::{codec::Registry, Message, Op};
     let reg = Registry::new();
     let mut latest: Latest = HashMap::new();
     let mut truncated: HashMap<String, (u64, u64)> = HashMap::new();
@@ -1065,4 +1066,3 @@ pub fn fold(messages: &[(String, i32, Vec<u8>, Vec<u8>)], prefix: &str) -> (Fold
         .collect();
     (state, events)
 }
-
