@@ -361,15 +361,7 @@ async fn bad_input_and_schema_drift_are_flagged_or_dead_lettered_and_capture_kee
 }
 
 fn run_capture_to_exit(db: &str, name: &str) -> (Option<i32>, String) {
-    run_capture_to_exit_with(db, name, &[])
-}
-
-fn run_capture_to_exit_with(db: &str, name: &str, env: &[(&str, &str)]) -> (Option<i32>, String) {
-    let out = common::run_vitrina(db, name, &["capture"], env);
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stderr).to_string(),
-    )
+    common::run_capture_to_exit_with(db, name, &[])
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -428,7 +420,7 @@ async fn a_role_without_replication_is_refused_with_a_hint() {
     // The local stack always connects as its superuser: point capture at
     // the same server as an external one, as this role.
     let port = cfg.get_ports()[0].to_string();
-    let (code, err) = run_capture_to_exit_with(
+    let (code, err) = common::run_capture_to_exit_with(
         &db,
         &name,
         &[
@@ -453,7 +445,7 @@ fn wal_level_other_than_logical_is_refused_with_a_hint() {
     let cluster = common::OwnCluster::start("walreplica", "wal_level = replica\n");
     let env = cluster.as_journal();
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let (code, err) = run_capture_to_exit_with("postgres", "capwal", &env);
+    let (code, err) = common::run_capture_to_exit_with("postgres", "capwal", &env);
     drop(cluster);
     assert_eq!(code, Some(1), "{err}");
     assert!(
@@ -494,7 +486,7 @@ async fn an_invalidated_slot_is_refused_with_a_hint() {
     assert_eq!(status, "lost", "the setup must invalidate the slot");
     let env = cluster.as_journal();
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let (code, err) = run_capture_to_exit_with("postgres", "caplost", &env);
+    let (code, err) = common::run_capture_to_exit_with("postgres", "caplost", &env);
     drop(c);
     drop(cluster);
     assert_eq!(code, Some(1), "{err}");
@@ -530,7 +522,7 @@ async fn capture_runs_as_a_role_with_replication_and_select_only() {
         ("VITRINA_JOURNAL__PORT", port.as_str()),
         ("VITRINA_JOURNAL__USER", name.as_str()),
     ];
-    let (code, err) = run_capture_to_exit_with(&db, &name, &env);
+    let (code, err) = common::run_capture_to_exit_with(&db, &name, &env);
     assert_eq!(code, Some(1), "{err}");
     assert!(
         err.contains("a DBA runs: CREATE PUBLICATION") && err.contains("\"grades\""),

@@ -14,14 +14,6 @@ use vitrina::events::codec::Registry;
 use vitrina::events::{Message, Op};
 use vitrina::region::load;
 
-fn exit_of(db: &str, name: &str, env: &[(&str, &str)]) -> (Option<i32>, String) {
-    let out = common::run_vitrina(db, name, &["capture"], env);
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stderr).to_string(),
-    )
-}
-
 async fn exists(c: &tokio_postgres::Client, sql: &str, name: &str) -> bool {
     c.query_opt(sql, &[&name]).await.unwrap().is_some()
 }
@@ -54,7 +46,7 @@ async fn tables_whose_replica_identity_cannot_serve_are_refused_before_anything_
     c.batch_execute("ALTER TABLE journal.subjects REPLICA IDENTITY NOTHING")
         .await
         .unwrap();
-    let (code, err) = exit_of(&db, &name, &[]);
+    let (code, err) = common::run_capture_to_exit_with(&db, &name, &[]);
     assert_eq!(code, Some(1), "{err}");
     assert!(
         err.contains("journal.subjects has no replica identity")
@@ -77,7 +69,7 @@ async fn tables_whose_replica_identity_cannot_serve_are_refused_before_anything_
     )
     .await
     .unwrap();
-    let (code, err) = exit_of(&db, &name, &[]);
+    let (code, err) = common::run_capture_to_exit_with(&db, &name, &[]);
     assert_eq!(code, Some(1), "{err}");
     assert!(
         err.contains("journal.grades has a replica identity of (id) without [\"student_id\"]")
@@ -323,7 +315,7 @@ async fn a_partitioned_journal_table_is_captured_through_its_root() {
     ))
     .await
     .unwrap();
-    let (code, err) = exit_of(&db, &name, &[]);
+    let (code, err) = common::run_capture_to_exit_with(&db, &name, &[]);
     assert_eq!(code, Some(1), "{err}");
     assert!(
         err.contains("publish_via_partition_root = true") && err.contains("journal.grades"),
@@ -414,7 +406,7 @@ async fn an_interrupted_load_survives_the_loss_of_capture_s_disk() {
     )
     .await
     .unwrap();
-    let (code, err) = exit_of(&db, &other, &[]);
+    let (code, err) = common::run_capture_to_exit_with(&db, &other, &[]);
     assert_eq!(code, Some(1), "{err}");
     assert!(
         err.contains("exists but no record of its initial load")

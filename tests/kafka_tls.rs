@@ -20,6 +20,29 @@ impl Drop for Stunnel {
     }
 }
 
+/// Waits (60 s at most) for a stage that must stop by itself on a
+/// refusal; its exit status.
+async fn stops_by_itself(
+    child: &mut std::process::Child,
+    log_name: &str,
+    refused: &str,
+) -> std::process::ExitStatus {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if std::time::Instant::now() > deadline {
+            common::kill(child, libc::SIGKILL);
+            panic!(
+                "{log_name} kept retrying {refused}:\n{}",
+                common::log_tail(log_name, 40)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// A broker of the test's own behind stunnel, which terminates TLS with
 /// the test's certificates; the broker advertises the TLS address.
 struct TlsBroker {
@@ -165,20 +188,7 @@ async fn capture_and_projector_through_a_tls_kafka_endpoint() {
     for stage in ["capture", "project"] {
         let log_name = format!("{wrong}-{stage}");
         let mut child = common::spawn_vitrina(stage, &db, &wrong, &log_name, &bad_ref);
-        let deadline = std::time::Instant::now() + Duration::from_secs(60);
-        let status = loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                break status;
-            }
-            if std::time::Instant::now() > deadline {
-                common::kill(&mut child, libc::SIGKILL);
-                panic!(
-                    "{stage} kept retrying a refused certificate:\n{}",
-                    common::log_tail(&log_name, 40)
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        };
+        let status = stops_by_itself(&mut child, &log_name, "a refused certificate").await;
         let log = common::log_tail(&log_name, 200);
         assert_eq!(status.code(), Some(1), "{stage} exits 1:\n{log}");
         assert!(
@@ -254,20 +264,7 @@ async fn refused_sasl_credentials_stop_both_stages_without_printing_the_password
     for stage in ["capture", "project"] {
         let log_name = format!("{name}-{stage}");
         let mut child = common::spawn_vitrina(stage, &db, &name, &log_name, &sasl_ref);
-        let deadline = std::time::Instant::now() + Duration::from_secs(60);
-        let status = loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                break status;
-            }
-            if std::time::Instant::now() > deadline {
-                common::kill(&mut child, libc::SIGKILL);
-                panic!(
-                    "{stage} kept retrying refused credentials:\n{}",
-                    common::log_tail(&log_name, 40)
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        };
+        let status = stops_by_itself(&mut child, &log_name, "refused credentials").await;
         let log = common::log_tail(&log_name, 100_000);
         assert_eq!(status.code(), Some(1), "{stage} exits 1:\n{log}");
         assert!(

@@ -1066,3 +1066,16 @@ pub fn fold(messages: &[(String, i32, Vec<u8>, Vec<u8>)], prefix: &str) -> (Fold
         .collect();
     (state, events)
 }
+
+/// `vitrina capture` run to its end: exit code and standard error.
+pub fn run_capture_to_exit_with(
+    db: &str,
+    name: &str,
+    env: &[(&str, &str)],
+) -> (Option<i32>, String) {
+    let out = run_vitrina(db, name, &["capture"], env);
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
