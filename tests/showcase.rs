@@ -316,6 +316,115 @@ async fn medical_detail_shows_only_under_consent_whatever_the_arrival_order() {
     assert_eq!(reasons(&c).await[0], shown("1", None));
 }
 
+/// Waits until some other backend of `c`'s database waits on a lock of
+/// `kind` (`advisory`, `transactionid`).
+async fn wait_for_a_waiter(c: &tokio_postgres::Client, kind: &str) {
+    for _ in 0..200 {
+        let n: i64 = c
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity
+                 WHERE datname = current_database() AND wait_event_type = 'Lock' AND wait_event = $1",
+                &[&kind],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if n > 0 {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    panic!("no backend waits on a {kind} lock");
+}
+
+/// Two apply transactions touching medical detail (two group members, or
+/// the detail and the rows of one student on different partitions) run one
+/// after the other; a batch without medical entities does not wait.
+#[tokio::test]
+async fn medical_detail_transactions_are_serialized_across_connections() {
+    let cfg = common::fresh_db("t_show_medlock").await;
+    let mut c = vitrina::pg::connect(&cfg).await.unwrap();
+    showcase::migrate(&c, showcase::SCHEMA).await.unwrap();
+    let mut holder = vitrina::pg::connect(&cfg).await.unwrap();
+    let mut other = vitrina::pg::connect(&cfg).await.unwrap();
+    let tx = holder.transaction().await.unwrap();
+    tx.execute(showcase::medical_lock_sql(), &[&showcase::SCHEMA])
+        .await
+        .unwrap();
+    // A grade batch goes on while the lock is held.
+    apply(
+        &mut other,
+        &[event("grade", 1, 10, &[("student_id", Val::Long(7))])],
+        &[],
+    )
+    .await;
+    // An attendance batch waits for it.
+    let waiting = tokio::spawn(async move {
+        apply(&mut other, &[ill(1, 7, 20, "Б")], &[detail(1, 7, 20)]).await;
+        other
+    });
+    wait_for_a_waiter(&c, "advisory").await;
+    assert!(!waiting.is_finished());
+    tx.commit().await.unwrap();
+    waiting.await.unwrap();
+    apply(&mut c, &[consent(50, 7, 30, "granted")], &[]).await;
+    assert_eq!(reasons(&c).await, vec![("1".into(), Some("ОРВИ".into()))]);
+}
+
+/// A recomputation of shown detail that meets a row another transaction
+/// has just changed (an illness mark turned into an excused absence with
+/// its own reason) leaves the new row as it is.
+#[tokio::test]
+async fn a_detail_recomputation_leaves_a_row_changed_under_it_alone() {
+    let cfg = common::fresh_db("t_show_epq").await;
+    let mut c = vitrina::pg::connect(&cfg).await.unwrap();
+    showcase::migrate(&c, showcase::SCHEMA).await.unwrap();
+    apply(
+        &mut c,
+        &[consent(50, 7, 90, "granted"), ill(1, 7, 100, "Б")],
+        &[detail(1, 7, 100)],
+    )
+    .await;
+    assert_eq!(reasons(&c).await, vec![("1".into(), Some("ОРВИ".into()))]);
+    // Another writer changes the row and has not committed yet.
+    let mut writer = vitrina::pg::connect(&cfg).await.unwrap();
+    let tx = writer.transaction().await.unwrap();
+    tx.execute(
+        "UPDATE showcase.attendance SET code = 'У', reason = 'соревнования', source_commit_lsn = 200, source_lsn = 200 WHERE key = '1'",
+        &[],
+    )
+    .await
+    .unwrap();
+    // New detail for the row: its recomputation waits for the writer's row.
+    let mut newer = match detail(1, 7, 150) {
+        DetailChange::Keep(d) => d,
+        DetailChange::Erase { .. } => unreachable!(),
+    };
+    for (f, v) in newer.fields.iter_mut() {
+        if *f == "reason" {
+            *v = Some("грипп".into());
+        }
+    }
+    let mut second = vitrina::pg::connect(&cfg).await.unwrap();
+    let recompute = tokio::spawn(async move {
+        apply(&mut second, &[], &[DetailChange::Keep(newer)]).await;
+    });
+    wait_for_a_waiter(&c, "transactionid").await;
+    tx.commit().await.unwrap();
+    recompute.await.unwrap();
+    let row: (String, Option<String>) = {
+        let r = c
+            .query_one(
+                "SELECT code, reason FROM showcase.attendance WHERE key = '1'",
+                &[],
+            )
+            .await
+            .unwrap();
+        (r.get(0), r.get(1))
+    };
+    assert_eq!(row, ("У".into(), Some("соревнования".into())));
+}
+
 fn finding<'a>(
     r: &'a vitrina::showcase::quality::QualityReport,
     check: &str,

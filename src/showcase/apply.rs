@@ -322,6 +322,24 @@ pub async fn apply_with_watermarks(
     tx.execute(super::apply_lock_sql(), &[&schema])
         .await
         .map_err(PgError::query("taking the apply lock"))?;
+    // The shown medical detail of a row is recomputed from its row, its
+    // private detail and its student's consents, which may arrive through
+    // different transactions (different group members, or the two
+    // connections of one). Concurrent, each would miss the other's
+    // uncommitted writes and a recomputation could even act on a stale
+    // copy of a row another one just changed. Taken before any write, this
+    // lock runs them one after the other, each seeing what the previous
+    // one committed.
+    let medical_work = !details.is_empty()
+        || by_entity
+            .keys()
+            .chain(truncates.keys())
+            .any(|name| *name == "consent" || consent::medical(name).is_some());
+    if medical_work {
+        tx.execute(super::medical_lock_sql(), &[&schema])
+            .await
+            .map_err(PgError::query("taking the medical detail lock"))?;
+    }
 
     // Students whose shown medical detail may change with this batch.
     // Students whose consent changed: all their medical rows; and the

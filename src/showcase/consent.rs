@@ -201,7 +201,9 @@ pub fn private_truncate_sql(m: &Medical, schema: &str) -> String {
 /// Recomputes the shown detail of the rows of the students in `$1` (all
 /// when NULL) and of the rows keyed `$2`: the private value under an
 /// active consent, NULL otherwise. Touches only rows whose shown value
-/// changes.
+/// changes. The conditions on the row are checked again on the updated
+/// row itself (`s`), so a row another transaction changed meanwhile (an
+/// illness mark turned into an excused absence) is left alone.
 pub fn refresh_sql(m: &Medical, schema: &str) -> String {
     let shown: Vec<String> = m
         .fields
@@ -211,10 +213,11 @@ pub fn refresh_sql(m: &Medical, schema: &str) -> String {
     let sets: Vec<String> = m.fields.iter().map(|f| format!("{f} = v.{f}")).collect();
     let cur: Vec<String> = m.fields.iter().map(|f| format!("s.{f}")).collect();
     let new: Vec<String> = m.fields.iter().map(|f| format!("v.{f}")).collect();
-    let when = m
-        .when
-        .map(|(f, v)| format!("AND a.{f} = '{v}'"))
-        .unwrap_or_default();
+    let when = |t: &str| {
+        m.when
+            .map(|(f, v)| format!("AND {t}.{f} = '{v}'"))
+            .unwrap_or_default()
+    };
     format!(
         "UPDATE {schema}.{e} s SET {sets}
          FROM (
@@ -228,13 +231,15 @@ pub fn refresh_sql(m: &Medical, schema: &str) -> String {
            WHERE NOT a.deleted {when}
              AND ($1::bigint[] IS NULL OR a.student_id = ANY($1::bigint[]) OR a.key = ANY($2::text[]))
          ) v
-         WHERE s.key = v.key AND ({cur}) IS DISTINCT FROM ({new})",
+         WHERE s.key = v.key AND NOT s.deleted {when_s} AND ({cur}) IS DISTINCT FROM ({new})",
         e = m.entity,
         private = m.private_table(schema),
         shown = shown.join(", "),
         sets = sets.join(", "),
         cur = cur.join(", "),
         new = new.join(", "),
+        when = when("a"),
+        when_s = when("s"),
     )
 }
 

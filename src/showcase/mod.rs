@@ -75,6 +75,12 @@ pub fn apply_lock_sql() -> &'static str {
     "SELECT pg_advisory_xact_lock_shared(hashtext('vitrina.apply.' || $1::text))"
 }
 
+/// Held by every apply transaction that writes consent, a medical entity or
+/// medical detail, for its whole length (see `apply::apply_with_watermarks`).
+pub fn medical_lock_sql() -> &'static str {
+    "SELECT pg_advisory_xact_lock(hashtext('vitrina.medical.' || $1::text))"
+}
+
 fn sql_type(ty: Ty) -> &'static str {
     match ty {
         Ty::Long => "bigint",
