@@ -297,8 +297,7 @@ fn assigned_partitions(log: &str) -> Option<usize> {
     }
     plain
         .lines()
-        .filter(|l| l.contains("assigned; positioned at the showcase's offsets"))
-        .last()
+        .rfind(|l| l.contains("assigned; positioned at the showcase's offsets"))
         .and_then(|l| l.split("partitions=").nth(1))
         .and_then(|n| n.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok())
 }
