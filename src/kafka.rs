@@ -319,6 +319,14 @@ pub async fn end_offsets(
 }
 
 /// [`end_offsets`] on the calling thread.
+///
+/// Broker answers known to be wrong are worked around here, and only here:
+/// tansu 0.6.0 answers ListOffsets(Latest) with the newest record batch's
+/// base offset + 1 (its object-store engines; the memory engine shares the
+/// code), short of the end by the rest of that batch. Its Fetch answers
+/// carry the true high watermark. So the end is the high watermark of a
+/// Fetch at the ListOffsets answer, which is also an empty fetch on a broker
+/// that answers right (Apache Kafka, tansu's SQL engines): the same number.
 pub fn end_offsets_blocking(
     kafka: &KafkaEndpoint,
     topics: &[String],
@@ -326,6 +334,13 @@ pub fn end_offsets_blocking(
     let consumer: BaseConsumer<Context> = kafka
         .client_config()
         .set("log_level", "3")
+        // Assigned, never subscribed nor committed: the id names no group.
+        .set("group.id", "vitrina-end-offsets")
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("fetch.wait.max.ms", "10")
+        .set("fetch.error.backoff.ms", "10")
+        .set("max.partition.fetch.bytes", "1")
         .create_with_context(Context)
         .map_err(|e| KafkaError::Client {
             brokers: kafka.brokers.clone(),
@@ -337,7 +352,8 @@ pub fn end_offsets_blocking(
             what: "reading topic metadata".into(),
             source: e,
         })?;
-    let mut out = HashMap::new();
+    let mut listed = HashMap::new();
+    let mut tpl = rdkafka::TopicPartitionList::new();
     for t in md
         .topics()
         .iter()
@@ -350,10 +366,85 @@ pub fn end_offsets_blocking(
                     what: format!("reading the offsets of {}", t.name()),
                     source: e,
                 })?;
-            out.insert((t.name().to_string(), p.id()), hi);
+            listed.insert((t.name().to_string(), p.id()), hi);
+            tpl.add_partition_offset(t.name(), p.id(), rdkafka::Offset::Offset(hi))
+                .map_err(|e| KafkaError::Metadata {
+                    what: format!("assigning {}", t.name()),
+                    source: e,
+                })?;
         }
     }
-    Ok(out)
+    if listed.is_empty() {
+        return Ok(listed);
+    }
+    consumer.assign(&tpl).map_err(|e| KafkaError::Metadata {
+        what: "assigning partitions to read their ends".into(),
+        source: e,
+    })?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut ends = HashMap::new();
+    loop {
+        for ((topic, partition), hi) in &listed {
+            if ends.contains_key(&(topic.clone(), *partition)) {
+                continue;
+            }
+            if let Some(fetched) = fetched_high_watermark(&consumer, topic, *partition) {
+                ends.insert((topic.clone(), *partition), fetched.max(*hi));
+            }
+        }
+        if ends.len() == listed.len() {
+            return Ok(ends);
+        }
+        if std::time::Instant::now() > deadline {
+            let missing: Vec<String> = listed
+                .keys()
+                .filter(|k| !ends.contains_key(*k))
+                .map(|(t, p)| format!("{t}[{p}]"))
+                .collect();
+            return Err(KafkaError::Metadata {
+                what: format!(
+                    "no fetch answer within 10 s for {} partition(s), e.g. {}",
+                    missing.len(),
+                    missing
+                        .iter()
+                        .take(3)
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+                source: rdkafka::error::KafkaError::MetadataFetch(
+                    RDKafkaErrorCode::OperationTimedOut,
+                ),
+            });
+        }
+        // Messages (when the listed end was short) are not wanted: the
+        // fetch answer's watermark is.
+        let _ = consumer.poll(Duration::from_millis(20));
+    }
+}
+
+/// The high watermark of the last Fetch answer for a partition, if any
+/// came (librdkafka's cached value; `fetch_watermarks` asks ListOffsets).
+fn fetched_high_watermark(
+    consumer: &BaseConsumer<Context>,
+    topic: &str,
+    partition: i32,
+) -> Option<i64> {
+    let topic = std::ffi::CString::new(topic).ok()?;
+    let (mut low, mut high) = (-1i64, -1i64);
+    // SAFETY: the client pointer lives as long as `consumer`; librdkafka
+    // only reads the topic name and writes the two offsets.
+    let err = unsafe {
+        rdkafka::bindings::rd_kafka_get_watermark_offsets(
+            consumer.client().native_ptr(),
+            topic.as_ptr(),
+            partition,
+            &mut low,
+            &mut high,
+        )
+    };
+    (err == rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR && high >= 0)
+        .then_some(high)
 }
 
 #[cfg(test)]

@@ -109,6 +109,10 @@ enum Command {
         /// Drop an interrupted replay's shadow instead of resuming it.
         #[arg(long)]
         restart: bool,
+        /// The event log was recreated after a loss (a new initial load): the live showcase's
+        /// offsets refer to the old log, so the swap does not wait for them. Stop the projector first.
+        #[arg(long)]
+        new_log: bool,
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
@@ -444,6 +448,7 @@ async fn run(command: Command, mut cfg: Config, ctx: Ctx) -> Result<()> {
             from,
             no_swap,
             restart,
+            new_log,
             json,
         } => {
             let from = from
@@ -471,6 +476,7 @@ async fn run(command: Command, mut cfg: Config, ctx: Ctx) -> Result<()> {
                 from,
                 swap: !no_swap,
                 restart,
+                new_log,
             };
             let r = vitrina::projector::replay::run(
                 &cfg,

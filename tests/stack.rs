@@ -152,3 +152,44 @@ fn a_missing_broker_binary_says_how_to_install_it() {
     assert!(err.contains("cargo install tansu"), "{err}");
     assert!(err.contains("scripts/bootstrap"), "{err}");
 }
+
+/// The end offsets lag, status and replay read are the log's true ends,
+/// although tansu answers ListOffsets(Latest) with the newest batch's base
+/// offset + 1: here every batch holds many records.
+#[tokio::test]
+async fn end_offsets_are_the_true_ends_of_partitions_written_in_large_batches() {
+    let st = common::stack();
+    let kafka = vitrina::connections::KafkaEndpoint::new(st.brokers());
+    let topic = format!("t-ends-{}", std::process::id());
+    let empty = format!("t-ends-empty-{}", std::process::id());
+    vitrina::kafka::ensure_topics(&kafka, &[topic.clone(), empty.clone()], 3, 1)
+        .await
+        .unwrap();
+    let p = vitrina::kafka::producer(&kafka, 50, "lz4", 1_000_000).unwrap();
+    let mut sent: std::collections::HashMap<i32, i64> = Default::default();
+    for round in 0..3 {
+        let mut acks = Vec::new();
+        for i in 0..2_000 {
+            let key = format!("{round}-{i}");
+            acks.push(
+                p.send_result(FutureRecord::to(&topic).key(&key).payload("x"))
+                    .unwrap(),
+            );
+        }
+        for a in acks {
+            let d = a.await.unwrap().unwrap();
+            *sent.entry(d.partition).or_default() += 1;
+        }
+    }
+    let ends = vitrina::kafka::end_offsets(&kafka, &[topic.clone(), empty.clone()])
+        .await
+        .unwrap();
+    for partition in 0..3 {
+        assert_eq!(
+            ends.get(&(topic.clone(), partition)).copied(),
+            Some(sent.get(&partition).copied().unwrap_or(0)),
+            "{topic}[{partition}]"
+        );
+        assert_eq!(ends.get(&(empty.clone(), partition)).copied(), Some(0));
+    }
+}

@@ -189,6 +189,7 @@ pub async fn projector(cfg: &Config, knobs: &ProjectorKnobs) -> Result<Projector
             from: None,
             swap: false,
             restart: true,
+            new_log: false,
         };
         let rep =
             crate::projector::replay::run(&c, &showcase, kafka, &opts, CancellationToken::new())

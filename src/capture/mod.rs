@@ -116,7 +116,7 @@ pub enum CaptureError {
     Delivery { message: String, kind: ErrorKind },
     #[error("{0}\nhint: fix or remove that record (see the runbook, \"The initial load's state\"); capture changed nothing")]
     LoadState(String),
-    #[error("replication slot `{slot}` exists but no record of its initial load was found ({store}, nor the file of earlier releases); streaming it as if loaded could skip the load for good\nhint: if the event log was lost, drop the slot (SELECT pg_drop_replication_slot('{slot}')) and start capture again: it makes a new initial load, and `vitrina replay` rebuilds the showcase from it")]
+    #[error("replication slot `{slot}` exists but no record of its initial load was found ({store}, nor the file of earlier releases); streaming it as if loaded could skip the load for good (a broker that lost its event log loses this record with it)\nhint: docs/operations.md, \"The event log was lost\": drop the slot (SELECT pg_drop_replication_slot('{slot}')) and start capture again: it makes a new initial load, and `vitrina replay --restart --new-log` rebuilds the showcase from it")]
     LoadStateMissing { slot: String, store: String },
     #[error("capture task failed: {0}")]
     Task(String),

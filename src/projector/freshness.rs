@@ -160,9 +160,48 @@ pub(super) fn report_lag(
     total
 }
 
+/// Partitions the showcase has applied further than the log now reaches
+/// (topic, partition, applied next offset, log end), worst first. A log
+/// only grows, so any entry means the broker lost events. A partition the
+/// broker does not list at all counts as ending at 0 when it lists others.
+pub(super) fn log_shortfall(
+    applied: &HashMap<Tp, i64>,
+    ends: &HashMap<Tp, i64>,
+) -> Vec<(Tp, i64, i64)> {
+    if ends.is_empty() {
+        return Vec::new();
+    }
+    let mut short: Vec<(Tp, i64, i64)> = applied
+        .iter()
+        .filter_map(|(tp, at)| {
+            let end = ends.get(tp).copied().unwrap_or(0);
+            (*at > end).then(|| (tp.clone(), *at, end))
+        })
+        .collect();
+    short.sort_by_key(|(tp, at, end)| (end - at, tp.clone()));
+    short
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_log_shorter_than_what_was_applied_is_found() {
+        let tp = |t: &str, p: i32| (t.to_string(), p);
+        let applied = HashMap::from([(tp("g", 0), 10), (tp("g", 1), 5), (tp("a", 0), 7)]);
+        // Caught up, behind: nothing.
+        let ends = HashMap::from([(tp("g", 0), 10), (tp("g", 1), 9), (tp("a", 0), 7)]);
+        assert!(log_shortfall(&applied, &ends).is_empty());
+        // A broker that answered nothing says nothing.
+        assert!(log_shortfall(&applied, &HashMap::new()).is_empty());
+        // Emptied partitions, and a topic no longer listed.
+        let ends = HashMap::from([(tp("g", 0), 0), (tp("g", 1), 5)]);
+        assert_eq!(
+            log_shortfall(&applied, &ends),
+            vec![(tp("g", 0), 10, 0), (tp("a", 0), 7, 0)]
+        );
+    }
 
     #[test]
     fn sla_state_follows_the_thresholds() {

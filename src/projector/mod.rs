@@ -71,6 +71,32 @@ pub enum ProjectorError {
     Task(String),
     #[error("{0}")]
     Replay(String),
+    #[error("the event log holds less than showcase `{schema}` has applied: {worst} ({more} partition(s) in all); the broker lost events (memory storage restarted, or its data removed), and reading on would skip or misplace new ones\nhint: docs/operations.md, \"The event log was lost\": recreate the log from the journal (drop capture's slot for a new initial load), then `vitrina replay --restart --new-log`")]
+    LogLost {
+        schema: String,
+        worst: String,
+        more: usize,
+    },
+}
+
+impl ProjectorError {
+    /// [`ProjectorError::LogLost`] when the log ends before what `applied`
+    /// holds on some partition.
+    pub(crate) fn log_lost(
+        schema: &str,
+        applied: &HashMap<Tp, i64>,
+        ends: &HashMap<Tp, i64>,
+    ) -> Option<ProjectorError> {
+        let short = freshness::log_shortfall(applied, ends);
+        let ((topic, partition), at, end) = short.first()?;
+        Some(ProjectorError::LogLost {
+            schema: schema.to_string(),
+            worst: format!(
+                "{topic}[{partition}] ends at offset {end}, the showcase applied up to {at}"
+            ),
+            more: short.len(),
+        })
+    }
 }
 
 impl ProjectorError {
@@ -93,13 +119,22 @@ impl Classify for ProjectorError {
             ProjectorError::Consumer { source, .. } => kafka_kind(source),
             ProjectorError::Connections(_)
             | ProjectorError::Task(_)
-            | ProjectorError::Replay(_) => ErrorKind::Definite,
+            | ProjectorError::Replay(_)
+            | ProjectorError::LogLost { .. } => ErrorKind::Definite,
         }
     }
 }
 
 /// (topic, partition)
 pub type Tp = (String, i32);
+
+/// The log's end offsets, as last read in the background, and which
+/// reading it is.
+#[derive(Default)]
+struct Ends {
+    round: u64,
+    offsets: HashMap<Tp, i64>,
+}
 
 /// A consumer group applying the event topics to one showcase schema.
 /// Gathering the next batch overlaps applying the previous one.
@@ -141,6 +176,12 @@ impl Projection {
             cfg.capture.replication_factor,
         )
         .await?;
+        // The log must hold everything this schema applied: a broker that
+        // lost it would otherwise be read at offsets that mean other events.
+        let ends = kafka::end_offsets(kafka_ep, &topics).await?;
+        if let Some(e) = ProjectorError::log_lost(schema, &stored, &ends) {
+            return Err(e);
+        }
         let consumer: StreamConsumer<SeekToShowcase> = kafka_ep
             .client_config()
             .set("group.id", group)
@@ -359,7 +400,7 @@ impl Projector {
             "projecting"
         );
         // Log end offsets, refreshed in the background for lag.
-        let ends: Arc<Mutex<HashMap<Tp, i64>>> = Arc::default();
+        let ends: Arc<Mutex<Ends>> = Arc::default();
         let lag_task = {
             let (ends, kafka, topics, cancel) = (
                 ends.clone(),
@@ -370,7 +411,9 @@ impl Projector {
             tokio::spawn(async move {
                 while !cancel.is_cancelled() {
                     if let Ok(e) = end_offsets(&kafka, &topics).await {
-                        *ends.lock().unwrap() = e;
+                        let mut ends = ends.lock().unwrap();
+                        ends.round += 1;
+                        ends.offsets = e;
                     }
                     tokio::time::sleep(Duration::from_secs(5)).await;
                 }
@@ -393,7 +436,7 @@ impl Projector {
     async fn project(
         &self,
         p: &mut Projection,
-        ends: &Mutex<HashMap<Tp, i64>>,
+        ends: &Mutex<Ends>,
         cancel: &CancellationToken,
     ) -> Result<(), ProjectorError> {
         let (cfg, p_cfg, health) = (&self.cfg, &self.cfg.projector, &self.health);
@@ -401,10 +444,25 @@ impl Projector {
         let mut sla = Sla::Breached;
         let mut catch_up = false;
         let mut last_status = Instant::now() - Duration::from_secs(10);
+        // Refresh rounds of the log's ends seen, and how many in a row
+        // found the log shorter than what was applied (two in a row stop
+        // the projector: one may be a broker restarting).
+        let (mut round, mut short_rounds) = (0u64, 0u32);
         loop {
             health.beat();
-            let lag_total =
-                freshness::report_lag(&p.offsets(), &p.sink().last_time, &ends.lock().unwrap());
+            let applied = p.offsets();
+            let lag_total = {
+                let ends = ends.lock().unwrap();
+                if ends.round != round {
+                    round = ends.round;
+                    match ProjectorError::log_lost(showcase::SCHEMA, &applied, &ends.offsets) {
+                        Some(e) if short_rounds >= 1 => return Err(e),
+                        Some(_) => short_rounds += 1,
+                        None => short_rounds = 0,
+                    }
+                }
+                freshness::report_lag(&applied, &p.sink().last_time, &ends.offsets)
+            };
             let want_catch_up = sla != Sla::Ok || lag_total > p_cfg.catch_up_batch_size as i64;
             if want_catch_up != catch_up {
                 catch_up = want_catch_up;

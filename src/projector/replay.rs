@@ -53,6 +53,11 @@ pub struct Options {
     pub swap: bool,
     /// Drop an existing shadow instead of resuming it.
     pub restart: bool,
+    /// The log was recreated after a loss: the live showcase's offsets
+    /// mean nothing in it, so the swap neither waits for them nor catches
+    /// up to them (the live projector must be stopped: it refuses to run
+    /// on such a log anyway).
+    pub new_log: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -208,7 +213,8 @@ pub async fn run(
         // it, bring the shadow to exactly its offsets, compare, swap.
         let shadow = p.offsets();
         let waited = Instant::now();
-        while remaining(&live_offsets(&admin).await?, &shadow) > 0
+        while !opts.new_log
+            && remaining(&live_offsets(&admin).await?, &shadow) > 0
             && waited.elapsed() < Duration::from_secs(60)
         {
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -224,7 +230,11 @@ pub async fn run(
         )
         .await
         .map_err(PgError::query("pausing the live projector"))?;
-        let live = live_offsets(&tx).await?;
+        let live = if opts.new_log {
+            p.offsets()
+        } else {
+            live_offsets(&tx).await?
+        };
         let paused = Instant::now();
         while remaining(&p.offsets(), &live) > 0 {
             if paused.elapsed() > Duration::from_secs(120) {
