@@ -315,6 +315,10 @@ pub struct StackConfig {
     pub tansu_bin: PathBuf,
     /// Fixed port for the local broker; 0 picks a free one.
     pub kafka_port: u16,
+    /// Where the local broker keeps the event log: "disk" (a SQLite file
+    /// under `state_dir/kafka`, kept across `down`/`up`) or "memory" (lost
+    /// when the broker stops; fast tests).
+    pub kafka_storage: crate::stack::tansu::Storage,
     /// Seconds to wait for each service to become ready.
     pub ready_timeout_s: u64,
 }
@@ -328,6 +332,7 @@ impl Default for StackConfig {
             pg_max_slot_wal_keep_size_mb: 10_240,
             tansu_bin: PathBuf::from("tansu"),
             kafka_port: 0,
+            kafka_storage: Default::default(),
             ready_timeout_s: 60,
         }
     }

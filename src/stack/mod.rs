@@ -8,12 +8,13 @@
 //!     postgres/data       the cluster (initdb), vitrina.conf, postmaster.pid
 //!     postgres/run        its unix socket
 //!     postgres/postgres.log
+//!     kafka/tansu.db      the event log (stack.kafka_storage = "disk", the default)
 //!     kafka/tansu.log     the broker's output, kafka/tansu.pid
 //! ```
 //!
 //! Invariants:
-//! - `up` is idempotent: services that run are left alone (tansu keeps its
-//!   records in memory, so restarting it would lose the event log).
+//! - `up` is idempotent: services that run are left alone (with memory
+//!   storage, restarting the broker would lose the event log).
 //! - Every service is checked for readiness before `up` returns.
 //! - A missing binary is an error that says how to install it.
 
@@ -255,7 +256,7 @@ impl Stack {
                 running: pid.is_some(),
                 pid,
                 address: state.kafka_port.map(|p| format!("127.0.0.1:{p}")),
-                data: "memory (lost when the broker stops)".into(),
+                data: b.describe_storage(),
                 log: b.log_path().display().to_string(),
             });
         }

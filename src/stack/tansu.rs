@@ -1,8 +1,9 @@
 //! The local Kafka-protocol broker: tansu (crates.io, pinned in
-//! `scripts/bootstrap`) with its memory storage engine, on loopback.
+//! `scripts/bootstrap`) on loopback, keeping the event log in a SQLite file
+//! under its directory (its `libsql` engine; decision 0004), or in memory.
 //!
-//! tansu keeps no records across its own restart, so `start` never restarts a
-//! running broker, and tests inject broker faults with SIGSTOP/SIGCONT.
+//! Memory storage keeps no records across the broker's restart, so `start`
+//! never restarts a running broker.
 
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
@@ -19,6 +20,32 @@ use crate::config::StackConfig;
 /// The tansu release vitrina is tested with (installed by `scripts/bootstrap`).
 pub const TANSU_VERSION: &str = "0.6.0";
 
+/// Where the broker keeps the event log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Storage {
+    /// `kafka/tansu.db` (SQLite, write-ahead log): survives the broker's
+    /// restart, a SIGKILL included.
+    #[default]
+    Disk,
+    /// In the broker's memory: lost when it stops (fast tests).
+    Memory,
+}
+
+/// The file the disk storage keeps, relative to the broker's directory.
+pub const DISK_FILE: &str = "tansu.db";
+
+impl Storage {
+    /// tansu's `--storage-engine` (the SQLite path is taken relative to the
+    /// broker's working directory, its root here).
+    fn engine_url(self) -> String {
+        match self {
+            Storage::Disk => format!("sqlite://{DISK_FILE}"),
+            Storage::Memory => "memory://tansu/".to_string(),
+        }
+    }
+}
+
 pub struct LocalBroker {
     bin: PathBuf,
     root: PathBuf,
@@ -28,6 +55,7 @@ pub struct LocalBroker {
     advertised: Option<String>,
     /// Clients must authenticate (SASL) before anything else.
     authentication: bool,
+    storage: Storage,
 }
 
 impl LocalBroker {
@@ -35,9 +63,28 @@ impl LocalBroker {
         LocalBroker {
             advertised: None,
             authentication: false,
+            storage: cfg.kafka_storage,
             bin: cfg.tansu_bin.clone(),
             root,
             ready_timeout: Duration::from_secs(cfg.ready_timeout_s),
+        }
+    }
+
+    /// Keeps the log in `storage` rather than the configured one.
+    pub fn with_storage(mut self, storage: Storage) -> Self {
+        self.storage = storage;
+        self
+    }
+
+    pub fn storage(&self) -> Storage {
+        self.storage
+    }
+
+    /// Where the log lives, for `status`.
+    pub fn describe_storage(&self) -> String {
+        match self.storage {
+            Storage::Disk => self.root.join(DISK_FILE).display().to_string(),
+            Storage::Memory => "memory (lost when the broker stops)".to_string(),
         }
     }
 
@@ -98,7 +145,7 @@ impl LocalBroker {
             cmd.arg("--authentication");
         }
         let child = cmd
-            .args(["--storage-engine", "memory://tansu/"])
+            .args(["--storage-engine", &self.storage.engine_url()])
             .args(["--listener-url", &url])
             .args([
                 "--advertised-listener-url",
