@@ -156,3 +156,169 @@ async fn a_broker_that_loses_its_log_is_detected_and_the_runbook_rebuilds() {
     common::kill(&mut projector, libc::SIGTERM);
     common::kill(&mut capture, libc::SIGTERM);
 }
+
+/// The disk-backed broker SIGKILLed and started again, twice, under a
+/// workload: capture and the projector ride it out, every event is still on
+/// the topics (they fold to the journal), and the showcase equals the
+/// journal row by row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_disk_log_survives_broker_kills_under_a_workload() {
+    let cfg = common::journal_db("t_broker_kill").await;
+    let db = common::db_name(&cfg);
+    load::load(
+        &cfg,
+        &common::small_region(83, 1, 15, 0.02),
+        2,
+        false,
+        false,
+    )
+    .await
+    .unwrap();
+    let show = common::fresh_db("t_broker_kill_show").await;
+    let show_db = common::db_name(&show);
+    let name = format!("bkill{}", std::process::id());
+    let broker = OwnBroker::start("broker-kill", Storage::Disk);
+    let brokers = broker.brokers();
+    let env: Vec<(&str, &str)> = vec![
+        ("VITRINA_KAFKA__BROKERS", &brokers),
+        ("VITRINA_SHOWCASE__DATABASE", &show_db),
+        ("VITRINA_PROJECTOR__METRICS_LISTEN", "127.0.0.1:0"),
+    ];
+    let log_c = format!("{name}-capture");
+    let log_p = format!("{name}-project");
+    let mut capture = common::spawn_vitrina("capture", &db, &name, &log_c, &env);
+    let mut projector = common::spawn_vitrina("project", &db, &name, &log_p, &env);
+    common::wait_caught_up(&cfg, &name, Duration::from_secs(240)).await;
+    let before = common::read_all_on(&brokers, &name).len();
+
+    let load_task = common::spawn_workload(&cfg, 30, 0, 9);
+    for pause in [5, 8] {
+        tokio::time::sleep(Duration::from_secs(pause)).await;
+        let pid = broker.broker.running_pid().expect("the broker runs");
+        // SAFETY: kill(2) on the broker we started.
+        unsafe {
+            libc::kill(pid, libc::SIGKILL);
+        }
+        let died = Instant::now();
+        while vitrina::stack::process::pid_alive(pid) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        broker.broker.start(broker.port).unwrap();
+        eprintln!(
+            "broker: SIGKILLed, serving again {:.1} s later",
+            died.elapsed().as_secs_f64()
+        );
+    }
+    let report = load_task.await.unwrap();
+    assert_eq!(report.failed_transactions, 0);
+    common::wait_caught_up(&cfg, &name, Duration::from_secs(240)).await;
+    assert!(capture.try_wait().unwrap().is_none(), "capture runs");
+    assert!(
+        projector.try_wait().unwrap().is_none(),
+        "the projector runs"
+    );
+
+    let messages = common::read_all_on(&brokers, &name);
+    assert!(
+        messages.len() > before,
+        "the workload's events are on the topics"
+    );
+    let (got, _) = common::fold(&messages, &name);
+    common::assert_same_state(
+        "topics vs journal",
+        &got,
+        &common::journal_state(&cfg).await,
+    );
+    common::wait_projected_on(&brokers, &show, &name, Duration::from_secs(240)).await;
+    common::assert_showcase_converges(
+        "showcase vs journal",
+        &show,
+        &common::under_consent(&cfg, common::journal_view(&cfg, true).await).await,
+        Duration::from_secs(60),
+    )
+    .await;
+    common::kill(&mut projector, libc::SIGTERM);
+    common::kill(&mut capture, libc::SIGTERM);
+}
+
+/// `down` then `up` of a local stack with disk storage keeps every event:
+/// the same messages, offset for offset; `status` says where the log lives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn down_and_up_keep_every_event() {
+    let dir = std::env::temp_dir().join(format!("vitrina-downup-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let cfg = vitrina::config::Config {
+        state_dir: dir.clone(),
+        ..Default::default()
+    };
+    assert_eq!(cfg.stack.kafka_storage, Storage::Disk, "the default");
+    let stack = vitrina::stack::Stack::new(&cfg).unwrap();
+    let up = {
+        let s = vitrina::stack::Stack::new(&cfg).unwrap();
+        tokio::task::spawn_blocking(move || s.up())
+            .await
+            .unwrap()
+            .unwrap()
+    };
+    let kafka = up.iter().find(|s| s.service == "kafka").unwrap();
+    assert!(kafka.data.ends_with("kafka/tansu.db"), "{}", kafka.data);
+    let brokers = stack.local_services().kafka.expect("a local broker");
+    let topic = "downup.grade.v1".to_string();
+    let ep = vitrina::connections::KafkaEndpoint::new(&brokers);
+    vitrina::kafka::ensure_topics(&ep, std::slice::from_ref(&topic), 3, 1)
+        .await
+        .unwrap();
+    let p = vitrina::kafka::producer(&ep, 5, "lz4", 1_000_000).unwrap();
+    let mut acks = Vec::new();
+    for i in 0..20_000 {
+        let (k, v) = (format!("k{i}"), format!("v{i}"));
+        acks.push(
+            p.send_result(
+                rdkafka::producer::FutureRecord::to(&topic)
+                    .key(&k)
+                    .payload(&v),
+            )
+            .unwrap(),
+        );
+    }
+    for a in acks {
+        a.await.unwrap().unwrap();
+    }
+    drop(p);
+    let read = |brokers: String| {
+        let mut m = common::read_all_on(&brokers, "downup");
+        m.sort();
+        m
+    };
+    let before = tokio::task::spawn_blocking({
+        let b = brokers.clone();
+        move || read(b)
+    })
+    .await
+    .unwrap();
+    assert_eq!(before.len(), 20_000);
+    let s = vitrina::stack::Stack::new(&cfg).unwrap();
+    let stopped = tokio::task::spawn_blocking(move || s.down())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(stopped.contains(&"kafka"), "{stopped:?}");
+    let s = vitrina::stack::Stack::new(&cfg).unwrap();
+    tokio::task::spawn_blocking(move || s.up())
+        .await
+        .unwrap()
+        .unwrap();
+    let brokers = stack.local_services().kafka.expect("a local broker");
+    let after = tokio::task::spawn_blocking(move || read(brokers))
+        .await
+        .unwrap();
+    assert_eq!(after.len(), before.len(), "events after down and up");
+    assert!(after == before, "the same messages");
+    let s = vitrina::stack::Stack::new(&cfg).unwrap();
+    tokio::task::spawn_blocking(move || s.down())
+        .await
+        .unwrap()
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -124,7 +124,7 @@ impl LocalBroker {
         }
         let bin = find_executable(&self.bin).ok_or_else(|| StackError::MissingBinary {
             what: format!("the tansu broker (`{}`)", self.bin.display()),
-            hint: "run scripts/bootstrap (it runs `cargo install tansu --version 0.6.0 --locked`), or set stack.tansu_bin",
+            hint: "run scripts/bootstrap (it runs `cargo install tansu --version 0.6.0 --locked --features dynostore,libsql`), or set stack.tansu_bin",
         })?;
         std::fs::create_dir_all(&self.root).map_err(|e| StackError::Io {
             path: self.root.clone(),
@@ -183,10 +183,21 @@ impl LocalBroker {
                 || metadata_ok(&format!("127.0.0.1:{port}"), self.ready_timeout));
         if !ready {
             process::signal(pid, libc::SIGKILL);
+            let tail = process::tail(&self.log_path(), 20);
+            if tail.contains("FeatureNotEnabled") {
+                return Err(StackError::MissingBinary {
+                    what: format!(
+                        "a tansu built with the storage engine for {} (`{}`)",
+                        self.storage.engine_url(),
+                        bin.display()
+                    ),
+                    hint: "run scripts/bootstrap (it runs `cargo install tansu --version 0.6.0 --locked --features dynostore,libsql`), or set stack.kafka_storage = \"memory\"",
+                });
+            }
             return Err(StackError::NotReady {
                 what: format!("tansu on 127.0.0.1:{port}"),
                 log: self.log_path(),
-                tail: process::tail(&self.log_path(), 20),
+                tail,
             });
         }
         Ok(port)

@@ -532,11 +532,15 @@ pub async fn wait_caught_up(
 /// the current end, without a consumer group): (topic, partition, key,
 /// payload). Not capture's own state topic (JSON, not part of the log).
 pub fn read_all(prefix: &str) -> Vec<(String, i32, Vec<u8>, Vec<u8>)> {
+    read_all_on(stack().brokers(), prefix)
+}
+
+/// [`read_all`] from the broker at `brokers`.
+pub fn read_all_on(brokers: &str, prefix: &str) -> Vec<(String, i32, Vec<u8>, Vec<u8>)> {
     use rdkafka::consumer::{BaseConsumer, Consumer};
     use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
-    let brokers = stack().brokers().to_string();
     let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &brokers)
+        .set("bootstrap.servers", brokers)
         .set("group.id", format!("reader-{prefix}"))
         .set("enable.auto.commit", "false")
         .create()
@@ -544,23 +548,27 @@ pub fn read_all(prefix: &str) -> Vec<(String, i32, Vec<u8>, Vec<u8>)> {
     let md = consumer
         .fetch_metadata(None, std::time::Duration::from_secs(10))
         .unwrap();
+    let names: Vec<String> = md
+        .topics()
+        .iter()
+        .map(|t| t.name().to_string())
+        .filter(|t| {
+            t.starts_with(&format!("{prefix}."))
+                && *t != vitrina::kafka::capture_state_topic(prefix)
+        })
+        .collect();
+    // The true ends (tansu's ListOffsets answers short of them).
+    let all_ends = vitrina::kafka::end_offsets_blocking(
+        &vitrina::connections::KafkaEndpoint::new(brokers),
+        &names,
+    )
+    .unwrap();
     let mut tpl = TopicPartitionList::new();
     let mut ends = std::collections::HashMap::new();
-    for t in md.topics() {
-        if !t.name().starts_with(&format!("{prefix}."))
-            || t.name() == vitrina::kafka::capture_state_topic(prefix)
-        {
-            continue;
-        }
-        for p in t.partitions() {
-            let (_, hi) = consumer
-                .fetch_watermarks(t.name(), p.id(), std::time::Duration::from_secs(10))
-                .unwrap();
-            if hi > 0 {
-                tpl.add_partition_offset(t.name(), p.id(), Offset::Beginning)
-                    .unwrap();
-                ends.insert((t.name().to_string(), p.id()), hi);
-            }
+    for ((t, p), hi) in all_ends {
+        if hi > 0 {
+            tpl.add_partition_offset(&t, p, Offset::Beginning).unwrap();
+            ends.insert((t, p), hi);
         }
     }
     let mut out = Vec::new();
@@ -757,19 +765,27 @@ pub async fn wait_projected_with(
     let md = consumer
         .fetch_metadata(None, Duration::from_secs(10))
         .unwrap();
-    let mut ends = Vec::new();
-    for t in md.topics().iter().filter(|t| {
-        t.name().starts_with(&format!("{prefix}."))
-            && !t.name().ends_with("deadletter.v1")
-            && t.name() != vitrina::kafka::capture_state_topic(prefix)
-    }) {
-        for p in t.partitions() {
-            let (_, hi) = consumer
-                .fetch_watermarks(t.name(), p.id(), Duration::from_secs(10))
-                .unwrap();
-            ends.push((t.name().to_string(), p.id(), hi));
-        }
+    let names: Vec<String> = md
+        .topics()
+        .iter()
+        .map(|t| t.name().to_string())
+        .filter(|t| {
+            t.starts_with(&format!("{prefix}."))
+                && !t.ends_with("deadletter.v1")
+                && *t != vitrina::kafka::capture_state_topic(prefix)
+        })
+        .collect();
+    let mut kafka = vitrina::connections::KafkaEndpoint::new(brokers);
+    for (k, v) in props {
+        kafka.properties.0.insert(k.to_string(), v.to_string());
     }
+    // The true ends (tansu's ListOffsets answers short of them).
+    let ends: Vec<(String, i32, i64)> = vitrina::kafka::end_offsets(&kafka, &names)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|((t, p), hi)| (t, p, hi))
+        .collect();
     let c = vitrina::pg::connect(showcase).await.unwrap();
     let deadline = std::time::Instant::now() + timeout;
     loop {
