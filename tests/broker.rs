@@ -250,9 +250,12 @@ async fn down_and_up_keep_every_event() {
     let _ = std::fs::remove_dir_all(&dir);
     let cfg = vitrina::config::Config {
         state_dir: dir.clone(),
+        stack: vitrina::config::StackConfig {
+            kafka_storage: Storage::Disk,
+            ..Default::default()
+        },
         ..Default::default()
     };
-    assert_eq!(cfg.stack.kafka_storage, Storage::Disk, "the default");
     let stack = vitrina::stack::Stack::new(&cfg).unwrap();
     let up = {
         let s = vitrina::stack::Stack::new(&cfg).unwrap();

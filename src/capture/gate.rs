@@ -439,7 +439,7 @@ impl Gate {
             self.active.remove(&student);
         }
         metrics::gauge!(obs::CAPTURE_CONSENTING).set(self.active.len() as f64);
-        tracing::info!(
+        tracing::debug!(
             granted = active,
             "medical-data consent changed for a student; {} the restricted topic",
             if active {

@@ -315,9 +315,10 @@ pub struct StackConfig {
     pub tansu_bin: PathBuf,
     /// Fixed port for the local broker; 0 picks a free one.
     pub kafka_port: u16,
-    /// Where the local broker keeps the event log: "disk" (a SQLite file
-    /// under `state_dir/kafka`, kept across `down`/`up`) or "memory" (lost
-    /// when the broker stops; fast tests).
+    /// Where the local broker keeps the event log: "memory" (lost when the
+    /// broker stops, detected by both stages) or "disk" (a SQLite file under
+    /// `state_dir/kafka`, kept across `down`/`up`; slows down as the log
+    /// grows, see decision 0004).
     pub kafka_storage: crate::stack::tansu::Storage,
     /// Seconds to wait for each service to become ready.
     pub ready_timeout_s: u64,

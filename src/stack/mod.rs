@@ -8,7 +8,7 @@
 //!     postgres/data       the cluster (initdb), vitrina.conf, postmaster.pid
 //!     postgres/run        its unix socket
 //!     postgres/postgres.log
-//!     kafka/tansu.db      the event log (stack.kafka_storage = "disk", the default)
+//!     kafka/tansu.db      the event log, with stack.kafka_storage = "disk"
 //!     kafka/tansu.log     the broker's output, kafka/tansu.pid
 //! ```
 //!
