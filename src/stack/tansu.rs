@@ -28,8 +28,8 @@ pub enum Storage {
     /// loss (decision 0004).
     #[default]
     Memory,
-    /// `kafka/tansu.db` (SQLite, write-ahead log): survives the broker's
-    /// restart, a SIGKILL included, but slows down as the log grows
+    /// `kafka/tansu.db` (SQLite, write-ahead log): survives `down`/`up`;
+    /// seen losing acknowledged records on a SIGKILL; slows down as the log grows
     /// (decision 0004: answered at once after a restart with 604,000
     /// events, not for minutes with 2.9 million).
     Disk,
