@@ -4,6 +4,7 @@
 
 mod common;
 
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use vitrina::region::load;
@@ -43,6 +44,74 @@ impl Drop for OwnBroker {
     }
 }
 
+/// A loaded journal, an empty showcase and a broker of the test's own, with
+/// capture and the projector running on them (slot, publication and topic
+/// prefix `name`; logs `<name>-capture`, `<name>-project`).
+struct Pipeline {
+    cfg: tokio_postgres::Config,
+    db: String,
+    show: tokio_postgres::Config,
+    show_db: String,
+    name: String,
+    broker: OwnBroker,
+    brokers: String,
+    log_c: String,
+    log_p: String,
+}
+
+impl Pipeline {
+    async fn start(tag: &str, seed: u64, storage: Storage) -> (Pipeline, Child, Child) {
+        let cfg = common::journal_db(&format!("t_{tag}")).await;
+        let db = common::db_name(&cfg);
+        load::load(
+            &cfg,
+            &common::small_region(seed, 1, 15, 0.02),
+            2,
+            false,
+            false,
+        )
+        .await
+        .unwrap();
+        let show = common::fresh_db(&format!("t_{tag}_show")).await;
+        let show_db = common::db_name(&show);
+        let name = format!("{}{}", tag.replace('_', ""), std::process::id());
+        let broker = OwnBroker::start(&tag.replace('_', "-"), storage);
+        let brokers = broker.brokers();
+        let p = Pipeline {
+            log_c: format!("{name}-capture"),
+            log_p: format!("{name}-project"),
+            cfg,
+            db,
+            show,
+            show_db,
+            name,
+            broker,
+            brokers,
+        };
+        let capture = p.spawn("capture");
+        let projector = p.spawn("project");
+        (p, capture, projector)
+    }
+
+    fn env(&self) -> Vec<(&str, &str)> {
+        vec![
+            ("VITRINA_KAFKA__BROKERS", &self.brokers),
+            ("VITRINA_SHOWCASE__DATABASE", &self.show_db),
+            ("VITRINA_PROJECTOR__METRICS_LISTEN", "127.0.0.1:0"),
+        ]
+    }
+
+    /// `vitrina capture` or `vitrina project`, logging to its log.
+    fn spawn(&self, command: &str) -> Child {
+        let log = if command == "capture" {
+            &self.log_c
+        } else {
+            &self.log_p
+        };
+        common::spawn_vitrina(command, &self.db, &self.name, log, &self.env())
+    }
+}
+
 /// Waits (`within` at most) for a stage to stop by itself; its exit code.
 async fn stops_by_itself(child: &mut std::process::Child, log: &str, within: Duration) -> i32 {
     let deadline = Instant::now() + within;
@@ -69,31 +138,15 @@ async fn stops_by_itself(child: &mut std::process::Child, log: &str, within: Dur
 /// to the journal.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_that_loses_its_log_is_detected_and_the_runbook_rebuilds() {
-    let cfg = common::journal_db("t_lost_log").await;
-    let db = common::db_name(&cfg);
-    load::load(
-        &cfg,
-        &common::small_region(81, 1, 15, 0.02),
-        2,
-        false,
-        false,
-    )
-    .await
-    .unwrap();
-    let show = common::fresh_db("t_lost_log_show").await;
-    let show_db = common::db_name(&show);
-    let name = format!("lost{}", std::process::id());
-    let broker = OwnBroker::start("lost-log", Storage::Memory);
-    let brokers = broker.brokers();
-    let env: Vec<(&str, &str)> = vec![
-        ("VITRINA_KAFKA__BROKERS", &brokers),
-        ("VITRINA_SHOWCASE__DATABASE", &show_db),
-        ("VITRINA_PROJECTOR__METRICS_LISTEN", "127.0.0.1:0"),
-    ];
-    let log_c = format!("{name}-capture");
-    let log_p = format!("{name}-project");
-    let mut capture = common::spawn_vitrina("capture", &db, &name, &log_c, &env);
-    let mut projector = common::spawn_vitrina("project", &db, &name, &log_p, &env);
+    let (p, mut capture, mut projector) = Pipeline::start("lost_log", 81, Storage::Memory).await;
+    let (cfg, db, show, name) = (p.cfg.clone(), p.db.clone(), p.show.clone(), p.name.clone());
+    let (brokers, log_c, log_p, broker) = (
+        p.brokers.clone(),
+        p.log_c.clone(),
+        p.log_p.clone(),
+        &p.broker,
+    );
+    let env = p.env();
     common::wait_caught_up(&cfg, &name, Duration::from_secs(240)).await;
     common::wait_projected_on(&brokers, &show, &name, Duration::from_secs(240)).await;
 
@@ -141,12 +194,12 @@ async fn a_broker_that_loses_its_log_is_detected_and_the_runbook_rebuilds() {
         String::from_utf8_lossy(&out.stderr)
     );
     let mut projector = common::spawn_vitrina("project", &db, &name, &log_p, &env);
-    common::wait_projected_on(&brokers, &show, &name, Duration::from_secs(240)).await;
-    common::assert_showcase_converges(
-        "showcase vs journal after the rebuild",
+    common::assert_projected_equals_journal(
+        &brokers,
+        &cfg,
         &show,
-        &common::under_consent(&cfg, common::journal_view(&cfg, true).await).await,
-        Duration::from_secs(60),
+        &name,
+        "showcase vs journal after the rebuild",
     )
     .await;
     assert!(
@@ -171,31 +224,9 @@ async fn a_broker_that_loses_its_log_is_detected_and_the_runbook_rebuilds() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "finds a known defect: tansu's SQLite engine loses acknowledged records on SIGKILL"]
 async fn the_disk_log_survives_broker_kills_under_a_workload() {
-    let cfg = common::journal_db("t_broker_kill").await;
-    let db = common::db_name(&cfg);
-    load::load(
-        &cfg,
-        &common::small_region(83, 1, 15, 0.02),
-        2,
-        false,
-        false,
-    )
-    .await
-    .unwrap();
-    let show = common::fresh_db("t_broker_kill_show").await;
-    let show_db = common::db_name(&show);
-    let name = format!("bkill{}", std::process::id());
-    let broker = OwnBroker::start("broker-kill", Storage::Disk);
-    let brokers = broker.brokers();
-    let env: Vec<(&str, &str)> = vec![
-        ("VITRINA_KAFKA__BROKERS", &brokers),
-        ("VITRINA_SHOWCASE__DATABASE", &show_db),
-        ("VITRINA_PROJECTOR__METRICS_LISTEN", "127.0.0.1:0"),
-    ];
-    let log_c = format!("{name}-capture");
-    let log_p = format!("{name}-project");
-    let mut capture = common::spawn_vitrina("capture", &db, &name, &log_c, &env);
-    let mut projector = common::spawn_vitrina("project", &db, &name, &log_p, &env);
+    let (p, mut capture, mut projector) = Pipeline::start("broker_kill", 83, Storage::Disk).await;
+    let (cfg, show, name) = (p.cfg.clone(), p.show.clone(), p.name.clone());
+    let (brokers, broker) = (p.brokers.clone(), &p.broker);
     common::wait_caught_up(&cfg, &name, Duration::from_secs(240)).await;
     let before = common::read_all_on(&brokers, &name).len();
 
@@ -238,14 +269,8 @@ async fn the_disk_log_survives_broker_kills_under_a_workload() {
         &got,
         &common::journal_state(&cfg).await,
     );
-    common::wait_projected_on(&brokers, &show, &name, Duration::from_secs(240)).await;
-    common::assert_showcase_converges(
-        "showcase vs journal",
-        &show,
-        &common::under_consent(&cfg, common::journal_view(&cfg, true).await).await,
-        Duration::from_secs(60),
-    )
-    .await;
+    common::assert_projected_equals_journal(&brokers, &cfg, &show, &name, "showcase vs journal")
+        .await;
     common::kill(&mut projector, libc::SIGTERM);
     common::kill(&mut capture, libc::SIGTERM);
 }

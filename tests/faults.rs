@@ -70,12 +70,12 @@ async fn compare(
     showcase: &tokio_postgres::Config,
     name: &str,
 ) {
-    common::wait_projected_on(brokers, showcase, name, Duration::from_secs(240)).await;
-    common::assert_showcase_converges(
-        "showcase vs journal",
+    common::assert_projected_equals_journal(
+        brokers,
+        journal,
         showcase,
-        &common::under_consent(journal, common::journal_view(journal, true).await).await,
-        Duration::from_secs(60),
+        name,
+        "showcase vs journal",
     )
     .await;
 }

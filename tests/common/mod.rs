@@ -525,6 +525,39 @@ pub async fn wait_caught_up(
     }
 }
 
+/// The topics of `prefix` in `md`, without capture's own state topic (and
+/// without the dead-letter topic unless `dead_letters`).
+fn log_topics(md: &rdkafka::metadata::Metadata, prefix: &str, dead_letters: bool) -> Vec<String> {
+    md.topics()
+        .iter()
+        .map(|t| t.name().to_string())
+        .filter(|t| {
+            t.starts_with(&format!("{prefix}."))
+                && (dead_letters || !t.ends_with("deadletter.v1"))
+                && *t != vitrina::kafka::capture_state_topic(prefix)
+        })
+        .collect()
+}
+
+/// Waits until the projector has applied the whole log at `brokers`, then
+/// until the showcase equals the journal (under the consent rule).
+pub async fn assert_projected_equals_journal(
+    brokers: &str,
+    journal: &tokio_postgres::Config,
+    showcase: &tokio_postgres::Config,
+    name: &str,
+    what: &str,
+) {
+    wait_projected_on(brokers, showcase, name, std::time::Duration::from_secs(240)).await;
+    assert_showcase_converges(
+        what,
+        showcase,
+        &under_consent(journal, journal_view(journal, true).await).await,
+        std::time::Duration::from_secs(60),
+    )
+    .await;
+}
+
 /// Every message of every topic with `prefix` (read from the beginning to
 /// the current end, without a consumer group): (topic, partition, key,
 /// payload). Not capture's own state topic (JSON, not part of the log).
@@ -545,15 +578,7 @@ pub fn read_all_on(brokers: &str, prefix: &str) -> Vec<(String, i32, Vec<u8>, Ve
     let md = consumer
         .fetch_metadata(None, std::time::Duration::from_secs(10))
         .unwrap();
-    let names: Vec<String> = md
-        .topics()
-        .iter()
-        .map(|t| t.name().to_string())
-        .filter(|t| {
-            t.starts_with(&format!("{prefix}."))
-                && *t != vitrina::kafka::capture_state_topic(prefix)
-        })
-        .collect();
+    let names = log_topics(&md, prefix, true);
     // The true ends (tansu's ListOffsets answers short of them).
     let all_ends = vitrina::kafka::end_offsets_blocking(
         &vitrina::connections::KafkaEndpoint::new(brokers),
@@ -762,16 +787,7 @@ pub async fn wait_projected_with(
     let md = consumer
         .fetch_metadata(None, Duration::from_secs(10))
         .unwrap();
-    let names: Vec<String> = md
-        .topics()
-        .iter()
-        .map(|t| t.name().to_string())
-        .filter(|t| {
-            t.starts_with(&format!("{prefix}."))
-                && !t.ends_with("deadletter.v1")
-                && *t != vitrina::kafka::capture_state_topic(prefix)
-        })
-        .collect();
+    let names = log_topics(&md, prefix, false);
     let mut kafka = vitrina::connections::KafkaEndpoint::new(brokers);
     for (k, v) in props {
         kafka.properties.0.insert(k.to_string(), v.to_string());
