@@ -155,7 +155,9 @@ impl LocalBroker {
                 self.advertised.as_deref().unwrap_or(&url),
             ])
             .current_dir(&self.root)
-            .env("RUST_LOG", "warn")
+            // The group coordinator's decisions (members expired, leaders
+            // chosen) at info: few lines, and what a stalled group needs.
+            .env("RUST_LOG", "warn,tansu_broker::coordinator=info")
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log2)
