@@ -7,6 +7,7 @@ use std::time::Duration;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::RDKafkaErrorCode;
+use rdkafka::message::Message as _;
 use rdkafka::producer::FutureProducer;
 use rdkafka::{config::RDKafkaLogLevel, ClientContext};
 
@@ -37,6 +38,8 @@ pub enum KafkaError {
     Refused(String),
     #[error("Kafka task failed: {0}")]
     Task(String),
+    #[error("Kafka: {0}\nhint: is the broker up and answering (`vitrina status`)?")]
+    Timeout(String),
 }
 
 impl Classify for KafkaError {
@@ -46,6 +49,7 @@ impl Classify for KafkaError {
             | KafkaError::Topic { source, .. }
             | KafkaError::Metadata { source, .. } => kafka_kind(source),
             KafkaError::Refused(_) | KafkaError::Task(_) => ErrorKind::Definite,
+            KafkaError::Timeout(_) => ErrorKind::Transient,
         }
     }
 }
@@ -445,6 +449,112 @@ fn fetched_high_watermark(
     };
     (err == rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR && high >= 0)
         .then_some(high)
+}
+
+/// A record read back: offset, key, value.
+pub type Record = (i64, Option<Vec<u8>>, Option<Vec<u8>>);
+
+/// Every record of `topic[partition]` from offset `from` up to its end (as
+/// [`end_offsets_blocking`] reads it), on the calling thread. For small
+/// bookkeeping topics; gives up after `timeout` without reaching the end.
+pub fn read_partition_blocking(
+    kafka: &KafkaEndpoint,
+    topic: &str,
+    partition: i32,
+    from: i64,
+    timeout: Duration,
+) -> Result<Vec<Record>, KafkaError> {
+    Ok(
+        read_partitions_blocking(kafka, &[(topic.to_string(), partition, from)], timeout)?
+            .remove(&(topic.to_string(), partition))
+            .unwrap_or_default(),
+    )
+}
+
+/// [`read_partition_blocking`] for several partitions at once: one reading
+/// of the ends, one consumer.
+pub fn read_partitions_blocking(
+    kafka: &KafkaEndpoint,
+    what: &[(String, i32, i64)],
+    timeout: Duration,
+) -> Result<HashMap<(String, i32), Vec<Record>>, KafkaError> {
+    let mut topics: Vec<String> = what.iter().map(|w| w.0.clone()).collect();
+    topics.dedup();
+    let ends = end_offsets_blocking(kafka, &topics)?;
+    let mut out: HashMap<(String, i32), Vec<Record>> = HashMap::new();
+    let mut next: HashMap<(String, i32), (i64, i64)> = HashMap::new();
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for (t, p, from) in what {
+        out.insert((t.clone(), *p), Vec::new());
+        let end = ends.get(&(t.clone(), *p)).copied().unwrap_or(0);
+        if *from < end {
+            next.insert((t.clone(), *p), (*from, end));
+            tpl.add_partition_offset(t, *p, rdkafka::Offset::Offset(*from))
+                .map_err(|e| KafkaError::Metadata {
+                    what: format!("assigning {t}[{p}]"),
+                    source: e,
+                })?;
+        }
+    }
+    if next.is_empty() {
+        return Ok(out);
+    }
+    let consumer: BaseConsumer<Context> = kafka
+        .client_config()
+        .set("log_level", "3")
+        // Assigned, never subscribed nor committed: the id names no group.
+        .set("group.id", "vitrina-reader")
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("fetch.wait.max.ms", "10")
+        .create_with_context(Context)
+        .map_err(|e| KafkaError::Client {
+            brokers: kafka.brokers.clone(),
+            source: e,
+        })?;
+    consumer.assign(&tpl).map_err(|e| KafkaError::Metadata {
+        what: "assigning partitions to read".into(),
+        source: e,
+    })?;
+    let deadline = std::time::Instant::now() + timeout;
+    while !next.is_empty() {
+        match consumer.poll(Duration::from_millis(50)) {
+            Some(Ok(m)) => {
+                let k = (m.topic().to_string(), m.partition());
+                let Some((at, end)) = next.get_mut(&k) else {
+                    continue;
+                };
+                if m.offset() < *at {
+                    continue;
+                }
+                *at = m.offset() + 1;
+                let done = *at >= *end;
+                out.entry(k.clone()).or_default().push((
+                    m.offset(),
+                    m.key().map(<[u8]>::to_vec),
+                    m.payload().map(<[u8]>::to_vec),
+                ));
+                if done {
+                    next.remove(&k);
+                }
+            }
+            Some(Err(e)) => {
+                return Err(KafkaError::Metadata {
+                    what: "reading partitions".into(),
+                    source: e,
+                })
+            }
+            None if std::time::Instant::now() > deadline => {
+                let ((t, p), (at, end)) = next.iter().next().expect("not empty");
+                return Err(KafkaError::Timeout(format!(
+                    "reading {t}[{p}]: reached offset {at}, not its end {end}, within {} s",
+                    timeout.as_secs()
+                )));
+            }
+            None => {}
+        }
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

@@ -59,6 +59,7 @@ pub mod pg;
 pub mod privacy;
 pub mod progress;
 pub mod projector;
+pub mod prostore;
 pub mod region;
 pub mod showcase;
 pub mod stack;

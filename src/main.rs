@@ -92,6 +92,11 @@ enum Command {
     },
     /// Project the event topics into the showcase database (until SIGINT/SIGTERM).
     Project,
+    /// The ProStore upload feed for the standard regional showcase.
+    Prostore {
+        #[command(subcommand)]
+        what: ProstoreWhat,
+    },
     /// Run the quality checks (completeness, actuality, consistency, connectedness) over the showcase and report.
     Quality {
         /// Print the report as JSON.
@@ -133,6 +138,16 @@ enum Command {
         #[arg(long, default_value_t = 300)]
         students_per_school: u32,
     },
+}
+
+#[derive(Subcommand)]
+enum ProstoreWhat {
+    /// Print ProStore's CREATE TABLE and CREATE UPLOAD EXTERNAL TABLE statements for every table.
+    Ddl,
+    /// Feed the upload topics from the event log in numbered deltas (until SIGINT/SIGTERM).
+    Feed,
+    /// Print the delta manifest (plans and commits), one JSON object per line.
+    Manifest,
 }
 
 #[derive(Subcommand)]
@@ -428,6 +443,65 @@ async fn run(command: Command, mut cfg: Config, ctx: Ctx) -> Result<()> {
             )
             .await?;
         }
+        Command::Prostore { what } => match what {
+            ProstoreWhat::Ddl => {
+                // The brokers ProStore reads from: the configured or local
+                // ones, else a placeholder to replace.
+                let brokers = Stack::new(&cfg)
+                    .ok()
+                    .and_then(|s| s.connections().ok())
+                    .and_then(|c| c.kafka().ok().map(|k| k.brokers.clone()))
+                    .unwrap_or_else(|| "KAFKA_BROKERS".into());
+                print!(
+                    "{}",
+                    vitrina::prostore::ddl(
+                        &cfg.prostore.datamart,
+                        &brokers,
+                        &cfg.capture.topic_prefix,
+                        cfg.prostore.records_per_message,
+                    )
+                );
+            }
+            ProstoreWhat::Manifest => {
+                let kafka = Stack::new(&cfg)?.connections()?.kafka()?.clone();
+                let prefix = cfg.capture.topic_prefix.clone();
+                let records = tokio::task::spawn_blocking(move || {
+                    vitrina::prostore::feed::read_manifest(&kafka, &prefix)
+                })
+                .await??;
+                for r in records {
+                    println!("{}", serde_json::to_string(&r)?);
+                }
+            }
+            ProstoreWhat::Feed => {
+                let conns = Stack::new(&cfg)?.connections()?;
+                let kafka = conns.kafka()?;
+                let health = std::sync::Arc::new(vitrina::http::Health::new(
+                    std::time::Duration::from_secs(3600),
+                ));
+                health.ready();
+                vitrina::http::serve(&cfg.prostore.metrics_listen, health)
+                    .await
+                    .map_err(anyhow::Error::msg)?;
+                vitrina::observability::describe_prostore();
+                let cancel = shutdown_on_signal();
+                supervise(
+                    "prostore",
+                    restart_backoff(),
+                    HEALTHY_AFTER,
+                    &cancel,
+                    || {
+                        let (cfg, kafka, cancel) = (cfg.clone(), kafka.clone(), cancel.clone());
+                        async move {
+                            vitrina::prostore::feed::Feed::new(&cfg, kafka)?
+                                .run(cancel)
+                                .await
+                        }
+                    },
+                )
+                .await?;
+            }
+        },
         Command::Quality { json } => {
             let conns = Stack::new(&cfg)?.connections()?;
             let c = pg::connect(&conns.showcase()?.config()).await?;

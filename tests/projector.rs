@@ -127,10 +127,14 @@ async fn showcase_equals_the_journal_after_a_workload_with_the_projector_killed_
         "alive though not ready"
     );
     let (_, metrics) = common::http_get(&listen, "/metrics");
-    assert!(
-        metrics.contains("vitrina_showcase_sla_breaches_total 1"),
-        "{metrics}"
-    );
+    // At least this breach (a loaded machine may have seen an earlier one
+    // while the last projector caught up).
+    let breaches: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("vitrina_showcase_sla_breaches_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0);
+    assert!(breaches >= 1.0, "{metrics}");
     assert!(
         metrics.contains("vitrina_projector_catch_up_mode 1"),
         "{metrics}"

@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 mod sections;
 pub use sections::{
     Assignment, CaptureConfig, DatabaseConfig, Hashing, KafkaConfig, KafkaProperties,
-    ProjectorConfig, RegionConfig, StackConfig, WorkloadConfig,
+    ProjectorConfig, ProstoreConfig, RegionConfig, StackConfig, WorkloadConfig,
 };
 
 /// librdkafka properties vitrina owns: the servers, and what its
@@ -114,6 +114,7 @@ pub struct Config {
     pub workload: WorkloadConfig,
     pub capture: CaptureConfig,
     pub projector: ProjectorConfig,
+    pub prostore: ProstoreConfig,
 }
 
 impl Default for Config {
@@ -128,6 +129,7 @@ impl Default for Config {
             workload: WorkloadConfig::default(),
             capture: CaptureConfig::default(),
             projector: ProjectorConfig::default(),
+            prostore: ProstoreConfig::default(),
         }
     }
 }
@@ -393,6 +395,18 @@ impl Config {
         }
         if c.heartbeat_interval_ms < 100 {
             return bad("capture.heartbeat_interval_ms", "must be at least 100");
+        }
+        if self.prostore.delta_interval_ms < 1000 {
+            return bad(
+                "prostore.delta_interval_ms",
+                "must be at least 1000 (ProStore wants delta commits at least 1 s apart)",
+            );
+        }
+        if self.prostore.records_per_message == 0 || self.prostore.max_delta_changes == 0 {
+            return bad(
+                "prostore.records_per_message",
+                "records_per_message and max_delta_changes must be at least 1",
+            );
         }
         if c.hashing == Hashing::Keyed && c.hmac_key.as_ref().is_none_or(|k| k.expose().len() < 16)
         {

@@ -400,3 +400,35 @@ impl Default for WorkloadConfig {
         }
     }
 }
+
+/// The ProStore upload feed (`vitrina prostore feed`): the showcase's tables
+/// as deltas of Avro container files for the standard regional showcase.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProstoreConfig {
+    /// A delta is cut this often (when anything changed). ProStore wants
+    /// commits at least 1 s apart.
+    pub delta_interval_ms: u64,
+    /// Records per upload message (one Avro container file); fewer where a
+    /// file would exceed `capture.max_message_bytes`.
+    pub records_per_message: usize,
+    /// A delta is cut early once it holds this many changes (the initial
+    /// history arrives as a series of such deltas).
+    pub max_delta_changes: usize,
+    /// ProStore logical database in `vitrina prostore ddl`.
+    pub datamart: String,
+    /// Prometheus exporter address of the feed.
+    pub metrics_listen: String,
+}
+
+impl Default for ProstoreConfig {
+    fn default() -> Self {
+        ProstoreConfig {
+            delta_interval_ms: 10_000,
+            records_per_message: 1000,
+            max_delta_changes: 200_000,
+            datamart: "vitrina".into(),
+            metrics_listen: "127.0.0.1:9467".into(),
+        }
+    }
+}

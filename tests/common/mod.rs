@@ -196,7 +196,7 @@ pub fn spawn_vitrina(
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_vitrina"));
     child_env(&mut cmd, db, name);
     cmd.envs(env.iter().copied())
-        .arg(command)
+        .args(command.split_whitespace())
         .stdout(out.try_clone().unwrap())
         .stderr(out);
     dies_with_test(&mut cmd);
@@ -533,6 +533,7 @@ fn log_topics(md: &rdkafka::metadata::Metadata, prefix: &str, dead_letters: bool
         .map(|t| t.name().to_string())
         .filter(|t| {
             t.starts_with(&format!("{prefix}."))
+                && t.ends_with(".v1")
                 && (dead_letters || !t.ends_with("deadletter.v1"))
                 && *t != vitrina::kafka::capture_state_topic(prefix)
         })

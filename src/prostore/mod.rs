@@ -1,0 +1,279 @@
+//! The ProStore upload feed: the showcase's tables as the standard regional
+//! showcase software (ProStore) ingests them from Kafka.
+//!
+//! Layout of one upload message (ProStore's "upload format"): the value is
+//! an Avro Object Container File with its schema embedded, holding many
+//! records; the record is flat (primitives, unions with null, `date`,
+//! `time-micros`, `timestamp-micros`) and its fields follow the target
+//! table's columns in order, with `sys_op` last (0 insert or update, 1
+//! delete).
+//!
+//! A table here is a showcase table of the event contract: `key`, the
+//! contract's fields, the source position and commit time and the event id
+//! of the row's latest change, then `sys_op`. The message key is free in
+//! ProStore; ours is `<delta>:<table>:<chunk>/<chunks>` ([`feed`]).
+//!
+//! Invariants:
+//! - No medical detail: fields of class `Medical` are always null, and a
+//!   `MedicalWhen` field is null on the rows it is medical for, whatever an
+//!   event carries (the general topics already carry them so; this is the
+//!   federal boundary, so it is enforced again here).
+//! - Free text is what capture published (names and documents replaced).
+
+pub mod feed;
+
+use apache_avro::types::Value;
+use apache_avro::Schema;
+
+use crate::events::contract::{Class, Entity, Ty, ENTITIES};
+use crate::events::{Event, Op, Val};
+
+/// The upload topic of `entity`'s table: `<prefix>.prostore.<entity>`.
+pub fn upload_topic(prefix: &str, entity: &str) -> String {
+    format!("{prefix}.prostore.{entity}")
+}
+
+/// The delta manifest: plans and commits of every delta, in order.
+pub fn manifest_topic(prefix: &str) -> String {
+    format!("{prefix}.prostore.deltas")
+}
+
+/// A column after `key` and the contract's fields.
+const TRAILER: [(&str, &str, &str); 4] = [
+    ("source_commit_lsn", "\"long\"", "BIGINT"),
+    ("source_lsn", "\"long\"", "BIGINT"),
+    (
+        "source_commit_time",
+        "{\"type\": \"long\", \"logicalType\": \"timestamp-micros\"}",
+        "TIMESTAMP(6)",
+    ),
+    ("event_id", "\"string\"", "VARCHAR"),
+];
+
+fn avro_type(ty: Ty) -> &'static str {
+    match ty {
+        Ty::Long => "\"long\"",
+        Ty::Int => "\"int\"",
+        Ty::Double => "\"double\"",
+        Ty::Bool => "\"boolean\"",
+        Ty::Str => "\"string\"",
+        Ty::Date => "{\"type\": \"int\", \"logicalType\": \"date\"}",
+        Ty::Timestamp => "{\"type\": \"long\", \"logicalType\": \"timestamp-micros\"}",
+        Ty::Time => "{\"type\": \"long\", \"logicalType\": \"time-micros\"}",
+    }
+}
+
+/// ProStore's logical type for a contract type (its `BIGINT` is an Avro
+/// long, `INT32` an int).
+fn prostore_type(ty: Ty) -> &'static str {
+    match ty {
+        Ty::Long => "BIGINT",
+        Ty::Int => "INT32",
+        Ty::Double => "DOUBLE",
+        Ty::Bool => "BOOLEAN",
+        Ty::Str => "VARCHAR",
+        Ty::Date => "DATE",
+        Ty::Timestamp => "TIMESTAMP(6)",
+        Ty::Time => "TIME(6)",
+    }
+}
+
+/// The upload record's Avro schema (JSON) for `e`'s table. Every contract
+/// field is nullable: a delete carries only the key and the position.
+pub fn schema_json(e: &Entity) -> String {
+    let mut fields = vec!["{\"name\": \"key\", \"type\": \"string\"}".to_string()];
+    for f in e.fields {
+        fields.push(format!(
+            "{{\"name\": \"{}\", \"type\": [\"null\", {}], \"default\": null}}",
+            f.name,
+            avro_type(f.ty)
+        ));
+    }
+    for (name, ty, _) in TRAILER {
+        fields.push(format!("{{\"name\": \"{name}\", \"type\": {ty}}}"));
+    }
+    fields.push("{\"name\": \"sys_op\", \"type\": \"int\"}".into());
+    format!(
+        "{{\"type\": \"record\", \"name\": \"{}Upload\", \"namespace\": \"vitrina.prostore\", \"fields\": [{}]}}",
+        e.record,
+        fields.join(", ")
+    )
+}
+
+/// [`schema_json`] parsed.
+pub fn schema(e: &Entity) -> Schema {
+    Schema::parse_str(&schema_json(e)).expect("the upload schema is valid Avro")
+}
+
+/// The columns of `e`'s table as ProStore declares them.
+fn columns(e: &Entity) -> Vec<String> {
+    let mut cols = vec!["  key VARCHAR NOT NULL".to_string()];
+    for f in e.fields {
+        cols.push(format!("  {} {} NULL", f.name, prostore_type(f.ty)));
+    }
+    for (name, _, ty) in TRAILER {
+        cols.push(format!("  {name} {ty} NOT NULL"));
+    }
+    cols
+}
+
+/// `CREATE TABLE` and `CREATE UPLOAD EXTERNAL TABLE` for every table of the
+/// contract in logical database `datamart`, reading from `brokers`.
+pub fn ddl(datamart: &str, brokers: &str, prefix: &str, message_limit: usize) -> String {
+    let mut out = format!(
+        "-- vitrina's ProStore upload contract: one logical table per showcase table.\n\
+         -- Load a delta as its manifest on {} says (docs/prostore.md).\n",
+        manifest_topic(prefix)
+    );
+    for e in ENTITIES {
+        let cols = columns(e);
+        out.push_str(&format!(
+            "\nCREATE TABLE IF NOT EXISTS {datamart}.{name} (\n{cols},\n  PRIMARY KEY (key)\n) DISTRIBUTED BY (key);\n\n\
+             CREATE UPLOAD EXTERNAL TABLE IF NOT EXISTS {datamart}.{name}_ext_upload (\n{cols}\n)\n\
+             LOCATION 'kafka_brokers://{brokers}/{topic}'\nFORMAT 'AVRO'\nMESSAGE_LIMIT {message_limit};\n",
+            name = e.name,
+            cols = cols.join(",\n"),
+            topic = upload_topic(prefix, e.name),
+        ));
+    }
+    out
+}
+
+/// A table row as the feed holds it: the latest change of one key.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Row {
+    pub key: String,
+    /// The contract's fields; `None` for a delete.
+    pub after: Option<Vec<Val>>,
+    pub commit_lsn: u64,
+    pub lsn: u64,
+    pub commit_time_micros: i64,
+    pub event_id: String,
+}
+
+impl Row {
+    /// The row an event leaves, medical detail nulled ([module docs](self)).
+    pub fn of(e: &Event) -> Row {
+        let after = match e.op {
+            Op::Delete | Op::Truncate => None,
+            Op::Create | Op::Update | Op::Read => e.after.clone().map(|v| redact(e.entity, v)),
+        };
+        Row {
+            key: e.key.clone(),
+            after,
+            commit_lsn: e.source.commit_lsn,
+            lsn: e.source.lsn,
+            commit_time_micros: e.source.commit_time_micros,
+            event_id: e.event_id.clone(),
+        }
+    }
+
+    pub fn position(&self) -> (u64, u64) {
+        (self.commit_lsn, self.lsn)
+    }
+}
+
+/// `values` with every medical field of `e` nulled.
+fn redact(e: &Entity, mut values: Vec<Val>) -> Vec<Val> {
+    let medical_rows: Vec<bool> = e
+        .fields
+        .iter()
+        .map(|f| match f.class {
+            Class::Medical => true,
+            Class::MedicalWhen(field, value) => e
+                .fields
+                .iter()
+                .position(|g| g.name == field)
+                .and_then(|i| values.get(i))
+                .is_some_and(|v| matches!(v, Val::Str(s) if s == value)),
+            Class::Plain | Class::FreeText => false,
+        })
+        .collect();
+    for (v, medical) in values.iter_mut().zip(medical_rows) {
+        if medical {
+            *v = Val::Null;
+        }
+    }
+    values
+}
+
+fn avro_value(v: &Val) -> Value {
+    let inner = match v {
+        Val::Null => return Value::Union(0, Box::new(Value::Null)),
+        Val::Long(x) => Value::Long(*x),
+        Val::Int(x) => Value::Int(*x),
+        Val::Double(x) => Value::Double(*x),
+        Val::Bool(x) => Value::Boolean(*x),
+        Val::Str(s) => Value::String(s.clone()),
+        Val::Date(d) => Value::Date(*d),
+        Val::Timestamp(t) => Value::TimestampMicros(*t),
+        Val::Time(t) => Value::TimeMicros(*t),
+    };
+    Value::Union(1, Box::new(inner))
+}
+
+/// One Object Container File holding `rows` of `e`'s table.
+pub fn encode_ocf(e: &Entity, schema: &Schema, rows: &[Row]) -> Result<Vec<u8>, String> {
+    let mut w = apache_avro::Writer::new(schema, Vec::with_capacity(rows.len() * 128 + 1024));
+    for r in rows {
+        let mut fields: Vec<(String, Value)> = Vec::with_capacity(e.fields.len() + 6);
+        fields.push(("key".into(), Value::String(r.key.clone())));
+        for (i, f) in e.fields.iter().enumerate() {
+            let v = r
+                .after
+                .as_ref()
+                .and_then(|a| a.get(i))
+                .unwrap_or(&Val::Null);
+            fields.push((f.name.into(), avro_value(v)));
+        }
+        fields.push(("source_commit_lsn".into(), Value::Long(r.commit_lsn as i64)));
+        fields.push(("source_lsn".into(), Value::Long(r.lsn as i64)));
+        fields.push((
+            "source_commit_time".into(),
+            Value::TimestampMicros(r.commit_time_micros),
+        ));
+        fields.push(("event_id".into(), Value::String(r.event_id.clone())));
+        fields.push((
+            "sys_op".into(),
+            Value::Int(if r.after.is_some() { 0 } else { 1 }),
+        ));
+        w.append(Value::Record(fields))
+            .map_err(|err| format!("{}: key {}: {err}", e.name, r.key))?;
+    }
+    w.into_inner()
+        .map_err(|err| format!("{}: closing the container: {err}", e.name))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_upload_schema_parses_and_ends_with_sys_op() {
+        for e in ENTITIES {
+            let s = schema(e);
+            let Schema::Record(r) = s else {
+                panic!("{}: not a record", e.name)
+            };
+            assert_eq!(r.fields.last().unwrap().name, "sys_op", "{}", e.name);
+            assert_eq!(r.fields.len(), e.fields.len() + 6, "{}", e.name);
+        }
+    }
+
+    #[test]
+    fn an_illness_reason_never_reaches_the_feed() {
+        let e = ENTITIES.iter().find(|e| e.name == "attendance").unwrap();
+        let code = e.fields.iter().position(|f| f.name == "code").unwrap();
+        let reason = e.fields.iter().position(|f| f.name == "reason").unwrap();
+        let mut values = vec![Val::Null; e.fields.len()];
+        values[code] = Val::Str("Б".into());
+        values[reason] = Val::Str("грипп".into());
+        assert_eq!(redact(e, values.clone())[reason], Val::Null);
+        values[code] = Val::Str("У".into());
+        assert_eq!(
+            redact(e, values)[reason],
+            Val::Str("грипп".into()),
+            "not medical on an excused absence"
+        );
+    }
+}
