@@ -262,7 +262,8 @@ impl Capture {
                     .map(|k| k.expose().as_bytes().to_vec())
                     .unwrap_or_default(),
             ),
-        });
+        })
+        .with_forms(c.hash_forms);
         let sql = pg::connect(&self.journal.config()).await?;
         let (slot_state, _missing) =
             preflight::check(&sql, &mapping, &c.slot, &c.publication).await?;

@@ -18,8 +18,8 @@ use serde::{Deserialize, Serialize};
 
 mod sections;
 pub use sections::{
-    Assignment, CaptureConfig, DatabaseConfig, Hashing, KafkaConfig, KafkaProperties,
-    ProjectorConfig, ProstoreConfig, RegionConfig, StackConfig, WorkloadConfig,
+    Assignment, CaptureConfig, DatabaseConfig, HashForm, HashForms, Hashing, KafkaConfig,
+    KafkaProperties, ProjectorConfig, ProstoreConfig, RegionConfig, StackConfig, WorkloadConfig,
 };
 
 /// librdkafka properties vitrina owns: the servers, and what its

@@ -87,6 +87,31 @@ pub enum Hashing {
     Keyed,
 }
 
+/// The form of an identifier that is hashed.
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum HashForm {
+    /// vitrina's normalized form (SNILS as its 11 digits, documents as
+    /// series + number in digits/upper case): one person, one hash, however
+    /// the journal wrote the number.
+    #[default]
+    Normalized,
+    /// The raw value with whitespace removed (SNILS `112-233-44595`): the
+    /// form BARS's RDM integration hashes. For two-part documents, series
+    /// then number, each stripped, concatenated.
+    Stripped,
+}
+
+/// The hashed form per identifier (`[capture.hash_forms]`). Either way the
+/// value is validated first: an invalid identifier is never hashed.
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct HashForms {
+    pub snils: HashForm,
+    pub passport: HashForm,
+    pub birth_certificate: HashForm,
+}
+
 /// Capture: journal WAL → domain events on Kafka.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -108,6 +133,8 @@ pub struct CaptureConfig {
     /// Mapping file; unset: the reference journal's `config/mapping.toml`.
     pub mapping_file: Option<PathBuf>,
     pub hashing: Hashing,
+    /// Which form of each identifier is hashed (normalized by default).
+    pub hash_forms: HashForms,
     /// Regional secret for `hashing = "keyed"`.
     pub hmac_key: Option<Secret>,
     /// A file holding the HMAC key (trailing newline ignored), instead of
@@ -148,6 +175,7 @@ impl Default for CaptureConfig {
             heartbeat_interval_ms: 5000,
             mapping_file: None,
             hashing: Hashing::Plain,
+            hash_forms: HashForms::default(),
             hmac_key: None,
             hmac_key_file: None,
             metrics_listen: "127.0.0.1:9464".into(),

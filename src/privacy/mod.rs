@@ -14,6 +14,7 @@
 use hmac::{Hmac, Mac};
 use streebog::{Digest, Streebog512};
 
+use crate::config::{HashForm, HashForms};
 use crate::identifiers::{self, Invalid};
 
 pub mod scrub;
@@ -31,6 +32,7 @@ pub enum Mode {
 #[derive(Clone)]
 pub struct Depersonalizer {
     mode: Mode,
+    forms: HashForms,
 }
 
 impl std::fmt::Debug for Depersonalizer {
@@ -63,7 +65,16 @@ impl IdKind {
 
 impl Depersonalizer {
     pub fn new(mode: Mode) -> Self {
-        Depersonalizer { mode }
+        Depersonalizer {
+            mode,
+            forms: HashForms::default(),
+        }
+    }
+
+    /// Hashes the identifiers in `forms` (normalized by default).
+    pub fn with_forms(mut self, forms: HashForms) -> Self {
+        self.forms = forms;
+        self
     }
 
     /// Hex digest of an already normalized value.
@@ -88,14 +99,29 @@ impl Depersonalizer {
         first: &str,
         second: Option<&str>,
     ) -> Result<String, Invalid> {
-        let normalized = match kind {
-            IdKind::Snils => identifiers::normalize_snils(first)?,
-            IdKind::Passport => identifiers::normalize_passport(first, second.unwrap_or(""))?,
-            IdKind::BirthCertificate => {
-                identifiers::normalize_birth_certificate(first, second.unwrap_or(""))?
-            }
+        // Validated in every form: an invalid identifier is never hashed.
+        let (normalized, form) = match kind {
+            IdKind::Snils => (identifiers::normalize_snils(first)?, self.forms.snils),
+            IdKind::Passport => (
+                identifiers::normalize_passport(first, second.unwrap_or(""))?,
+                self.forms.passport,
+            ),
+            IdKind::BirthCertificate => (
+                identifiers::normalize_birth_certificate(first, second.unwrap_or(""))?,
+                self.forms.birth_certificate,
+            ),
         };
-        Ok(self.digest(&normalized))
+        Ok(match form {
+            HashForm::Normalized => self.digest(&normalized),
+            HashForm::Stripped => {
+                let stripped: String = first
+                    .chars()
+                    .chain(second.unwrap_or("").chars())
+                    .filter(|c| !c.is_whitespace())
+                    .collect();
+                self.digest(&stripped)
+            }
+        })
     }
 }
 
@@ -122,6 +148,43 @@ mod tests {
             "1b54d01a4af5b9d5cc3d86d68d285462b19abc2475222f35c085122be4ba1ffa00ad30f8767b3a82384c6574f024c311e2a481332b08ef7f41797891c1646f48"
         );
     }
+
+    /// The test vectors of docs/capture.md, "Hash forms".
+    #[test]
+    fn each_hash_form_has_its_test_vector() {
+        let normalized = Depersonalizer::new(Mode::Plain);
+        let stripped = Depersonalizer::new(Mode::Plain).with_forms(HashForms {
+            snils: HashForm::Stripped,
+            ..HashForms::default()
+        });
+        let raw = "112-233-445 95";
+        assert_eq!(
+            normalized.identifier(IdKind::Snils, raw, None).unwrap(),
+            normalized.digest("11223344595")
+        );
+        assert_eq!(
+            stripped.identifier(IdKind::Snils, raw, None).unwrap(),
+            normalized.digest("112-233-44595")
+        );
+        assert_eq!(
+            normalized.digest("11223344595"),
+            SNILS_NORMALIZED_VECTOR,
+            "Streebog-512 of 11223344595"
+        );
+        assert_eq!(
+            normalized.digest("112-233-44595"),
+            SNILS_STRIPPED_VECTOR,
+            "Streebog-512 of 112-233-44595"
+        );
+        // Invalid stays unhashed in either form.
+        assert_eq!(
+            stripped.identifier(IdKind::Snils, "112-233-445 96", None),
+            Err(Invalid::Checksum)
+        );
+    }
+
+    const SNILS_NORMALIZED_VECTOR: &str = "afb81d49fa9d55c7701efd5735300c4950b2259178d60e0a134d4d30b277640d8fc3c26b19c451be6ba071bc8069f9df0b1fa3e094ad42508d120acb9be7e733";
+    const SNILS_STRIPPED_VECTOR: &str = "ac1ff209643f37cd5c48c9db78985df28ee942227bd968698ec7fafd32913c239a972412a9c907e0d4498f82cc0fb30d01552340e6f97fa9a5ec992da7c1a535";
 
     #[test]
     fn snils_is_hashed_in_its_normalized_form() {
