@@ -204,6 +204,18 @@ pub async fn run(
         "projector: projecting into database {} (schema showcase)",
         sc.database
     );
+    // The ProStore upload feed: the same log in deltas for the standard showcase.
+    let mut feed = crate::prostore::feed::Feed::new(&cfg, kafka.clone())
+        .map_err(|e| DemoError::Failed(e.to_string()))?;
+    crate::observability::describe_prostore();
+    let cancel4 = cancel.clone();
+    let feed = tokio::spawn(async move { feed.run(cancel4).await });
+    println!(
+        "prostore: feeding {}.prostore.<table> in deltas every {} ms (manifest {})",
+        cfg.capture.topic_prefix,
+        cfg.prostore.delta_interval_ms,
+        crate::prostore::manifest_topic(&cfg.capture.topic_prefix)
+    );
     let t2 = Instant::now();
     fresh_after(&showcase_client, &projector, chrono::Utc::now()).await?;
     println!(
@@ -260,10 +272,53 @@ pub async fn run(
         q.violations(),
         pending
     );
+    // A delta cut after capture caught up holds everything it had read.
+    let caught_up = chrono::Utc::now().timestamp_micros();
+    let t4 = Instant::now();
+    let mut last = None;
+    while t4.elapsed() < Duration::from_secs(120) {
+        if feed.is_finished() {
+            break;
+        }
+        let (k, p) = (kafka.clone(), cfg.capture.topic_prefix.clone());
+        let commits: Vec<crate::prostore::feed::Commit> = tokio::task::spawn_blocking(move || {
+            crate::prostore::feed::read_manifest(&k, &p)
+        })
+        .await
+        .map_err(|e| DemoError::Failed(e.to_string()))?
+        .map_err(|e| DemoError::Failed(e.to_string()))?
+        .into_iter()
+        .filter_map(|m| match m {
+            crate::prostore::feed::Manifest::Commit(c) => Some(c),
+            crate::prostore::feed::Manifest::Plan(_) => None,
+        })
+        .collect();
+        let records: usize = commits
+            .iter()
+            .flat_map(|c| &c.tables)
+            .map(|t| t.upserts + t.deletes)
+            .sum();
+        if let Some(c) = commits.last() {
+            last = Some((c.delta, commits.len(), records));
+            if c.committed_at_micros > caught_up {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    match last {
+        Some((delta, n, records)) => println!(
+            "prostore: {n} deltas committed (last: delta {delta}), {records} records (`vitrina prostore manifest`, docs/prostore.md)"
+        ),
+        None => println!("prostore: no delta committed yet"),
+    }
     cancel.cancel();
     let join = |e: tokio::task::JoinError| DemoError::Failed(e.to_string());
     capture.await.map_err(join)??;
     projector.await.map_err(join)??;
+    feed.await
+        .map_err(join)?
+        .map_err(|e| DemoError::Failed(e.to_string()))?;
     println!(
         "\njournal: {}\nshowcase: {}\nkafka: {}\nthe stack keeps running; `vitrina status` shows it, `vitrina capture` and `vitrina project` resume, `vitrina down` stops it",
         conns.journal()?.url(),
