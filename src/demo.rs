@@ -281,18 +281,17 @@ pub async fn run(
             break;
         }
         let (k, p) = (kafka.clone(), cfg.capture.topic_prefix.clone());
-        let commits: Vec<crate::prostore::feed::Commit> = tokio::task::spawn_blocking(move || {
-            crate::prostore::feed::read_manifest(&k, &p)
-        })
-        .await
-        .map_err(|e| DemoError::Failed(e.to_string()))?
-        .map_err(|e| DemoError::Failed(e.to_string()))?
-        .into_iter()
-        .filter_map(|m| match m {
-            crate::prostore::feed::Manifest::Commit(c) => Some(c),
-            crate::prostore::feed::Manifest::Plan(_) => None,
-        })
-        .collect();
+        let commits: Vec<crate::prostore::feed::Commit> =
+            tokio::task::spawn_blocking(move || crate::prostore::feed::read_manifest(&k, &p))
+                .await
+                .map_err(|e| DemoError::Failed(e.to_string()))?
+                .map_err(|e| DemoError::Failed(e.to_string()))?
+                .into_iter()
+                .filter_map(|m| match m {
+                    crate::prostore::feed::Manifest::Commit(c) => Some(c),
+                    crate::prostore::feed::Manifest::Plan(_) => None,
+                })
+                .collect();
         let records: usize = commits
             .iter()
             .flat_map(|c| &c.tables)

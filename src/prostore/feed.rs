@@ -343,6 +343,15 @@ impl Feed {
             self.cfg.capture.replication_factor,
         )
         .await?;
+        // The event topics too, as capture makes them: a feed started first
+        // would otherwise find no partitions to read.
+        kafka::ensure_topics(
+            &self.kafka,
+            &self.sources,
+            self.cfg.capture.partitions,
+            self.cfg.capture.replication_factor,
+        )
+        .await?;
         let (k, p) = (self.kafka.clone(), self.prefix.clone());
         let mut at = tokio::task::spawn_blocking(move || resume(&k, &p))
             .await
