@@ -174,6 +174,9 @@ async fn prostore_deltas_read_by_fastavro_fold_into_the_showcase() {
         "the delta left by the hook is finished:\n{}",
         common::log_tail(&log_f, 30)
     );
+    // Everything the workload wrote is on the topics (capture may lag on a
+    // busy machine), in the showcase, then in committed deltas.
+    common::wait_caught_up(&cfg, &name, Duration::from_secs(240)).await;
     common::wait_projected(&show, &name, Duration::from_secs(240)).await;
     let commits = wait_fed(&kafka, &name, &log_f, Duration::from_secs(240)).await;
 
