@@ -193,3 +193,46 @@ async fn end_offsets_are_the_true_ends_of_partitions_written_in_large_batches() 
         assert_eq!(ends.get(&(empty.clone(), partition)).copied(), Some(0));
     }
 }
+
+/// Reading from an offset inside a record batch returns that batch's rest.
+/// tansu 0.6.0 answers such a Fetch with the batches after it: a consumer
+/// positioned exactly there never sees the rest of the batch (seen: from
+/// 3,070 the first record came back at 3,098). `kafka::fetch_position`
+/// positions up to one producer batch earlier; readers drop what lies before.
+#[tokio::test]
+async fn a_read_from_inside_a_record_batch_starts_at_that_offset() {
+    let st = common::stack();
+    let kafka = vitrina::connections::KafkaEndpoint::new(st.brokers());
+    let topic = format!("t-mid-batch-{}", std::process::id());
+    vitrina::kafka::ensure_topics(&kafka, &[topic.clone()], 1, 1)
+        .await
+        .unwrap();
+    // One linger window: the 500 records travel as few large batches.
+    let p = vitrina::kafka::producer(&kafka, 200, "none", 1_000_000).unwrap();
+    let mut acks = Vec::new();
+    for i in 0..500 {
+        let key = i.to_string();
+        acks.push(
+            p.send_result(FutureRecord::to(&topic).key(&key).payload("x"))
+                .unwrap(),
+        );
+    }
+    for a in acks {
+        a.await.unwrap().unwrap();
+    }
+    for from in [1, 137, 250, 499] {
+        let (k, t) = (kafka.clone(), topic.clone());
+        let records = tokio::task::spawn_blocking(move || {
+            vitrina::kafka::read_partition_blocking(&k, &t, 0, from, Duration::from_secs(30))
+        })
+        .await
+        .unwrap()
+        .unwrap();
+        let offsets: Vec<i64> = records.iter().map(|r| r.0).collect();
+        assert_eq!(
+            offsets,
+            (from..500).collect::<Vec<_>>(),
+            "read from {from}: every record from there, none before"
+        );
+    }
+}

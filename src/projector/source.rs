@@ -66,7 +66,7 @@ impl ConsumerContext for SeekToShowcase {
             for e in tpl.elements() {
                 let at = known
                     .get(&(e.topic().to_string(), e.partition()))
-                    .map(|o| Offset::Offset(*o))
+                    .map(|o| kafka::fetch_position(*o))
                     .unwrap_or(Offset::Beginning);
                 let _ = assign.add_partition_offset(e.topic(), e.partition(), at);
             }
@@ -124,7 +124,7 @@ pub(super) fn assign_all(
             for p in topic.partitions() {
                 let at = stored
                     .get(&(t.clone(), p.id()))
-                    .map(|o| Offset::Offset(*o))
+                    .map(|o| kafka::fetch_position(*o))
                     .unwrap_or(Offset::Beginning);
                 tpl.add_partition_offset(t, p.id(), at).map_err(|e| {
                     ProjectorError::consumer(format!("assigning {t}[{}]", p.id()), e)

@@ -423,6 +423,15 @@ impl Feed {
                     let Ok(m) = m else { continue };
                     let m = m.map_err(|e| FeedError::client("reading the event topics", e))?;
                     let k = tp_key(m.topic(), m.partition());
+                    if let Some(expected) = next.get(&k).copied() {
+                        if m.offset() < expected {
+                            continue; // before the position (kafka::fetch_position)
+                        }
+                        if m.offset() > expected {
+                            Self::rewind(&consumer, &m, expected)?;
+                            continue;
+                        }
+                    }
                     next.insert(k.clone(), m.offset() + 1);
                     if let Read::Change(e) = self.read(&m, &k, &mut floor).await? {
                         gather.add(&e);
@@ -432,6 +441,34 @@ impl Feed {
                 }
             }
         }
+    }
+
+    /// The broker answered past the offset asked for (tansu 0.6.0 with a
+    /// record batch larger than [`kafka::FETCH_LOOKBACK`]): reading on would
+    /// leave changes out, so the partition is read again from its start
+    /// (what lies before `expected` is dropped).
+    fn rewind(
+        consumer: &StreamConsumer<kafka::Context>,
+        m: &rdkafka::message::BorrowedMessage<'_>,
+        expected: i64,
+    ) -> Result<(), FeedError> {
+        tracing::warn!(
+            topic = m.topic(),
+            partition = m.partition(),
+            expected,
+            got = m.offset(),
+            "broker skipped offsets; rewinding the partition"
+        );
+        consumer
+            .seek(
+                m.topic(),
+                m.partition(),
+                Offset::Beginning,
+                Duration::from_secs(10),
+            )
+            .map_err(|e| {
+                FeedError::client(format!("rewinding {}[{}]", m.topic(), m.partition()), e)
+            })
     }
 
     /// Decodes a source message; raises the floor of its partition.
@@ -526,7 +563,7 @@ impl Feed {
                 for p in topic.partitions() {
                     let at = from
                         .get(&tp_key(t, p.id()))
-                        .map(|o| Offset::Offset(*o))
+                        .map(|o| kafka::fetch_position(*o))
                         .unwrap_or(Offset::Beginning);
                     tpl.add_partition_offset(t, p.id(), at)
                         .map_err(|e| FeedError::client(format!("assigning {t}"), e))?;
@@ -747,6 +784,7 @@ impl Feed {
             .filter(|(k, to)| plan.from.get(*k).copied().unwrap_or(0) < **to)
             .map(|(k, to)| (k.clone(), *to))
             .collect();
+        let mut expect = plan.from.clone();
         while !remaining.is_empty() {
             let m = tokio::time::timeout(Duration::from_secs(120), consumer.recv())
                 .await
@@ -762,6 +800,16 @@ impl Feed {
             let Some(to) = remaining.get(&k).copied() else {
                 continue;
             };
+            if let Some(expected) = expect.get(&k).copied() {
+                if m.offset() < expected {
+                    continue; // before the plan's start (kafka::fetch_position)
+                }
+                if m.offset() > expected {
+                    Self::rewind(&consumer, &m, expected)?;
+                    continue;
+                }
+            }
+            expect.insert(k.clone(), m.offset() + 1);
             if m.offset() >= to {
                 remaining.remove(&k);
                 continue;
