@@ -204,7 +204,7 @@ async fn a_read_from_inside_a_record_batch_starts_at_that_offset() {
     let st = common::stack();
     let kafka = vitrina::connections::KafkaEndpoint::new(st.brokers());
     let topic = format!("t-mid-batch-{}", std::process::id());
-    vitrina::kafka::ensure_topics(&kafka, &[topic.clone()], 1, 1)
+    vitrina::kafka::ensure_topics(&kafka, std::slice::from_ref(&topic), 1, 1)
         .await
         .unwrap();
     // One linger window: the 500 records travel as few large batches.
