@@ -299,7 +299,12 @@ pub async fn run(
             .sum();
         if let Some(c) = commits.last() {
             last = Some((c.delta, commits.len(), records));
-            if c.committed_at_micros > caught_up {
+            // Past the workload's end, and either cut after capture caught
+            // up or nothing new for two intervals since (no change left).
+            let quiet = t4.elapsed() > Duration::from_millis(2 * cfg.prostore.delta_interval_ms);
+            if c.committed_at_micros > caught_up
+                || (c.committed_at_micros > workload_end.timestamp_micros() && quiet)
+            {
                 break;
             }
         }
