@@ -293,6 +293,7 @@ pub const PROSTORE_DELTAS: &str = "vitrina_prostore_deltas_total";
 pub const PROSTORE_RECORDS: &str = "vitrina_prostore_records_total";
 pub const PROSTORE_LAST_DELTA: &str = "vitrina_prostore_last_delta";
 pub const PROSTORE_COMMIT_TO_DELTA: &str = "vitrina_prostore_commit_to_delta_seconds";
+pub const PROSTORE_FED_THROUGH: &str = "vitrina_prostore_fed_through_seconds";
 pub const PROSTORE_RESENT: &str = "vitrina_prostore_resent_changes_skipped_total";
 pub const PROSTORE_DEAD_LETTERS: &str = "vitrina_prostore_dead_letters_total";
 pub const PROSTORE_OVERSIZE: &str = "vitrina_prostore_oversize_rows_total";

@@ -286,6 +286,9 @@ impl Gather {
 /// What the feed reads one message as.
 enum Read {
     Change(Box<Event>),
+    /// Capture's progress marker: everything on its partition up to this
+    /// journal commit time (microseconds) is published.
+    Mark(i64),
     /// A watermark, a re-sent change, or an undecodable message (dead-lettered).
     Nothing,
 }
@@ -377,6 +380,9 @@ impl Feed {
         let mut plan_floor = floor.clone();
         let mut plan_truncated = at.truncated.clone();
         let mut deadline = Instant::now() + interval;
+        // Per source partition, the journal commit time of the latest
+        // change or watermark read.
+        let mut seen: HashMap<String, i64> = HashMap::new();
         loop {
             let wait = deadline.saturating_duration_since(Instant::now());
             let full = gather.changes >= self.cfg.prostore.max_delta_changes;
@@ -408,6 +414,12 @@ impl Feed {
                     plan_truncated = gather.truncated.clone();
                     gather = Gather::new(&plan_truncated);
                 }
+                // Everything read is committed now: the feed holds every
+                // journal change up to the oldest partition's latest time.
+                if let Some(t) = seen.values().min() {
+                    metrics::gauge!(crate::observability::PROSTORE_FED_THROUGH)
+                        .set(*t as f64 / 1e6);
+                }
                 deadline = Instant::now() + interval;
                 if cancel.is_cancelled() {
                     return Ok(());
@@ -433,10 +445,16 @@ impl Feed {
                         }
                     }
                     next.insert(k.clone(), m.offset() + 1);
-                    if let Read::Change(e) = self.read(&m, &k, &mut floor).await? {
-                        gather.add(&e);
-                    } else {
-                        gather.skipped += 1;
+                    match self.read(&m, &k, &mut floor).await? {
+                        Read::Change(e) => {
+                            seen.insert(k, e.source.commit_time_micros);
+                            gather.add(&e);
+                        }
+                        Read::Mark(t) => {
+                            seen.insert(k, t);
+                            gather.skipped += 1;
+                        }
+                        Read::Nothing => gather.skipped += 1,
                     }
                 }
             }
@@ -482,7 +500,7 @@ impl Feed {
             .registry
             .decode_message(m.payload().unwrap_or_default())
         {
-            Ok(Message::Watermark(_)) => Ok(Read::Nothing),
+            Ok(Message::Watermark(w)) => Ok(Read::Mark(w.commit_time_micros)),
             Ok(Message::Event(e)) => {
                 let pos = (e.source.commit_lsn, e.source.lsn);
                 let f = floor.entry(k.to_string()).or_insert((0, 0));
