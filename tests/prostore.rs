@@ -422,6 +422,38 @@ async fn prostore_deltas_read_by_fastavro_fold_into_the_showcase() {
         q(0.5),
         q(0.99)
     );
+    // The last feed says how fresh it is: capture's watermarks keep it
+    // within a delta interval or two of now.
+    let listen = common::log_tail(&log_f, 100_000)
+        .lines()
+        .filter(|l| l.contains("serving /metrics"))
+        .filter_map(|l| l.split_once("127.0.0.1:"))
+        .map(|(_, rest)| {
+            let port: String = rest.chars().take_while(char::is_ascii_digit).collect();
+            format!("127.0.0.1:{port}")
+        })
+        .last()
+        .expect("the feed logs its metrics address");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let behind = loop {
+        let (_, metrics) = common::http_get(&listen, "/metrics");
+        let fed = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("vitrina_prostore_fed_through_seconds "))
+            .and_then(|v| v.trim().parse::<f64>().ok());
+        if let Some(fed) = fed {
+            break chrono::Utc::now().timestamp_micros() as f64 / 1e6 - fed;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no fed-through gauge:\n{metrics}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert!(
+        (0.0..30.0).contains(&behind),
+        "the idle feed is fed through the last watermarks: {behind:.1} s behind"
+    );
     common::kill(&mut feed, libc::SIGTERM);
     common::kill(&mut projector, libc::SIGTERM);
     common::kill(&mut capture, libc::SIGTERM);
