@@ -1,5 +1,7 @@
 //! Prints where a partition's event positions go backwards in log order
-//! (a probe of capture's publishing order).
+//! (a probe of capture's publishing order: the ProStore feed assumes they
+//! do not, except for re-sends), at most five; with `KEY=<key>` also every
+//! event of that key with its offset.
 //!
 //!     cargo run --example positions -- BROKERS TOPIC PARTITION
 fn main() {
