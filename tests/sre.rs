@@ -356,15 +356,16 @@ async fn prometheus_scrapes_the_pipeline_sees_it_move_and_fires_when_capture_sto
     let showcase = common::fresh_db("t_sre_show").await;
     let show_db = common::db_name(&showcase);
     let name = format!("sre{}", std::process::id());
-    let ports: Vec<String> = common::free_ports(4)
+    let ports: Vec<String> = common::free_ports(5)
         .iter()
         .map(|p| format!("127.0.0.1:{p}"))
         .collect();
-    let (cap_at, proj_at, replay_at, prom_at) = (
+    let (cap_at, proj_at, replay_at, prom_at, feed_at) = (
         ports[0].clone(),
         ports[1].clone(),
         ports[2].clone(),
         ports[3].clone(),
+        ports[4].clone(),
     );
     let mut capture = common::spawn_vitrina(
         "capture",
@@ -395,6 +396,17 @@ async fn prometheus_scrapes_the_pipeline_sees_it_move_and_fires_when_capture_sto
             ("VITRINA_PROJECTOR__QUALITY_INTERVAL_S", "2"),
             ("VITRINA_LOG", "warn,vitrina=info,vitrina::projector=debug"),
             ("VITRINA_LOG_JSON", "1"),
+        ],
+    );
+
+    let mut feed = common::spawn_vitrina(
+        "prostore feed",
+        &db,
+        &name,
+        &format!("{name}-prostore"),
+        &[
+            ("VITRINA_PROSTORE__METRICS_LISTEN", feed_at.as_str()),
+            ("VITRINA_PROSTORE__DELTA_INTERVAL_MS", "1000"),
         ],
     );
 
@@ -542,6 +554,18 @@ scrape_configs:
     let mut have = replay_names;
     have.extend(exported(&common::http_get(&cap_at, "/metrics").1));
     have.extend(exported(&common::http_get(&proj_at, "/metrics").1));
+    // The feed's fed-through gauge appears after its first delta interval.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let text = common::http_get(&feed_at, "/metrics").1;
+        if text.contains("vitrina_prostore_fed_through_seconds ")
+            || std::time::Instant::now() > deadline
+        {
+            have.extend(exported(&text));
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
     have.insert("up".into());
     let mut used = BTreeSet::new();
     for e in dashboard_exprs() {
@@ -609,6 +633,7 @@ scrape_configs:
     .await
     .unwrap();
     common::kill(&mut projector, libc::SIGTERM);
+    common::kill(&mut feed, libc::SIGTERM);
     common::kill(&mut prom, libc::SIGTERM);
 
     // One span per batch, with its source positions: capture's per journal
