@@ -432,7 +432,7 @@ async fn prostore_deltas_read_by_fastavro_fold_into_the_showcase() {
             let port: String = rest.chars().take_while(char::is_ascii_digit).collect();
             format!("127.0.0.1:{port}")
         })
-        .last()
+        .next_back()
         .expect("the feed logs its metrics address");
     let deadline = Instant::now() + Duration::from_secs(30);
     let behind = loop {
