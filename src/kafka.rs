@@ -472,6 +472,30 @@ pub fn fetch_position(offset: i64) -> rdkafka::Offset {
     }
 }
 
+/// Assigns every partition of `topics` to `consumer`, each positioned for
+/// the offset `at` gives ([`fetch_position`]; the start where it gives
+/// none); returns how many.
+pub fn assign_at<C: rdkafka::consumer::ConsumerContext>(
+    consumer: &impl Consumer<C>,
+    topics: &[String],
+    at: impl Fn(&str, i32) -> Option<i64>,
+) -> Result<usize, rdkafka::error::KafkaError> {
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for t in topics {
+        let md = consumer.fetch_metadata(Some(t), Duration::from_secs(30))?;
+        for topic in md.topics() {
+            for p in topic.partitions() {
+                let offset = at(t, p.id())
+                    .map(fetch_position)
+                    .unwrap_or(rdkafka::Offset::Beginning);
+                tpl.add_partition_offset(t, p.id(), offset)?;
+            }
+        }
+    }
+    consumer.assign(&tpl)?;
+    Ok(tpl.count())
+}
+
 /// A record read back: offset, key, value.
 pub type Record = (i64, Option<Vec<u8>>, Option<Vec<u8>>);
 

@@ -115,27 +115,10 @@ pub(super) fn assign_all(
     topics: &[String],
     stored: &HashMap<Tp, i64>,
 ) -> Result<usize, ProjectorError> {
-    let mut tpl = TopicPartitionList::new();
-    for t in topics {
-        let md = consumer
-            .fetch_metadata(Some(t), Duration::from_secs(30))
-            .map_err(|e| ProjectorError::consumer(format!("reading the partitions of {t}"), e))?;
-        for topic in md.topics() {
-            for p in topic.partitions() {
-                let at = stored
-                    .get(&(t.clone(), p.id()))
-                    .map(|o| kafka::fetch_position(*o))
-                    .unwrap_or(Offset::Beginning);
-                tpl.add_partition_offset(t, p.id(), at).map_err(|e| {
-                    ProjectorError::consumer(format!("assigning {t}[{}]", p.id()), e)
-                })?;
-            }
-        }
-    }
-    consumer
-        .assign(&tpl)
-        .map_err(|e| ProjectorError::consumer("assigning the partitions", e))?;
-    Ok(tpl.count())
+    kafka::assign_at(consumer, topics, |t, p| {
+        stored.get(&(t.to_string(), p)).copied()
+    })
+    .map_err(|e| ProjectorError::consumer("assigning the partitions", e))
 }
 
 impl Source {

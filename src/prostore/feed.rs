@@ -39,7 +39,7 @@ use futures::future::join_all;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message as _;
 use rdkafka::producer::FutureRecord;
-use rdkafka::{Offset, TopicPartitionList};
+use rdkafka::Offset;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
@@ -435,16 +435,9 @@ impl Feed {
                     let Ok(m) = m else { continue };
                     let m = m.map_err(|e| FeedError::client("reading the event topics", e))?;
                     let k = tp_key(m.topic(), m.partition());
-                    if let Some(expected) = next.get(&k).copied() {
-                        if m.offset() < expected {
-                            continue; // before the position (kafka::fetch_position)
-                        }
-                        if m.offset() > expected {
-                            Self::rewind(&consumer, &m, expected)?;
-                            continue;
-                        }
+                    if !Self::in_order(&consumer, &m, &k, &mut next)? {
+                        continue;
                     }
-                    next.insert(k.clone(), m.offset() + 1);
                     match self.read(&m, &k, &mut floor).await? {
                         Read::Change(e) => {
                             seen.insert(k, e.source.commit_time_micros);
@@ -461,32 +454,46 @@ impl Feed {
         }
     }
 
-    /// The broker answered past the offset asked for (tansu 0.6.0 with a
+    /// Whether `m` is the next record of its partition per `next` (then
+    /// `next` moves past it). Records before it come from positioning one
+    /// producer batch early ([`kafka::fetch_position`]) and are dropped. A
+    /// record past it means the broker skipped some (tansu 0.6.0 with a
     /// record batch larger than [`kafka::FETCH_LOOKBACK`]): reading on would
-    /// leave changes out, so the partition is read again from its start
-    /// (what lies before `expected` is dropped).
-    fn rewind(
+    /// leave changes out, so the partition is read again from its start.
+    /// A partition `next` does not know takes its first record as it comes.
+    fn in_order(
         consumer: &StreamConsumer<kafka::Context>,
         m: &rdkafka::message::BorrowedMessage<'_>,
-        expected: i64,
-    ) -> Result<(), FeedError> {
-        tracing::warn!(
-            topic = m.topic(),
-            partition = m.partition(),
-            expected,
-            got = m.offset(),
-            "broker skipped offsets; rewinding the partition"
-        );
-        consumer
-            .seek(
-                m.topic(),
-                m.partition(),
-                Offset::Beginning,
-                Duration::from_secs(10),
-            )
-            .map_err(|e| {
-                FeedError::client(format!("rewinding {}[{}]", m.topic(), m.partition()), e)
-            })
+        k: &str,
+        next: &mut BTreeMap<String, i64>,
+    ) -> Result<bool, FeedError> {
+        if let Some(expected) = next.get(k).copied() {
+            if m.offset() < expected {
+                return Ok(false);
+            }
+            if m.offset() > expected {
+                tracing::warn!(
+                    topic = m.topic(),
+                    partition = m.partition(),
+                    expected,
+                    got = m.offset(),
+                    "broker skipped offsets; rewinding the partition"
+                );
+                consumer
+                    .seek(
+                        m.topic(),
+                        m.partition(),
+                        Offset::Beginning,
+                        Duration::from_secs(10),
+                    )
+                    .map_err(|e| {
+                        FeedError::client(format!("rewinding {}[{}]", m.topic(), m.partition()), e)
+                    })?;
+                return Ok(false);
+            }
+        }
+        next.insert(k.to_string(), m.offset() + 1);
+        Ok(true)
     }
 
     /// Decodes a source message; raises the floor of its partition.
@@ -572,25 +579,10 @@ impl Feed {
             .set("log_level", "4")
             .create_with_context(kafka::Context)
             .map_err(|e| FeedError::client("creating the consumer", e))?;
-        let mut tpl = TopicPartitionList::new();
-        for t in &self.sources {
-            let md = consumer
-                .fetch_metadata(Some(t), Duration::from_secs(30))
-                .map_err(|e| FeedError::client(format!("reading the partitions of {t}"), e))?;
-            for topic in md.topics() {
-                for p in topic.partitions() {
-                    let at = from
-                        .get(&tp_key(t, p.id()))
-                        .map(|o| kafka::fetch_position(*o))
-                        .unwrap_or(Offset::Beginning);
-                    tpl.add_partition_offset(t, p.id(), at)
-                        .map_err(|e| FeedError::client(format!("assigning {t}"), e))?;
-                }
-            }
-        }
-        consumer
-            .assign(&tpl)
-            .map_err(|e| FeedError::client("assigning the event topics", e))?;
+        kafka::assign_at(&consumer, &self.sources, |t, p| {
+            from.get(&tp_key(t, p)).copied()
+        })
+        .map_err(|e| FeedError::client("assigning the event topics", e))?;
         Ok(consumer)
     }
 
@@ -691,18 +683,20 @@ impl Feed {
     ) -> Result<Commit, FeedError> {
         let mut sends = Vec::new();
         let mut ranges = Vec::new();
-        for t in &built.tables {
-            let (e, files, upserts, deletes) = (t.entity, &t.files, &t.upserts, &t.deletes);
+        let truncate = built.truncate;
+        for t in built.tables {
+            let (e, files, upserts, deletes) = (t.entity, t.files, t.upserts, t.deletes);
             let topic = upload_topic(&self.prefix, e.name);
             let had = present.get(&topic);
             let mut offsets: Vec<i64> = Vec::new();
-            for (place, file) in files {
+            let messages = files.len();
+            for (place, payload) in files {
                 let key = format!("{}:{}:{place}", plan.delta, e.name);
                 if let Some(o) = had.and_then(|h| h.get(&key)) {
                     offsets.push(*o);
                     continue;
                 }
-                let (topic, payload) = (topic.clone(), file.clone());
+                let topic = topic.clone();
                 let producer = self.producer.clone();
                 sends.push(async move {
                     producer
@@ -715,7 +709,7 @@ impl Feed {
                         .map_err(|(err, _)| err)
                 });
             }
-            ranges.push((e, topic, offsets, files.len(), *upserts, *deletes));
+            ranges.push((e, topic, offsets, messages, upserts, deletes));
         }
         // A test hook: die after producing this many chunks of a delta (the
         // commit never written), as a crash between the two would.
@@ -778,7 +772,7 @@ impl Feed {
             to: plan.to.clone(),
             floor,
             tables,
-            truncate: built.truncate,
+            truncate,
             truncated: g.truncated.clone(),
             committed_at_micros: committed_at,
             oldest_commit_time_micros: g.oldest.unwrap_or(0),
@@ -818,16 +812,9 @@ impl Feed {
             let Some(to) = remaining.get(&k).copied() else {
                 continue;
             };
-            if let Some(expected) = expect.get(&k).copied() {
-                if m.offset() < expected {
-                    continue; // before the plan's start (kafka::fetch_position)
-                }
-                if m.offset() > expected {
-                    Self::rewind(&consumer, &m, expected)?;
-                    continue;
-                }
+            if !Self::in_order(&consumer, &m, &k, &mut expect)? {
+                continue;
             }
-            expect.insert(k.clone(), m.offset() + 1);
             if m.offset() >= to {
                 remaining.remove(&k);
                 continue;
