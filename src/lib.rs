@@ -60,6 +60,7 @@ pub mod privacy;
 pub mod progress;
 pub mod projector;
 pub mod prostore;
+pub mod rdm;
 pub mod region;
 pub mod showcase;
 pub mod stack;

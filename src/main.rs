@@ -97,6 +97,11 @@ enum Command {
         #[command(subcommand)]
         what: ProstoreWhat,
     },
+    /// The RDM upload client for the regional data mart's upload service.
+    Rdm {
+        #[command(subcommand)]
+        what: RdmWhat,
+    },
     /// Run the quality checks (completeness, actuality, consistency, connectedness) over the showcase and report.
     Quality {
         /// Print the report as JSON.
@@ -148,6 +153,14 @@ enum ProstoreWhat {
     Feed,
     /// Print the delta manifest (plans and commits), one JSON object per line.
     Manifest,
+}
+
+#[derive(Subcommand)]
+enum RdmWhat {
+    /// Upload the ProStore feed's deltas of the public RDM entities in micro-batches (until SIGINT/SIGTERM).
+    Upload,
+    /// Print the upload journal (plans, sent files, outcomes, commits), one JSON object per line.
+    Journal,
 }
 
 #[derive(Subcommand)]
@@ -499,6 +512,40 @@ async fn run(command: Command, mut cfg: Config, ctx: Ctx) -> Result<()> {
                         }
                     },
                 )
+                .await?;
+            }
+        },
+        Command::Rdm { what } => match what {
+            RdmWhat::Journal => {
+                let kafka = Stack::new(&cfg)?.connections()?.kafka()?.clone();
+                let prefix = cfg.capture.topic_prefix.clone();
+                let entries = tokio::task::spawn_blocking(move || {
+                    vitrina::rdm::upload::read_entries(&kafka, &prefix)
+                })
+                .await??;
+                for e in entries {
+                    println!("{}", serde_json::to_string(&e)?);
+                }
+            }
+            RdmWhat::Upload => {
+                let kafka = Stack::new(&cfg)?.connections()?.kafka()?.clone();
+                let health = std::sync::Arc::new(vitrina::http::Health::new(
+                    std::time::Duration::from_secs(3600),
+                ));
+                vitrina::http::serve(&cfg.rdm.metrics_listen, health.clone())
+                    .await
+                    .map_err(anyhow::Error::msg)?;
+                vitrina::observability::describe_rdm();
+                let cancel = shutdown_on_signal();
+                supervise("rdm", restart_backoff(), HEALTHY_AFTER, &cancel, || {
+                    let (cfg, kafka, cancel, health) =
+                        (cfg.clone(), kafka.clone(), cancel.clone(), health.clone());
+                    async move {
+                        vitrina::rdm::upload::Uploader::new(&cfg, kafka, health)?
+                            .run(cancel)
+                            .await
+                    }
+                })
                 .await?;
             }
         },

@@ -338,3 +338,69 @@ pub fn describe_prostore() {
         metrics::counter!(c).increment(0);
     }
 }
+
+pub const RDM_ROWS_SENT: &str = "vitrina_rdm_rows_sent_total";
+pub const RDM_ROWS_ACCEPTED: &str = "vitrina_rdm_rows_accepted_total";
+pub const RDM_ROWS_REJECTED: &str = "vitrina_rdm_rows_rejected_total";
+pub const RDM_RETRIES: &str = "vitrina_rdm_request_retries_total";
+pub const RDM_UPLOAD_SECONDS: &str = "vitrina_rdm_upload_seconds";
+pub const RDM_COMMIT_TO_ACCEPTED: &str = "vitrina_rdm_commit_to_accepted_seconds";
+pub const RDM_BATCHES: &str = "vitrina_rdm_batches_total";
+pub const RDM_LAST_BATCH: &str = "vitrina_rdm_last_batch";
+pub const RDM_PENDING_DELTAS: &str = "vitrina_rdm_pending_deltas";
+pub const RDM_OLDEST_PENDING: &str = "vitrina_rdm_oldest_pending_delta_seconds";
+
+/// The RDM client's metrics, described and zeroed so dashboards see them
+/// before the first batch.
+pub fn describe_rdm() {
+    describe_restarts("rdm");
+    metrics::describe_counter!(
+        RDM_ROWS_SENT,
+        "Rows sent to the RDM upload service (a resent file counts again), by table and operation."
+    );
+    metrics::describe_counter!(
+        RDM_ROWS_ACCEPTED,
+        "Rows in files the service accepted (status 3)."
+    );
+    metrics::describe_counter!(
+        RDM_ROWS_REJECTED,
+        "Rows in files the service rejected (a 4xx answer or status 4, 5, 7), dead-lettered."
+    );
+    metrics::describe_counter!(
+        RDM_RETRIES,
+        "Requests to the service retried after a transient failure (unreachable, timeout, 5xx, 429)."
+    );
+    metrics::describe_histogram!(
+        RDM_UPLOAD_SECONDS,
+        metrics::Unit::Seconds,
+        "From sending a file to its final status."
+    );
+    metrics::describe_histogram!(
+        RDM_COMMIT_TO_ACCEPTED,
+        metrics::Unit::Seconds,
+        "From a row's journal commit to the service accepting it."
+    );
+    metrics::describe_counter!(RDM_BATCHES, "Batches committed to the upload journal.");
+    metrics::describe_gauge!(RDM_LAST_BATCH, "Number of the last committed batch.");
+    metrics::describe_gauge!(
+        RDM_PENDING_DELTAS,
+        "ProStore feed deltas committed and not yet uploaded."
+    );
+    metrics::describe_gauge!(
+        RDM_OLDEST_PENDING,
+        metrics::Unit::Seconds,
+        "Age of the oldest committed delta not yet uploaded; 0 when none waits."
+    );
+    for c in [RDM_BATCHES, RDM_RETRIES] {
+        metrics::counter!(c).increment(0);
+    }
+    for t in crate::rdm::TABLES {
+        for op in ["upload", "delete"] {
+            for c in [RDM_ROWS_SENT, RDM_ROWS_ACCEPTED, RDM_ROWS_REJECTED] {
+                metrics::counter!(c, "table" => t.name, "operation" => op).increment(0);
+            }
+        }
+    }
+    metrics::gauge!(RDM_PENDING_DELTAS).set(0.0);
+    metrics::gauge!(RDM_OLDEST_PENDING).set(0.0);
+}

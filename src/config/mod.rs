@@ -19,7 +19,8 @@ use serde::{Deserialize, Serialize};
 mod sections;
 pub use sections::{
     Assignment, CaptureConfig, DatabaseConfig, HashForm, HashForms, Hashing, KafkaConfig,
-    KafkaProperties, ProjectorConfig, ProstoreConfig, RegionConfig, StackConfig, WorkloadConfig,
+    KafkaProperties, ProjectorConfig, ProstoreConfig, RdmConfig, RegionConfig, StackConfig,
+    WorkloadConfig,
 };
 
 /// librdkafka properties vitrina owns: the servers, and what its
@@ -115,6 +116,7 @@ pub struct Config {
     pub capture: CaptureConfig,
     pub projector: ProjectorConfig,
     pub prostore: ProstoreConfig,
+    pub rdm: RdmConfig,
 }
 
 impl Default for Config {
@@ -130,6 +132,7 @@ impl Default for Config {
             capture: CaptureConfig::default(),
             projector: ProjectorConfig::default(),
             prostore: ProstoreConfig::default(),
+            rdm: RdmConfig::default(),
         }
     }
 }
@@ -215,7 +218,8 @@ impl Config {
             "capture.hmac_key_file",
             &self.capture.hmac_key_file,
             &mut self.capture.hmac_key,
-        )
+        )?;
+        read("rdm.token_file", &self.rdm.token_file, &mut self.rdm.token)
     }
 
     /// Checks constraints serde cannot express.
@@ -406,6 +410,25 @@ impl Config {
             return bad(
                 "prostore.records_per_message",
                 "records_per_message and max_delta_changes must be at least 1",
+            );
+        }
+        let rdm = &self.rdm;
+        if rdm.batch_interval_ms < 1000 {
+            return bad("rdm.batch_interval_ms", "must be at least 1000");
+        }
+        if rdm.utc_offset_minutes.abs() >= 24 * 60 {
+            return bad("rdm.utc_offset_minutes", "must be within a day of UTC");
+        }
+        if rdm.max_rows_per_file == 0 {
+            return bad("rdm.max_rows_per_file", "must be at least 1");
+        }
+        if !(rdm.url.starts_with("http://") || rdm.url.starts_with("https://")) {
+            return bad("rdm.url", "must start with http:// or https://");
+        }
+        if rdm.status_poll_ms < 10 || rdm.request_timeout_ms < 100 {
+            return bad(
+                "rdm.status_poll_ms",
+                "status_poll_ms must be at least 10 and request_timeout_ms at least 100",
             );
         }
         if c.hashing == Hashing::Keyed && c.hmac_key.as_ref().is_none_or(|k| k.expose().len() < 16)

@@ -460,3 +460,77 @@ impl Default for ProstoreConfig {
         }
     }
 }
+
+/// The RDM upload client (`vitrina rdm upload`): the regional data mart's
+/// public entities, as CSV micro-batches to its upload service.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RdmConfig {
+    /// Base address of the upload service (`scheme://host:port`, a path
+    /// prefix allowed).
+    pub url: String,
+    /// API version in the service's paths (`/{version}/datamarts/…`).
+    pub api_version: String,
+    /// The data mart's mnemonic (`datamart_name` in the paths).
+    pub datamart: String,
+    /// Bearer token sent as `Authorization: Bearer …`; unset: none sent.
+    pub token: Option<Secret>,
+    /// A file holding the token (read at start; instead of `token`).
+    pub token_file: Option<PathBuf>,
+    /// Certificate authority (PEM) for an `https` service signed by a
+    /// private CA; the public web roots are trusted as well.
+    pub ca_file: Option<PathBuf>,
+    /// Prefix of every identifier sent (`<prefix>-<id>`), naming the source
+    /// system, as vendors' clients do; empty: identifiers as they are.
+    /// A number is taken as its digits (`VITRINA_RDM__ID_PREFIX=69`).
+    #[serde(deserialize_with = "string_or_number")]
+    pub id_prefix: String,
+    /// The region's offset from UTC in minutes (datetimes are sent in local
+    /// time without a zone, as vendors send them; 180 = Moscow).
+    pub utc_offset_minutes: i32,
+    /// A micro-batch is cut this often (when anything changed).
+    pub batch_interval_ms: u64,
+    /// Rows per uploaded file; a batch's larger files are split.
+    pub max_rows_per_file: usize,
+    /// Timeout of one HTTP request.
+    pub request_timeout_ms: u64,
+    /// First wait between status polls; doubles up to 30 s.
+    pub status_poll_ms: u64,
+    /// Prometheus exporter address of the client.
+    pub metrics_listen: String,
+}
+
+impl Default for RdmConfig {
+    fn default() -> Self {
+        RdmConfig {
+            url: "http://127.0.0.1:8090".into(),
+            api_version: "v2".into(),
+            datamart: "vitrina".into(),
+            token: None,
+            token_file: None,
+            ca_file: None,
+            id_prefix: String::new(),
+            utc_offset_minutes: 180,
+            batch_interval_ms: 30_000,
+            max_rows_per_file: 10_000,
+            request_timeout_ms: 30_000,
+            status_poll_ms: 1000,
+            metrics_listen: "127.0.0.1:9468".into(),
+        }
+    }
+}
+
+/// A string, or a number as its text (an environment override of a
+/// string key that looks like a number arrives as a number).
+fn string_or_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Text {
+        S(String),
+        I(i64),
+    }
+    Ok(match Text::deserialize(d)? {
+        Text::S(s) => s,
+        Text::I(i) => i.to_string(),
+    })
+}

@@ -42,9 +42,12 @@ struct Older {
 /// Writer schemas of earlier releases still to be read: (entity, .avsc).
 /// When a release changes an entity's schema, the one it replaces is added
 /// here (compatibly: new fields with defaults), so a projector reads what
-/// an older capture wrote. Empty: every schema is as first published with
-/// the specification's fingerprints.
-pub const WRITER_HISTORY: &[(&str, &str)] = &[];
+/// an older capture wrote. The files live in `avro/history/`, named
+/// `<entity>.<date the schema was replaced>.avsc`.
+pub const WRITER_HISTORY: &[(&str, &str)] = &[(
+    "organization",
+    include_str!("../../avro/history/organization.2026-11-30.avsc"),
+)];
 
 /// All event schemas, by entity and by fingerprint.
 pub struct Registry {

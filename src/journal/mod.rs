@@ -35,6 +35,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "replica_identity",
         sql: include_str!("../../migrations/journal/0002_replica_identity.sql"),
     },
+    Migration {
+        version: 3,
+        name: "organization_registry",
+        sql: include_str!("../../migrations/journal/0003_organization_registry.sql"),
+    },
 ];
 
 #[derive(Debug, thiserror::Error)]

@@ -33,6 +33,8 @@ pub enum LoadError {
 /// Tables in load order (parents first); also the truncate list.
 pub const TABLES: &[&str] = &[
     "organizations",
+    "organization_addresses",
+    "organization_contacts",
     "subjects",
     "teachers",
     "classes",

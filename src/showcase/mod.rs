@@ -107,13 +107,24 @@ pub fn table_ddl(schema: &str, e: &Entity) -> String {
     cols.push("    source_commit_time timestamptz NOT NULL".into());
     cols.push("    event_id text NOT NULL".into());
     cols.push("    applied_at timestamptz NOT NULL DEFAULT now()".into());
-    format!(
+    let mut out = format!(
         "CREATE TABLE IF NOT EXISTS {schema}.{} (\n{}\n);\nCOMMENT ON TABLE {schema}.{} IS {};\n",
         e.name,
         cols.join(",\n"),
         e.name,
         quote(e.doc)
-    )
+    );
+    // A showcase made by an earlier release gains the fields added since
+    // (the contract only adds nullable fields).
+    for f in e.fields {
+        out.push_str(&format!(
+            "ALTER TABLE {schema}.{} ADD COLUMN IF NOT EXISTS {} {};\n",
+            e.name,
+            f.name,
+            sql_type(f.ty)
+        ));
+    }
+    out
 }
 
 fn quote(s: &str) -> String {

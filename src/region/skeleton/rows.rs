@@ -11,7 +11,7 @@ pub fn skeleton_bufs(sk: &Skeleton) -> Vec<CopyBuf> {
         - chrono::Duration::days(365 * (sk.years as i64));
     let admin = "op:region-admin";
 
-    let mut orgs = CopyBuf::new("organizations", "id, regional_id, full_name, short_name, kind, inn, ogrn, kpp, okopf, okfs, okogu, okato, oktmo, licence_number, licence_issued_on, accreditation_number, head_name, head_position, phone, email, website, legal_address, actual_address, created_at, updated_at, updated_by");
+    let mut orgs = CopyBuf::new("organizations", "id, regional_id, full_name, short_name, kind, inn, ogrn, kpp, okopf, okfs, okogu, okato, oktmo, licence_number, licence_issued_on, accreditation_number, head_name, head_position, phone, email, website, legal_address, actual_address, created_at, updated_at, updated_by, rosobr_id, okpo, active");
     for o in &sk.organizations {
         orgs.val(o.id)
             .text(&o.regional_id)
@@ -38,9 +38,13 @@ pub fn skeleton_bufs(sk: &Skeleton) -> Vec<CopyBuf> {
             .text(&o.address)
             .ts(created)
             .ts(created)
-            .text(admin);
+            .text(admin)
+            .text(&format!("{:032x}", 0x5c0_0000_u64 * 7919 + o.id as u64))
+            .text(&format!("{:08}", 40_000_000 + o.id * 37))
+            .val(true);
         orgs.end_row();
     }
+    let (addresses, contacts) = registry_bufs(sk, created, admin);
 
     let mut subjects = CopyBuf::new("subjects", "id, code, name, pass_fail");
     for (i, s) in SUBJECTS.iter().enumerate() {
@@ -257,6 +261,8 @@ pub fn skeleton_bufs(sk: &Skeleton) -> Vec<CopyBuf> {
 
     vec![
         orgs,
+        addresses,
+        contacts,
         subjects,
         teachers,
         classes,
@@ -267,4 +273,60 @@ pub fn skeleton_bufs(sk: &Skeleton) -> Vec<CopyBuf> {
         orders,
         consents,
     ]
+}
+
+/// Each organization's structured addresses (its legal address and its
+/// place of education, the same building) and contact points (phone,
+/// e-mail, website), derived from the organization without drawing from
+/// the generator's random stream.
+fn registry_bufs(sk: &Skeleton, created: chrono::NaiveDateTime, admin: &str) -> (CopyBuf, CopyBuf) {
+    use crate::region::names::{CITIES, STREETS};
+    let mut addresses = CopyBuf::new("organization_addresses", "id, organization_id, use_address, type_address, text, city, district, state, postal_code, country, start_datetime, flat, building, house, street, updated_at, updated_by");
+    let mut contacts = CopyBuf::new("organization_contacts", "id, organization_id, type_contact, value_type, use_cod, rank_contact, start_datetime, updated_at, updated_by");
+    for o in &sk.organizations {
+        let (city, index) = CITIES[o.city];
+        let n = o.id as usize;
+        let postal = format!("{index}{:03}", n % 100);
+        let street = STREETS[n % STREETS.len()];
+        let house = (n * 7) % 119 + 1;
+        let text = format!("{postal}, Тверская обл., г. {city}, {street}, д. {house}");
+        for (i, (use_address, type_address)) in [(1, 3), (2, 2)].into_iter().enumerate() {
+            addresses
+                .val(o.id * 2 - 1 + i as i64)
+                .val(o.id)
+                .val(use_address)
+                .val(type_address)
+                .text(&text)
+                .text(city)
+                .text(&format!("городской округ {city}"))
+                .text("Тверская область")
+                .text(&postal)
+                .text("Россия")
+                .ts(created)
+                .null()
+                .null()
+                .val(house)
+                .text(street)
+                .ts(created)
+                .text(admin);
+            addresses.end_row();
+        }
+        for (i, (kind, value)) in [(1, &o.phone), (3, &o.email), (5, &o.website)]
+            .into_iter()
+            .enumerate()
+        {
+            contacts
+                .val((o.id - 1) * 3 + 1 + i as i64)
+                .val(o.id)
+                .val(kind)
+                .text(value)
+                .val(1)
+                .val(i + 1)
+                .ts(created)
+                .ts(created)
+                .text(admin);
+            contacts.end_row();
+        }
+    }
+    (addresses, contacts)
 }

@@ -26,6 +26,7 @@ pub(super) const OPS: &[(&str, u32)] = &[
     ("consent_change", 5),
     ("medical_exemption", 5),
     ("student_edit", 3),
+    ("organization_contact_edit", 1),
 ];
 
 pub(super) fn pick_op(rng: &mut Rng) -> &'static str {
@@ -89,6 +90,11 @@ pub(super) enum Plan {
     StudentEdit {
         student: i64,
     },
+    /// A school's phone number changes (its contact point and its record).
+    ContactEdit {
+        organization: i64,
+        phone: String,
+    },
 }
 
 pub(super) struct LessonRow {
@@ -108,6 +114,7 @@ impl Plan {
             Plan::Lesson {
                 grades, absences, ..
             } => 1 + grades.len() as u64 + absences.len() as u64,
+            Plan::ContactEdit { .. } => 2,
             _ => 1,
         }
     }
@@ -311,6 +318,20 @@ pub(super) fn plan(op: &str, state: &Mutex<State>, rng: &mut Rng) -> Option<Plan
             let student = *students.get(rng.below(students.len().max(1) as u64) as usize)?;
             Some(Plan::StudentEdit { student })
         }
+        "organization_contact_edit" => {
+            let ci = rng.below(st.classes.len() as u64) as usize;
+            let organization = st.classes.get(ci)?.organization_id;
+            let phone = format!(
+                "+7 (4822) {:02}-{:02}-{:02}",
+                rng.range(30, 79),
+                rng.below(100),
+                rng.below(100)
+            );
+            Some(Plan::ContactEdit {
+                organization,
+                phone,
+            })
+        }
         _ => None,
     }
 }
@@ -453,6 +474,21 @@ pub(super) async fn execute(
                 &[student],
             )
             .await?
+        }
+        Plan::ContactEdit {
+            organization,
+            phone,
+        } => {
+            tx.execute(
+                "UPDATE journal.organizations SET phone = $2, updated_at = now(), updated_by = 'op:region-admin' WHERE id = $1",
+                &[organization, phone],
+            )
+            .await?
+                + tx.execute(
+                    "UPDATE journal.organization_contacts SET value_type = $2, updated_at = now(), updated_by = 'op:region-admin' WHERE organization_id = $1 AND type_contact = 1",
+                    &[organization, phone],
+                )
+                .await?
         }
     };
     tx.commit().await?;
