@@ -255,6 +255,8 @@ fn the_compose_stack_references_existing_files_and_the_code_defaults() {
     for (svc, listen) in [
         ("capture", d.capture.metrics_listen.as_str()),
         ("projector", d.projector.metrics_listen.as_str()),
+        ("prostore", d.prostore.metrics_listen.as_str()),
+        ("rdm", d.rdm.metrics_listen.as_str()),
     ] {
         let p = port(listen);
         let s = &services[svc];
@@ -285,7 +287,14 @@ fn the_compose_stack_references_existing_files_and_the_code_defaults() {
         serde_yaml::from_str(&std::fs::read_to_string(dir.join("prometheus.yml")).unwrap())
             .unwrap();
     let targets = serde_yaml::to_string(&prom["scrape_configs"]).unwrap();
-    assert!(targets.contains("capture:9464") && targets.contains("projector:9465"));
+    for t in [
+        "capture:9464",
+        "projector:9465",
+        "prostore:9467",
+        "rdm:9468",
+    ] {
+        assert!(targets.contains(t), "Prometheus scrapes {t}");
+    }
     let mounted = serde_yaml::to_string(&services["prometheus"]["volumes"]).unwrap();
     let rule_file = prom["rule_files"][0].as_str().unwrap();
     assert!(
@@ -407,6 +416,55 @@ async fn prometheus_scrapes_the_pipeline_sees_it_move_and_fires_when_capture_sto
         &[
             ("VITRINA_PROSTORE__METRICS_LISTEN", feed_at.as_str()),
             ("VITRINA_PROSTORE__DELTA_INTERVAL_MS", "1000"),
+        ],
+    );
+
+    // The RDM client, against the stand-in service (tests/rdm.rs tests it
+    // against the service's own description; here it must only export).
+    let rdm_ports = common::free_ports(2);
+    let (mock_port, rdm_at) = (rdm_ports[0], format!("127.0.0.1:{}", rdm_ports[1]));
+    let tables: serde_json::Map<String, serde_json::Value> = vitrina::rdm::TABLES
+        .iter()
+        .map(|t| {
+            let cols: Vec<&str> = t.columns.iter().map(|c| c.name).collect();
+            let req: Vec<&str> = t
+                .columns
+                .iter()
+                .filter(|c| c.required)
+                .map(|c| c.name)
+                .collect();
+            (
+                t.name.to_string(),
+                serde_json::json!({"columns": cols, "required": req, "primary_key": t.primary_key}),
+            )
+        })
+        .collect();
+    let tables_file = root().join(format!("target/test-logs/{name}-rdm-tables.json"));
+    std::fs::write(&tables_file, serde_json::Value::Object(tables).to_string()).unwrap();
+    let mock_log =
+        std::fs::File::create(root().join(format!("target/test-logs/{name}-rdm-mock.log")))
+            .unwrap();
+    let mut mock = std::process::Command::new("python3");
+    mock.arg(root().join("tests/rdm_mock.py"))
+        .args(["--port", &mock_port.to_string(), "--processing-ms", "100"])
+        .arg("--tables")
+        .arg(&tables_file)
+        .stdout(mock_log.try_clone().unwrap())
+        .stderr(mock_log);
+    common::dies_with_test(&mut mock);
+    let mut mock = mock.spawn().unwrap();
+    let mock_url = format!("http://127.0.0.1:{mock_port}");
+    let mut rdm = common::spawn_vitrina(
+        "rdm upload",
+        &db,
+        &name,
+        &format!("{name}-rdm"),
+        &[
+            ("VITRINA_PROSTORE__METRICS_LISTEN", "127.0.0.1:0"),
+            ("VITRINA_RDM__URL", mock_url.as_str()),
+            ("VITRINA_RDM__METRICS_LISTEN", rdm_at.as_str()),
+            ("VITRINA_RDM__BATCH_INTERVAL_MS", "1000"),
+            ("VITRINA_RDM__STATUS_POLL_MS", "100"),
         ],
     );
 
@@ -566,6 +624,18 @@ scrape_configs:
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
+    // The RDM client's histograms appear once it has had a file accepted.
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let text = common::http_get(&rdm_at, "/metrics").1;
+        if text.contains("vitrina_rdm_commit_to_accepted_seconds_count")
+            || std::time::Instant::now() > deadline
+        {
+            have.extend(exported(&text));
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
     have.insert("up".into());
     let mut used = BTreeSet::new();
     for e in dashboard_exprs() {
@@ -634,6 +704,8 @@ scrape_configs:
     .unwrap();
     common::kill(&mut projector, libc::SIGTERM);
     common::kill(&mut feed, libc::SIGTERM);
+    common::kill(&mut rdm, libc::SIGTERM);
+    common::kill(&mut mock, libc::SIGTERM);
     common::kill(&mut prom, libc::SIGTERM);
 
     // One span per batch, with its source positions: capture's per journal

@@ -384,7 +384,7 @@ mod tests {
     fn a_row_is_written_as_vendors_write_it() {
         let t = &TABLES[0];
         // 2026-12-01 09:30:00 UTC is 12:30:00 in Moscow.
-        let r = t.render(&org(), 1_795_599_000_000_000, &fmt("69"));
+        let r = t.render(&org(), 1_796_117_400_000_000, &fmt("69"));
         let line = t.line(&r, "2026-12-01 12:31:00");
         let cells: Vec<&str> = line.split(';').collect();
         assert_eq!(cells.len(), t.columns.len());

@@ -576,6 +576,8 @@ pub struct Uploader {
     prefix: String,
     fmt: Format,
     health: std::sync::Arc<crate::http::Health>,
+    /// Commit time of the oldest delta not yet uploaded (microseconds).
+    pending_since: Option<i64>,
     /// Test hook: die after this many `sent` records.
     die_after_sends: Option<usize>,
     sends: usize,
@@ -602,6 +604,7 @@ impl Uploader {
             producer,
             prefix,
             health,
+            pending_since: None,
             die_after_sends: std::env::var("RDM_TEST_DIE_AFTER_SENDS")
                 .ok()
                 .and_then(|v| v.parse().ok()),
@@ -649,6 +652,10 @@ impl Uploader {
             }
         }
         if let Some((b, files)) = pending {
+            self.pending_since = deltas
+                .iter()
+                .find(|d| d.number >= b.from_delta)
+                .map(|d| d.committed_at_micros);
             tracing::info!(
                 batch = b.batch,
                 "finishing a batch planned before a restart"
@@ -679,10 +686,8 @@ impl Uploader {
             manifest_at = at;
             queue.extend(more);
             metrics::gauge!(crate::observability::RDM_PENDING_DELTAS).set(queue.len() as f64);
-            let oldest = queue.first().map_or(0.0, |d| {
-                (chrono::Utc::now().timestamp_micros() - d.committed_at_micros) as f64 / 1e6
-            });
-            metrics::gauge!(crate::observability::RDM_OLDEST_PENDING).set(oldest.max(0.0));
+            self.pending_since = queue.first().map(|d| d.committed_at_micros);
+            self.report_pending();
             if let (Some(first), Some(last)) = (queue.first(), queue.last()) {
                 let files = build(&queue, &live, &self.fmt, self.cfg.rdm.max_rows_per_file);
                 let (from_delta, to_delta) = (first.number, last.number);
@@ -712,8 +717,9 @@ impl Uploader {
                     next_delta = to_delta + 1;
                 }
                 queue.clear();
+                self.pending_since = None;
+                self.report_pending();
                 metrics::gauge!(crate::observability::RDM_PENDING_DELTAS).set(0.0);
-                metrics::gauge!(crate::observability::RDM_OLDEST_PENDING).set(0.0);
             }
             let wait = interval.saturating_sub(started.elapsed());
             tokio::select! {
@@ -804,6 +810,15 @@ struct Outcome {
 }
 
 impl Uploader {
+    /// The age of the oldest delta not yet uploaded, kept current while a
+    /// batch waits on the service.
+    fn report_pending(&self) {
+        let age = self.pending_since.map_or(0.0, |t| {
+            ((chrono::Utc::now().timestamp_micros() - t) as f64 / 1e6).max(0.0)
+        });
+        metrics::gauge!(crate::observability::RDM_OLDEST_PENDING).set(age);
+    }
+
     fn backoff(&self) -> Backoff {
         Backoff::new(
             Duration::from_millis(self.cfg.rdm.status_poll_ms.min(500)),
@@ -865,6 +880,8 @@ impl Uploader {
                     tracing::warn!(batch, file = id, error = %e, retry_in_s = delay.as_secs_f64(), "sending a file failed; retrying");
                     self.health
                         .not_ready(format!("the RDM upload service is failing: {e}"));
+                    self.report_pending();
+                    self.health.beat();
                     if !Self::pause(delay, cancel).await {
                         return Ok(Posted::Cancelled);
                     }
@@ -934,6 +951,8 @@ impl Uploader {
                 }
                 Err(e) => return Err(e.into()),
             };
+            self.report_pending();
+            self.health.beat();
             if !Self::pause(delay, cancel).await {
                 return Ok(None);
             }
