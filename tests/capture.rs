@@ -247,7 +247,7 @@ async fn an_idle_journal_keeps_the_slot_advancing() {
         .collect();
     assert_eq!(
         partitions.len(),
-        14 * 3,
+        vitrina::events::ENTITIES.len() * 3,
         "a watermark on each partition of each topic"
     );
 }

@@ -28,7 +28,7 @@ async fn migrations_apply_on_empty_database_then_change_nothing() {
     let cfg = common::fresh_db("t_migrate").await;
     let mut c = vitrina::pg::connect(&cfg).await.unwrap();
     let first = journal::migrate(&mut c).await.unwrap();
-    assert_eq!(first, vec![1, 2]);
+    assert_eq!(first, vec![1, 2, 3]);
     let after_first = schema_fingerprint(&c).await;
     assert!(
         after_first.len() > 100,

@@ -18,7 +18,9 @@ Uploads upsert by primary key, deletes delete by it.
 
 Faults: --fail-first N answers the first N POSTs with 500; a row holding
 --reject-marker fails the control. GET /_mock/state (not part of the
-service) returns the tables and counters as JSON.
+service) returns the tables and counters as JSON; GET
+/_mock/latency?since=&until= (Unix seconds) the journal commit -> accepted
+figures of rows committed in that window.
 
 Standard library only.
 """
@@ -54,6 +56,8 @@ class Service:
         self.duplicate_posts = 0
         self.deletes_of_missing = 0
         self.rejected = 0
+        # (create_datetime as written, accepted at: Unix seconds) per accepted row.
+        self.accepted = []
         self.work = queue.Queue()
         threading.Thread(target=self.worker, daemon=True).start()
 
@@ -101,7 +105,10 @@ class Service:
                 else:
                     pk = self.spec[req["table"]]["primary_key"]
                     held = self.tables[req["table"]]
+                    now = time.time()
                     for row in rows:
+                        if req["operation"] == "upload":
+                            self.accepted.append((row.get("create_datetime", ""), now))
                         key = "|".join(row[c] for c in pk)
                         if req["operation"] == "upload":
                             held[key] = row
@@ -137,6 +144,26 @@ class Service:
             share = (time.time() - req["at"]) / max(self.args.processing_ms / 1000, 1e-3)
             code = 0 if share < 1 / 3 else 1 if share < 2 / 3 else 2
             return {"code": code, "description": ["запрос буферизирован", "ожидает открытия дельты", "в обработке"][code]}
+
+    def latency(self, utc_offset_minutes, since, until):
+        """Journal commit -> accepted over rows committed in [since, until]
+        (Unix seconds): count, p50, p99, max. create_datetime has whole
+        seconds: each figure is within a second."""
+        import datetime
+        tz = datetime.timezone(datetime.timedelta(minutes=utc_offset_minutes))
+        lags = []
+        with self.lock:
+            rows = list(self.accepted)
+        for created, at in rows:
+            try:
+                t = datetime.datetime.strptime(created, "%Y-%m-%d %H:%M:%S").replace(tzinfo=tz).timestamp()
+            except ValueError:
+                continue
+            if since <= t <= until:
+                lags.append(at - t)
+        lags.sort()
+        pick = lambda q: lags[min(len(lags) - 1, int(q * len(lags)))] if lags else None
+        return {"rows": len(lags), "p50_s": pick(0.5), "p99_s": pick(0.99), "max_s": lags[-1] if lags else None}
 
     def state(self):
         with self.lock:
@@ -185,6 +212,11 @@ def handler(service, token):
         def do_GET(self):
             if self.path == "/_mock/state":
                 return self.reply(200, service.state())
+            if self.path.startswith("/_mock/latency"):
+                from urllib.parse import parse_qs, urlparse
+                q = {k: float(v[0]) for k, v in parse_qs(urlparse(self.path).query).items()}
+                return self.reply(200, service.latency(
+                    int(q.get("utc_offset_minutes", 180)), q.get("since", 0), q.get("until", 1e12)))
             m = STATUS.match(self.path)
             if not m:
                 return self.reply(404, {"error": "no such path"})

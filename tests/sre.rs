@@ -671,7 +671,7 @@ scrape_configs:
     assert!(p["capture"]["retained_wal_bytes"].is_i64(), "{p}");
     assert_eq!(
         p["showcase"]["entities"].as_array().unwrap().len(),
-        14,
+        vitrina::events::ENTITIES.len(),
         "{p}"
     );
     assert!(p["showcase"]["freshness_s"].as_f64().unwrap() < 20.0, "{p}");
