@@ -77,7 +77,7 @@ impl fmt::Display for WorkloadReport {
             )?;
         }
         for (op, n) in &self.by_operation {
-            writeln!(f, "  {op:<22} {n:>8} transactions")?;
+            writeln!(f, "  {op:<25} {n:>8} transactions")?;
         }
         Ok(())
     }
