@@ -132,6 +132,12 @@ pub fn ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
+/// Quotes an SQL string literal (the server's `standard_conforming_strings`
+/// is on, as it is by default since PostgreSQL 9.1).
+pub fn literal(value: &str) -> String {
+    format!("'{}'", value.replace('\'', "''"))
+}
+
 /// Creates `database` if it does not exist (connecting to `postgres`).
 pub async fn ensure_database<C: Connectable + Clone>(
     admin: &C,

@@ -5,8 +5,8 @@
 //! ```text
 //!   mapped row ──scrub free text──▶ general event (medical fields null) ──▶ vitrina.<entity>.v1
 //!        └──medical detail──▶ consent active? ──yes──▶ vitrina.medical_detail.v1 (compacted)
-//!   consent granted  ──▶ the student's existing detail, read from the journal, published
-//!   consent revoked  ──▶ a tombstone for every row of the student (compaction erases the rest)
+//!   consent changed ──▶ waits (≤ FLIP_WAIT, ≤ FLIP_BATCH students) ──▶ flush: one query per table for
+//!        the waiting students' rows that hold detail now ──▶ granted: published; else: tombstones
 //! ```
 //!
 //! Invariants:
@@ -14,27 +14,32 @@
 //!   mapping says: the split follows the contract's field classes
 //!   ([`crate::events::contract::Class`]), after mapping and before encoding.
 //! - Detail is published only for a student in the consenting set; the set
-//!   follows the journal *now*: loaded at start, re-read for a student on
-//!   every consent change the stream carries, and re-read whole every
-//!   `REFRESH` (so a revocation stops publication within that time even
-//!   when capture is behind the journal).
-//! - A row whose detail is gone (deleted, code no longer Б, consent
-//!   revoked) gets a tombstone; a tombstone for a key that never had detail
-//!   erases nothing and is harmless.
+//!   follows the journal *now*: loaded at start, re-read for the students
+//!   of every consent change the stream carries when their flip runs, and
+//!   re-read whole every `REFRESH` (so a revocation stops publication
+//!   within that time even when capture is behind the journal). A student
+//!   whose flip waits counts as not consenting.
+//! - Nothing after a consent change is confirmed to the slot before its
+//!   flip's records are acknowledged: the publisher holds commit markers
+//!   while a flip waits.
+//! - The restricted topic holds detail only of rows that held it when last
+//!   published: a deleted row, or a changed one that is not published with
+//!   detail, gets a tombstone (a tombstone for a key that never had detail
+//!   erases nothing and is harmless), so a revocation needs to erase only
+//!   the rows that hold detail in the journal now.
 //! - Names learned from the journal stay in this process's memory.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use super::mapping::{Mapping, Row, TableMapping};
 use super::publisher::Publisher;
 use super::CaptureError;
 use crate::events::contract::{Class, Entity};
-use crate::events::{schema, Detail, Val};
+use crate::events::{schema, Detail, Op, Val};
 use crate::observability as obs;
 use crate::pg::PgError;
 use crate::privacy::scrub::Scrubber;
-use crate::privacy::Depersonalizer;
 
 /// Consent kind that allows medical detail to leave the region.
 pub const CONSENT_KIND: &str = "medical_data_transfer";
@@ -96,44 +101,25 @@ impl Fields {
     /// Scrubs the free text of `after` and moves its medical values out.
     pub fn apply(&self, entity: &Entity, after: &mut [Val]) -> Applied {
         let mut out = Applied::default();
-        let mut detail: Option<Vec<(&'static str, Option<String>)>> = None;
+        if entity.has_medical() {
+            out.detail = Some(detail_slots());
+        }
         for (i, f) in entity.fields.iter().enumerate() {
-            let medical = match f.class {
-                Class::Plain => continue,
-                Class::FreeText => false,
-                Class::Medical => true,
-                Class::MedicalWhen(field, value) => entity
-                    .index(field)
-                    .is_some_and(|j| matches!(&after[j], Val::Str(s) if s == value)),
-            };
-            if matches!(f.class, Class::Medical | Class::MedicalWhen(..)) && detail.is_none() {
-                detail = Some(
-                    schema::medical_fields()
-                        .iter()
-                        .map(|n| (*n, None))
-                        .collect(),
-                );
+            if f.class == Class::Plain {
+                continue;
             }
+            let medical = is_medical(f.class, |field| {
+                match entity.index(field).map(|j| &after[j]) {
+                    Some(Val::Str(s)) => Some(s.as_str()),
+                    _ => None,
+                }
+            });
             if medical {
-                // Detail is text a person typed too: scrubbed before it
-                // goes anywhere.
                 let v = match std::mem::replace(&mut after[i], Val::Null) {
-                    Val::Str(s) if self.scrub => {
-                        let (clean, n) = self.scrubber.scrub(&s);
-                        if n > 0 {
-                            out.scrubbed.push((i, n));
-                        }
-                        Some(clean)
-                    }
-                    Val::Str(s) => Some(s),
+                    Val::Str(s) => Some(self.scrub_counted(&s, i, &mut out.scrubbed)),
                     _ => None,
                 };
-                if let Some(slot) = detail
-                    .as_mut()
-                    .and_then(|d| d.iter_mut().find(|(n, _)| *n == f.name))
-                {
-                    slot.1 = v;
-                }
+                put(out.detail.as_mut(), f.name, v);
             } else if self.scrub {
                 if let Val::Str(s) = &after[i] {
                     let (clean, n) = self.scrubber.scrub(s);
@@ -144,8 +130,63 @@ impl Fields {
                 }
             }
         }
-        out.detail = detail;
         out
+    }
+
+    /// The medical detail of a row given as text by field name (a row the
+    /// gate read from the journal), scrubbed: what [`Fields::apply`] would
+    /// move out of its mapped state.
+    pub fn detail_of<'a>(
+        &self,
+        entity: &Entity,
+        text: impl Fn(&str) -> Option<&'a str>,
+    ) -> Vec<(&'static str, Option<String>)> {
+        let mut detail = detail_slots();
+        for f in entity.fields {
+            if matches!(f.class, Class::Medical | Class::MedicalWhen(..))
+                && is_medical(f.class, &text)
+            {
+                let v = text(f.name).map(|s| self.scrub_counted(s, 0, &mut Vec::new()));
+                put(Some(&mut detail), f.name, v);
+            }
+        }
+        detail
+    }
+
+    /// Detail is text a person typed too: scrubbed before it goes anywhere.
+    fn scrub_counted(&self, s: &str, i: usize, counts: &mut Vec<(usize, u32)>) -> String {
+        if !self.scrub {
+            return s.to_string();
+        }
+        let (clean, n) = self.scrubber.scrub(s);
+        if n > 0 {
+            counts.push((i, n));
+        }
+        clean
+    }
+}
+
+/// One slot per medical field of the contract, all empty.
+fn detail_slots() -> Vec<(&'static str, Option<String>)> {
+    schema::medical_fields()
+        .iter()
+        .map(|n| (*n, None))
+        .collect()
+}
+
+fn put(detail: Option<&mut Vec<(&'static str, Option<String>)>>, field: &str, v: Option<String>) {
+    if let Some(slot) = detail.and_then(|d| d.iter_mut().find(|(n, _)| *n == field)) {
+        slot.1 = v;
+    }
+}
+
+/// Whether a field of class `class` carries medical detail in a state
+/// whose text values `text` gives by field name.
+fn is_medical<'a>(class: Class, text: impl Fn(&str) -> Option<&'a str>) -> bool {
+    match class {
+        Class::Medical => true,
+        Class::MedicalWhen(field, value) => text(field) == Some(value),
+        Class::Plain | Class::FreeText => false,
     }
 }
 
@@ -158,22 +199,109 @@ struct ConsentTable {
     status: String,
 }
 
-/// A journal table with medical fields, and its student column.
+/// A journal table with medical fields: how to read the rows of a set of
+/// students that hold detail now.
 struct MedicalTable {
     mapping: TableMapping,
-    student: String,
+    /// The columns `sql` returns after the student (as text).
+    columns: Vec<String>,
+    /// `$1`: the students (bigint[]).
+    sql: String,
 }
+
+impl MedicalTable {
+    fn new(t: &TableMapping) -> Option<MedicalTable> {
+        let student = t.column_of("student_id")?.to_string();
+        let mut columns: Vec<String> = t.key.clone();
+        // Rows that can hold detail now: a medical column set (and, for a
+        // field medical only on a condition, the condition holds). A field
+        // or condition not read straight from a column (a hash) makes every
+        // row of the student a candidate; the gate checks each row anyway.
+        let mut holds = Vec::new();
+        let mut every_row = false;
+        for f in t.entity.fields {
+            let when = match f.class {
+                Class::Medical => None,
+                Class::MedicalWhen(field, value) => Some((field, value)),
+                _ => continue,
+            };
+            let Some(col) = t.column_of(f.name) else {
+                every_row = true;
+                continue;
+            };
+            columns.push(col.to_string());
+            let mut cond = format!("{} IS NOT NULL", crate::pg::ident(col));
+            if let Some((field, value)) = when {
+                let Some(wcol) = t.column_of(field) else {
+                    every_row = true;
+                    continue;
+                };
+                columns.push(wcol.to_string());
+                cond = format!(
+                    "{cond} AND {}::text = {}",
+                    crate::pg::ident(wcol),
+                    crate::pg::literal(value)
+                );
+            }
+            holds.push(format!("({cond})"));
+        }
+        columns.sort();
+        columns.dedup();
+        let filter = if every_row || holds.is_empty() {
+            String::new()
+        } else {
+            format!(" AND ({})", holds.join(" OR "))
+        };
+        let select: Vec<String> = columns
+            .iter()
+            .map(|c| format!("{}::text", crate::pg::ident(c)))
+            .collect();
+        let sql = format!(
+            "SELECT {s}::bigint, {cols} FROM {t} WHERE {s} = ANY($1::bigint[]){filter}",
+            s = crate::pg::ident(&student),
+            cols = select.join(", "),
+            t = quoted(&t.table),
+        );
+        Some(MedicalTable {
+            mapping: t.clone(),
+            columns,
+            sql,
+        })
+    }
+}
+
+/// A row [`MedicalTable::sql`] returned, by column name.
+struct Candidate<'a> {
+    row: &'a tokio_postgres::Row,
+    columns: &'a [String],
+}
+
+impl Row for Candidate<'_> {
+    fn get(&self, column: &str) -> Option<Option<&str>> {
+        let i = self.columns.iter().position(|c| c == column)?;
+        Some(self.row.get::<_, Option<&str>>(i + 1))
+    }
+}
+
+/// Consent changes wait at most this long for their flip (while they wait,
+/// the transactions after them are not confirmed to the slot)…
+pub const FLIP_WAIT: Duration = Duration::from_millis(100);
+/// … or until this many students wait.
+pub const FLIP_BATCH: usize = 500;
 
 /// The gate of a running capture: [`Fields`] plus the consenting set and
 /// the journal connection that keeps it true.
 pub struct Gate {
     pub fields: Fields,
     client: tokio_postgres::Client,
-    dp: Depersonalizer,
     consents: Option<ConsentTable>,
     medical: Vec<MedicalTable>,
-    /// Students whose parent consents now.
+    /// Students whose parent consents now (never one in `pending`).
     active: HashSet<i64>,
+    /// Students whose consent changed and whose detail is yet to be
+    /// published or erased, with the position of the latest change.
+    pending: HashMap<i64, At>,
+    pending_since: Option<Instant>,
     /// Consent key → student, for consent rows deleted later.
     consent_students: HashMap<String, i64>,
     refreshed: Instant,
@@ -197,7 +325,6 @@ impl Gate {
     pub async fn open(
         client: tokio_postgres::Client,
         mapping: &Mapping,
-        dp: &Depersonalizer,
         scrub: bool,
     ) -> Result<Gate, CaptureError> {
         let mut fields = Fields::new(scrub);
@@ -232,20 +359,16 @@ impl Gate {
             .tables
             .iter()
             .filter(|t| t.entity.has_medical())
-            .filter_map(|t| {
-                Some(MedicalTable {
-                    student: t.column_of("student_id")?.to_string(),
-                    mapping: t.clone(),
-                })
-            })
+            .filter_map(MedicalTable::new)
             .collect();
         let mut gate = Gate {
             fields,
             client,
-            dp: dp.clone(),
             consents,
             medical,
             active: HashSet::new(),
+            pending: HashMap::new(),
+            pending_since: None,
             consent_students: HashMap::new(),
             refreshed: Instant::now(),
             counters: HashMap::new(),
@@ -253,6 +376,17 @@ impl Gate {
         gate.active = gate.read_active().await?;
         metrics::gauge!(obs::CAPTURE_CONSENTING).set(gate.active.len() as f64);
         Ok(gate)
+    }
+
+    /// The consent table's `SELECT` of granted medical-data consents, with
+    /// `extra` appended to its condition.
+    fn granted_sql(&self, c: &ConsentTable, select: &str, extra: &str) -> String {
+        format!(
+            "SELECT {select} FROM {t} WHERE {kind} = $1 AND {status} = 'granted'{extra}",
+            t = quoted(&c.table),
+            kind = crate::pg::ident(&c.kind),
+            status = crate::pg::ident(&c.status),
+        )
     }
 
     /// Students with an active consent now, and the consent keys.
@@ -265,14 +399,12 @@ impl Gate {
             .iter()
             .map(|k| format!("{}::text", crate::pg::ident(k)))
             .collect();
-        let sql = format!(
-            "SELECT concat_ws(':', {key}), {s}::bigint FROM {t} WHERE {kind} = $1 AND {status} = 'granted'",
-            key = key.join(", "),
-            s = crate::pg::ident(&c.student),
-            t = quoted(&c.table),
-            kind = crate::pg::ident(&c.kind),
-            status = crate::pg::ident(&c.status),
+        let select = format!(
+            "concat_ws(':', {}), {}::bigint",
+            key.join(", "),
+            crate::pg::ident(&c.student)
         );
+        let sql = self.granted_sql(c, &select, "");
         let rows = self
             .client
             .query(&sql, &[&CONSENT_KIND])
@@ -287,24 +419,25 @@ impl Gate {
         Ok(active)
     }
 
-    /// Whether `student`'s parent consents now, as the journal says.
-    async fn consents_now(&self, student: i64) -> Result<bool, CaptureError> {
+    /// Which of `students` have a parent consenting now, as the journal says.
+    async fn consenting(&self, students: &[i64]) -> Result<HashSet<i64>, CaptureError> {
         let Some(c) = &self.consents else {
-            return Ok(false);
+            return Ok(HashSet::new());
         };
-        let sql = format!(
-            "SELECT EXISTS (SELECT 1 FROM {t} WHERE {s} = $1 AND {kind} = $2 AND {status} = 'granted')",
-            t = quoted(&c.table),
-            s = crate::pg::ident(&c.student),
-            kind = crate::pg::ident(&c.kind),
-            status = crate::pg::ident(&c.status),
+        let s = crate::pg::ident(&c.student);
+        let sql = self.granted_sql(
+            c,
+            &format!("DISTINCT {s}::bigint"),
+            &format!(" AND {s} = ANY($2::bigint[])"),
         );
         Ok(self
             .client
-            .query_one(&sql, &[&student, &CONSENT_KIND])
+            .query(&sql, &[&CONSENT_KIND, &students])
             .await
-            .map_err(q("checking a student's medical-data consent"))?
-            .get(0))
+            .map_err(q("checking students' medical-data consents"))?
+            .iter()
+            .map(|r| r.get(0))
+            .collect())
     }
 
     /// Counts replacements per (entity, field), never values.
@@ -332,27 +465,28 @@ impl Gate {
     }
 
     /// Publishes what a changed row of a medical entity means for the
-    /// restricted topic: its detail under consent, a tombstone when it holds
-    /// none any more (or is deleted: `applied` is None).
+    /// restricted topic: its detail under consent, else a tombstone
+    /// (`applied` None: deleted). A new row without published detail needs
+    /// none; a changed one does, whatever the consent: a flip may have
+    /// published it from the journal's newer state, or under a consent
+    /// since revoked, and a revocation erases only rows holding detail.
     pub async fn row_changed(
         &mut self,
         entity: &'static Entity,
         key: &str,
         student: Option<i64>,
-        applied: Option<&Applied>,
+        applied: Option<(&Applied, Op)>,
         at: At,
         publisher: &mut Publisher,
     ) -> Result<(), CaptureError> {
-        let Some(applied) = applied else {
+        let Some((applied, op)) = applied else {
             return publisher.send_tombstone(entity.name, key).await;
         };
         let Some(detail) = &applied.detail else {
             return Ok(());
         };
-        if !student.is_some_and(|s| self.active.contains(&s)) {
-            return Ok(());
-        }
-        if applied.holds_detail() {
+        let active = student.is_some_and(|s| self.active.contains(&s));
+        if active && applied.holds_detail() {
             publisher
                 .send_detail(&Detail {
                     entity,
@@ -364,20 +498,24 @@ impl Gate {
                     commit_time_micros: at.commit_time_micros,
                 })
                 .await
-        } else {
+        } else if active || !matches!(op, Op::Create | Op::Read) {
             publisher.send_tombstone(entity.name, key).await
+        } else {
+            Ok(())
         }
     }
 
     /// A consent row changed (`student` None: deleted, looked up by key):
-    /// re-reads the student's consent and acts on a change.
-    pub async fn consent_changed(
+    /// the student's detail is published or erased at the next
+    /// [`Gate::flush`], as the journal's consents then say. Until then the
+    /// student counts as not consenting.
+    pub fn consent_changed(
         &mut self,
         key: &str,
         student: Option<i64>,
         at: At,
         publisher: &mut Publisher,
-    ) -> Result<(), CaptureError> {
+    ) {
         let student = match student {
             Some(s) => {
                 self.consent_students.insert(key.to_string(), s);
@@ -385,20 +523,37 @@ impl Gate {
             }
             None => match self.consent_students.remove(key) {
                 Some(s) => s,
-                None => return Ok(()),
+                None => return,
             },
         };
-        let now = self.consents_now(student).await?;
         // Always acted on, even when the consenting set already agrees: it
         // follows the journal now, so after a restart it may already hold
         // a grant whose change the stream is only now replaying, and the
         // student's existing detail would never be published. Publishing
-        // again is harmless (positions order it; the topic is compacted).
-        self.flip(student, now, true, at, publisher).await
+        // again is harmless (the topic is compacted; the last record wins).
+        self.wait_for_flip(student, at, publisher);
     }
 
-    /// Re-reads the whole consenting set every [`REFRESH`] and acts on
-    /// every change.
+    fn wait_for_flip(&mut self, student: i64, at: At, publisher: &mut Publisher) {
+        self.active.remove(&student);
+        self.pending.insert(student, at);
+        self.pending_since.get_or_insert_with(Instant::now);
+        publisher.hold();
+    }
+
+    /// Whether consent changes wait for their flip.
+    pub fn has_pending(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
+    /// Whether the waiting flips are due ([`FLIP_WAIT`], [`FLIP_BATCH`]).
+    pub fn flush_due(&self) -> bool {
+        self.pending.len() >= FLIP_BATCH
+            || self.pending_since.is_some_and(|t| t.elapsed() >= FLIP_WAIT)
+    }
+
+    /// Re-reads the whole consenting set every [`REFRESH`]; every student
+    /// it disagrees on waits for a flip.
     pub async fn maybe_refresh(
         &mut self,
         at: At,
@@ -409,65 +564,67 @@ impl Gate {
         }
         self.refreshed = Instant::now();
         let now = self.read_active().await?;
-        let granted: Vec<i64> = now.difference(&self.active).copied().collect();
-        let revoked: Vec<i64> = self.active.difference(&now).copied().collect();
-        for s in granted {
-            self.flip(s, true, false, at, publisher).await?;
-        }
-        for s in revoked {
-            self.flip(s, false, false, at, publisher).await?;
+        let changed: Vec<i64> = now
+            .symmetric_difference(&self.active)
+            .filter(|s| !self.pending.contains_key(s))
+            .copied()
+            .collect();
+        for s in changed {
+            self.wait_for_flip(s, at, publisher);
         }
         Ok(())
     }
 
-    /// Publishes (`active`) or erases the student's detail, when the
-    /// consenting set changes or `always`.
-    async fn flip(
-        &mut self,
-        student: i64,
-        active: bool,
-        always: bool,
-        at: At,
-        publisher: &mut Publisher,
-    ) -> Result<(), CaptureError> {
-        if active == self.active.contains(&student) && !always {
-            return Ok(());
+    /// The waiting flips, in one pass: the consents of every waiting
+    /// student read once, then per medical table one query for their rows
+    /// that hold detail now. Consenting students' detail is published,
+    /// the others' erased; then the held commits go to the acker.
+    pub async fn flush(&mut self, publisher: &mut Publisher) -> Result<(), CaptureError> {
+        if self.pending.is_empty() {
+            return publisher.release().await;
         }
-        if active {
-            self.active.insert(student);
-        } else {
-            self.active.remove(&student);
-        }
-        metrics::gauge!(obs::CAPTURE_CONSENTING).set(self.active.len() as f64);
+        let pending = std::mem::take(&mut self.pending);
+        self.pending_since = None;
+        let students: Vec<i64> = pending.keys().copied().collect();
+        let granted = self.consenting(&students).await?;
         tracing::debug!(
-            granted = active,
-            "medical-data consent changed for a student; {} the restricted topic",
-            if active {
-                "publishing existing detail to"
-            } else {
-                "erasing their detail from"
-            }
+            students = students.len(),
+            granted = granted.len(),
+            "medical-data consents changed; publishing or erasing their detail on the restricted topic"
         );
-        for i in 0..self.medical.len() {
-            let rows = self.student_rows(i, student).await?;
-            let m = &self.medical[i];
+        for m in &self.medical {
+            let rows = self
+                .client
+                .query(&m.sql, &[&students])
+                .await
+                .map_err(q("reading students' medical rows"))?;
             let entity = m.mapping.entity;
-            for row in rows {
-                let Ok(mut mapped) = m.mapping.map_row(&row, &self.dp) else {
+            for row in &rows {
+                let student: i64 = row.get(0);
+                let c = Candidate {
+                    row,
+                    columns: &m.columns,
+                };
+                let Ok(key) = m.mapping.key_of(&c) else {
                     continue;
                 };
-                if !active {
-                    publisher.send_tombstone(entity.name, &mapped.key).await?;
+                let Some(at) = pending.get(&student) else {
                     continue;
-                }
-                let applied = self.fields.apply(entity, &mut mapped.after);
-                if applied.holds_detail() {
+                };
+                let detail = self.fields.detail_of(entity, |field| {
+                    m.mapping
+                        .column_of(field)
+                        .and_then(|col| c.get(col).flatten())
+                });
+                if !granted.contains(&student) {
+                    publisher.send_tombstone(entity.name, &key).await?;
+                } else if detail.iter().any(|(_, v)| v.is_some()) {
                     publisher
                         .send_detail(&Detail {
                             entity,
-                            key: mapped.key,
+                            key,
                             student_id: Some(student),
-                            fields: applied.detail.unwrap_or_default(),
+                            fields: detail,
                             commit_lsn: at.commit_lsn,
                             lsn: at.lsn,
                             commit_time_micros: at.commit_time_micros,
@@ -476,41 +633,9 @@ impl Gate {
                 }
             }
         }
-        Ok(())
-    }
-
-    /// The current rows of medical table `i` for `student`, as text.
-    async fn student_rows(
-        &self,
-        i: usize,
-        student: i64,
-    ) -> Result<Vec<BTreeMap<String, Option<String>>>, CaptureError> {
-        let m = &self.medical[i];
-        let cols = m.mapping.columns();
-        let select: Vec<String> = cols
-            .iter()
-            .map(|c| format!("{}::text", crate::pg::ident(c)))
-            .collect();
-        let sql = format!(
-            "SELECT {} FROM {} WHERE {} = $1",
-            select.join(", "),
-            quoted(&m.mapping.table),
-            crate::pg::ident(&m.student)
-        );
-        let rows = self
-            .client
-            .query(&sql, &[&student])
-            .await
-            .map_err(q("reading a student's medical rows"))?;
-        Ok(rows
-            .iter()
-            .map(|r| {
-                cols.iter()
-                    .enumerate()
-                    .map(|(j, c)| (c.clone(), r.get::<_, Option<String>>(j)))
-                    .collect()
-            })
-            .collect())
+        self.active.extend(granted);
+        metrics::gauge!(obs::CAPTURE_CONSENTING).set(self.active.len() as f64);
+        publisher.release().await
     }
 }
 

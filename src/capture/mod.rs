@@ -333,11 +333,11 @@ impl Capture {
             detail_topic: kafka::detail_topic(&c.topic_prefix),
             last_commit: 0,
             max_message_bytes: c.max_message_bytes,
+            held: None,
         };
         let mut gate = gate::Gate::open(
             pg::connect(&self.journal.config()).await?,
             &mapping,
-            &dp,
             c.scrub_free_text,
         )
         .await?;
@@ -395,6 +395,9 @@ impl Capture {
             })
         };
         let mut tick = tick_slot.lock().unwrap().clone();
+        // Consent changes waiting for their flip wake the loop within
+        // FLIP_WAIT even when the stream brings nothing more.
+        let mut flip_wake: Option<tokio::task::JoinHandle<()>> = None;
         let result: Result<(), CaptureError> = loop {
             // Heartbeat messages keep this loop turning on an idle journal.
             self.health.beat();
@@ -408,12 +411,20 @@ impl Capture {
                     };
                 }
             };
+            // An event to handle, or None: the flips that wait are due.
             let ev = match ev {
-                Ok(ev) => ev,
-                Err(ReplicationError::Cancelled(_)) if cancel.is_cancelled() => break Ok(()),
+                Ok(ev) => Some((ev.event_type, ev.lsn.value())),
+                Err(ReplicationError::Cancelled(_)) if cancel.is_cancelled() => {
+                    // What was received is published and confirmed in the drain
+                    // (a broker that cannot take it leaves it for the next start).
+                    break tokio::time::timeout(Duration::from_secs(30), streamer.flush_flips())
+                        .await
+                        .unwrap_or(Ok(()));
+                }
                 Err(ReplicationError::Cancelled(_)) => {
                     tick = cancel.child_token();
                     *tick_slot.lock().unwrap() = tick.clone();
+                    flip_wake = None;
                     if streamer.idle(&self.progress) {
                         let sent = stream.current_lsn();
                         if sent > self.progress.confirmed.load(Ordering::SeqCst) {
@@ -423,7 +434,10 @@ impl Capture {
                             let _ = stream.send_feedback().await;
                         }
                     }
-                    continue;
+                    if !streamer.gate.has_pending() {
+                        continue;
+                    }
+                    None
                 }
                 Err(e) => {
                     metrics::counter!(obs::CAPTURE_ERRORS, "kind" => "replication").increment(1);
@@ -434,34 +448,43 @@ impl Capture {
             // unacknowledged): meanwhile capture keeps telling the server it
             // is alive, so a long broker outage never reaches
             // wal_sender_timeout. The timer is set only when handling waits.
-            let mut handled = std::pin::pin!(streamer.handle(ev.event_type, ev.lsn.value()));
-            let r = match futures::poll!(handled.as_mut()) {
-                std::task::Poll::Ready(r) => r,
-                std::task::Poll::Pending => {
-                    let since = std::time::Instant::now();
-                    let r = loop {
-                        tokio::select! {
-                            r = handled.as_mut() => break r,
-                            _ = tokio::time::sleep(KEEPALIVE_WHILE_BLOCKED) => {
-                                self.health.beat();
-                                let _ = stream.send_feedback().await;
-                                if since.elapsed() >= WAITING_NOT_READY {
-                                    self.health.not_ready(format!(
-                                        "waiting for Kafka to acknowledge events for {} s (capture.max_in_flight reached)",
-                                        since.elapsed().as_secs()
-                                    ));
+            let r = {
+                let mut handled = std::pin::pin!(streamer.handle_or_flush(ev));
+                match futures::poll!(handled.as_mut()) {
+                    std::task::Poll::Ready(r) => r,
+                    std::task::Poll::Pending => {
+                        let since = std::time::Instant::now();
+                        let r = loop {
+                            tokio::select! {
+                                r = handled.as_mut() => break r,
+                                _ = tokio::time::sleep(KEEPALIVE_WHILE_BLOCKED) => {
+                                    self.health.beat();
+                                    let _ = stream.send_feedback().await;
+                                    if since.elapsed() >= WAITING_NOT_READY {
+                                        self.health.not_ready(format!(
+                                            "waiting for Kafka to acknowledge events for {} s (capture.max_in_flight reached)",
+                                            since.elapsed().as_secs()
+                                        ));
+                                    }
                                 }
                             }
+                        };
+                        if since.elapsed() >= WAITING_NOT_READY {
+                            self.health.ready();
                         }
-                    };
-                    if since.elapsed() >= WAITING_NOT_READY {
-                        self.health.ready();
+                        r
                     }
-                    r
                 }
             };
             if let Err(e) = r {
                 break Err(e);
+            }
+            if streamer.gate.has_pending() && flip_wake.as_ref().is_none_or(|w| w.is_finished()) {
+                let slot = tick_slot.clone();
+                flip_wake = Some(tokio::spawn(async move {
+                    tokio::time::sleep(gate::FLIP_WAIT).await;
+                    slot.lock().unwrap().cancel();
+                }));
             }
             // pg_walstream looks at its feedback timer only every 128 frames:
             // on a quiet journal (a heartbeat is 3 frames) the confirmed
@@ -470,6 +493,9 @@ impl Capture {
             stream.maybe_send_feedback().await;
         };
         ticker.abort();
+        if let Some(w) = flip_wake {
+            w.abort();
+        }
 
         // Drain: everything produced is acknowledged and confirmed, then told
         // to the server, before we go.

@@ -15,6 +15,9 @@
 //! - At most `capture.max_in_flight` acknowledgements wait; `enqueue` blocks
 //!   the stream loop when the acker is behind (backpressure).
 //! - A dead letter carries names of columns and positions, never values.
+//! - While the gate has consent changes waiting for their flip
+//!   ([`Publisher::hold`]), commit markers wait here, in order, and reach the
+//!   acker only after the flip's records ([`Publisher::release`]).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -83,6 +86,8 @@ pub struct Publisher {
     pub(super) last_commit: u64,
     /// `capture.max_message_bytes`.
     pub(super) max_message_bytes: usize,
+    /// Commit markers held back while a consent flip is pending.
+    pub(super) held: Option<Vec<(u64, i64)>>,
 }
 
 impl Publisher {
@@ -284,11 +289,33 @@ impl Publisher {
         commit_time_micros: i64,
     ) -> Result<(), CaptureError> {
         self.last_commit = self.last_commit.max(end_lsn);
+        if let Some(held) = &mut self.held {
+            held.push((end_lsn, commit_time_micros));
+            return Ok(());
+        }
         self.enqueue(Ack::Commit {
             end_lsn,
             commit_time_micros,
         })
         .await
+    }
+
+    /// From now on commit markers wait until [`Publisher::release`]: what
+    /// is sent before the release confirms with them.
+    pub fn hold(&mut self) {
+        self.held.get_or_insert_with(Vec::new);
+    }
+
+    /// Hands the held commit markers to the acker, in order.
+    pub async fn release(&mut self) -> Result<(), CaptureError> {
+        for (end_lsn, commit_time_micros) in self.held.take().unwrap_or_default() {
+            self.enqueue(Ack::Commit {
+                end_lsn,
+                commit_time_micros,
+            })
+            .await?;
+        }
+        Ok(())
     }
 }
 

@@ -245,8 +245,15 @@ async fn load_tables(
                         lsn: e.source.lsn,
                         commit_time_micros: e.source.commit_time_micros,
                     };
-                    gate.row_changed(e.entity, &e.key, student, Some(&applied), here, publisher)
-                        .await?;
+                    gate.row_changed(
+                        e.entity,
+                        &e.key,
+                        student,
+                        Some((&applied, e.op)),
+                        here,
+                        publisher,
+                    )
+                    .await?;
                 }
                 rows += 1;
                 if rows % 10_000 == 0 {

@@ -131,6 +131,23 @@ impl Streamer {
         !self.txn.open && self.publisher.drained(progress)
     }
 
+    /// Publishes or erases the detail of students whose consent changed,
+    /// and lets the commits held behind them be confirmed.
+    pub(super) async fn flush_flips(&mut self) -> Result<(), CaptureError> {
+        self.gate.flush(&mut self.publisher).await
+    }
+
+    /// [`Streamer::handle`] a message, or (None) [`Streamer::flush_flips`].
+    pub(super) async fn handle_or_flush(
+        &mut self,
+        ev: Option<(EventType, u64)>,
+    ) -> Result<(), CaptureError> {
+        match ev {
+            Some((ev, lsn)) => self.handle(ev, lsn).await,
+            None => self.flush_flips().await,
+        }
+    }
+
     /// Handles one message of the stream at WAL position `lsn`.
     pub(super) async fn handle(&mut self, ev: EventType, lsn: u64) -> Result<(), CaptureError> {
         let Streamer {
@@ -183,7 +200,11 @@ impl Streamer {
                     // within the refresh, however far behind the stream is.
                     gate.maybe_refresh(at(txn, txn.commit_lsn), publisher)
                         .await?;
-                    publisher.commit(end_lsn.value(), t).await
+                    publisher.commit(end_lsn.value(), t).await?;
+                    if gate.flush_due() {
+                        gate.flush(publisher).await?;
+                    }
+                    Ok(())
                 }
                 .instrument(span)
                 .await;
@@ -314,15 +335,14 @@ impl Streamer {
                                 tm.entity,
                                 &e.key,
                                 student,
-                                Some(&applied),
+                                Some((&applied, op)),
                                 here,
                                 publisher,
                             )
                             .await?;
                         }
                         if tm.entity.name == "consent" {
-                            gate.consent_changed(&e.key, student, here, publisher)
-                                .await?;
+                            gate.consent_changed(&e.key, student, here, publisher);
                         }
                         Ok(())
                     }
@@ -348,7 +368,7 @@ impl Streamer {
                             .await?;
                     }
                     if tm.entity.name == "consent" {
-                        gate.consent_changed(&e.key, None, here, publisher).await?;
+                        gate.consent_changed(&e.key, None, here, publisher);
                     }
                     Ok(())
                 }
