@@ -324,6 +324,74 @@ async fn no_medical_detail_names_or_documents_leave_except_under_consent() {
         "back under the new consent"
     );
     shown(&show, ill, Some(&reason)).await;
+
+    // Capture behind the journal: the consent is revoked, then the row
+    // changes to an excused absence, before capture reads either. When the
+    // revocation reaches capture the journal's row holds no detail any more;
+    // the key must still end erased (by the row's own change).
+    common::kill(&mut capture, libc::SIGTERM);
+    c.execute(
+        "UPDATE journal.parental_consents SET status = 'revoked', revoked_at = now()
+          WHERE student_id = $1 AND kind = 'medical_data_transfer' AND status = 'granted'",
+        &[&student],
+    )
+    .await
+    .unwrap();
+    c.execute(
+        "UPDATE journal.attendance SET code = 'У', reason = 'по заявлению родителей' WHERE id = $1",
+        &[&ill],
+    )
+    .await
+    .unwrap();
+    let mut capture = common::spawn_capture(&db, &name);
+    common::wait_caught_up(&cfg, &name, Duration::from_secs(240)).await;
+    let view = compacted(&common::read_all(&name), &name);
+    assert_eq!(
+        view.get(&detail_key),
+        Some(&None),
+        "a revocation read after the row changed leaves the key erased"
+    );
+    for (k, d) in &view {
+        if let Some(d) = d {
+            assert_ne!(d.student_id, Some(student), "{k}: detail after revocation");
+        }
+    }
+
+    // And the other way: a grant, then the row ill again with another
+    // reason, both before capture reads them: the current reason is what a
+    // new reader gets.
+    common::kill(&mut capture, libc::SIGTERM);
+    c.execute(
+        "INSERT INTO journal.parental_consents (student_id, parent_id, kind, status, granted_at, document_number, document_date, updated_by)
+         VALUES ($1, $2, 'medical_data_transfer', 'granted', now(), 'Т-3', current_date, 'test')",
+        &[&student, &parent],
+    )
+    .await
+    .unwrap();
+    c.execute(
+        "UPDATE journal.attendance SET code = 'Б', reason = 'болезнь: грипп' WHERE id = $1",
+        &[&ill],
+    )
+    .await
+    .unwrap();
+    let mut capture = common::spawn_capture(&db, &name);
+    common::wait_caught_up(&cfg, &name, Duration::from_secs(240)).await;
+    let view = compacted(&common::read_all(&name), &name);
+    let now = view
+        .get(&detail_key)
+        .cloned()
+        .flatten()
+        .expect("the grant read after the row changed publishes its detail");
+    assert_eq!(
+        now.fields
+            .iter()
+            .find(|(f, _)| *f == "reason")
+            .unwrap()
+            .1
+            .as_deref(),
+        Some("болезнь: грипп")
+    );
+    shown(&show, ill, Some("болезнь: грипп")).await;
     common::kill(&mut projector, libc::SIGTERM);
     common::kill(&mut capture, libc::SIGTERM);
 }
