@@ -43,6 +43,11 @@ pub struct CaptureBench {
     pub capture_median_s: f64,
     pub throughput_ratio: f64,
     pub capture_changes_per_s: f64,
+    /// Of each capture run, the seconds from the start of streaming (after
+    /// start-up), their median, and pg_recvlogical's median ÷ it.
+    pub streaming_runs: Vec<f64>,
+    pub streaming_median_s: f64,
+    pub streaming_ratio: f64,
     /// Capture without free-text scrubbing over the same range, per run (s),
     /// its median, and scrubbed ÷ unscrubbed time (the cost of scrubbing).
     pub unscrubbed_runs: Vec<f64>,
@@ -183,6 +188,7 @@ pub async fn capture(cfg: &Config, knobs: &Knobs) -> Result<CaptureBench, BenchE
         .join("pg_recvlogical");
     let mut runs = Vec::new();
     let mut unscrubbed = Vec::new();
+    let mut streaming = Vec::new();
     for r in 0..knobs.runs {
         let t0 = Instant::now();
         let j = conns.journal().map_err(fail)?;
@@ -231,12 +237,13 @@ pub async fn capture(cfg: &Config, knobs: &Knobs) -> Result<CaptureBench, BenchE
             false,
             3_600_000,
         );
-        let secs = timed_capture(&c, &conns, end).await?;
+        let (secs, streamed) = timed_capture(&c, &conns, end).await?;
         eprintln!(
-            "bench: run {}: pg_recvlogical {reference:.3} s, capture {secs:.3} s",
+            "bench: run {}: pg_recvlogical {reference:.3} s, capture {secs:.3} s ({streamed:.3} s streaming)",
             r + 1
         );
         runs.push((reference, secs));
+        streaming.push(streamed);
         // The same range without free-text scrubbing: its cost, same run.
         let mut c = capture_config(
             cfg,
@@ -247,7 +254,7 @@ pub async fn capture(cfg: &Config, knobs: &Knobs) -> Result<CaptureBench, BenchE
             3_600_000,
         );
         c.capture.scrub_free_text = false;
-        let raw = timed_capture(&c, &conns, end).await?;
+        let (raw, _) = timed_capture(&c, &conns, end).await?;
         eprintln!("bench: run {}: capture without scrubbing {raw:.3} s", r + 1);
         unscrubbed.push(raw);
     }
@@ -337,7 +344,11 @@ pub async fn capture(cfg: &Config, knobs: &Knobs) -> Result<CaptureBench, BenchE
     let mut caps: Vec<f64> = runs.iter().map(|r| r.1).collect();
     let (mr, mc) = (median(&mut refs), median(&mut caps));
     let mu = median(&mut unscrubbed.clone());
+    let ms = median(&mut streaming.clone());
     Ok(CaptureBench {
+        streaming_runs: streaming,
+        streaming_median_s: ms,
+        streaming_ratio: mr / ms,
         broker_topics,
         broker_partitions,
         broker_messages,

@@ -90,12 +90,13 @@ pub(crate) fn spawn_capture(
 }
 
 /// Seconds capture takes from start until everything up to `end` is
-/// acknowledged by Kafka and confirmed.
+/// acknowledged by Kafka and confirmed, and the part of them it streamed
+/// (after start-up: preflight, topics, load state, names).
 pub(crate) async fn timed_capture(
     cfg: &Config,
     conns: &Connections,
     end: u64,
-) -> Result<f64, BenchError> {
+) -> Result<(f64, f64), BenchError> {
     let cancel = CancellationToken::new();
     let t0 = Instant::now();
     let (task, probe) = spawn_capture(cfg, conns, &cancel)?;
@@ -110,7 +111,9 @@ pub(crate) async fn timed_capture(
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     let secs = t0.elapsed().as_secs_f64();
+    let since = probe.streaming_since_micros.load(Ordering::SeqCst);
+    let streamed = (chrono::Utc::now().timestamp_micros() - since) as f64 / 1e6;
     cancel.cancel();
     let _ = task.await;
-    Ok(secs)
+    Ok((secs, streamed.min(secs)))
 }

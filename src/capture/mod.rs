@@ -361,6 +361,9 @@ impl Capture {
             .await
             .map_err(|e| stream::start_error(&c.slot, e))?;
         tracing::info!(slot = %c.slot, publication = %c.publication, "streaming");
+        self.progress
+            .streaming_since_micros
+            .store(chrono::Utc::now().timestamp_micros(), Ordering::SeqCst);
         self.health.ready();
 
         // Heartbeats and slot metrics on their own connection.

@@ -329,6 +329,8 @@ pub struct Progress {
     pub events: AtomicU64,
     /// Rows of the initial load, set once every one is acknowledged.
     pub loaded_rows: AtomicU64,
+    /// When streaming began (µs since the epoch; 0: not yet).
+    pub streaming_since_micros: AtomicI64,
     commits: broadcast::Sender<Confirmed>,
 }
 
@@ -347,6 +349,7 @@ impl Default for Progress {
             confirmed: AtomicU64::new(0),
             events: AtomicU64::new(0),
             loaded_rows: AtomicU64::new(0),
+            streaming_since_micros: AtomicI64::new(0),
             commits: broadcast::channel(1 << 16).0,
         }
     }
