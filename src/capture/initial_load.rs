@@ -55,11 +55,13 @@ impl Loader<'_> {
         }
     }
 
-    /// Runs the load the slot's state calls for; returns, per table, the
+    /// Runs the load the slot's state calls for (`stored`: the load state
+    /// read from its store, for a slot that exists); returns, per table, the
     /// LSN before which its streamed changes are already loaded.
     pub async fn run(
         &self,
         slot_state: &SlotState,
+        stored: Option<snapshot::State>,
         stream: &mut LogicalReplicationStream,
         publisher: &mut Publisher,
         gate: &mut Gate,
@@ -102,7 +104,7 @@ impl Loader<'_> {
             self.store.save(&state).await?;
             return Ok(state.table_lsn);
         }
-        let mut state = match self.store.read().await? {
+        let mut state = match stored {
             Some(s) => s,
             // Without an initial load there is nothing to have lost.
             None if !c.snapshot => snapshot::State::default(),

@@ -268,15 +268,7 @@ impl Capture {
         let (slot_state, _missing) =
             preflight::check(&sql, &mapping, &c.slot, &c.publication).await?;
 
-        let mut topics: Vec<String> = mapping
-            .tables
-            .iter()
-            .map(|t| kafka::topic(&c.topic_prefix, t.entity.name))
-            .collect();
-        topics.sort();
-        topics.dedup();
-        topics.push(kafka::dead_letter_topic(&c.topic_prefix));
-        topics.push(kafka::detail_topic(&c.topic_prefix));
+        let topics = topics(&mapping, &c.topic_prefix);
         // The producer first: its polling thread reports the client's
         // errors (a broker unreachable, a TLS handshake refused) while the
         // topics are being created.
@@ -335,12 +327,19 @@ impl Capture {
             max_message_bytes: c.max_message_bytes,
             held: None,
         };
-        let mut gate = gate::Gate::open(
-            pg::connect(&self.journal.config()).await?,
-            &mapping,
-            c.scrub_free_text,
-        )
-        .await?;
+        // The names and consents from the journal, and (for a slot that
+        // exists) the load's progress from Kafka, read at the same time.
+        let gate_client = pg::connect(&self.journal.config()).await?;
+        let (gate, stored) = tokio::join!(
+            gate::Gate::open(gate_client, &mapping, c.scrub_free_text),
+            async {
+                match slot_state {
+                    preflight::SlotState::Absent => Ok(None),
+                    preflight::SlotState::Ready { .. } => load_state.read().await,
+                }
+            }
+        );
+        let (mut gate, stored) = (gate?, stored?);
 
         // The initial load, at the slot's exported snapshot, before streaming.
         let loader = initial_load::Loader {
@@ -353,7 +352,7 @@ impl Capture {
             store: &load_state,
         };
         let skip_before = loader
-            .run(&slot_state, &mut stream, &mut publisher, &mut gate)
+            .run(&slot_state, stored, &mut stream, &mut publisher, &mut gate)
             .await?;
 
         stream
@@ -519,6 +518,21 @@ impl Capture {
         tracing::info!(confirmed = %lsn::format(self.progress.confirmed.load(Ordering::SeqCst)), "capture stopped");
         result.and(drained)
     }
+}
+
+/// The topics a capture with `mapping` publishes to under `prefix`: one
+/// per mapped entity, the dead letters and the restricted topic.
+pub fn topics(mapping: &Mapping, prefix: &str) -> Vec<String> {
+    let mut topics: Vec<String> = mapping
+        .tables
+        .iter()
+        .map(|t| kafka::topic(prefix, t.entity.name))
+        .collect();
+    topics.sort();
+    topics.dedup();
+    topics.push(kafka::dead_letter_topic(prefix));
+    topics.push(kafka::detail_topic(prefix));
+    topics
 }
 
 /// Partitions of each topic as the cluster has them (`default` when the

@@ -167,6 +167,44 @@ fn details_round_trip() {
     assert!(reg.decode_message(&bytes).is_err(), "not an event");
 }
 
+#[test]
+fn details_are_written_as_apache_avro_writes_them() {
+    let reg = Registry::new();
+    for (entity, student, values) in [
+        ("attendance", Some(7), vec![("reason", "болезнь: ОРВИ")]),
+        ("attendance", None, vec![]),
+        (
+            "medical_exemption",
+            Some(-3),
+            vec![("diagnosis_group", "J00-J06"), ("pe_group", "")],
+        ),
+    ] {
+        let d = Detail {
+            entity: super::super::contract::entity(entity).unwrap(),
+            key: format!("{entity}-{}", values.len()),
+            student_id: student,
+            fields: schema::medical_fields()
+                .iter()
+                .map(|f| {
+                    let v = values
+                        .iter()
+                        .find(|(n, _)| n == f)
+                        .map(|(_, v)| v.to_string());
+                    (*f, v)
+                })
+                .collect(),
+            commit_lsn: u64::MAX / 3,
+            lsn: 1,
+            commit_time_micros: -5,
+        };
+        assert_eq!(
+            reg.encode_detail(&d),
+            reg.encode_detail_by_value(&d),
+            "{d:?}"
+        );
+    }
+}
+
 /// An older capture's writer schema (here: grade before its `comment`
 /// field existed) decodes through Avro schema resolution into the current
 /// one; a fingerprint neither current nor historic is refused as unknown.

@@ -149,7 +149,7 @@ pub fn detail_avsc() -> Value {
         "type": "record",
         "name": "MedicalDetail",
         "namespace": NAMESPACE,
-        "doc": "Medical detail of one journal row (the reason of an illness mark, an exemption's diagnosis and PE groups). Restricted topic vitrina.medical_detail.v1: compacted, keyed <entity>:<key>; a record exists only while a parent's consent to medical-data transfer is active, and a revocation writes a tombstone (no value) for every key of the student. Grant access to this topic only to consumers entitled to medical data.",
+        "doc": "Medical detail of one journal row (the reason of an illness mark, an exemption's diagnosis and PE groups). Restricted topic vitrina.medical_detail.v1: compacted, keyed <entity>:<key>; a record exists only while a parent's consent to medical-data transfer is active, and a tombstone (no value) erases a key: on revocation for every key of the student that holds detail, and when a row is deleted or changes without detail being published for it. Grant access to this topic only to consumers entitled to medical data.",
         "fields": fields
     })
 }
