@@ -184,12 +184,23 @@ pub async fn ensure_state_topic(
 ) -> Result<(), KafkaError> {
     create_topics(
         kafka,
-        &[topic.to_string()],
-        1,
+        &[(topic.to_string(), 1, COMPACTED)],
         replication_factor,
-        COMPACTED,
     )
     .await
+}
+
+/// [`ensure_topics`] and [`ensure_state_topic`] in one request.
+pub async fn ensure_capture_topics(
+    kafka: &KafkaEndpoint,
+    topics: &[String],
+    state_topic: &str,
+    partitions: i32,
+    replication_factor: i32,
+) -> Result<(), KafkaError> {
+    let mut specs = topic_specs(topics, partitions);
+    specs.push((state_topic.to_string(), 1, COMPACTED));
+    create_topics(kafka, &specs, replication_factor).await
 }
 
 /// Where changes that cannot be mapped or encoded go, with their reason.
@@ -238,12 +249,24 @@ pub async fn ensure_topics(
     partitions: i32,
     replication_factor: i32,
 ) -> Result<(), KafkaError> {
-    let (detail, log): (Vec<String>, Vec<String>) = topics
+    create_topics(kafka, &topic_specs(topics, partitions), replication_factor).await
+}
+
+/// A topic to create: name, partitions, settings.
+type TopicSpec = (String, i32, &'static [(&'static str, &'static str)]);
+
+fn topic_specs(topics: &[String], partitions: i32) -> Vec<TopicSpec> {
+    topics
         .iter()
-        .cloned()
-        .partition(|t| t.ends_with(".medical_detail.v1"));
-    create_topics(kafka, &log, partitions, replication_factor, LOG).await?;
-    create_topics(kafka, &detail, partitions, replication_factor, COMPACTED).await
+        .map(|t| {
+            let settings = if t.ends_with(".medical_detail.v1") {
+                COMPACTED
+            } else {
+                LOG
+            };
+            (t.clone(), partitions, settings)
+        })
+        .collect()
 }
 
 /// The event log: kept forever.
@@ -261,14 +284,13 @@ const COMPACTED: &[(&str, &str)] = &[
     ("delete.retention.ms", "86400000"),
 ];
 
+/// Creates, in one request, those of `specs` that do not exist yet.
 async fn create_topics(
     kafka: &KafkaEndpoint,
-    topics: &[String],
-    partitions: i32,
+    specs: &[TopicSpec],
     replication_factor: i32,
-    settings: &[(&str, &str)],
 ) -> Result<(), KafkaError> {
-    if topics.is_empty() {
+    if specs.is_empty() {
         return Ok(());
     }
     let admin: AdminClient<Context> =
@@ -279,11 +301,11 @@ async fn create_topics(
                 brokers: kafka.brokers.clone(),
                 source,
             })?;
-    let new: Vec<NewTopic> = topics
+    let new: Vec<NewTopic> = specs
         .iter()
-        .map(|t| {
+        .map(|(t, partitions, settings)| {
             settings.iter().fold(
-                NewTopic::new(t, partitions, TopicReplication::Fixed(replication_factor)),
+                NewTopic::new(t, *partitions, TopicReplication::Fixed(replication_factor)),
                 |n, (k, v)| n.set(k, v),
             )
         })
@@ -293,9 +315,15 @@ async fn create_topics(
         .create_topics(&new, &opts)
         .await
         .map_err(|source| KafkaError::Topic {
-            topic: topics.join(","),
+            topic: specs
+                .iter()
+                .map(|(t, _, _)| t.as_str())
+                .collect::<Vec<_>>()
+                .join(","),
             source,
         })?;
+    // Closing an admin client blocks for about 0.1 s: not on this thread.
+    std::thread::spawn(move || drop(admin));
     for r in results {
         match r {
             Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}

@@ -104,13 +104,16 @@ pub(crate) async fn timed_capture(
         crate::capture::mapping::Mapping::load(c.mapping_file.as_deref()).map_err(fail)?;
     let kafka = conns.kafka().map_err(fail)?;
     let topics = crate::capture::topics(&mapping, &c.topic_prefix);
-    crate::kafka::ensure_topics(kafka, &topics, c.partitions, c.replication_factor)
-        .await
-        .map_err(fail)?;
     let state_topic = crate::kafka::capture_state_topic(&c.topic_prefix);
-    crate::kafka::ensure_state_topic(kafka, &state_topic, c.replication_factor)
-        .await
-        .map_err(fail)?;
+    crate::kafka::ensure_capture_topics(
+        kafka,
+        &topics,
+        &state_topic,
+        c.partitions,
+        c.replication_factor,
+    )
+    .await
+    .map_err(fail)?;
     let cancel = CancellationToken::new();
     let t0 = Instant::now();
     let (task, probe) = spawn_capture(cfg, conns, &cancel)?;

@@ -278,9 +278,15 @@ impl Capture {
             &c.compression,
             c.max_message_bytes,
         )?;
-        kafka::ensure_topics(&self.kafka, &topics, c.partitions, c.replication_factor).await?;
         let state_topic = kafka::capture_state_topic(&c.topic_prefix);
-        kafka::ensure_state_topic(&self.kafka, &state_topic, c.replication_factor).await?;
+        kafka::ensure_capture_topics(
+            &self.kafka,
+            &topics,
+            &state_topic,
+            c.partitions,
+            c.replication_factor,
+        )
+        .await?;
         let load_state = load_state::LoadStateStore::new(
             &self.kafka,
             &producer,
