@@ -395,3 +395,100 @@ async fn no_medical_detail_names_or_documents_leave_except_under_consent() {
     common::kill(&mut projector, libc::SIGTERM);
     common::kill(&mut capture, libc::SIGTERM);
 }
+
+/// Capture dies in the middle of a consent flip, a few seconds after the
+/// grant: nothing after the grant may have been confirmed to the slot in
+/// the meantime (the publisher holds commits while a flip waits), so the
+/// next capture replays the grant and the student's detail is published.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_capture_that_dies_in_a_consent_flip_replays_the_consent() {
+    let cfg = common::journal_db("t_flip_crash").await;
+    let db = common::db_name(&cfg);
+    load::load(
+        &cfg,
+        &common::small_region(61, 1, 40, 0.02),
+        2,
+        false,
+        false,
+    )
+    .await
+    .unwrap();
+    let c = vitrina::pg::connect(&cfg).await.unwrap();
+    let r = c
+        .query_one(
+            "SELECT s.id, sp.parent_id, a.lesson_id, a.teacher_id FROM journal.students s
+               JOIN journal.student_parents sp ON sp.student_id = s.id
+               JOIN journal.attendance a ON a.student_id = s.id
+              WHERE NOT EXISTS (SELECT 1 FROM journal.parental_consents p WHERE p.student_id = s.id)
+              ORDER BY s.id LIMIT 1",
+            &[],
+        )
+        .await
+        .unwrap();
+    let (student, parent, lesson, teacher): (i64, i64, i64, i64) =
+        (r.get(0), r.get(1), r.get(2), r.get(3));
+    c.execute(
+        "DELETE FROM journal.attendance WHERE student_id = $1 AND lesson_id = $2",
+        &[&student, &lesson],
+    )
+    .await
+    .unwrap();
+    let ill: i64 = c
+        .query_one(
+            "INSERT INTO journal.attendance (lesson_id, student_id, code, reason, teacher_id, updated_by)
+             VALUES ($1, $2, 'Б', 'болезнь: ангина', $3, 'test') RETURNING id",
+            &[&lesson, &student, &teacher],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let name = format!("flip{}", std::process::id());
+    let mut capture = common::spawn_vitrina(
+        "capture",
+        &db,
+        &name,
+        &name,
+        &[("CAPTURE_TEST_DIE_IN_FLUSH_MS", "4000")],
+    );
+    common::wait_caught_up(&cfg, &name, Duration::from_secs(240)).await;
+    c.execute(
+        "INSERT INTO journal.parental_consents (student_id, parent_id, kind, status, granted_at, document_number, document_date, updated_by)
+         VALUES ($1, $2, 'medical_data_transfer', 'granted', now(), 'Т-9', current_date, 'test')",
+        &[&student, &parent],
+    )
+    .await
+    .unwrap();
+    // Transactions after the grant, whose commits the flip holds back.
+    for _ in 0..20 {
+        c.execute(
+            "SELECT pg_logical_emit_message(true, 'vitrina.test', 'x')",
+            &[],
+        )
+        .await
+        .unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(s) = capture.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the test hook did not stop capture in the flush"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(!status.success(), "capture died in the flush: {status}");
+    let key = format!("attendance:{ill}");
+    let mut capture = common::spawn_capture(&db, &name);
+    common::wait_caught_up(&cfg, &name, Duration::from_secs(240)).await;
+    let view = compacted(&common::read_all(&name), &name);
+    let d = view
+        .get(&key)
+        .cloned()
+        .flatten()
+        .expect("the grant was replayed and its detail published");
+    assert_eq!(d.student_id, Some(student));
+    common::kill(&mut capture, libc::SIGTERM);
+}

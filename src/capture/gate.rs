@@ -583,6 +583,16 @@ impl Gate {
         if self.pending.is_empty() {
             return publisher.release().await;
         }
+        // Test hook (tests/privacy.rs): a crash before the flip's records are
+        // sent, after time enough for capture to tell the server a confirmation.
+        if let Some(ms) = std::env::var("CAPTURE_TEST_DIE_IN_FLUSH_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+        {
+            tracing::warn!("test hook: capture dies in a consent flush");
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            std::process::abort();
+        }
         let pending = std::mem::take(&mut self.pending);
         self.pending_since = None;
         let students: Vec<i64> = pending.keys().copied().collect();
