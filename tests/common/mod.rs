@@ -307,11 +307,14 @@ pub fn http_get(addr: &str, path: &str) -> (u16, String) {
     };
     s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
         .unwrap();
-    write!(
+    // A server that is going away (a replay finishing) may reset the
+    // connection it has just accepted: unreachable, too.
+    if let Err(e) = write!(
         s,
         "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
+    ) {
+        return (0, format!("{addr}: {e}"));
+    }
     let mut text = String::new();
     let _ = s.read_to_string(&mut text);
     let code = text
