@@ -69,6 +69,40 @@ async fn shown(show: &tokio_postgres::Client, key: i64, want: Option<&str>) {
     }
 }
 
+/// A student without any consent, one of whose marks becomes an illness
+/// with `reason`: (student, a parent, the mark's id).
+async fn ill_without_consent(c: &tokio_postgres::Client, reason: &str) -> (i64, i64, i64) {
+    let r = c
+        .query_one(
+            "SELECT s.id, sp.parent_id, a.lesson_id, a.teacher_id FROM journal.students s
+               JOIN journal.student_parents sp ON sp.student_id = s.id
+               JOIN journal.attendance a ON a.student_id = s.id
+              WHERE NOT EXISTS (SELECT 1 FROM journal.parental_consents p WHERE p.student_id = s.id)
+              ORDER BY s.id LIMIT 1",
+            &[],
+        )
+        .await
+        .unwrap();
+    let (student, parent, lesson, teacher): (i64, i64, i64, i64) =
+        (r.get(0), r.get(1), r.get(2), r.get(3));
+    c.execute(
+        "DELETE FROM journal.attendance WHERE student_id = $1 AND lesson_id = $2",
+        &[&student, &lesson],
+    )
+    .await
+    .unwrap();
+    let ill: i64 = c
+        .query_one(
+            "INSERT INTO journal.attendance (lesson_id, student_id, code, reason, teacher_id, updated_by)
+             VALUES ($1, $2, 'Б', $4, $3, 'test') RETURNING id",
+            &[&lesson, &student, &teacher, &reason],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    (student, parent, ill)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_medical_detail_names_or_documents_leave_except_under_consent() {
     let cfg = common::journal_db("t_privacy").await;
@@ -84,29 +118,7 @@ async fn no_medical_detail_names_or_documents_leave_except_under_consent() {
     .unwrap();
     let c = vitrina::pg::connect(&cfg).await.unwrap();
     // The student under test, without any consent, ill once.
-    let student: i64 = c
-        .query_one(
-            "SELECT s.id FROM journal.students s
-              JOIN journal.attendance a ON a.student_id = s.id
-              WHERE NOT EXISTS (SELECT 1 FROM journal.parental_consents p WHERE p.student_id = s.id)
-              ORDER BY s.id LIMIT 1",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    let (parent, lesson, teacher): (i64, i64, i64) = {
-        let r = c
-            .query_one(
-                "SELECT sp.parent_id, a.lesson_id, a.teacher_id FROM journal.student_parents sp
-                   JOIN journal.attendance a ON a.student_id = sp.student_id
-                  WHERE sp.student_id = $1 LIMIT 1",
-                &[&student],
-            )
-            .await
-            .unwrap();
-        (r.get(0), r.get(1), r.get(2))
-    };
+    let (student, parent, ill) = ill_without_consent(&c, "болезнь: ОРВИ").await;
     let surname: String = c
         .query_one(
             "SELECT last_name FROM journal.students WHERE id = $1",
@@ -115,22 +127,6 @@ async fn no_medical_detail_names_or_documents_leave_except_under_consent() {
         .await
         .unwrap()
         .get(0);
-    c.execute(
-        "DELETE FROM journal.attendance WHERE student_id = $1 AND lesson_id = $2",
-        &[&student, &lesson],
-    )
-    .await
-    .unwrap();
-    let ill: i64 = c
-        .query_one(
-            "INSERT INTO journal.attendance (lesson_id, student_id, code, reason, teacher_id, updated_by)
-             VALUES ($1, $2, 'Б', 'болезнь: ОРВИ', $3, 'test') RETURNING id",
-            &[&lesson, &student, &teacher],
-        )
-        .await
-        .unwrap()
-        .get(0);
-
     let name = format!("priv{}", std::process::id());
     let show_cfg = common::fresh_db("t_privacy_show").await;
     let show_db = common::db_name(&show_cfg);
@@ -414,34 +410,7 @@ async fn a_capture_that_dies_in_a_consent_flip_replays_the_consent() {
     .await
     .unwrap();
     let c = vitrina::pg::connect(&cfg).await.unwrap();
-    let r = c
-        .query_one(
-            "SELECT s.id, sp.parent_id, a.lesson_id, a.teacher_id FROM journal.students s
-               JOIN journal.student_parents sp ON sp.student_id = s.id
-               JOIN journal.attendance a ON a.student_id = s.id
-              WHERE NOT EXISTS (SELECT 1 FROM journal.parental_consents p WHERE p.student_id = s.id)
-              ORDER BY s.id LIMIT 1",
-            &[],
-        )
-        .await
-        .unwrap();
-    let (student, parent, lesson, teacher): (i64, i64, i64, i64) =
-        (r.get(0), r.get(1), r.get(2), r.get(3));
-    c.execute(
-        "DELETE FROM journal.attendance WHERE student_id = $1 AND lesson_id = $2",
-        &[&student, &lesson],
-    )
-    .await
-    .unwrap();
-    let ill: i64 = c
-        .query_one(
-            "INSERT INTO journal.attendance (lesson_id, student_id, code, reason, teacher_id, updated_by)
-             VALUES ($1, $2, 'Б', 'болезнь: ангина', $3, 'test') RETURNING id",
-            &[&lesson, &student, &teacher],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let (student, parent, ill) = ill_without_consent(&c, "болезнь: ангина").await;
     let name = format!("flip{}", std::process::id());
     let mut capture = common::spawn_vitrina(
         "capture",
