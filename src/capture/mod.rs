@@ -406,12 +406,16 @@ impl Capture {
         // Consent changes waiting for their flip wake the loop within
         // FLIP_WAIT even when the stream brings nothing more.
         let mut flip_wake: Option<tokio::task::JoinHandle<()>> = None;
+        // The acker's end breaks the loop with its error; the drain must not
+        // wait for it again.
+        let mut acker_ended = false;
         let result: Result<(), CaptureError> = loop {
             // Heartbeat messages keep this loop turning on an idle journal.
             self.health.beat();
             let ev = tokio::select! {
                 r = stream.next_event(&tick) => r,
                 a = &mut acker_task => {
+                    acker_ended = true;
                     break match a {
                         Ok(Ok(())) => Err(CaptureError::Task("the acker stopped".into())),
                         Ok(Err(e)) => Err(e),
@@ -509,20 +513,28 @@ impl Capture {
         // to the server, before we go.
         side.abort();
         drop(streamer.into_publisher());
-        let drained = match tokio::time::timeout(Duration::from_secs(30), acker_task).await {
-            Ok(Ok(r)) => r,
-            Ok(Err(e)) => Err(CaptureError::Task(e.to_string())),
-            Err(_) => Err(CaptureError::Delivery {
-                message: "acknowledgements did not arrive within 30 s of shutdown".into(),
-                kind: ErrorKind::Transient,
-            }),
+        let drained = if acker_ended {
+            Ok(())
+        } else {
+            match tokio::time::timeout(Duration::from_secs(30), acker_task).await {
+                Ok(Ok(r)) => r,
+                Ok(Err(e)) => Err(CaptureError::Task(e.to_string())),
+                Err(_) => Err(CaptureError::Delivery {
+                    message: "acknowledgements did not arrive within 30 s of shutdown".into(),
+                    kind: ErrorKind::Transient,
+                }),
+            }
         };
         if result.is_ok() {
             let _ = stream.send_feedback().await;
         }
         let _ = stream.stop().await;
         tracing::info!(confirmed = %lsn::format(self.progress.confirmed.load(Ordering::SeqCst)), "capture stopped");
-        result.and(drained)
+        match (result, drained) {
+            // Handling found the acker gone: its own error says why.
+            (Err(CaptureError::Task(_)), Err(cause)) => Err(cause),
+            (result, drained) => result.and(drained),
+        }
     }
 }
 
