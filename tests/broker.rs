@@ -8,7 +8,7 @@ use std::process::Child;
 use std::time::{Duration, Instant};
 
 use vitrina::region::load;
-use vitrina::stack::tansu::{LocalBroker, Storage};
+use vitrina::stack::broker::{LocalBroker, Storage};
 
 /// A broker of the test's own under a temp dir, removed on drop.
 struct OwnBroker {
@@ -39,6 +39,10 @@ impl OwnBroker {
 
 impl Drop for OwnBroker {
     fn drop(&mut self) {
+        if std::thread::panicking() && std::env::var_os("KEEP_FAILED_BROKER").is_some() {
+            eprintln!("broker left running for a look: {}", self.dir.display());
+            return;
+        }
         let _ = self.broker.stop();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
@@ -210,10 +214,18 @@ async fn a_broker_that_loses_its_log_is_detected_and_the_runbook_rebuilds() {
     common::kill(&mut capture, libc::SIGTERM);
 }
 
-/// The disk-backed broker SIGKILLed and started again, twice, under a
-/// workload: capture and the projector ride it out, every event is still on
-/// the topics (they fold to the journal), and the showcase equals the
-/// journal row by row.
+/// The postgres-backed broker (nisshi) SIGKILLed and started again, then
+/// the log's own PostgreSQL cluster crashed (`pg_ctl stop -m immediate`)
+/// together with a second SIGKILL of the broker, both under a workload:
+/// capture and the projector ride it out, every event is still on the
+/// topics (they fold to the journal), no partition ends before what the
+/// projector applied, and the showcase equals the journal row by row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_postgres_log_survives_broker_and_log_cluster_kills_under_a_workload() {
+    kills_under_a_workload("pg_kill", 83, Storage::Postgres, true).await;
+}
+
+/// The same two SIGKILLs of the broker on tansu's SQLite storage.
 ///
 /// Ignored: in a clean-clone CI run it found that tansu 0.6.0's SQLite
 /// engine is not safe under SIGKILL. The topics still folded to the
@@ -224,16 +236,29 @@ async fn a_broker_that_loses_its_log_is_detected_and_the_runbook_rebuilds() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "finds a known defect: tansu's SQLite engine loses acknowledged records on SIGKILL"]
 async fn the_disk_log_survives_broker_kills_under_a_workload() {
-    let (p, mut capture, mut projector) = Pipeline::start("broker_kill", 83, Storage::Disk).await;
+    kills_under_a_workload("broker_kill", 83, Storage::Disk, false).await;
+}
+
+/// Two kills 5 s and 8 s into a 30 s workload: of the broker, and at the
+/// second, when `log_cluster_too`, of the log's PostgreSQL cluster as well.
+async fn kills_under_a_workload(tag: &str, seed: u64, storage: Storage, log_cluster_too: bool) {
+    let (p, mut capture, mut projector) = Pipeline::start(tag, seed, storage).await;
     let (cfg, show, name) = (p.cfg.clone(), p.show.clone(), p.name.clone());
     let (brokers, broker) = (p.brokers.clone(), &p.broker);
     common::wait_caught_up(&cfg, &name, Duration::from_secs(240)).await;
     let before = common::read_all_on(&brokers, &name).len();
 
     let load_task = common::spawn_workload(&cfg, 30, 0, 9);
-    for pause in [5, 8] {
+    for (round, pause) in [5, 8].into_iter().enumerate() {
         tokio::time::sleep(Duration::from_secs(pause)).await;
         let pid = broker.broker.running_pid().expect("the broker runs");
+        let log_cluster =
+            (log_cluster_too && round == 1).then(|| broker.broker.log_cluster().unwrap());
+        if let Some(pg) = &log_cluster {
+            // A crash of the log's server: no shutdown checkpoint, recovery
+            // from its WAL at the next start.
+            pg.stop_immediate().unwrap();
+        }
         // SAFETY: kill(2) on the broker we started.
         unsafe {
             libc::kill(pid, libc::SIGKILL);
@@ -245,7 +270,12 @@ async fn the_disk_log_survives_broker_kills_under_a_workload() {
         tokio::time::sleep(Duration::from_secs(2)).await;
         broker.broker.start(broker.port).unwrap();
         eprintln!(
-            "broker: SIGKILLed, serving again {:.1} s later",
+            "broker{}: killed, serving again {:.1} s later",
+            if log_cluster.is_some() {
+                " and its log's cluster"
+            } else {
+                ""
+            },
             died.elapsed().as_secs_f64()
         );
     }
@@ -275,8 +305,9 @@ async fn the_disk_log_survives_broker_kills_under_a_workload() {
     common::kill(&mut capture, libc::SIGTERM);
 }
 
-/// `down` then `up` of a local stack with disk storage keeps every event:
-/// the same messages, offset for offset; `status` says where the log lives.
+/// `down` then `up` of a local stack with postgres storage keeps every
+/// event: the same messages, offset for offset; `status` says where the log
+/// lives.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn down_and_up_keep_every_event() {
     let dir = std::env::temp_dir().join(format!("vitrina-downup-{}", std::process::id()));
@@ -284,7 +315,7 @@ async fn down_and_up_keep_every_event() {
     let cfg = vitrina::config::Config {
         state_dir: dir.clone(),
         stack: vitrina::config::StackConfig {
-            kafka_storage: Storage::Disk,
+            kafka_storage: Storage::Postgres,
             ..Default::default()
         },
         ..Default::default()
@@ -298,7 +329,13 @@ async fn down_and_up_keep_every_event() {
             .unwrap()
     };
     let kafka = up.iter().find(|s| s.service == "kafka").unwrap();
-    assert!(kafka.data.ends_with("kafka/tansu.db"), "{}", kafka.data);
+    assert!(
+        kafka
+            .data
+            .starts_with("postgres database eventlog (127.0.0.1:"),
+        "{}",
+        kafka.data
+    );
     let brokers = stack.local_services().kafka.expect("a local broker");
     let topic = "downup.grade.v1".to_string();
     let ep = vitrina::connections::KafkaEndpoint::new(&brokers);

@@ -137,10 +137,11 @@ async fn broker_frozen_past_the_wal_sender_timeout() {
     // A broker of the test's own, to freeze.
     let dir = std::env::temp_dir().join(format!("vitrina-frozen-broker-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    let broker = vitrina::stack::tansu::LocalBroker::new(
+    let broker = vitrina::stack::broker::LocalBroker::new(
         &vitrina::config::StackConfig::default(),
         dir.clone(),
-    );
+    )
+    .with_storage(vitrina::stack::broker::Storage::Memory);
     let port = broker.start(common::free_port()).unwrap();
     let pid = broker.running_pid().expect("the broker runs");
     let show = common::fresh_db("t_fault_frozen").await;
@@ -377,10 +378,11 @@ async fn projector_group_rebalances_when_a_member_dies_or_leaves() {
     // A broker of the test's own: its group coordinator serves this group only.
     let dir = std::env::temp_dir().join(format!("vitrina-group-broker-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    let broker = vitrina::stack::tansu::LocalBroker::new(
+    let broker = vitrina::stack::broker::LocalBroker::new(
         &vitrina::config::StackConfig::default(),
         dir.clone(),
-    );
+    )
+    .with_storage(vitrina::stack::broker::Storage::Memory);
     let port = broker.start(common::free_port()).unwrap();
     let broker_log = broker.log_path();
     let brokers = format!("127.0.0.1:{port}");

@@ -47,7 +47,7 @@ async fn stops_by_itself(
 /// the test's certificates; the broker advertises the TLS address.
 struct TlsBroker {
     dir: std::path::PathBuf,
-    broker: vitrina::stack::tansu::LocalBroker,
+    broker: vitrina::stack::broker::LocalBroker,
     _stunnel: Stunnel,
     tls: u16,
 }
@@ -60,10 +60,11 @@ impl TlsBroker {
         let [plain, tls] = common::free_ports(2)[..] else {
             unreachable!()
         };
-        let mut broker = vitrina::stack::tansu::LocalBroker::new(
+        let mut broker = vitrina::stack::broker::LocalBroker::new(
             &vitrina::config::StackConfig::default(),
             dir.join("broker"),
         )
+        .with_storage(vitrina::stack::broker::Storage::Memory)
         .advertising(&format!("127.0.0.1:{tls}"));
         if authenticating {
             broker = broker.authenticating();

@@ -339,15 +339,21 @@ pub struct StackConfig {
     pub pg_port: u16,
     /// `max_slot_wal_keep_size` of the local cluster, in MB (-1: unlimited).
     pub pg_max_slot_wal_keep_size_mb: i64,
-    /// The tansu binary (name on PATH or a path).
+    /// The tansu binary (name on PATH or a path): the broker of the
+    /// "memory" and "disk" storages.
     pub tansu_bin: PathBuf,
+    /// The nisshi binary (tansu's successor): the broker of the "postgres"
+    /// storage.
+    pub nisshi_bin: PathBuf,
     /// Fixed port for the local broker; 0 picks a free one.
     pub kafka_port: u16,
-    /// Where the local broker keeps the event log: "memory" (lost when the
+    /// Where the local broker keeps the event log: "postgres" (a private
+    /// PostgreSQL cluster under `state_dir/kafka`, kept across `down`/`up`
+    /// and kills of either process; decision 0005), "memory" (lost when the
     /// broker stops, detected by both stages) or "disk" (a SQLite file under
-    /// `state_dir/kafka`, kept across `down`/`up`; slows down as the log
-    /// grows, see decision 0004).
-    pub kafka_storage: crate::stack::tansu::Storage,
+    /// `state_dir/kafka`; slows down as the log grows and is not safe under
+    /// a SIGKILL, decision 0004).
+    pub kafka_storage: crate::stack::broker::Storage,
     /// Seconds to wait for each service to become ready.
     pub ready_timeout_s: u64,
 }
@@ -360,6 +366,7 @@ impl Default for StackConfig {
             pg_port: 0,
             pg_max_slot_wal_keep_size_mb: 10_240,
             tansu_bin: PathBuf::from("tansu"),
+            nisshi_bin: PathBuf::from("nisshi"),
             kafka_port: 0,
             kafka_storage: Default::default(),
             ready_timeout_s: 60,

@@ -1,6 +1,7 @@
 //! The local stack: a private PostgreSQL cluster with logical replication and
-//! a tansu Kafka-protocol broker, started as plain processes under
-//! `state_dir`. Used when the configuration names no external services.
+//! a Kafka-protocol broker (nisshi or tansu, by `stack.kafka_storage`),
+//! started as plain processes under `state_dir`. Used when the configuration
+//! names no external services.
 //!
 //! ```text
 //!   state_dir/
@@ -8,8 +9,9 @@
 //!     postgres/data       the cluster (initdb), vitrina.conf, postmaster.pid
 //!     postgres/run        its unix socket
 //!     postgres/postgres.log
+//!     kafka/postgres/     the event log's own cluster, with stack.kafka_storage = "postgres"
 //!     kafka/tansu.db      the event log, with stack.kafka_storage = "disk"
-//!     kafka/tansu.log     the broker's output, kafka/tansu.pid
+//!     kafka/<broker>.log  the broker's output (nisshi or tansu), kafka/<broker>.pid
 //! ```
 //!
 //! Invariants:
@@ -18,9 +20,9 @@
 //! - Every service is checked for readiness before `up` returns.
 //! - A missing binary is an error that says how to install it.
 
+pub mod broker;
 pub mod postgres;
 pub mod process;
-pub mod tansu;
 
 use std::path::PathBuf;
 
@@ -100,6 +102,9 @@ pub fn render_services(st: &[ServiceStatus]) -> String {
             s.log
         ));
     }
+    for s in st.iter().filter(|s| s.data != "-") {
+        o.push_str(&format!("{} data: {}\n", s.service, s.data));
+    }
     o
 }
 
@@ -144,21 +149,13 @@ impl Stack {
         postgres::LocalPostgres::new(&self.cfg.stack, self.postgres_root())
     }
 
-    /// `state_dir/postgres`, unless vitrina runs as root and the unprivileged
-    /// server user could not reach it (a parent directory closed to others,
-    /// like `/root`): then a directory under the system temp dir, named
-    /// after the state dir so each state dir keeps its own cluster.
+    /// `state_dir/postgres`, or where [`cluster_root`] moves it.
     fn postgres_root(&self) -> PathBuf {
-        let wanted = self.state_dir.join("postgres");
-        if !process::is_root() || process::traversable_by_others(&self.state_dir) {
-            return wanted;
-        }
-        let tag = crate::journal::checksum(&self.state_dir.to_string_lossy());
-        std::env::temp_dir().join(format!("vitrina-postgres-{tag}"))
+        cluster_root(self.state_dir.join("postgres"))
     }
 
-    pub fn broker(&self) -> tansu::LocalBroker {
-        tansu::LocalBroker::new(&self.cfg.stack, self.state_dir.join("kafka"))
+    pub fn broker(&self) -> broker::LocalBroker {
+        broker::LocalBroker::new(&self.cfg.stack, self.state_dir.join("kafka"))
     }
 
     fn wants_local_postgres(&self) -> bool {
@@ -288,6 +285,22 @@ impl Stack {
     pub fn connections(&self) -> Result<Connections, StackError> {
         Ok(Connections::resolve(&self.cfg, &self.local_services()))
     }
+}
+
+/// Where a local PostgreSQL cluster wanted at `wanted` lives: there, unless
+/// vitrina runs as root and the unprivileged server user could not reach it
+/// (a parent directory closed to others, like `/root`); then a directory
+/// under the system temp dir named after `wanted`, so each keeps its own.
+pub fn cluster_root(wanted: PathBuf) -> PathBuf {
+    let parent = wanted.parent().unwrap_or(&wanted);
+    if !process::is_root() || process::traversable_by_others(parent) {
+        return wanted;
+    }
+    let tag = crate::journal::checksum(&parent.to_string_lossy());
+    let name = wanted
+        .file_name()
+        .map_or("postgres".into(), |n| n.to_string_lossy());
+    std::env::temp_dir().join(format!("vitrina-{name}-{tag}"))
 }
 
 /// The port to start a service on: the one it runs on, else the configured

@@ -210,6 +210,24 @@ impl LocalPostgres {
         Ok(port)
     }
 
+    /// Creates database `name` on the running server unless it exists.
+    pub fn create_database(&self, port: u16, name: &str) -> Result<(), StackError> {
+        let mut c = self.cmd("createdb");
+        c.args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-U",
+            SUPERUSER,
+            name,
+        ]);
+        match self.run(c, &format!("createdb {name}")) {
+            Err(StackError::Failed { output, .. }) if output.contains("already exists") => Ok(()),
+            other => other.map(|_| ()),
+        }
+    }
+
     /// `pg_ctl stop -m fast`, waiting at most `timeout_s`, with no fallback:
     /// an error when the server did not stop in time.
     pub fn stop_fast(&self, timeout_s: u64) -> Result<(), StackError> {
@@ -233,13 +251,19 @@ impl LocalPostgres {
         if self.run(c, "pg_ctl stop").is_err() {
             // A replication client that does not read can hold a fast
             // shutdown; the local cluster is ours to stop.
-            let mut c = self.cmd("pg_ctl");
-            c.arg("-D")
-                .arg(self.data_dir())
-                .args(["-m", "immediate", "-w", "stop"]);
-            self.run(c, "pg_ctl stop -m immediate")?;
+            self.stop_immediate()?;
         }
         Ok(true)
+    }
+
+    /// `pg_ctl stop -m immediate`: the server quits without a checkpoint, as
+    /// in a crash, and recovers from its WAL at the next start.
+    pub fn stop_immediate(&self) -> Result<(), StackError> {
+        let mut c = self.cmd("pg_ctl");
+        c.arg("-D")
+            .arg(self.data_dir())
+            .args(["-m", "immediate", "-w", "stop"]);
+        self.run(c, "pg_ctl stop -m immediate").map(|_| ())
     }
 }
 

@@ -69,15 +69,15 @@ pub fn os_user(name: &str) -> Result<(u32, u32), StackError> {
     Ok((uid, gid))
 }
 
-/// True when every directory from `/` to `path` lets other users pass
-/// (the execute bit for others), so a server running as another user can
-/// reach files below it.
+/// True when every existing directory from `/` to `path` lets other users
+/// pass (the execute bit for others), so a server running as another user
+/// can reach files below it. Directories still to be made are taken as
+/// passable: `create_dir_all` makes them so under the usual umask.
 pub fn traversable_by_others(path: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
-    path.ancestors().all(|p| {
-        std::fs::metadata(p)
-            .map(|m| m.permissions().mode() & 0o001 != 0)
-            .unwrap_or(false)
+    path.ancestors().all(|p| match std::fs::metadata(p) {
+        Ok(m) => m.permissions().mode() & 0o001 != 0,
+        Err(e) => e.kind() == std::io::ErrorKind::NotFound,
     })
 }
 

@@ -51,11 +51,15 @@ pub fn stack() -> &'static TestStack {
         let lock = std::fs::File::create(dir.join("up.lock")).expect("lock file");
         // SAFETY: flock on an open descriptor we own.
         assert_eq!(unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) }, 0);
-        // Memory storage (the default): the shared broker is never
+        // Memory storage, the fastest: the shared broker is never
         // restarted; tests that restart a broker start one of their own
         // (tests/broker.rs).
         let cfg = Config {
             state_dir: dir,
+            stack: vitrina::config::StackConfig {
+                kafka_storage: vitrina::stack::broker::Storage::Memory,
+                ..Default::default()
+            },
             ..Config::default()
         };
         let stack = Stack::new(&cfg).expect("stack");

@@ -1,0 +1,358 @@
+//! The local Kafka-protocol broker on loopback. Where it keeps the event
+//! log decides which broker runs (decisions 0004, 0005):
+//! - "postgres": nisshi (tansu's successor, crates.io) on a PostgreSQL
+//!   cluster of its own under the broker's directory, so the log survives
+//!   `down`/`up` and a SIGKILL of the broker or of that cluster;
+//! - "memory": tansu 0.6.0, the log in the broker's memory;
+//! - "disk": tansu 0.6.0, the log in a SQLite file (its `libsql` engine).
+//!
+//! Memory storage keeps no records across the broker's restart, so `start`
+//! never restarts a running broker.
+
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::ClientConfig;
+
+use super::postgres::{self, LocalPostgres};
+use super::process::{self, find_executable, pid_alive};
+use super::StackError;
+use crate::config::StackConfig;
+
+/// The tansu release vitrina is tested with (installed by `scripts/bootstrap`).
+pub const TANSU_VERSION: &str = "0.6.0";
+/// The nisshi release vitrina is tested with (installed by `scripts/bootstrap`).
+pub const NISSHI_VERSION: &str = "0.8.1";
+
+/// Where the broker keeps the event log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Storage {
+    /// In the broker's memory: lost when it stops; both stages detect the
+    /// loss (decision 0004).
+    #[default]
+    Memory,
+    /// `kafka/tansu.db` (SQLite, write-ahead log): survives `down`/`up`;
+    /// seen losing acknowledged records on a SIGKILL; slows down as the log
+    /// grows (decision 0004: answered at once after a restart with 604,000
+    /// events, not for minutes with 2.9 million).
+    Disk,
+    /// The database `eventlog` of a PostgreSQL cluster of the broker's own
+    /// (`kafka/postgres`), served by nisshi (decision 0005).
+    Postgres,
+}
+
+/// The file the disk storage keeps, relative to the broker's directory.
+pub const DISK_FILE: &str = "tansu.db";
+/// The database the postgres storage keeps the log in.
+pub const LOG_DATABASE: &str = "eventlog";
+
+impl Storage {
+    /// The broker's `--storage-engine` (the SQLite path is taken relative to
+    /// the broker's working directory, its root here); `log_port` is the
+    /// port of the log's cluster, for the postgres storage.
+    fn engine_url(self, log_port: u16) -> String {
+        match self {
+            Storage::Disk => format!("sqlite://{DISK_FILE}"),
+            Storage::Memory => "memory://tansu/".to_string(),
+            Storage::Postgres => format!(
+                "postgres://{}@127.0.0.1:{log_port}/{LOG_DATABASE}",
+                postgres::SUPERUSER
+            ),
+        }
+    }
+
+    fn broker_name(self) -> &'static str {
+        match self {
+            Storage::Postgres => "nisshi",
+            Storage::Memory | Storage::Disk => "tansu",
+        }
+    }
+
+    fn install_hint(self) -> &'static str {
+        match self {
+            Storage::Postgres => "run scripts/bootstrap (it runs `cargo install nisshi --version 0.8.1 --locked --ignore-rust-version --no-default-features --features dynostore,postgres`), or set stack.nisshi_bin",
+            Storage::Memory | Storage::Disk => "run scripts/bootstrap (it runs `cargo install tansu --version 0.6.0 --locked --features dynostore,libsql`), or set stack.tansu_bin",
+        }
+    }
+}
+
+pub struct LocalBroker {
+    cfg: StackConfig,
+    root: PathBuf,
+    ready_timeout: Duration,
+    /// The address clients are told to use, when it is not the listener's
+    /// (a TLS terminator in front of the broker).
+    advertised: Option<String>,
+    /// Clients must authenticate (SASL) before anything else.
+    authentication: bool,
+    storage: Storage,
+}
+
+impl LocalBroker {
+    pub fn new(cfg: &StackConfig, root: PathBuf) -> Self {
+        LocalBroker {
+            advertised: None,
+            authentication: false,
+            storage: cfg.kafka_storage,
+            cfg: cfg.clone(),
+            root,
+            ready_timeout: Duration::from_secs(cfg.ready_timeout_s),
+        }
+    }
+
+    /// Keeps the log in `storage` rather than the configured one.
+    pub fn with_storage(mut self, storage: Storage) -> Self {
+        self.storage = storage;
+        self
+    }
+
+    pub fn storage(&self) -> Storage {
+        self.storage
+    }
+
+    fn bin(&self) -> &PathBuf {
+        match self.storage {
+            Storage::Postgres => &self.cfg.nisshi_bin,
+            Storage::Memory | Storage::Disk => &self.cfg.tansu_bin,
+        }
+    }
+
+    /// The PostgreSQL cluster that holds the log (postgres storage):
+    /// `kafka/postgres`, or a directory under the system temp dir where the
+    /// server user could not reach that one (see [`super::cluster_root`]).
+    pub fn log_cluster(&self) -> Result<LocalPostgres, StackError> {
+        LocalPostgres::new(&self.cfg, super::cluster_root(self.root.join("postgres")))
+    }
+
+    /// Where the log lives, for `status`.
+    pub fn describe_storage(&self) -> String {
+        match self.storage {
+            Storage::Disk => self.root.join(DISK_FILE).display().to_string(),
+            Storage::Memory => "memory (lost when the broker stops)".to_string(),
+            Storage::Postgres => match self.log_cluster() {
+                Ok(pg) => {
+                    let at = pg
+                        .running_port()
+                        .filter(|_| pg.running_pid().is_some())
+                        .map_or("not running".to_string(), |p| format!("127.0.0.1:{p}"));
+                    format!(
+                        "postgres database {LOG_DATABASE} ({at}; data {})",
+                        pg.data_dir().display()
+                    )
+                }
+                Err(e) => format!("postgres: {e}"),
+            },
+        }
+    }
+
+    /// Tells clients to connect to `host:port` (e.g. stunnel in front).
+    pub fn advertising(mut self, host_port: &str) -> Self {
+        self.advertised = Some(format!("tcp://{host_port}"));
+        self
+    }
+
+    /// Requires SASL authentication of every client (tansu's
+    /// `--authentication`). With the storage engines built here tansu
+    /// knows no SCRAM credentials: every login is refused.
+    pub fn authenticating(mut self) -> Self {
+        self.authentication = true;
+        self
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.root
+            .join(format!("{}.log", self.storage.broker_name()))
+    }
+    fn pid_path(&self) -> PathBuf {
+        self.pid_path_of(self.storage.broker_name())
+    }
+    fn pid_path_of(&self, broker: &str) -> PathBuf {
+        self.root.join(format!("{broker}.pid"))
+    }
+
+    pub fn running_pid(&self) -> Option<i32> {
+        read_pid(&self.pid_path())
+    }
+
+    /// The broker of another storage, left running under this directory by
+    /// an earlier configuration.
+    fn other_broker(&self) -> Option<(&'static str, i32)> {
+        ["tansu", "nisshi"]
+            .into_iter()
+            .filter(|b| *b != self.storage.broker_name())
+            .find_map(|b| Some((b, read_pid(&self.pid_path_of(b))?)))
+    }
+
+    /// Starts the log's cluster (postgres storage) unless it runs, and
+    /// creates its database; the cluster's port.
+    fn start_log_cluster(&self) -> Result<u16, StackError> {
+        let pg = self.log_cluster()?;
+        let running = pg.running_port().filter(|_| pg.running_pid().is_some());
+        let port = match running {
+            Some(p) => p,
+            None => process::free_port().map_err(|e| StackError::Io {
+                path: PathBuf::from("127.0.0.1:0"),
+                source: e,
+            })?,
+        };
+        let port = pg.start(port)?;
+        pg.create_database(port, LOG_DATABASE)?;
+        Ok(port)
+    }
+
+    pub fn start(&self, port: u16) -> Result<u16, StackError> {
+        let log_port = match self.storage {
+            Storage::Postgres => self.start_log_cluster()?,
+            Storage::Memory | Storage::Disk => 0,
+        };
+        if self.running_pid().is_some() {
+            return Ok(port);
+        }
+        let name = self.storage.broker_name();
+        if let Some((other, pid)) = self.other_broker() {
+            return Err(StackError::Failed {
+                what: format!(
+                    "starting {name} for stack.kafka_storage = {:?}",
+                    self.storage
+                ),
+                output: format!(
+                    "{other} (pid {pid}) still runs from an earlier setting of stack.kafka_storage"
+                ),
+                log: self.pid_path_of(other),
+            });
+        }
+        let bin = find_executable(self.bin()).ok_or_else(|| StackError::MissingBinary {
+            what: format!("the {name} broker (`{}`)", self.bin().display()),
+            hint: self.storage.install_hint(),
+        })?;
+        std::fs::create_dir_all(&self.root).map_err(|e| StackError::Io {
+            path: self.root.clone(),
+            source: e,
+        })?;
+        let log = std::fs::File::create(self.log_path()).map_err(|e| StackError::Io {
+            path: self.log_path(),
+            source: e,
+        })?;
+        let log2 = log.try_clone().map_err(|e| StackError::Io {
+            path: self.log_path(),
+            source: e,
+        })?;
+        let url = format!("tcp://127.0.0.1:{port}");
+        let engine = self.storage.engine_url(log_port);
+        let mut cmd = Command::new(&bin);
+        cmd.arg("broker");
+        if self.authentication {
+            cmd.arg("--authentication");
+        }
+        if self.storage == Storage::Postgres {
+            cmd.arg("--silent");
+        }
+        let child = cmd
+            .args(["--storage-engine", &engine])
+            .args(["--listener-url", &url])
+            .args([
+                "--advertised-listener-url",
+                self.advertised.as_deref().unwrap_or(&url),
+            ])
+            .current_dir(&self.root)
+            // The group coordinator's decisions (members expired, leaders
+            // chosen) at info: few lines, and what a stalled group needs.
+            .env("RUST_LOG", format!("warn,{name}_broker::coordinator=info"))
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log2)
+            // Its own process group: a Ctrl-C in the shell that ran `up`
+            // does not reach the broker.
+            .process_group(0)
+            .spawn()
+            .map_err(|e| StackError::Spawn {
+                what: format!("{name} ({})", bin.display()),
+                source: e,
+            })?;
+        let pid = child.id() as i32;
+        // The broker outlives us; dropping `child` neither waits nor kills.
+        drop(child);
+        std::fs::write(self.pid_path(), pid.to_string()).map_err(|e| StackError::Io {
+            path: self.pid_path(),
+            source: e,
+        })?;
+        // Stop waiting as soon as the broker exits (bad flags, missing
+        // storage feature, port taken).
+        process::wait_until(self.ready_timeout, || {
+            !pid_alive(pid) || process::port_accepts(port)
+        });
+        // Behind a terminator, metadata would send the check elsewhere.
+        let ready = pid_alive(pid)
+            && process::port_accepts(port)
+            && (self.advertised.is_some()
+                || metadata_ok(&format!("127.0.0.1:{port}"), self.ready_timeout));
+        if !ready {
+            process::signal(pid, libc::SIGKILL);
+            let tail = process::tail(&self.log_path(), 20);
+            if tail.contains("FeatureNotEnabled") || tail.contains("NoEngineForScheme") {
+                return Err(StackError::MissingBinary {
+                    what: format!(
+                        "a {name} built with the storage engine for {} (`{}`)",
+                        self.storage.engine_url(log_port),
+                        bin.display()
+                    ),
+                    hint: self.storage.install_hint(),
+                });
+            }
+            return Err(StackError::NotReady {
+                what: format!("{name} on 127.0.0.1:{port}"),
+                log: self.log_path(),
+                tail,
+            });
+        }
+        Ok(port)
+    }
+
+    /// Stops the broker, then the log's cluster (postgres storage); true
+    /// when something ran.
+    pub fn stop(&self) -> Result<bool, StackError> {
+        let mut stopped = false;
+        for broker in ["tansu", "nisshi"] {
+            let path = self.pid_path_of(broker);
+            if let Some(pid) = read_pid(&path) {
+                process::signal(pid, libc::SIGCONT);
+                process::signal(pid, libc::SIGTERM);
+                if !process::wait_until(Duration::from_secs(10), || !pid_alive(pid)) {
+                    process::signal(pid, libc::SIGKILL);
+                    process::wait_until(Duration::from_secs(5), || !pid_alive(pid));
+                }
+                let _ = std::fs::remove_file(&path);
+                stopped = true;
+            }
+        }
+        if self.storage == Storage::Postgres {
+            stopped |= self.log_cluster()?.stop()?;
+        }
+        Ok(stopped)
+    }
+}
+
+fn read_pid(path: &std::path::Path) -> Option<i32> {
+    let pid: i32 = std::fs::read_to_string(path).ok()?.trim().parse().ok()?;
+    pid_alive(pid).then_some(pid)
+}
+
+/// True when the broker answers a metadata request.
+pub fn metadata_ok(brokers: &str, timeout: Duration) -> bool {
+    let consumer: Result<BaseConsumer, _> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("log_level", "3")
+        .create();
+    let Ok(consumer) = consumer else {
+        return false;
+    };
+    process::wait_until(timeout, || {
+        consumer
+            .fetch_metadata(None, Duration::from_secs(2))
+            .is_ok()
+    })
+}
