@@ -32,8 +32,7 @@ pub const NISSHI_VERSION: &str = "0.8.1";
 #[serde(rename_all = "lowercase")]
 pub enum Storage {
     /// In the broker's memory: lost when it stops; both stages detect the
-    /// loss (decision 0004).
-    #[default]
+    /// loss (decision 0004). The fastest: what the tests use.
     Memory,
     /// `kafka/tansu.db` (SQLite, write-ahead log): survives `down`/`up`;
     /// seen losing acknowledged records on a SIGKILL; slows down as the log
@@ -41,7 +40,8 @@ pub enum Storage {
     /// events, not for minutes with 2.9 million).
     Disk,
     /// The database `eventlog` of a PostgreSQL cluster of the broker's own
-    /// (`kafka/postgres`), served by nisshi (decision 0005).
+    /// (`kafka/postgres`), served by nisshi (decision 0005). The default.
+    #[default]
     Postgres,
 }
 
@@ -205,6 +205,11 @@ impl LocalBroker {
     }
 
     pub fn start(&self, port: u16) -> Result<u16, StackError> {
+        let name = self.storage.broker_name();
+        let bin = find_executable(self.bin()).ok_or_else(|| StackError::MissingBinary {
+            what: format!("the {name} broker (`{}`)", self.bin().display()),
+            hint: self.storage.install_hint(),
+        })?;
         let log_port = match self.storage {
             Storage::Postgres => self.start_log_cluster()?,
             Storage::Memory | Storage::Disk => 0,
@@ -212,7 +217,6 @@ impl LocalBroker {
         if self.running_pid().is_some() {
             return Ok(port);
         }
-        let name = self.storage.broker_name();
         if let Some((other, pid)) = self.other_broker() {
             return Err(StackError::Failed {
                 what: format!(
@@ -225,10 +229,6 @@ impl LocalBroker {
                 log: self.pid_path_of(other),
             });
         }
-        let bin = find_executable(self.bin()).ok_or_else(|| StackError::MissingBinary {
-            what: format!("the {name} broker (`{}`)", self.bin().display()),
-            hint: self.storage.install_hint(),
-        })?;
         std::fs::create_dir_all(&self.root).map_err(|e| StackError::Io {
             path: self.root.clone(),
             source: e,
