@@ -16,12 +16,8 @@ use rdkafka::{Message, Offset, TopicPartitionList};
 #[tokio::main]
 async fn main() {
     let a: Vec<String> = std::env::args().collect();
-    let (brokers, topic, n, rate): (&str, &str, usize, f64) = (
-        &a[1],
-        &a[2],
-        a[3].parse().unwrap(),
-        a[4].parse().unwrap(),
-    );
+    let (brokers, topic, n, rate): (&str, &str, usize, f64) =
+        (&a[1], &a[2], a[3].parse().unwrap(), a[4].parse().unwrap());
     let ep = &vitrina::connections::KafkaEndpoint::new(brokers);
     vitrina::kafka::ensure_topics(ep, &[topic.to_string()], 3, 1)
         .await
@@ -122,11 +118,19 @@ async fn main() {
         served.len()
     );
     let listed: Vec<i64> = (0..3)
-        .map(|part| c.fetch_watermarks(topic, part, Duration::from_secs(5)).unwrap().1)
+        .map(|part| {
+            c.fetch_watermarks(topic, part, Duration::from_secs(5))
+                .unwrap()
+                .1
+        })
         .collect();
     let true_ends = vitrina::kafka::end_offsets_blocking(ep, &[topic.to_string()]).unwrap();
-    let true_ends: Vec<i64> = (0..3).map(|part| true_ends[&(topic.to_string(), part)]).collect();
-    println!("ListOffsets(Latest) answers {listed:?}; vitrina's end_offsets_blocking {true_ends:?}");
+    let true_ends: Vec<i64> = (0..3)
+        .map(|part| true_ends[&(topic.to_string(), part)])
+        .collect();
+    println!(
+        "ListOffsets(Latest) answers {listed:?}; vitrina's end_offsets_blocking {true_ends:?}"
+    );
 }
 
 fn assigned(ep: &vitrina::connections::KafkaEndpoint, topic: &str, group: &str) -> BaseConsumer {

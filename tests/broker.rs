@@ -410,3 +410,30 @@ async fn down_and_up_keep_every_event() {
         .unwrap();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A broker started with one storage is the one every other command finds,
+/// whatever storage their configuration names (the tests' subprocesses run
+/// with the default, postgres, against the shared memory broker); `up` with
+/// the other storage refuses and says how to switch.
+#[test]
+fn a_broker_of_another_storage_setting_is_found_and_not_doubled() {
+    let b = OwnBroker::start("other-storage", Storage::Memory);
+    let other = LocalBroker::new(&vitrina::config::StackConfig::default(), b.dir.clone())
+        .with_storage(Storage::Postgres);
+    assert_eq!(other.running_pid(), b.broker.running_pid());
+    assert!(
+        other.log_path().ends_with("tansu.log"),
+        "{:?}",
+        other.log_path()
+    );
+    assert!(
+        other.describe_storage().contains("tansu runs"),
+        "{}",
+        other.describe_storage()
+    );
+    let err = other.start(b.port).unwrap_err().to_string();
+    assert!(
+        err.contains("still runs") && err.contains("vitrina down"),
+        "{err}"
+    );
+}

@@ -130,6 +130,14 @@ impl LocalBroker {
 
     /// Where the log lives, for `status`.
     pub fn describe_storage(&self) -> String {
+        if read_pid(&self.pid_path()).is_none() {
+            if let Some((other, _)) = self.other_broker() {
+                return format!(
+                    "{other} runs with the storage of an earlier stack.kafka_storage (not {:?}); `vitrina down` and `up` switch",
+                    self.storage
+                );
+            }
+        }
         match self.storage {
             Storage::Disk => self.root.join(DISK_FILE).display().to_string(),
             Storage::Memory => "memory (lost when the broker stops)".to_string(),
@@ -163,9 +171,14 @@ impl LocalBroker {
         self
     }
 
+    /// The output of the broker that runs (see [`Self::running_pid`]), else
+    /// of this storage's.
     pub fn log_path(&self) -> PathBuf {
-        self.root
-            .join(format!("{}.log", self.storage.broker_name()))
+        let name = match self.other_broker() {
+            Some((other, _)) if read_pid(&self.pid_path()).is_none() => other,
+            _ => self.storage.broker_name(),
+        };
+        self.root.join(format!("{name}.log"))
     }
     fn pid_path(&self) -> PathBuf {
         self.pid_path_of(self.storage.broker_name())
@@ -174,8 +187,11 @@ impl LocalBroker {
         self.root.join(format!("{broker}.pid"))
     }
 
+    /// The pid of the broker running under this directory: this storage's,
+    /// else one an earlier setting of `stack.kafka_storage` started (commands
+    /// other than `up` use whichever runs).
     pub fn running_pid(&self) -> Option<i32> {
-        read_pid(&self.pid_path())
+        read_pid(&self.pid_path()).or_else(|| self.other_broker().map(|(_, pid)| pid))
     }
 
     /// The broker of another storage, left running under this directory by
@@ -206,6 +222,18 @@ impl LocalBroker {
 
     pub fn start(&self, port: u16) -> Result<u16, StackError> {
         let name = self.storage.broker_name();
+        if let Some((other, pid)) = self.other_broker() {
+            return Err(StackError::Failed {
+                what: format!(
+                    "starting {name} for stack.kafka_storage = {:?}",
+                    self.storage
+                ),
+                output: format!(
+                    "{other} (pid {pid}) still runs from an earlier setting of stack.kafka_storage; `vitrina down` stops it"
+                ),
+                log: self.pid_path_of(other),
+            });
+        }
         let bin = find_executable(self.bin()).ok_or_else(|| StackError::MissingBinary {
             what: format!("the {name} broker (`{}`)", self.bin().display()),
             hint: self.storage.install_hint(),
@@ -214,20 +242,8 @@ impl LocalBroker {
             Storage::Postgres => self.start_log_cluster()?,
             Storage::Memory | Storage::Disk => 0,
         };
-        if self.running_pid().is_some() {
+        if read_pid(&self.pid_path()).is_some() {
             return Ok(port);
-        }
-        if let Some((other, pid)) = self.other_broker() {
-            return Err(StackError::Failed {
-                what: format!(
-                    "starting {name} for stack.kafka_storage = {:?}",
-                    self.storage
-                ),
-                output: format!(
-                    "{other} (pid {pid}) still runs from an earlier setting of stack.kafka_storage"
-                ),
-                log: self.pid_path_of(other),
-            });
         }
         std::fs::create_dir_all(&self.root).map_err(|e| StackError::Io {
             path: self.root.clone(),
