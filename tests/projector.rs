@@ -114,8 +114,11 @@ async fn showcase_equals_the_journal_after_a_workload_with_the_projector_killed_
     tokio::time::sleep(Duration::from_secs(6)).await;
     let (stale, _) = freshness(&c).await;
     // The status row is refreshed every second: ±1 s, plus a heartbeat.
+    // A projector still `before` seconds behind when capture stops catches
+    // up meanwhile, so the growth can be short of 6 s by that lag, but
+    // freshness must still end at least 4.5 s and 1 s above where it was.
     assert!(
-        (3.5..=8.5).contains(&(stale - before)),
+        stale >= (before + 1.0).max(4.5) && stale - before <= 8.5,
         "freshness grows by about the 6 s capture is down: {before} → {stale}"
     );
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
