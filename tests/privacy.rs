@@ -103,9 +103,10 @@ async fn ill_without_consent(c: &tokio_postgres::Client, reason: &str) -> (i64, 
     (student, parent, ill)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn no_medical_detail_names_or_documents_leave_except_under_consent() {
-    let cfg = common::journal_db("t_privacy").await;
+/// A journal of its own with the privacy tests' region (seed 61, 40
+/// students) loaded; its config, database name and a client.
+async fn loaded_journal(tag: &str) -> (tokio_postgres::Config, String, tokio_postgres::Client) {
+    let cfg = common::journal_db(tag).await;
     let db = common::db_name(&cfg);
     load::load(
         &cfg,
@@ -117,6 +118,12 @@ async fn no_medical_detail_names_or_documents_leave_except_under_consent() {
     .await
     .unwrap();
     let c = vitrina::pg::connect(&cfg).await.unwrap();
+    (cfg, db, c)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_medical_detail_names_or_documents_leave_except_under_consent() {
+    let (cfg, db, c) = loaded_journal("t_privacy").await;
     // The student under test, without any consent, ill once.
     let (student, parent, ill) = ill_without_consent(&c, "болезнь: ОРВИ").await;
     let surname: String = c
@@ -398,18 +405,7 @@ async fn no_medical_detail_names_or_documents_leave_except_under_consent() {
 /// next capture replays the grant and the student's detail is published.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_capture_that_dies_in_a_consent_flip_replays_the_consent() {
-    let cfg = common::journal_db("t_flip_crash").await;
-    let db = common::db_name(&cfg);
-    load::load(
-        &cfg,
-        &common::small_region(61, 1, 40, 0.02),
-        2,
-        false,
-        false,
-    )
-    .await
-    .unwrap();
-    let c = vitrina::pg::connect(&cfg).await.unwrap();
+    let (cfg, db, c) = loaded_journal("t_flip_crash").await;
     let (student, parent, ill) = ill_without_consent(&c, "болезнь: ангина").await;
     let name = format!("flip{}", std::process::id());
     let mut capture = common::spawn_vitrina(

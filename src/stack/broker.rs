@@ -47,6 +47,9 @@ pub enum Storage {
 
 /// The file the disk storage keeps, relative to the broker's directory.
 pub const DISK_FILE: &str = "tansu.db";
+/// The brokers a storage may run, each with its pid file under the broker's
+/// directory.
+const BROKERS: [&str; 2] = ["tansu", "nisshi"];
 /// The database the postgres storage keeps the log in.
 pub const LOG_DATABASE: &str = "eventlog";
 
@@ -130,13 +133,14 @@ impl LocalBroker {
 
     /// Where the log lives, for `status`.
     pub fn describe_storage(&self) -> String {
-        if read_pid(&self.pid_path()).is_none() {
-            if let Some((other, _)) = self.other_broker() {
-                return format!(
-                    "{other} runs with the storage of an earlier stack.kafka_storage (not {:?}); `vitrina down` and `up` switch",
-                    self.storage
-                );
-            }
+        if let Some((other, _)) = self
+            .running()
+            .filter(|(b, _)| *b != self.storage.broker_name())
+        {
+            return format!(
+                "{other} runs with the storage of an earlier stack.kafka_storage (not {:?}); `vitrina down` and `up` switch",
+                self.storage
+            );
         }
         match self.storage {
             Storage::Disk => self.root.join(DISK_FILE).display().to_string(),
@@ -174,10 +178,9 @@ impl LocalBroker {
     /// The output of the broker that runs (see [`Self::running_pid`]), else
     /// of this storage's.
     pub fn log_path(&self) -> PathBuf {
-        let name = match self.other_broker() {
-            Some((other, _)) if read_pid(&self.pid_path()).is_none() => other,
-            _ => self.storage.broker_name(),
-        };
+        let name = self
+            .running()
+            .map_or(self.storage.broker_name(), |(b, _)| b);
         self.root.join(format!("{name}.log"))
     }
     fn pid_path(&self) -> PathBuf {
@@ -191,15 +194,15 @@ impl LocalBroker {
     /// else one an earlier setting of `stack.kafka_storage` started (commands
     /// other than `up` use whichever runs).
     pub fn running_pid(&self) -> Option<i32> {
-        read_pid(&self.pid_path()).or_else(|| self.other_broker().map(|(_, pid)| pid))
+        self.running().map(|(_, pid)| pid)
     }
 
-    /// The broker of another storage, left running under this directory by
-    /// an earlier configuration.
-    fn other_broker(&self) -> Option<(&'static str, i32)> {
-        ["tansu", "nisshi"]
-            .into_iter()
-            .filter(|b| *b != self.storage.broker_name())
+    /// The broker running under this directory and its pid: this storage's
+    /// first.
+    fn running(&self) -> Option<(&'static str, i32)> {
+        let own = self.storage.broker_name();
+        std::iter::once(own)
+            .chain(BROKERS.into_iter().filter(|b| *b != own))
             .find_map(|b| Some((b, read_pid(&self.pid_path_of(b))?)))
     }
 
@@ -222,7 +225,7 @@ impl LocalBroker {
 
     pub fn start(&self, port: u16) -> Result<u16, StackError> {
         let name = self.storage.broker_name();
-        if let Some((other, pid)) = self.other_broker() {
+        if let Some((other, pid)) = self.running().filter(|(b, _)| *b != name) {
             return Err(StackError::Failed {
                 what: format!(
                     "starting {name} for stack.kafka_storage = {:?}",
@@ -242,7 +245,7 @@ impl LocalBroker {
             Storage::Postgres => self.start_log_cluster()?,
             Storage::Memory | Storage::Disk => 0,
         };
-        if read_pid(&self.pid_path()).is_some() {
+        if self.running().is_some() {
             return Ok(port);
         }
         std::fs::create_dir_all(&self.root).map_err(|e| StackError::Io {
@@ -332,7 +335,7 @@ impl LocalBroker {
     /// when something ran.
     pub fn stop(&self) -> Result<bool, StackError> {
         let mut stopped = false;
-        for broker in ["tansu", "nisshi"] {
+        for broker in BROKERS {
             let path = self.pid_path_of(broker);
             if let Some(pid) = read_pid(&path) {
                 process::signal(pid, libc::SIGCONT);
