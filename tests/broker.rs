@@ -221,7 +221,17 @@ async fn a_broker_that_loses_its_log_is_detected_and_the_runbook_rebuilds() {
 /// row.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_postgres_log_survives_broker_kills_under_a_workload() {
-    kills_under_a_workload("pg_kill", 83, Storage::Postgres, false).await;
+    kills_under_a_workload("pg_kill", 83, Storage::Postgres, LogCluster::Runs).await;
+}
+
+/// The log's PostgreSQL cluster restarts (`pg_ctl stop -m fast`, then a
+/// start on the same port) under the workload while the broker runs on, as
+/// it would for a minor upgrade or a settings change; the broker is still
+/// SIGKILLed once before that. Nothing acknowledged may be lost and the
+/// pipeline must carry on by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_postgres_log_survives_a_restart_of_its_cluster_under_a_workload() {
+    kills_under_a_workload("pg_restart", 83, Storage::Postgres, LogCluster::Restarts).await;
 }
 
 /// As above, but the second time the log's own PostgreSQL cluster crashes
@@ -237,7 +247,7 @@ async fn the_postgres_log_survives_broker_kills_under_a_workload() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "once in six runs the projector found the log two offsets short after the crash of its cluster"]
 async fn the_postgres_log_survives_a_crash_of_its_cluster_under_a_workload() {
-    kills_under_a_workload("pg_crash", 83, Storage::Postgres, true).await;
+    kills_under_a_workload("pg_crash", 83, Storage::Postgres, LogCluster::Crashes).await;
 }
 
 /// The same two SIGKILLs of the broker on tansu's SQLite storage.
@@ -251,12 +261,24 @@ async fn the_postgres_log_survives_a_crash_of_its_cluster_under_a_workload() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "finds a known defect: tansu's SQLite engine loses acknowledged records on SIGKILL"]
 async fn the_disk_log_survives_broker_kills_under_a_workload() {
-    kills_under_a_workload("broker_kill", 83, Storage::Disk, false).await;
+    kills_under_a_workload("broker_kill", 83, Storage::Disk, LogCluster::Runs).await;
 }
 
-/// Two kills 5 s and 8 s into a 30 s workload: of the broker, and at the
-/// second, when `log_cluster_too`, of the log's PostgreSQL cluster as well.
-async fn kills_under_a_workload(tag: &str, seed: u64, storage: Storage, log_cluster_too: bool) {
+/// What happens to the log's own PostgreSQL cluster at the second fault.
+#[derive(Clone, Copy, PartialEq)]
+enum LogCluster {
+    /// Nothing: the broker alone is SIGKILLed.
+    Runs,
+    /// It crashes (`pg_ctl stop -m immediate`: no shutdown checkpoint,
+    /// recovery from its WAL at the next start), then the broker's SIGKILL.
+    Crashes,
+    /// It restarts cleanly (`-m fast`) while the broker runs on.
+    Restarts,
+}
+
+/// Two faults 5 s and 8 s into a 30 s workload: a SIGKILL of the broker,
+/// then another one, or what `second` does to the log's cluster.
+async fn kills_under_a_workload(tag: &str, seed: u64, storage: Storage, second: LogCluster) {
     let (p, mut capture, mut projector) = Pipeline::start(tag, seed, storage).await;
     let (cfg, show, name) = (p.cfg.clone(), p.show.clone(), p.name.clone());
     let (brokers, broker) = (p.brokers.clone(), &p.broker);
@@ -266,13 +288,28 @@ async fn kills_under_a_workload(tag: &str, seed: u64, storage: Storage, log_clus
     let load_task = common::spawn_workload(&cfg, 30, 0, 9);
     for (round, pause) in [5, 8].into_iter().enumerate() {
         tokio::time::sleep(Duration::from_secs(pause)).await;
+        let fault = if round == 1 { second } else { LogCluster::Runs };
+        if fault == LogCluster::Restarts {
+            let pg = broker.broker.log_cluster().unwrap();
+            let port = pg.running_port().expect("the log's cluster runs");
+            let stopped = Instant::now();
+            pg.stop_fast(30).unwrap();
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            pg.start(port).unwrap();
+            eprintln!(
+                "the log's cluster: stopped, serving again {:.1} s later",
+                stopped.elapsed().as_secs_f64()
+            );
+            continue;
+        }
         let pid = broker.broker.running_pid().expect("the broker runs");
-        let log_cluster =
-            (log_cluster_too && round == 1).then(|| broker.broker.log_cluster().unwrap());
-        if let Some(pg) = &log_cluster {
-            // A crash of the log's server: no shutdown checkpoint, recovery
-            // from its WAL at the next start.
-            pg.stop_immediate().unwrap();
+        if fault == LogCluster::Crashes {
+            broker
+                .broker
+                .log_cluster()
+                .unwrap()
+                .stop_immediate()
+                .unwrap();
         }
         // SAFETY: kill(2) on the broker we started.
         unsafe {
@@ -286,7 +323,7 @@ async fn kills_under_a_workload(tag: &str, seed: u64, storage: Storage, log_clus
         broker.broker.start(broker.port).unwrap();
         eprintln!(
             "broker{}: killed, serving again {:.1} s later",
-            if log_cluster.is_some() {
+            if fault == LogCluster::Crashes {
                 " and its log's cluster"
             } else {
                 ""
