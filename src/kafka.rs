@@ -338,6 +338,42 @@ async fn create_topics(
     Ok(())
 }
 
+/// Deletes those of `topics` that exist (a bench's own, when it ends);
+/// the topics it could not delete, with the broker's reason.
+pub async fn delete_topics(
+    kafka: &KafkaEndpoint,
+    topics: &[String],
+) -> Result<Vec<(String, String)>, KafkaError> {
+    if topics.is_empty() {
+        return Ok(vec![]);
+    }
+    let admin: AdminClient<Context> =
+        kafka
+            .client_config()
+            .create_with_context(Context)
+            .map_err(|source| KafkaError::Client {
+                brokers: kafka.brokers.clone(),
+                source,
+            })?;
+    let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    let results = admin
+        .delete_topics(&names, &opts)
+        .await
+        .map_err(|source| KafkaError::Topic {
+            topic: names.join(","),
+            source,
+        })?;
+    std::thread::spawn(move || drop(admin));
+    Ok(results
+        .into_iter()
+        .filter_map(|r| match r {
+            Ok(_) | Err((_, RDKafkaErrorCode::UnknownTopicOrPartition)) => None,
+            Err((topic, code)) => Some((topic, code.to_string())),
+        })
+        .collect())
+}
+
 /// End offsets (next offset to be written) of every partition of `topics`,
 /// read on a blocking thread.
 pub async fn end_offsets(

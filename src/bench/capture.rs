@@ -48,6 +48,10 @@ pub struct CaptureBench {
     pub streaming_runs: Vec<f64>,
     pub streaming_median_s: f64,
     pub streaming_ratio: f64,
+    /// CPU seconds per run of pg_recvlogical (the process itself, the
+    /// journal's server), and each capture run's breakdown.
+    pub recvlogical_cpu: Vec<super::cpu::CpuSplit>,
+    pub capture_timed: Vec<super::Timed>,
     /// Capture without free-text scrubbing over the same range, per run (s),
     /// its median, and scrubbed ÷ unscrubbed time (the cost of scrubbing).
     pub unscrubbed_runs: Vec<f64>,
@@ -181,15 +185,15 @@ pub async fn capture(cfg: &Config, knobs: &Knobs) -> Result<CaptureBench, BenchE
         wal_bytes as f64 / 1e6
     );
 
-    let bin = stack
-        .postgres()
-        .map_err(fail)?
-        .bin_dir
-        .join("pg_recvlogical");
+    let journal_pg = stack.postgres().map_err(fail)?;
+    let bin = journal_pg.bin_dir.join("pg_recvlogical");
+    let roots = cpu_roots(&stack, &journal_pg);
+    let (mut recv_cpu, mut cap_timed) = (Vec::new(), Vec::new());
     let mut runs = Vec::new();
     let mut unscrubbed = Vec::new();
     let mut streaming = Vec::new();
     for r in 0..knobs.runs {
+        let cpu0 = roots.now();
         let t0 = Instant::now();
         let j = conns.journal().map_err(fail)?;
         let mut cmd = tokio::process::Command::new(&bin);
@@ -228,6 +232,7 @@ pub async fn capture(cfg: &Config, knobs: &Knobs) -> Result<CaptureBench, BenchE
             return Err(fail(format!("pg_recvlogical failed: {status}")));
         }
         let reference = t0.elapsed().as_secs_f64();
+        recv_cpu.push(roots.since(&cpu0));
 
         let c = capture_config(
             cfg,
@@ -237,11 +242,13 @@ pub async fn capture(cfg: &Config, knobs: &Knobs) -> Result<CaptureBench, BenchE
             false,
             3_600_000,
         );
-        let (secs, streamed) = timed_capture(&c, &conns, end).await?;
+        let timed = timed_capture(&c, &conns, end, &roots).await?;
+        let (secs, streamed) = (timed.secs, timed.streaming_s);
         eprintln!(
             "bench: run {}: pg_recvlogical {reference:.3} s, capture {secs:.3} s ({streamed:.3} s streaming)",
             r + 1
         );
+        cap_timed.push(timed);
         runs.push((reference, secs));
         streaming.push(streamed);
         // The same range without free-text scrubbing: its cost, same run.
@@ -254,7 +261,7 @@ pub async fn capture(cfg: &Config, knobs: &Knobs) -> Result<CaptureBench, BenchE
             3_600_000,
         );
         c.capture.scrub_free_text = false;
-        let (raw, _) = timed_capture(&c, &conns, end).await?;
+        let raw = timed_capture(&c, &conns, end, &roots).await?.secs;
         eprintln!("bench: run {}: capture without scrubbing {raw:.3} s", r + 1);
         unscrubbed.push(raw);
     }
@@ -339,6 +346,7 @@ pub async fn capture(cfg: &Config, knobs: &Knobs) -> Result<CaptureBench, BenchE
     let _ = sql
         .batch_execute(&format!("DROP PUBLICATION {publication}"))
         .await;
+    super::delete_own_topics(conns.kafka().map_err(fail)?, &format!("{tag}-")).await;
 
     let mut refs: Vec<f64> = runs.iter().map(|r| r.0).collect();
     let mut caps: Vec<f64> = runs.iter().map(|r| r.1).collect();
@@ -349,6 +357,8 @@ pub async fn capture(cfg: &Config, knobs: &Knobs) -> Result<CaptureBench, BenchE
         streaming_runs: streaming,
         streaming_median_s: ms,
         streaming_ratio: mr / ms,
+        recvlogical_cpu: recv_cpu,
+        capture_timed: cap_timed,
         broker_topics,
         broker_partitions,
         broker_messages,
@@ -469,21 +479,26 @@ async fn initial_load(
     })
 }
 
+/// The local stack's journal server and broker (with the cluster holding
+/// its log), for the CPU split; none when they are not ours to read.
+fn cpu_roots(stack: &Stack, journal: &crate::stack::postgres::LocalPostgres) -> super::cpu::Roots {
+    let broker = stack.broker();
+    let log_cluster = broker.log_cluster().ok().and_then(|pg| pg.running_pid());
+    super::cpu::Roots {
+        journal: journal.running_pid(),
+        broker: broker
+            .running_pid()
+            .into_iter()
+            .chain(log_cluster)
+            .collect(),
+    }
+}
+
 /// Topics, partitions and messages (by end offsets) the broker holds.
 async fn broker_holds(
     kafka: &crate::connections::KafkaEndpoint,
 ) -> Result<(usize, usize, i64), BenchError> {
-    use rdkafka::consumer::{BaseConsumer, Consumer};
-    let k = kafka.clone();
-    let topics: Vec<String> = tokio::task::spawn_blocking(move || {
-        let c: BaseConsumer = k.client_config().create().map_err(fail)?;
-        let md = c
-            .fetch_metadata(None, Duration::from_secs(10))
-            .map_err(fail)?;
-        Ok::<_, BenchError>(md.topics().iter().map(|t| t.name().to_string()).collect())
-    })
-    .await
-    .map_err(fail)??;
+    let topics = super::broker_topics(kafka).await?;
     let ends = crate::kafka::end_offsets(kafka, &topics)
         .await
         .map_err(fail)?;

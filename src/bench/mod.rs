@@ -6,6 +6,7 @@
 
 mod big_txn;
 pub mod capture;
+pub mod cpu;
 pub mod projector;
 mod report;
 
@@ -20,6 +21,7 @@ use crate::config::Config;
 use crate::connections::Connections;
 
 pub use capture::{capture, CaptureBench, Knobs};
+pub use cpu::CpuSplit;
 pub use projector::{projector, ProjectorBench, ProjectorKnobs};
 
 #[derive(Debug, thiserror::Error)]
@@ -89,14 +91,39 @@ pub(crate) fn spawn_capture(
     ))
 }
 
-/// Seconds capture takes from start until everything up to `end` is
-/// acknowledged by Kafka and confirmed, and the part of them it streamed
-/// (after start-up: preflight, topics, load state, names).
+/// One timed capture run (see [`timed_capture`]).
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct Timed {
+    /// From start until everything up to the range's end is acknowledged
+    /// by Kafka and confirmed.
+    pub secs: f64,
+    /// Of them, from the start of streaming (after start-up: preflight,
+    /// topics, load state, names).
+    pub streaming_s: f64,
+    /// CPU seconds the processes of the bench's roots used meanwhile.
+    pub cpu: cpu::CpuSplit,
+    /// The stream loop's own account (see [`crate::capture::Spent`]):
+    /// waiting for messages, handling them, and of that the consent
+    /// flushes and their queries.
+    pub reading_s: f64,
+    pub handling_s: f64,
+    pub flush_s: f64,
+    pub flush_query_s: f64,
+    pub flushes: u64,
+    pub flush_records: u64,
+    /// From the range's last message handled until it was confirmed:
+    /// the wait for Kafka's acknowledgements (and a last flush).
+    pub tail_s: f64,
+}
+
+/// Capture on `cfg` from start until everything up to `end` is
+/// acknowledged and confirmed, timed.
 pub(crate) async fn timed_capture(
     cfg: &Config,
     conns: &Connections,
     end: u64,
-) -> Result<(f64, f64), BenchError> {
+    roots: &cpu::Roots,
+) -> Result<Timed, BenchError> {
     // Capture starts on topics that exist, as every start after a
     // region's first does: their creation is not part of the timing.
     let c = &cfg.capture;
@@ -115,9 +142,14 @@ pub(crate) async fn timed_capture(
     .await
     .map_err(fail)?;
     let cancel = CancellationToken::new();
+    let cpu0 = roots.now();
     let t0 = Instant::now();
     let (task, probe) = spawn_capture(cfg, conns, &cancel)?;
+    let mut handled_end: Option<Instant> = None;
     loop {
+        if handled_end.is_none() && probe.spent.handled_lsn.load(Ordering::Relaxed) >= end {
+            handled_end = Some(Instant::now());
+        }
         if probe.confirmed.load(Ordering::SeqCst) >= end {
             break;
         }
@@ -127,10 +159,69 @@ pub(crate) async fn timed_capture(
         }
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
+    let done = Instant::now();
     let secs = t0.elapsed().as_secs_f64();
+    let used = roots.since(&cpu0);
     let since = probe.streaming_since_micros.load(Ordering::SeqCst);
     let streamed = (chrono::Utc::now().timestamp_micros() - since) as f64 / 1e6;
+    let sp = &probe.spent;
+    let s = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed) as f64 / 1e6;
+    let timed = Timed {
+        secs,
+        streaming_s: streamed.min(secs),
+        cpu: used,
+        reading_s: s(&sp.reading_micros),
+        handling_s: s(&sp.handling_micros),
+        flush_s: s(&sp.flush_micros),
+        flush_query_s: s(&sp.flush_query_micros),
+        flushes: sp.flushes.load(Ordering::Relaxed),
+        flush_records: sp.flush_records.load(Ordering::Relaxed),
+        tail_s: handled_end.map_or(0.0, |t| (done - t).as_secs_f64()),
+    };
     cancel.cancel();
     let _ = task.await;
-    Ok((secs, streamed.min(secs)))
+    Ok(timed)
+}
+
+/// The names of the topics the broker holds.
+pub(crate) async fn broker_topics(
+    kafka: &crate::connections::KafkaEndpoint,
+) -> Result<Vec<String>, BenchError> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let k = kafka.clone();
+    tokio::task::spawn_blocking(move || {
+        let c: BaseConsumer = k.client_config().create().map_err(fail)?;
+        let md = c
+            .fetch_metadata(None, Duration::from_secs(10))
+            .map_err(fail)?;
+        Ok::<_, BenchError>(md.topics().iter().map(|t| t.name().to_string()).collect())
+    })
+    .await
+    .map_err(fail)?
+}
+
+/// Deletes the topics of this bench's runs (names starting `prefix`): a
+/// bench leaves the broker as it found it, so the next one measures the
+/// same stack. A broker that refuses is reported, not fatal.
+pub(crate) async fn delete_own_topics(kafka: &crate::connections::KafkaEndpoint, prefix: &str) {
+    let own: Vec<String> = match broker_topics(kafka).await {
+        Ok(all) => all.into_iter().filter(|t| t.starts_with(prefix)).collect(),
+        Err(e) => {
+            eprintln!("bench: could not list the broker's topics to delete this bench's: {e}");
+            return;
+        }
+    };
+    match crate::kafka::delete_topics(kafka, &own).await {
+        Ok(left) if left.is_empty() => {
+            eprintln!("bench: deleted this bench's {} topics", own.len())
+        }
+        Ok(left) => eprintln!(
+            "bench: the broker kept {} of this bench's {} topics, e.g. {} ({}); delete them by hand",
+            left.len(),
+            own.len(),
+            left[0].0,
+            left[0].1
+        ),
+        Err(e) => eprintln!("bench: deleting this bench's topics: {e}"),
+    }
 }

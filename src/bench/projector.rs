@@ -211,6 +211,7 @@ pub async fn projector(cfg: &Config, knobs: &ProjectorKnobs) -> Result<Projector
         .execute("SELECT pg_drop_replication_slot($1)", &[&tag])
         .await;
     let _ = sql.batch_execute(&format!("DROP PUBLICATION {tag}")).await;
+    super::delete_own_topics(conns.kafka().map_err(fail)?, &format!("{tag}.")).await;
     Ok(ProjectorBench {
         initial_events: initial,
         initial_events_per_s: initial as f64 / initial_s,

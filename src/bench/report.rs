@@ -24,6 +24,34 @@ impl fmt::Display for CaptureBench {
                 "  run {}: pg_recvlogical {r:.3} s   capture (WAL → Kafka acked) {c:.3} s, of which streaming {s:.3} s",
                 i + 1
             )?;
+            if let (Some(rc), Some(t)) = (b.recvlogical_cpu.get(i), b.capture_timed.get(i)) {
+                let cc = &t.cpu;
+                writeln!(
+                    f,
+                    "         CPU s: pg_recvlogical {:.2} + journal server {:.2} = {:.2} ({:.0} % of {cores} cores)   capture {:.2} + journal server {:.2} + broker {:.2} = {:.2} ({:.0} % of {cores} cores)",
+                    rc.own_s,
+                    rc.journal_s,
+                    rc.total(),
+                    busy(rc.total(), *r),
+                    cc.own_s,
+                    cc.journal_s,
+                    cc.broker_s,
+                    cc.total(),
+                    busy(cc.total(), *c),
+                    cores = cores(),
+                )?;
+                writeln!(
+                    f,
+                    "         capture's stream loop: reading {:.3} s, handling {:.3} s (consent flushes {:.3} s in {}, {} records, of it journal queries {:.3} s); last message to confirmed {:.3} s",
+                    t.reading_s,
+                    t.handling_s,
+                    t.flush_s,
+                    t.flushes,
+                    t.flush_records,
+                    t.flush_query_s,
+                    t.tail_s,
+                )?;
+            }
         }
         writeln!(
             f,
@@ -103,4 +131,13 @@ impl fmt::Display for ProjectorBench {
             b.replay_events, b.replay_median_events_per_s, b.replay_apply_median_events_per_s
         )
     }
+}
+
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// CPU seconds over `wall` seconds as a share of the machine's cores.
+fn busy(cpu_s: f64, wall_s: f64) -> f64 {
+    100.0 * cpu_s / (wall_s * cores() as f64)
 }

@@ -30,6 +30,7 @@
 //! - Names learned from the journal stay in this process's memory.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use super::mapping::{Mapping, Row, TableMapping};
@@ -307,6 +308,8 @@ pub struct Gate {
     refreshed: Instant,
     /// One counter handle per (entity, field) scrubbed.
     counters: HashMap<(&'static str, usize), metrics::Counter>,
+    /// Where the flushes' time is summed (capture's progress).
+    pub(super) progress: Option<std::sync::Arc<super::Progress>>,
 }
 
 fn q(what: &'static str) -> impl FnOnce(tokio_postgres::Error) -> PgError {
@@ -372,6 +375,7 @@ impl Gate {
             consent_students: HashMap::new(),
             refreshed: Instant::now(),
             counters: HashMap::new(),
+            progress: None,
         };
         gate.active = gate.read_active().await?;
         metrics::gauge!(obs::CAPTURE_CONSENTING).set(gate.active.len() as f64);
@@ -593,21 +597,28 @@ impl Gate {
             tokio::time::sleep(Duration::from_millis(ms)).await;
             std::process::abort();
         }
+        let started = Instant::now();
+        let mut querying = Duration::ZERO;
+        let mut records = 0u64;
         let pending = std::mem::take(&mut self.pending);
         self.pending_since = None;
         let students: Vec<i64> = pending.keys().copied().collect();
+        let asked = Instant::now();
         let granted = self.consenting(&students).await?;
+        querying += asked.elapsed();
         tracing::debug!(
             students = students.len(),
             granted = granted.len(),
             "medical-data consents changed; publishing or erasing their detail on the restricted topic"
         );
         for m in &self.medical {
+            let asked = Instant::now();
             let rows = self
                 .client
                 .query(&m.sql, &[&students])
                 .await
                 .map_err(q("reading students' medical rows"))?;
+            querying += asked.elapsed();
             let entity = m.mapping.entity;
             for row in &rows {
                 let student: i64 = row.get(0);
@@ -627,8 +638,10 @@ impl Gate {
                         .and_then(|col| c.get(col).flatten())
                 });
                 if !granted.contains(&student) {
+                    records += 1;
                     publisher.send_tombstone(entity.name, &key).await?;
                 } else if detail.iter().any(|(_, v)| v.is_some()) {
+                    records += 1;
                     publisher
                         .send_detail(&Detail {
                             entity,
@@ -645,7 +658,16 @@ impl Gate {
         }
         self.active.extend(granted);
         metrics::gauge!(obs::CAPTURE_CONSENTING).set(self.active.len() as f64);
-        publisher.release().await
+        let released = publisher.release().await;
+        if let Some(p) = &self.progress {
+            let spent = &p.spent;
+            super::Spent::add(&spent.flush_micros, started);
+            let q = querying.as_micros() as u64;
+            spent.flush_query_micros.fetch_add(q, Ordering::Relaxed);
+            spent.flushes.fetch_add(1, Ordering::Relaxed);
+            spent.flush_records.fetch_add(records, Ordering::Relaxed);
+        }
+        released
     }
 }
 

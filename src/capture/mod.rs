@@ -64,7 +64,7 @@ use crate::pg::{self, PgError};
 use crate::privacy::{Depersonalizer, Mode};
 use mapping::Mapping;
 use publisher::Ack;
-pub use publisher::{Confirmed, DeadLetter, Progress, Publisher};
+pub use publisher::{Confirmed, DeadLetter, Progress, Publisher, Spent};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CaptureError {
@@ -346,6 +346,7 @@ impl Capture {
             }
         );
         let (mut gate, stored) = (gate?, stored?);
+        gate.progress = Some(self.progress.clone());
 
         // The initial load, at the slot's exported snapshot, before streaming.
         let loader = initial_load::Loader {
@@ -412,6 +413,8 @@ impl Capture {
         let result: Result<(), CaptureError> = loop {
             // Heartbeat messages keep this loop turning on an idle journal.
             self.health.beat();
+            let spent = &self.progress.spent;
+            let reading = std::time::Instant::now();
             let ev = tokio::select! {
                 r = stream.next_event(&tick) => r,
                 a = &mut acker_task => {
@@ -423,9 +426,13 @@ impl Capture {
                     };
                 }
             };
+            Spent::add(&spent.reading_micros, reading);
             // An event to handle, or None: the flips that wait are due.
             let ev = match ev {
-                Ok(ev) => Some((ev.event_type, ev.lsn.value())),
+                Ok(ev) => {
+                    spent.handled_lsn.store(ev.lsn.value(), Ordering::Relaxed);
+                    Some((ev.event_type, ev.lsn.value()))
+                }
                 Err(ReplicationError::Cancelled(_)) if cancel.is_cancelled() => {
                     // What was received is published and confirmed in the drain
                     // (a broker that cannot take it leaves it for the next start).
@@ -460,6 +467,7 @@ impl Capture {
             // unacknowledged): meanwhile capture keeps telling the server it
             // is alive, so a long broker outage never reaches
             // wal_sender_timeout. The timer is set only when handling waits.
+            let handling = std::time::Instant::now();
             let r = {
                 let mut handled = std::pin::pin!(streamer.handle_or_flush(ev));
                 match futures::poll!(handled.as_mut()) {
@@ -488,6 +496,7 @@ impl Capture {
                     }
                 }
             };
+            Spent::add(&spent.handling_micros, handling);
             if let Err(e) = r {
                 break Err(e);
             }

@@ -331,7 +331,36 @@ pub struct Progress {
     pub loaded_rows: AtomicU64,
     /// When streaming began (µs since the epoch; 0: not yet).
     pub streaming_since_micros: AtomicI64,
+    /// Where streaming time goes, summed since the start.
+    pub spent: Spent,
     commits: broadcast::Sender<Confirmed>,
+}
+
+/// Microseconds the stream loop spent per activity, and the position of
+/// the last message it handled: `vitrina bench capture` prints them as a
+/// breakdown of its runs.
+#[derive(Default)]
+pub struct Spent {
+    /// Waiting for the next message of the replication stream (the server
+    /// sending, pg_walstream decoding it).
+    pub reading_micros: AtomicU64,
+    /// Handling messages: mapping, the gate, encoding, producing, and
+    /// waiting for Kafka when `capture.max_in_flight` is reached.
+    pub handling_micros: AtomicU64,
+    /// Of handling: consent flushes, and the journal queries within them.
+    pub flush_micros: AtomicU64,
+    pub flush_query_micros: AtomicU64,
+    pub flushes: AtomicU64,
+    /// Records the flushes sent (detail and tombstones).
+    pub flush_records: AtomicU64,
+    /// WAL position of the last message handled.
+    pub handled_lsn: AtomicU64,
+}
+
+impl Spent {
+    pub(crate) fn add(counter: &AtomicU64, since: std::time::Instant) {
+        counter.fetch_add(since.elapsed().as_micros() as u64, Ordering::Relaxed);
+    }
 }
 
 /// One transaction confirmed to the slot.
@@ -350,6 +379,7 @@ impl Default for Progress {
             events: AtomicU64::new(0),
             loaded_rows: AtomicU64::new(0),
             streaming_since_micros: AtomicI64::new(0),
+            spent: Spent::default(),
             commits: broadcast::channel(1 << 16).0,
         }
     }
