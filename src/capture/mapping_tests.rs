@@ -138,3 +138,88 @@ fn mapping_errors_name_the_problem() {
     let e = Mapping::parse("[[table]]\ntable = \"journal.x\"\nentity = \"grade\"\nkey = [\"id\"]\nfields.nope = \"x\"\n", "t").unwrap_err();
     assert!(e.to_string().contains("no field `nope`"), "{e}");
 }
+
+/// The direct readers of PostgreSQL's date and time output agree with
+/// chrono's parser on every form they accept, and leave the rest to it.
+#[test]
+fn dates_and_times_read_directly_agree_with_chrono() {
+    let chrono_ts = |s: &str| {
+        DateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S%.f%#z")
+            .ok()
+            .map(|t| t.timestamp_micros())
+    };
+    let chrono_date = |s: &str| {
+        NaiveDate::parse_from_str(s, "%Y-%m-%d")
+            .ok()
+            .map(|d| (d - NaiveDate::from_ymd_opt(1970, 1, 1).unwrap()).num_days() as i32)
+    };
+    let chrono_time = |s: &str| {
+        NaiveTime::parse_from_str(s, "%H:%M:%S%.f").ok().map(|t| {
+            t.num_seconds_from_midnight() as i64 * 1_000_000 + (t.nanosecond() / 1000) as i64
+        })
+    };
+    let mut n = 0;
+    for date in [
+        "1970-01-01",
+        "2026-12-02",
+        "1969-12-31",
+        "2024-02-29",
+        "0001-01-01",
+        "9999-12-31",
+    ] {
+        assert_eq!(pg_text::date(date), chrono_date(date), "{date}");
+        for time in [
+            "00:00:00",
+            "23:59:59",
+            "08:30:00.5",
+            "12:00:00.123456",
+            "07:01:02.010",
+        ] {
+            assert_eq!(pg_text::time(time), chrono_time(time), "{time}");
+            for zone in ["+00", "+03", "-05", "+05:30", "-09:30", "+03:00:15"] {
+                let ts = format!("{date} {time}{zone}");
+                let fast = pg_text::timestamptz(&ts);
+                assert!(fast.is_some(), "{ts} is read directly");
+                if zone.len() <= 6 {
+                    assert_eq!(fast, chrono_ts(&ts), "{ts}");
+                }
+                n += 1;
+            }
+        }
+    }
+    assert_eq!(n, 180);
+    // Seconds in the offset (historic zones): chrono's %#z drops them.
+    assert_eq!(
+        pg_text::timestamptz("1970-01-01 00:00:00+00:00:15"),
+        Some(-15_000_000)
+    );
+    // Not PostgreSQL's ISO output, or out of range: left to chrono.
+    for other in [
+        "2026-02-30",
+        "2026-1-02",
+        "20261202",
+        "0044-03-15 BC",
+        "12345-01-01",
+        "infinity",
+    ] {
+        assert_eq!(pg_text::date(other), None, "{other}");
+    }
+    for other in [
+        "24:00:00",
+        "08:30",
+        "08:30:00.",
+        "08:30:00.1234567",
+        "08:30:00x",
+    ] {
+        assert_eq!(pg_text::time(other), None, "{other}");
+    }
+    for other in [
+        "2026-12-02 08:30:00",
+        "2026-12-02T08:30:00+00",
+        "2026-12-02 08:30:00+3",
+        "2026-12-02 08:30:00+03:0",
+        "2026-12-02 08:30:00 +03",
+    ] {
+        assert_eq!(pg_text::timestamptz(other), None, "{other}");
+    }
+}

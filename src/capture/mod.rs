@@ -332,6 +332,7 @@ impl Capture {
             last_commit: 0,
             max_message_bytes: c.max_message_bytes,
             held: None,
+            sent: Default::default(),
         };
         // The names and consents from the journal, and (for a slot that
         // exists) the load's progress from Kafka, read at the same time.

@@ -88,6 +88,23 @@ pub struct Publisher {
     pub(super) max_message_bytes: usize,
     /// Commit markers held back while a consent flip is pending.
     pub(super) held: Option<Vec<(u64, i64)>>,
+    /// Restricted-topic records sent, detail and tombstones (handles
+    /// looked up once: these go out by the hundred thousand in a flush).
+    pub(super) sent: DetailCounters,
+}
+
+pub(super) struct DetailCounters {
+    detail: metrics::Counter,
+    tombstone: metrics::Counter,
+}
+
+impl Default for DetailCounters {
+    fn default() -> Self {
+        DetailCounters {
+            detail: metrics::counter!(obs::CAPTURE_DETAILS, "kind" => "detail"),
+            tombstone: metrics::counter!(obs::CAPTURE_DETAILS, "kind" => "tombstone"),
+        }
+    }
 }
 
 impl Publisher {
@@ -212,7 +229,7 @@ impl Publisher {
         let key = Detail::kafka_key(d.entity.name, &d.key);
         let topic = self.detail_topic.clone();
         let f = self.produce(&topic, &key, Some(&bytes), None).await?;
-        metrics::counter!(obs::CAPTURE_DETAILS, "kind" => "detail").increment(1);
+        self.sent.detail.increment(1);
         self.enqueue(Ack::Other(f)).await
     }
 
@@ -222,7 +239,7 @@ impl Publisher {
         let k = Detail::kafka_key(entity, key);
         let topic = self.detail_topic.clone();
         let f = self.produce(&topic, &k, None, None).await?;
-        metrics::counter!(obs::CAPTURE_DETAILS, "kind" => "tombstone").increment(1);
+        self.sent.tombstone.increment(1);
         self.enqueue(Ack::Other(f)).await
     }
 
@@ -413,8 +430,12 @@ pub(super) async fn acker(
     last_commit_time: Arc<AtomicI64>,
     progress: Arc<Progress>,
 ) -> Result<(), CaptureError> {
-    // One counter handle per (entity, op), looked up in the registry once.
+    // Metric handles looked up in the registry once, not per message.
     let mut events: HashMap<(&'static str, Op), metrics::Counter> = HashMap::new();
+    let ack_latency = metrics::histogram!(obs::CAPTURE_ACK_LATENCY);
+    let transactions = metrics::counter!(obs::CAPTURE_TRANSACTIONS);
+    let confirmed_lsn = metrics::gauge!(obs::CAPTURE_CONFIRMED_LSN);
+    let in_flight_now = metrics::gauge!(obs::CAPTURE_IN_FLIGHT);
     while let Some(a) = rx.recv().await {
         match a {
             Ack::Delivery(f, entity, op) => {
@@ -445,7 +466,7 @@ pub(super) async fn acker(
                 last_commit_time.fetch_max(commit_time_micros, Ordering::SeqCst);
                 let now = chrono::Utc::now().timestamp_micros();
                 let latency = ((now - commit_time_micros) as f64 / 1e6).max(0.0);
-                metrics::histogram!(obs::CAPTURE_ACK_LATENCY).record(latency);
+                ack_latency.record(latency);
                 if progress.commits.receiver_count() > 0 {
                     let _ = progress.commits.send(Confirmed {
                         end_lsn,
@@ -453,11 +474,11 @@ pub(super) async fn acker(
                         confirmed_at_micros: now,
                     });
                 }
-                metrics::counter!(obs::CAPTURE_TRANSACTIONS).increment(1);
-                metrics::gauge!(obs::CAPTURE_CONFIRMED_LSN).set(end_lsn as f64);
+                transactions.increment(1);
+                confirmed_lsn.set(end_lsn as f64);
             }
         }
-        metrics::gauge!(obs::CAPTURE_IN_FLIGHT).set(in_flight.load(Ordering::Relaxed) as f64);
+        in_flight_now.set(in_flight.load(Ordering::Relaxed) as f64);
     }
     Ok(())
 }

@@ -47,14 +47,31 @@ pub struct Scrubber {
 
 /// Lowercase with `ё` read as `е`.
 fn fold(word: &str) -> String {
-    word.chars()
-        .flat_map(char::to_lowercase)
-        .map(|c| if c == 'ё' { 'е' } else { c })
-        .collect()
+    let mut out = String::with_capacity(word.len());
+    fold_into(word, &mut out);
+    out
 }
 
+/// [`fold`] into `out`, cleared first. Russian and ASCII letters are
+/// lowered directly; others through Unicode's tables.
+fn fold_into(word: &str, out: &mut String) {
+    out.clear();
+    for c in word.chars() {
+        match c {
+            'А'..='Я' => out.push(char::from_u32(c as u32 + 0x20).unwrap_or(c)),
+            'ё' | 'Ё' => out.push('е'),
+            'а'..='я' => out.push(c),
+            c if c.is_ascii() => out.push(c.to_ascii_lowercase()),
+            c => out.extend(c.to_lowercase().map(|c| if c == 'ё' { 'е' } else { c })),
+        }
+    }
+}
+
+/// A letter of a word: Russian and ASCII letters answered directly (the
+/// common case), the rest by Unicode's tables.
 fn is_word_char(c: char) -> bool {
-    c.is_alphabetic()
+    matches!(c, 'а'..='я' | 'А'..='Я' | 'ё' | 'Ё' | 'a'..='z' | 'A'..='Z')
+        || (!c.is_ascii() && c.is_alphabetic())
 }
 
 impl Scrubber {
@@ -85,12 +102,13 @@ impl Scrubber {
         self.names.is_empty()
     }
 
-    fn is_name(&self, word: &str) -> bool {
+    /// Whether `word` is a known name, declined or not; `w` is scratch.
+    fn is_name(&self, word: &str, w: &mut String) -> bool {
         if word.chars().count() < 3 {
             return false;
         }
-        let w = fold(word);
-        if self.names.contains(&w) {
+        fold_into(word, w);
+        if self.names.contains(w.as_str()) {
             return true;
         }
         ENDINGS.iter().any(|e| {
@@ -108,6 +126,7 @@ impl Scrubber {
         let mut i = 0;
         // Whether the output ends with a name mark and only spaces since.
         let mut after_name: Option<usize> = None;
+        let mut folded = String::new();
         while i < chars.len() {
             let (start, c) = chars[i];
             if is_word_char(c) {
@@ -117,7 +136,7 @@ impl Scrubber {
                 }
                 let end = chars.get(j).map(|x| x.0).unwrap_or(text.len());
                 let word = &text[start..end];
-                if self.is_name(word) {
+                if self.is_name(word, &mut folded) {
                     replaced += 1;
                     match after_name {
                         // «Иванов Иван» → one mark.
@@ -223,7 +242,23 @@ mod tests {
             .collect();
         words.extend(declined.iter().map(String::as_str));
         for w in words {
-            assert_eq!(s.is_name(w), by_the_rule(&s, w), "{w}");
+            assert_eq!(s.is_name(w, &mut String::new()), by_the_rule(&s, w), "{w}");
+        }
+    }
+
+    /// The direct paths for Russian and ASCII letters answer as Unicode's
+    /// tables do, for every character of the Basic Multilingual Plane.
+    #[test]
+    fn letters_and_lowering_agree_with_unicode() {
+        let mut w = String::new();
+        for c in (0..0x1_0000u32).filter_map(char::from_u32) {
+            assert_eq!(is_word_char(c), c.is_alphabetic(), "{c:?}");
+            let by_tables: String = c
+                .to_lowercase()
+                .map(|c| if c == 'ё' { 'е' } else { c })
+                .collect();
+            fold_into(&c.to_string(), &mut w);
+            assert_eq!(w, by_tables, "{c:?}");
         }
     }
 
