@@ -63,6 +63,32 @@ impl fmt::Display for CaptureBench {
             "  streaming only (capture's start-up left out): median {:.3} s, ratio {:.2} to pg_recvlogical (which includes its own start-up)",
             b.streaming_median_s, b.streaming_ratio
         )?;
+        if !b.capture_timed.is_empty() {
+            let med = |get: &dyn Fn(&super::Timed) -> f64| {
+                super::median(&mut b.capture_timed.iter().map(get).collect::<Vec<_>>())
+            };
+            let cpu = med(&|t| t.cpu.total());
+            writeln!(
+                f,
+                "  where capture's time went (medians): reading the stream {:.3} s, handling {:.3} s, of which consent flushes {:.3} s ({:.0} records; journal queries {:.3} s); last message to confirmed {:.3} s",
+                med(&|t| t.reading_s),
+                med(&|t| t.handling_s),
+                med(&|t| t.flush_s),
+                med(&|t| t.flush_records as f64),
+                med(&|t| t.flush_query_s),
+                med(&|t| t.tail_s),
+            )?;
+            writeln!(
+                f,
+                "  CPU bound: a capture run kept capture ({:.2} s), the journal's server ({:.2} s) and the broker ({:.2} s) busy for {cpu:.2} CPU s (medians); on {} cores no run can take under {:.3} s, so on this machine the ratio cannot pass {:.2} with this CPU use",
+                med(&|t| t.cpu.own_s),
+                med(&|t| t.cpu.journal_s),
+                med(&|t| t.cpu.broker_s),
+                cores(),
+                cpu / cores() as f64,
+                b.recvlogical_median_s / (cpu / cores() as f64),
+            )?;
+        }
         writeln!(
             f,
             "  free-text scrubbing: capture {:.3} s with, {:.3} s without (medians, same range, same run); with ÷ without {:.2}",
