@@ -113,7 +113,7 @@ pub async fn workload(
 /// Waits until the showcase says it is fresh as of `since`.
 async fn fresh_after(
     showcase: &tokio_postgres::Client,
-    projector: &tokio::task::JoinHandle<Result<(), ProjectorError>>,
+    projector: &mut tokio::task::JoinHandle<Result<(), ProjectorError>>,
     since: chrono::DateTime<chrono::Utc>,
 ) -> Result<(), DemoError> {
     loop {
@@ -127,7 +127,13 @@ async fn fresh_after(
             return Ok(());
         }
         if projector.is_finished() {
-            return Err(DemoError::Failed("the projector stopped".into()));
+            // Its own error says what happened and what to do.
+            let why = match projector.await {
+                Ok(Ok(())) => "it ended without an error".to_string(),
+                Ok(Err(e)) => e.to_string(),
+                Err(e) => e.to_string(),
+            };
+            return Err(DemoError::Failed(format!("the projector stopped: {why}")));
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -199,7 +205,7 @@ pub async fn run(
     showcase::migrate(&showcase_client, showcase::SCHEMA).await?;
     let projector = Projector::new(&cfg, sc, kafka);
     let cancel3 = cancel.clone();
-    let projector = tokio::spawn(async move { projector.run(cancel3).await });
+    let mut projector = tokio::spawn(async move { projector.run(cancel3).await });
     println!(
         "projector: projecting into database {} (schema showcase)",
         sc.database
@@ -217,7 +223,7 @@ pub async fn run(
         crate::prostore::manifest_topic(&cfg.capture.topic_prefix)
     );
     let t2 = Instant::now();
-    fresh_after(&showcase_client, &projector, chrono::Utc::now()).await?;
+    fresh_after(&showcase_client, &mut projector, chrono::Utc::now()).await?;
     println!(
         "projector: the initial load is in the showcase after {:.1} s",
         t2.elapsed().as_secs_f64()
@@ -255,7 +261,7 @@ pub async fn run(
         cfg.capture.topic_prefix
     );
     let t3 = Instant::now();
-    fresh_after(&showcase_client, &projector, workload_end).await?;
+    fresh_after(&showcase_client, &mut projector, workload_end).await?;
     println!(
         "showcase: every change up to the workload's end visible {:.2} s after it (fresh_as_of; the SLA is 600 s)",
         t3.elapsed().as_secs_f64()

@@ -491,6 +491,90 @@ pub fn end_offsets_blocking(
     }
 }
 
+/// Of `wanted` (partition, offset), those where the log holds no record
+/// at or after the offset: a read from each offset finds the partition's
+/// end, or nothing within 10 s. Decides what an end-offset answer only
+/// suggests: nisshi 0.8.1 was seen answering an end one below a record the
+/// projector had read (docs/decisions/0005-event-log-in-postgresql.md).
+pub async fn missing_records(
+    kafka: &KafkaEndpoint,
+    wanted: &[((String, i32), i64)],
+) -> Result<Vec<((String, i32), i64)>, KafkaError> {
+    let (k, w) = (kafka.clone(), wanted.to_vec());
+    tokio::task::spawn_blocking(move || missing_records_blocking(&k, &w))
+        .await
+        .map_err(|e| KafkaError::Task(format!("reading records at offsets: {e}")))?
+}
+
+fn missing_records_blocking(
+    kafka: &KafkaEndpoint,
+    wanted: &[((String, i32), i64)],
+) -> Result<Vec<((String, i32), i64)>, KafkaError> {
+    if wanted.is_empty() {
+        return Ok(vec![]);
+    }
+    let consumer: BaseConsumer<Context> = kafka
+        .client_config()
+        .set("log_level", "3")
+        .set("group.id", "vitrina-log-check")
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("enable.partition.eof", "true")
+        .set("auto.offset.reset", "error")
+        .create_with_context(Context)
+        .map_err(|e| KafkaError::Client {
+            brokers: kafka.brokers.clone(),
+            source: e,
+        })?;
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for ((topic, partition), offset) in wanted {
+        tpl.add_partition_offset(topic, *partition, rdkafka::Offset::Offset(*offset))
+            .map_err(|e| KafkaError::Metadata {
+                what: format!("assigning {topic}"),
+                source: e,
+            })?;
+    }
+    consumer.assign(&tpl).map_err(|e| KafkaError::Metadata {
+        what: "assigning partitions to read records at offsets".into(),
+        source: e,
+    })?;
+    let mut open: HashMap<(String, i32), i64> = wanted.iter().cloned().collect();
+    let mut missing = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !open.is_empty() && std::time::Instant::now() < deadline {
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(m)) => {
+                let tp = (m.topic().to_string(), m.partition());
+                if open.get(&tp).is_some_and(|at| m.offset() >= *at) {
+                    open.remove(&tp);
+                }
+            }
+            Some(Err(rdkafka::error::KafkaError::PartitionEOF(p))) => {
+                // Some topic's partition `p` is at its end: those whose
+                // last fetch answer ends at or before the wanted offset
+                // hold no record there.
+                let ended: Vec<(String, i32)> = open
+                    .iter()
+                    .filter(|((t, q), at)| {
+                        *q == p
+                            && fetched_high_watermark(&consumer, t, *q).is_some_and(|hw| hw <= **at)
+                    })
+                    .map(|(tp, _)| tp.clone())
+                    .collect();
+                for tp in ended {
+                    let at = open.remove(&tp).unwrap_or_default();
+                    missing.push((tp, at));
+                }
+            }
+            _ => {}
+        }
+    }
+    // Nothing came within the time: out of range, or no answer.
+    missing.extend(open);
+    std::thread::spawn(move || drop(consumer));
+    Ok(missing)
+}
+
 /// The high watermark of the last Fetch answer for a partition, if any
 /// came (librdkafka's cached value; `fetch_watermarks` asks ListOffsets).
 fn fetched_high_watermark(

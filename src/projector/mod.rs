@@ -100,6 +100,40 @@ impl ProjectorError {
 }
 
 impl ProjectorError {
+    /// [`ProjectorError::log_lost`], confirmed: a partition whose end
+    /// answer is short counts only when the log holds no record at or
+    /// after the last one applied (an end-offset answer can lag a record
+    /// already read).
+    pub(crate) async fn log_lost_confirmed(
+        kafka: &crate::connections::KafkaEndpoint,
+        schema: &str,
+        applied: &HashMap<Tp, i64>,
+        ends: &HashMap<Tp, i64>,
+    ) -> Result<Option<ProjectorError>, ProjectorError> {
+        let short = freshness::log_shortfall(applied, ends);
+        if short.is_empty() {
+            return Ok(None);
+        }
+        let wanted: Vec<(Tp, i64)> = short
+            .iter()
+            .map(|(tp, at, _)| (tp.clone(), at - 1))
+            .collect();
+        let missing = kafka::missing_records(kafka, &wanted).await?;
+        if missing.len() < short.len() {
+            let (tp, at, end) = &short[0];
+            tracing::warn!(
+                topic = %tp.0,
+                partition = tp.1,
+                end,
+                applied = at,
+                found = short.len() - missing.len(),
+                "the broker answered an end offset below records it holds; its answer is not trusted for the lost-log check"
+            );
+        }
+        let missing: HashMap<Tp, i64> = missing.into_iter().map(|(tp, at)| (tp, at + 1)).collect();
+        Ok(ProjectorError::log_lost(schema, &missing, ends))
+    }
+
     pub(crate) fn consumer(
         what: impl Into<String>,
         source: rdkafka::error::KafkaError,
@@ -179,7 +213,9 @@ impl Projection {
         // The log must hold everything this schema applied: a broker that
         // lost it would otherwise be read at offsets that mean other events.
         let ends = kafka::end_offsets(kafka_ep, &topics).await?;
-        if let Some(e) = ProjectorError::log_lost(schema, &stored, &ends) {
+        if let Some(e) =
+            ProjectorError::log_lost_confirmed(kafka_ep, schema, &stored, &ends).await?
+        {
             return Err(e);
         }
         let consumer: StreamConsumer<SeekToShowcase> = kafka_ep
@@ -451,16 +487,32 @@ impl Projector {
         loop {
             health.beat();
             let applied = p.offsets();
+            let new_round = {
+                let ends = ends.lock().unwrap();
+                (ends.round != round).then(|| (ends.round, ends.offsets.clone()))
+            };
+            if let Some((r, offsets)) = new_round {
+                round = r;
+                match ProjectorError::log_lost(showcase::SCHEMA, &applied, &offsets) {
+                    Some(_) if short_rounds >= 1 => {
+                        match ProjectorError::log_lost_confirmed(
+                            &p.kafka,
+                            showcase::SCHEMA,
+                            &applied,
+                            &offsets,
+                        )
+                        .await?
+                        {
+                            Some(e) => return Err(e),
+                            None => short_rounds = 0,
+                        }
+                    }
+                    Some(_) => short_rounds += 1,
+                    None => short_rounds = 0,
+                }
+            }
             let lag_total = {
                 let ends = ends.lock().unwrap();
-                if ends.round != round {
-                    round = ends.round;
-                    match ProjectorError::log_lost(showcase::SCHEMA, &applied, &ends.offsets) {
-                        Some(e) if short_rounds >= 1 => return Err(e),
-                        Some(_) => short_rounds += 1,
-                        None => short_rounds = 0,
-                    }
-                }
                 freshness::report_lag(&applied, &p.sink().last_time, &ends.offsets)
             };
             let want_catch_up = sla != Sla::Ok || lag_total > p_cfg.catch_up_batch_size as i64;
