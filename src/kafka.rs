@@ -491,6 +491,9 @@ pub fn end_offsets_blocking(
     }
 }
 
+/// A topic's partition and an offset in it.
+pub type PartitionOffset = ((String, i32), i64);
+
 /// Of `wanted` (partition, offset), those where the log holds no record
 /// at or after the offset: a read from each offset finds the partition's
 /// end, or nothing within 10 s. Decides what an end-offset answer only
@@ -498,8 +501,8 @@ pub fn end_offsets_blocking(
 /// projector had read (docs/decisions/0005-event-log-in-postgresql.md).
 pub async fn missing_records(
     kafka: &KafkaEndpoint,
-    wanted: &[((String, i32), i64)],
-) -> Result<Vec<((String, i32), i64)>, KafkaError> {
+    wanted: &[PartitionOffset],
+) -> Result<Vec<PartitionOffset>, KafkaError> {
     let (k, w) = (kafka.clone(), wanted.to_vec());
     tokio::task::spawn_blocking(move || missing_records_blocking(&k, &w))
         .await
@@ -508,8 +511,8 @@ pub async fn missing_records(
 
 fn missing_records_blocking(
     kafka: &KafkaEndpoint,
-    wanted: &[((String, i32), i64)],
-) -> Result<Vec<((String, i32), i64)>, KafkaError> {
+    wanted: &[PartitionOffset],
+) -> Result<Vec<PartitionOffset>, KafkaError> {
     if wanted.is_empty() {
         return Ok(vec![]);
     }
