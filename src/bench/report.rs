@@ -28,9 +28,10 @@ impl fmt::Display for CaptureBench {
                 let cc = &t.cpu;
                 writeln!(
                     f,
-                    "         CPU s: pg_recvlogical {:.2} + journal server {:.2} = {:.2} ({:.0} % of {cores} cores)   capture {:.2} + journal server {:.2} + broker {:.2} = {:.2} ({:.0} % of {cores} cores)",
+                    "         CPU s: pg_recvlogical {:.2} + journal server {:.2} + broker (idle) {:.2} = {:.2} ({:.0} % of {cores} cores)   capture {:.2} + journal server {:.2} + broker {:.2} = {:.2} ({:.0} % of {cores} cores)",
                     rc.own_s,
                     rc.journal_s,
+                    rc.broker_s,
                     rc.total(),
                     busy(rc.total(), *r),
                     cc.own_s,
