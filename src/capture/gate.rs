@@ -137,17 +137,20 @@ impl Fields {
     /// The medical detail of a row given as text by field name (a row the
     /// gate read from the journal), scrubbed: what [`Fields::apply`] would
     /// move out of its mapped state.
+    /// Replacements are added to `counts` by field index, as
+    /// [`Applied::scrubbed`] holds them.
     pub fn detail_of<'a>(
         &self,
         entity: &Entity,
         text: impl Fn(&str) -> Option<&'a str>,
+        counts: &mut Vec<(usize, u32)>,
     ) -> Vec<(&'static str, Option<String>)> {
         let mut detail = detail_slots();
-        for f in entity.fields {
+        for (i, f) in entity.fields.iter().enumerate() {
             if matches!(f.class, Class::Medical | Class::MedicalWhen(..))
                 && is_medical(f.class, &text)
             {
-                let v = text(f.name).map(|s| self.scrub_counted(s, 0, &mut Vec::new()));
+                let v = text(f.name).map(|s| self.scrub_counted(s, i, counts));
                 put(Some(&mut detail), f.name, v);
             }
         }
@@ -446,7 +449,11 @@ impl Gate {
 
     /// Counts replacements per (entity, field), never values.
     pub fn count(&mut self, entity: &'static Entity, applied: &Applied) {
-        for (i, n) in &applied.scrubbed {
+        self.count_scrubbed(entity, &applied.scrubbed);
+    }
+
+    fn count_scrubbed(&mut self, entity: &'static Entity, scrubbed: &[(usize, u32)]) {
+        for (i, n) in scrubbed {
             self.counters
                 .entry((entity.name, *i))
                 .or_insert_with(|| {
@@ -621,8 +628,11 @@ impl Gate {
             granted = granted.len(),
             "medical-data consents changed; publishing or erasing their detail on the restricted topic"
         );
+        // Free-text replacements in the detail published, per entity.
+        let mut counted: Vec<(&'static Entity, Vec<(usize, u32)>)> = Vec::new();
         for (m, rows) in self.medical.iter().zip(&per_table) {
             let entity = m.mapping.entity;
+            let mut scrubbed = Vec::new();
             for row in rows {
                 let student: i64 = row.get(0);
                 let c = Candidate {
@@ -635,15 +645,24 @@ impl Gate {
                 let Some(at) = pending.get(&student) else {
                     continue;
                 };
-                let detail = self.fields.detail_of(entity, |field| {
-                    m.mapping
-                        .column_of(field)
-                        .and_then(|col| c.get(col).flatten())
-                });
                 if !granted.contains(&student) {
                     records += 1;
                     publisher.send_tombstone(entity.name, &key).await?;
-                } else if detail.iter().any(|(_, v)| v.is_some()) {
+                    continue;
+                }
+                // Read (and scrubbed) only for what is published.
+                let mut row_scrubbed = Vec::new();
+                let detail = self.fields.detail_of(
+                    entity,
+                    |field| {
+                        m.mapping
+                            .column_of(field)
+                            .and_then(|col| c.get(col).flatten())
+                    },
+                    &mut row_scrubbed,
+                );
+                if detail.iter().any(|(_, v)| v.is_some()) {
+                    scrubbed.append(&mut row_scrubbed);
                     records += 1;
                     publisher
                         .send_detail(&Detail {
@@ -658,6 +677,10 @@ impl Gate {
                         .await?;
                 }
             }
+            counted.push((entity, scrubbed));
+        }
+        for (entity, scrubbed) in &counted {
+            self.count_scrubbed(entity, scrubbed);
         }
         self.active.extend(granted);
         metrics::gauge!(obs::CAPTURE_CONSENTING).set(self.active.len() as f64);

@@ -58,3 +58,25 @@ fn every_medical_field_of_the_contract_is_a_nullable_string() {
         }
     }
 }
+
+/// Detail a flip reads from the journal is scrubbed like the stream's, and
+/// its replacements are counted by field, as `apply` counts them.
+#[test]
+fn detail_read_for_a_flip_is_scrubbed_and_counted() {
+    let mut f = Fields::new(true);
+    f.learn("Иванов");
+    let att = entity("attendance").unwrap();
+    let row = [("code", "Б"), ("reason", "Иванову: ОРВИ")];
+    let text = |field: &str| row.iter().find(|(n, _)| *n == field).map(|(_, v)| *v);
+    let mut counts = Vec::new();
+    let d = f.detail_of(att, text, &mut counts);
+    assert_eq!(
+        d.iter().find(|(n, _)| *n == "reason").unwrap().1.as_deref(),
+        Some("[ФИО]: ОРВИ")
+    );
+    assert_eq!(counts, vec![(att.index("reason").unwrap(), 1)]);
+    // The stream's path counts the same field for the same text.
+    let mut state = state(att, &row);
+    let a = f.apply(att, &mut state);
+    assert_eq!(a.scrubbed, counts);
+}
