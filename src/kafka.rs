@@ -284,6 +284,18 @@ const COMPACTED: &[(&str, &str)] = &[
     ("delete.retention.ms", "86400000"),
 ];
 
+/// An admin client (closing one blocks for about 0.1 s: drop it off the
+/// async runtime's threads).
+fn admin_client(kafka: &KafkaEndpoint) -> Result<AdminClient<Context>, KafkaError> {
+    kafka
+        .client_config()
+        .create_with_context(Context)
+        .map_err(|source| KafkaError::Client {
+            brokers: kafka.brokers.clone(),
+            source,
+        })
+}
+
 /// Creates, in one request, those of `specs` that do not exist yet.
 async fn create_topics(
     kafka: &KafkaEndpoint,
@@ -293,14 +305,7 @@ async fn create_topics(
     if specs.is_empty() {
         return Ok(());
     }
-    let admin: AdminClient<Context> =
-        kafka
-            .client_config()
-            .create_with_context(Context)
-            .map_err(|source| KafkaError::Client {
-                brokers: kafka.brokers.clone(),
-                source,
-            })?;
+    let admin = admin_client(kafka)?;
     let new: Vec<NewTopic> = specs
         .iter()
         .map(|(t, partitions, settings)| {
@@ -347,14 +352,7 @@ pub async fn delete_topics(
     if topics.is_empty() {
         return Ok(vec![]);
     }
-    let admin: AdminClient<Context> =
-        kafka
-            .client_config()
-            .create_with_context(Context)
-            .map_err(|source| KafkaError::Client {
-                brokers: kafka.brokers.clone(),
-                source,
-            })?;
+    let admin = admin_client(kafka)?;
     let names: Vec<&str> = topics.iter().map(String::as_str).collect();
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
     let results = admin
