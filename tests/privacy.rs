@@ -103,6 +103,24 @@ async fn ill_without_consent(c: &tokio_postgres::Client, reason: &str) -> (i64, 
     (student, parent, ill)
 }
 
+/// A parent's consent of `kind` for `student`, granted now; its id.
+async fn grant(
+    c: &tokio_postgres::Client,
+    student: i64,
+    parent: i64,
+    kind: &str,
+    document: &str,
+) -> i64 {
+    c.query_one(
+        "INSERT INTO journal.parental_consents (student_id, parent_id, kind, status, granted_at, document_number, document_date, updated_by)
+         VALUES ($1, $2, $3, 'granted', now(), $4, current_date, 'test') RETURNING id",
+        &[&student, &parent, &kind, &document],
+    )
+    .await
+    .unwrap()
+    .get(0)
+}
+
 /// A journal of its own with the privacy tests' region (seed 61, 40
 /// students) loaded; its config, database name and a client.
 async fn loaded_journal(tag: &str) -> (tokio_postgres::Config, String, tokio_postgres::Client) {
@@ -156,15 +174,7 @@ async fn no_medical_detail_names_or_documents_leave_except_under_consent() {
     assert_eq!(load_task.await.unwrap().failed_transactions, 0);
 
     // Consent granted: the detail that already exists goes out, and shows.
-    let consent: i64 = c
-        .query_one(
-            "INSERT INTO journal.parental_consents (student_id, parent_id, kind, status, granted_at, document_number, document_date, updated_by)
-             VALUES ($1, $2, 'medical_data_transfer', 'granted', now(), 'Т-1', current_date, 'test') RETURNING id",
-            &[&student, &parent],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let consent: i64 = grant(&c, student, parent, "medical_data_transfer", "Т-1").await;
     common::wait_caught_up(&cfg, &name, Duration::from_secs(240)).await;
     let detail_key = format!("attendance:{ill}");
     let messages = common::read_all(&name);
@@ -313,13 +323,7 @@ async fn no_medical_detail_names_or_documents_leave_except_under_consent() {
     assert_eq!(held, None, "the private copy is erased");
 
     // A late consent brings it back.
-    c.execute(
-        "INSERT INTO journal.parental_consents (student_id, parent_id, kind, status, granted_at, document_number, document_date, updated_by)
-         VALUES ($1, $2, 'medical_data_transfer', 'granted', now(), 'Т-2', current_date, 'test')",
-        &[&student, &parent],
-    )
-    .await
-    .unwrap();
+    grant(&c, student, parent, "medical_data_transfer", "Т-2").await;
     common::wait_caught_up(&cfg, &name, Duration::from_secs(240)).await;
     let view = compacted(&common::read_all(&name), &name);
     assert!(
@@ -364,13 +368,7 @@ async fn no_medical_detail_names_or_documents_leave_except_under_consent() {
     // reason, both before capture reads them: the current reason is what a
     // new reader gets.
     common::kill(&mut capture, libc::SIGTERM);
-    c.execute(
-        "INSERT INTO journal.parental_consents (student_id, parent_id, kind, status, granted_at, document_number, document_date, updated_by)
-         VALUES ($1, $2, 'medical_data_transfer', 'granted', now(), 'Т-3', current_date, 'test')",
-        &[&student, &parent],
-    )
-    .await
-    .unwrap();
+    grant(&c, student, parent, "medical_data_transfer", "Т-3").await;
     c.execute(
         "UPDATE journal.attendance SET code = 'Б', reason = 'болезнь: грипп' WHERE id = $1",
         &[&ill],
@@ -416,13 +414,7 @@ async fn a_capture_that_dies_in_a_consent_flip_replays_the_consent() {
         &[("CAPTURE_TEST_DIE_IN_FLUSH_MS", "4000")],
     );
     common::wait_caught_up(&cfg, &name, Duration::from_secs(240)).await;
-    c.execute(
-        "INSERT INTO journal.parental_consents (student_id, parent_id, kind, status, granted_at, document_number, document_date, updated_by)
-         VALUES ($1, $2, 'medical_data_transfer', 'granted', now(), 'Т-9', current_date, 'test')",
-        &[&student, &parent],
-    )
-    .await
-    .unwrap();
+    grant(&c, student, parent, "medical_data_transfer", "Т-9").await;
     // Transactions after the grant, whose commits the flip holds back.
     for _ in 0..20 {
         c.execute(
@@ -455,5 +447,98 @@ async fn a_capture_that_dies_in_a_consent_flip_replays_the_consent() {
         .flatten()
         .expect("the grant was replayed and its detail published");
     assert_eq!(d.student_id, Some(student));
+    common::kill(&mut capture, libc::SIGTERM);
+}
+
+/// A consent flip's journal queries run while the stream goes on, and land
+/// later. Rows of the student that change between the queries and the
+/// landing (one deleted, one's illness reason edited, one no longer an
+/// illness) must end on the restricted topic as the journal has them, not
+/// as the queries read them: the changes wait behind the landing. Then a
+/// consent of another kind (photo publication) for the same student
+/// publishes and erases nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_changed_while_a_consent_flip_is_in_flight_end_as_the_journal_has_them() {
+    let (cfg, db, c) = loaded_journal("t_flight").await;
+    let (student, parent, deleted) = ill_without_consent(&c, "болезнь: ангина").await;
+    let ill: Vec<i64> = c
+        .query(
+            "UPDATE journal.attendance SET code = 'Б', reason = 'болезнь: ОРВИ', updated_by = 'test'
+              WHERE id IN (SELECT id FROM journal.attendance WHERE student_id = $1 AND id <> $2
+                            ORDER BY id LIMIT 2)
+              RETURNING id",
+            &[&student, &deleted],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(ill.len(), 2, "student {student} has three attendance rows");
+    let (edited, cured) = (ill[0], ill[1]);
+    let name = format!("flight{}", std::process::id());
+    let mut capture = common::spawn_vitrina(
+        "capture",
+        &db,
+        &name,
+        &name,
+        &[("CAPTURE_TEST_FLIGHT_LANDS_AFTER_MS", "4000")],
+    );
+    common::wait_caught_up(&cfg, &name, Duration::from_secs(240)).await;
+    grant(&c, student, parent, "medical_data_transfer", "Т-10").await;
+    // The flight takes off within FLIP_WAIT (100 ms) and its queries answer
+    // at once; it lands 4 s later.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    c.batch_execute(&format!(
+        "DELETE FROM journal.attendance WHERE id = {deleted};
+         UPDATE journal.attendance SET reason = 'болезнь: грипп' WHERE id = {edited};
+         UPDATE journal.attendance SET code = 'Н', reason = NULL WHERE id = {cured};"
+    ))
+    .await
+    .unwrap();
+    common::wait_caught_up(&cfg, &name, Duration::from_secs(240)).await;
+    let messages = common::read_all(&name);
+    let view = compacted(&messages, &name);
+    let reason = |id: i64| {
+        view.get(&format!("attendance:{id}")).map(|d| {
+            d.as_ref().map(|d| {
+                d.fields
+                    .iter()
+                    .find(|(n, _)| *n == "reason")
+                    .and_then(|(_, v)| v.clone())
+            })
+        })
+    };
+    assert_eq!(
+        reason(deleted),
+        Some(None),
+        "the deleted row's detail is erased (published by the flip, then tombstoned)"
+    );
+    assert_eq!(
+        reason(edited),
+        Some(Some(Some("болезнь: грипп".to_string()))),
+        "the edited row carries the journal's reason"
+    );
+    assert_eq!(
+        reason(cured),
+        Some(None),
+        "the row that is no longer an illness holds no detail"
+    );
+
+    // Another kind of consent: nothing on the restricted topic.
+    let restricted = |m: &[(String, i32, Vec<u8>, Vec<u8>)]| {
+        let topic = format!("{name}.medical_detail.v1");
+        m.iter().filter(|(t, ..)| *t == topic).count()
+    };
+    let before = restricted(&messages);
+    grant(&c, student, parent, "photo_publication", "Ф-1").await;
+    // Past the flight's landing, had one taken off.
+    tokio::time::sleep(Duration::from_millis(5000)).await;
+    common::wait_caught_up(&cfg, &name, Duration::from_secs(240)).await;
+    assert_eq!(
+        restricted(&common::read_all(&name)),
+        before,
+        "a photo-publication consent sends no restricted-topic records"
+    );
     common::kill(&mut capture, libc::SIGTERM);
 }

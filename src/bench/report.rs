@@ -43,7 +43,7 @@ impl fmt::Display for CaptureBench {
                 )?;
                 writeln!(
                     f,
-                    "         capture's stream loop: reading {:.3} s, handling {:.3} s (consent flushes {:.3} s in {}, {} records, of it journal queries {:.3} s); last message to confirmed {:.3} s",
+                    "         capture's stream loop: reading {:.3} s, handling {:.3} s (consent flushes landing {:.3} s in {}, {} records; their journal queries, beside the stream, {:.3} s); last message to confirmed {:.3} s",
                     t.reading_s,
                     t.handling_s,
                     t.flush_s,
@@ -71,7 +71,7 @@ impl fmt::Display for CaptureBench {
             let cpu = med(&|t| t.cpu.total());
             writeln!(
                 f,
-                "  where capture's time went (medians): reading the stream {:.3} s, handling {:.3} s, of which consent flushes {:.3} s ({:.0} records; journal queries {:.3} s); last message to confirmed {:.3} s",
+                "  where capture's time went (medians): reading the stream {:.3} s, handling {:.3} s, of which consent flushes landing {:.3} s ({:.0} records; their journal queries, beside the stream, {:.3} s); last message to confirmed {:.3} s",
                 med(&|t| t.reading_s),
                 med(&|t| t.handling_s),
                 med(&|t| t.flush_s),

@@ -5,8 +5,10 @@
 //! ```text
 //!   mapped row ──scrub free text──▶ general event (medical fields null) ──▶ vitrina.<entity>.v1
 //!        └──medical detail──▶ consent active? ──yes──▶ vitrina.medical_detail.v1 (compacted)
-//!   consent changed ──▶ waits (≤ FLIP_WAIT, ≤ FLIP_BATCH students) ──▶ flush: one query per table for
-//!        the waiting students' rows that hold detail now ──▶ granted: published; else: tombstones
+//!   consent changed ──▶ waits (≤ FLIP_WAIT, ≤ FLIP_BATCH students) ──▶ flight takes off: one query
+//!        per table for the waiting students' rows that hold detail now, on its own task
+//!   … the stream goes on; medical row changes wait behind the flight …
+//!   answer ──▶ flight lands: granted: published; else: tombstones; then the row changes that waited
 //! ```
 //!
 //! Invariants:
@@ -21,7 +23,13 @@
 //!   whose flip waits counts as not consenting.
 //! - Nothing after a consent change is confirmed to the slot before its
 //!   flip's records are acknowledged: the publisher holds commit markers
-//!   while a flip waits.
+//!   while a flip waits or flies.
+//! - A flight's queries read the journal while the stream goes on; every
+//!   medical row change streamed meanwhile is published after the flight's
+//!   records, so the restricted topic ends as a flush done in place (the
+//!   stream stopped for its queries) would leave it.
+//! - Only medical-data consents flip: a consent of another kind changes
+//!   nothing on the restricted topic.
 //! - The restricted topic holds detail only of rows that held it when last
 //!   published: a deleted row, or a changed one that is not published with
 //!   detail, gets a tombstone (a tombstone for a key that never had detail
@@ -292,12 +300,48 @@ impl Row for Candidate<'_> {
 pub const FLIP_WAIT: Duration = Duration::from_millis(100);
 /// … or until this many students wait.
 pub const FLIP_BATCH: usize = 500;
+/// Medical row changes held behind a flight at most; past this the stream
+/// waits for the flight to land.
+pub const MAX_DEFERRED: usize = 10_000;
+
+/// A flush in the air: its journal queries run on their own task while the
+/// stream goes on. It lands (publishes its records) at the next commit or
+/// wake after the queries answer; until then every medical row change the
+/// stream brings waits behind it, so the restricted topic gets exactly the
+/// records a flush done in place would have sent, in the same order.
+struct Flight {
+    /// The students it flips, with the position of each one's latest change.
+    pending: HashMap<i64, At>,
+    answer: tokio::sync::oneshot::Receiver<Result<Answer, CaptureError>>,
+    deferred: Vec<Deferred>,
+    /// How many commits the publisher held when a consent change first
+    /// waited after take-off: those land with this flight, the rest wait for
+    /// the next one.
+    held_before_next: Option<usize>,
+}
+
+/// What the journal answered a flight: the students consenting now, and per
+/// medical table their rows that hold detail now.
+struct Answer {
+    granted: HashSet<i64>,
+    rows: Vec<Vec<tokio_postgres::Row>>,
+    took: Duration,
+}
+
+/// A medical row change held behind a flight, as [`Gate::row_changed`] got it.
+struct Deferred {
+    entity: &'static Entity,
+    key: String,
+    student: Option<i64>,
+    change: Option<(Applied, Op)>,
+    at: At,
+}
 
 /// The gate of a running capture: [`Fields`] plus the consenting set and
 /// the journal connection that keeps it true.
 pub struct Gate {
     pub fields: Fields,
-    client: tokio_postgres::Client,
+    client: std::sync::Arc<tokio_postgres::Client>,
     consents: Option<ConsentTable>,
     medical: Vec<MedicalTable>,
     /// Students whose parent consents now (never one in `pending`).
@@ -313,6 +357,9 @@ pub struct Gate {
     counters: HashMap<(&'static str, usize), metrics::Counter>,
     /// Where the flushes' time is summed (capture's progress).
     pub(super) progress: Option<std::sync::Arc<super::Progress>>,
+    flight: Option<Flight>,
+    /// Called when a flight's answer arrives (wakes the stream loop).
+    pub(super) wake: Option<std::sync::Arc<dyn Fn() + Send + Sync>>,
 }
 
 fn q(what: &'static str) -> impl FnOnce(tokio_postgres::Error) -> PgError {
@@ -369,7 +416,7 @@ impl Gate {
             .collect();
         let mut gate = Gate {
             fields,
-            client,
+            client: std::sync::Arc::new(client),
             consents,
             medical,
             active: HashSet::new(),
@@ -379,6 +426,8 @@ impl Gate {
             refreshed: Instant::now(),
             counters: HashMap::new(),
             progress: None,
+            flight: None,
+            wake: None,
         };
         gate.active = gate.read_active().await?;
         metrics::gauge!(obs::CAPTURE_CONSENTING).set(gate.active.len() as f64);
@@ -426,25 +475,16 @@ impl Gate {
         Ok(active)
     }
 
-    /// Which of `students` have a parent consenting now, as the journal says.
-    async fn consenting(&self, students: &[i64]) -> Result<HashSet<i64>, CaptureError> {
-        let Some(c) = &self.consents else {
-            return Ok(HashSet::new());
-        };
+    /// The query for which of the students `$2` have a parent consenting
+    /// now, as the journal says (`$1`: the consent kind).
+    fn consenting_sql(&self) -> Option<String> {
+        let c = self.consents.as_ref()?;
         let s = crate::pg::ident(&c.student);
-        let sql = self.granted_sql(
+        Some(self.granted_sql(
             c,
             &format!("DISTINCT {s}::bigint"),
             &format!(" AND {s} = ANY($2::bigint[])"),
-        );
-        Ok(self
-            .client
-            .query(&sql, &[&CONSENT_KIND, &students])
-            .await
-            .map_err(q("checking students' medical-data consents"))?
-            .iter()
-            .map(|r| r.get(0))
-            .collect())
+        ))
     }
 
     /// Counts replacements per (entity, field), never values.
@@ -477,11 +517,47 @@ impl Gate {
 
     /// Publishes what a changed row of a medical entity means for the
     /// restricted topic: its detail under consent, else a tombstone
-    /// (`applied` None: deleted). A new row without published detail needs
-    /// none; a changed one does, whatever the consent: a flip may have
-    /// published it from the journal's newer state, or under a consent
-    /// since revoked, and a revocation erases only rows holding detail.
+    /// (`applied` None: deleted). While a flight is in the air the change
+    /// waits behind it ([`Flight`]).
     pub async fn row_changed(
+        &mut self,
+        entity: &'static Entity,
+        key: &str,
+        student: Option<i64>,
+        applied: Option<(&Applied, Op)>,
+        at: At,
+        publisher: &mut Publisher,
+    ) -> Result<(), CaptureError> {
+        let Some(f) = &mut self.flight else {
+            return self
+                .publish_row(entity, key, student, applied, at, publisher)
+                .await;
+        };
+        f.deferred.push(Deferred {
+            entity,
+            key: key.to_string(),
+            student,
+            change: applied.map(|(a, op)| {
+                let kept = Applied {
+                    detail: a.detail.clone(),
+                    scrubbed: Vec::new(),
+                };
+                (kept, op)
+            }),
+            at,
+        });
+        if f.deferred.len() >= MAX_DEFERRED {
+            self.land(publisher, true).await?;
+        }
+        Ok(())
+    }
+
+    /// [`Gate::row_changed`] now: a new row without published detail
+    /// needs no record; a changed one does, whatever the consent: a flip
+    /// may have published it from the journal's newer state, or under a
+    /// consent since revoked, and a revocation erases only rows holding
+    /// detail.
+    async fn publish_row(
         &mut self,
         entity: &'static Entity,
         key: &str,
@@ -516,22 +592,32 @@ impl Gate {
         }
     }
 
-    /// A consent row changed (`student` None: deleted, looked up by key):
-    /// the student's detail is published or erased at the next
-    /// [`Gate::flush`], as the journal's consents then say. Until then the
-    /// student counts as not consenting.
+    /// A consent row changed (`student` None: deleted, looked up by key;
+    /// `kind` the consent's kind when the row says): the student's detail
+    /// is published or erased at the next [`Gate::flush`], as the journal's
+    /// consents then say. Until then the student counts as not consenting.
+    /// A consent of another kind (photo publication, say) changes nothing
+    /// here, unless the row was a medical-data consent before.
     pub fn consent_changed(
         &mut self,
         key: &str,
         student: Option<i64>,
+        kind: Option<&str>,
         at: At,
         publisher: &mut Publisher,
     ) {
+        // Unknown kind: taken as medical (a flip too many is harmless).
+        let medical = kind.is_none_or(|k| k == CONSENT_KIND);
         let student = match student {
-            Some(s) => {
+            Some(s) if medical => {
                 self.consent_students.insert(key.to_string(), s);
                 s
             }
+            // Another kind now: a flip only if it was a medical one.
+            Some(s) => match self.consent_students.remove(key) {
+                Some(_) => s,
+                None => return,
+            },
             None => match self.consent_students.remove(key) {
                 Some(s) => s,
                 None => return,
@@ -549,16 +635,19 @@ impl Gate {
         self.active.remove(&student);
         self.pending.insert(student, at);
         self.pending_since.get_or_insert_with(Instant::now);
+        if let Some(f) = &mut self.flight {
+            f.held_before_next.get_or_insert(publisher.held_len());
+        }
         publisher.hold();
     }
 
-    /// Whether consent changes wait for their flip.
+    /// Whether consent changes wait for their flip, or a flight is in the air.
     pub fn has_pending(&self) -> bool {
-        !self.pending.is_empty()
+        !self.pending.is_empty() || self.flight.is_some()
     }
 
     /// Whether the waiting flips are due ([`FLIP_WAIT`], [`FLIP_BATCH`]).
-    pub fn flush_due(&self) -> bool {
+    fn flush_due(&self) -> bool {
         self.pending.len() >= FLIP_BATCH
             || self.pending_since.is_some_and(|t| t.elapsed() >= FLIP_WAIT)
     }
@@ -575,9 +664,14 @@ impl Gate {
         }
         self.refreshed = Instant::now();
         let now = self.read_active().await?;
+        let flying = |s: &i64| {
+            self.flight
+                .as_ref()
+                .is_some_and(|f| f.pending.contains_key(s))
+        };
         let changed: Vec<i64> = now
             .symmetric_difference(&self.active)
-            .filter(|s| !self.pending.contains_key(s))
+            .filter(|s| !self.pending.contains_key(s) && !flying(s))
             .copied()
             .collect();
         for s in changed {
@@ -586,45 +680,114 @@ impl Gate {
         Ok(())
     }
 
-    /// The waiting flips, in one pass: the consents of every waiting
-    /// student read once, then per medical table one query for their rows
-    /// that hold detail now. Consenting students' detail is published,
-    /// the others' erased; then the held commits go to the acker.
+    /// Lands a flight whose answer has come, and takes off with the flips
+    /// that are due; never waits for the journal. With nothing waiting,
+    /// the held commits go to the acker.
     pub async fn flush(&mut self, publisher: &mut Publisher) -> Result<(), CaptureError> {
-        if self.pending.is_empty() {
-            return publisher.release().await;
+        self.land(publisher, false).await?;
+        if self.flight.is_none() {
+            if self.pending.is_empty() {
+                return publisher.release().await;
+            }
+            if self.flush_due() {
+                self.take_off();
+            }
         }
-        // Test hook (tests/privacy.rs): a crash before the flip's records are
-        // sent, after time enough for capture to tell the server a confirmation.
-        if let Some(ms) = std::env::var("CAPTURE_TEST_DIE_IN_FLUSH_MS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-        {
-            tracing::warn!("test hook: capture dies in a consent flush");
-            tokio::time::sleep(Duration::from_millis(ms)).await;
-            std::process::abort();
+        Ok(())
+    }
+
+    /// Every waiting flip flown and landed (at shutdown), then the held
+    /// commits released.
+    pub async fn flush_all(&mut self, publisher: &mut Publisher) -> Result<(), CaptureError> {
+        loop {
+            self.land(publisher, true).await?;
+            if self.pending.is_empty() {
+                return publisher.release().await;
+            }
+            self.take_off();
         }
-        let started = Instant::now();
-        let mut querying = Duration::ZERO;
-        let mut records = 0u64;
+    }
+
+    /// The waiting flips, in one flight: the consents of every waiting
+    /// student read once, then per medical table one query for their rows
+    /// that hold detail now, all pipelined on the gate's connection.
+    fn take_off(&mut self) {
+        if self.pending.is_empty() || self.flight.is_some() {
+            return;
+        }
         let pending = std::mem::take(&mut self.pending);
         self.pending_since = None;
         let students: Vec<i64> = pending.keys().copied().collect();
-        // Every query at once: they do not depend on each other, and one
-        // connection pipelines them (one round trip rather than one each).
-        let asked = Instant::now();
-        let (granted, per_table) = futures::try_join!(
-            self.consenting(&students),
-            futures::future::try_join_all(self.medical.iter().map(|m| async {
-                self.client
-                    .query(&m.sql, &[&students])
-                    .await
-                    .map_err(|e| CaptureError::from(q("reading students' medical rows")(e)))
-            }))
-        )?;
-        querying += asked.elapsed();
+        let client = self.client.clone();
+        let consenting = self.consenting_sql();
+        let tables: Vec<String> = self.medical.iter().map(|m| m.sql.clone()).collect();
+        let wake = self.wake.clone();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            // Test hook (tests/privacy.rs): a crash before the flip's records
+            // are sent, after time enough for capture to tell the server a
+            // confirmation.
+            if let Some(ms) = test_hook_ms("CAPTURE_TEST_DIE_IN_FLUSH_MS") {
+                tracing::warn!("test hook: capture dies in a consent flush");
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                std::process::abort();
+            }
+            let asked = Instant::now();
+            let answer = ask(&client, consenting.as_deref(), &tables, &students).await;
+            let answer = answer.map(|(granted, rows)| Answer {
+                granted,
+                rows,
+                took: asked.elapsed(),
+            });
+            // Test hook (tests/privacy.rs): the journal changes between the
+            // flight's queries and its landing.
+            if let Some(ms) = test_hook_ms("CAPTURE_TEST_FLIGHT_LANDS_AFTER_MS") {
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+            }
+            let _ = tx.send(answer);
+            if let Some(w) = wake {
+                w();
+            }
+        });
+        self.flight = Some(Flight {
+            pending,
+            answer: rx,
+            deferred: Vec::new(),
+            held_before_next: None,
+        });
+    }
+
+    /// The flight's records (consenting students' detail published, the
+    /// others' erased), then the row changes deferred behind it, then the
+    /// commits before the next consent change. `wait`: for the answer;
+    /// otherwise a flight still in the air stays there (false).
+    async fn land(&mut self, publisher: &mut Publisher, wait: bool) -> Result<bool, CaptureError> {
+        use tokio::sync::oneshot::error::TryRecvError;
+        let Some(mut f) = self.flight.take() else {
+            return Ok(false);
+        };
+        let gone = || CaptureError::Task("the consent flush's queries stopped".into());
+        let answer = if wait {
+            (&mut f.answer).await.map_err(|_| gone())?
+        } else {
+            match f.answer.try_recv() {
+                Ok(a) => a,
+                Err(TryRecvError::Empty) => {
+                    self.flight = Some(f);
+                    return Ok(false);
+                }
+                Err(TryRecvError::Closed) => return Err(gone()),
+            }
+        };
+        let Answer {
+            granted,
+            rows: per_table,
+            took,
+        } = answer?;
+        let started = Instant::now();
+        let mut records = 0u64;
         tracing::debug!(
-            students = students.len(),
+            students = f.pending.len(),
             granted = granted.len(),
             "medical-data consents changed; publishing or erasing their detail on the restricted topic"
         );
@@ -642,7 +805,7 @@ impl Gate {
                 let Ok(key) = m.mapping.key_of(&c) else {
                     continue;
                 };
-                let Some(at) = pending.get(&student) else {
+                let Some(at) = f.pending.get(&student) else {
                     continue;
                 };
                 if !granted.contains(&student) {
@@ -682,19 +845,66 @@ impl Gate {
         for (entity, scrubbed) in &counted {
             self.count_scrubbed(entity, scrubbed);
         }
-        self.active.extend(granted);
+        // A student whose consent changed again meanwhile waits for the
+        // next flight, not consenting until then.
+        let waiting = &self.pending;
+        self.active
+            .extend(granted.into_iter().filter(|s| !waiting.contains_key(s)));
         metrics::gauge!(obs::CAPTURE_CONSENTING).set(self.active.len() as f64);
-        let released = publisher.release().await;
+        for d in std::mem::take(&mut f.deferred) {
+            let change = d.change.as_ref().map(|(a, op)| (a, *op));
+            self.publish_row(d.entity, &d.key, d.student, change, d.at, publisher)
+                .await?;
+        }
+        if self.pending.is_empty() {
+            publisher.release().await?;
+        } else {
+            publisher
+                .release_first(f.held_before_next.unwrap_or(0))
+                .await?;
+        }
         if let Some(p) = &self.progress {
             let spent = &p.spent;
             super::Spent::add(&spent.flush_micros, started);
-            let q = querying.as_micros() as u64;
+            let q = took.as_micros() as u64;
             spent.flush_query_micros.fetch_add(q, Ordering::Relaxed);
             spent.flushes.fetch_add(1, Ordering::Relaxed);
             spent.flush_records.fetch_add(records, Ordering::Relaxed);
         }
-        released
+        Ok(true)
     }
+}
+
+fn test_hook_ms(var: &str) -> Option<u64> {
+    std::env::var(var).ok().and_then(|v| v.parse().ok())
+}
+
+/// A flight's queries, pipelined on one connection: the consents of
+/// `students` (none without a consent table) and per medical table its
+/// query's rows.
+async fn ask(
+    client: &tokio_postgres::Client,
+    consenting: Option<&str>,
+    tables: &[String],
+    students: &[i64],
+) -> Result<(HashSet<i64>, Vec<Vec<tokio_postgres::Row>>), CaptureError> {
+    let granted = async {
+        let Some(sql) = consenting else {
+            return Ok(HashSet::new());
+        };
+        let rows = client
+            .query(sql, &[&CONSENT_KIND, &students])
+            .await
+            .map_err(q("checking students' medical-data consents"))?;
+        Ok::<_, CaptureError>(rows.iter().map(|r| r.get(0)).collect())
+    };
+    let per_table = futures::future::try_join_all(tables.iter().map(|sql| async move {
+        client
+            .query(sql, &[&students])
+            .await
+            .map_err(|e| CaptureError::from(q("reading students' medical rows")(e)))
+    }));
+    futures::try_join!(granted, per_table)
 }
 
 /// The student of a state, for entities that have one.

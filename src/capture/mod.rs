@@ -405,6 +405,11 @@ impl Capture {
             })
         };
         let mut tick = tick_slot.lock().unwrap().clone();
+        // A consent flush's answer from the journal wakes the loop to land it.
+        streamer.gate.wake = Some({
+            let slot = tick_slot.clone();
+            Arc::new(move || slot.lock().unwrap().cancel())
+        });
         // Consent changes waiting for their flip wake the loop within
         // FLIP_WAIT even when the stream brings nothing more.
         let mut flip_wake: Option<tokio::task::JoinHandle<()>> = None;

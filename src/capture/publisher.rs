@@ -323,6 +323,28 @@ impl Publisher {
         self.held.get_or_insert_with(Vec::new);
     }
 
+    /// Commit markers held now.
+    pub fn held_len(&self) -> usize {
+        self.held.as_ref().map_or(0, Vec::len)
+    }
+
+    /// Hands the first `n` held commit markers to the acker, in order; the
+    /// rest stay held.
+    pub async fn release_first(&mut self, n: usize) -> Result<(), CaptureError> {
+        let Some(held) = &mut self.held else {
+            return Ok(());
+        };
+        let first: Vec<(u64, i64)> = held.drain(..n.min(held.len())).collect();
+        for (end_lsn, commit_time_micros) in first {
+            self.enqueue(Ack::Commit {
+                end_lsn,
+                commit_time_micros,
+            })
+            .await?;
+        }
+        Ok(())
+    }
+
     /// Hands the held commit markers to the acker, in order.
     pub async fn release(&mut self) -> Result<(), CaptureError> {
         for (end_lsn, commit_time_micros) in self.held.take().unwrap_or_default() {
@@ -364,7 +386,8 @@ pub struct Spent {
     /// Handling messages: mapping, the gate, encoding, producing, and
     /// waiting for Kafka when `capture.max_in_flight` is reached.
     pub handling_micros: AtomicU64,
-    /// Of handling: consent flushes, and the journal queries within them.
+    /// Of handling: consent flushes landing (their records sent); and the
+    /// time their journal queries took, on a task beside the stream.
     pub flush_micros: AtomicU64,
     pub flush_query_micros: AtomicU64,
     pub flushes: AtomicU64,

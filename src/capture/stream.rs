@@ -131,20 +131,23 @@ impl Streamer {
         !self.txn.open && self.publisher.drained(progress)
     }
 
-    /// Publishes or erases the detail of students whose consent changed,
-    /// and lets the commits held behind them be confirmed.
+    /// Publishes or erases the detail of every student whose consent
+    /// changed, waiting for the journal, and lets the commits held behind
+    /// them be confirmed (at shutdown).
     pub(super) async fn flush_flips(&mut self) -> Result<(), CaptureError> {
-        self.gate.flush(&mut self.publisher).await
+        self.gate.flush_all(&mut self.publisher).await
     }
 
-    /// [`Streamer::handle`] a message, or (None) [`Streamer::flush_flips`].
+    /// [`Streamer::handle`] a message, or (None) the gate's
+    /// [`Gate::flush`]: land a flight that has answered, take off with the
+    /// flips that are due.
     pub(super) async fn handle_or_flush(
         &mut self,
         ev: Option<(EventType, u64)>,
     ) -> Result<(), CaptureError> {
         match ev {
             Some((ev, lsn)) => self.handle(ev, lsn).await,
-            None => self.flush_flips().await,
+            None => self.gate.flush(&mut self.publisher).await,
         }
     }
 
@@ -201,7 +204,7 @@ impl Streamer {
                     gate.maybe_refresh(at(txn, txn.commit_lsn), publisher)
                         .await?;
                     publisher.commit(end_lsn.value(), t).await?;
-                    if gate.flush_due() {
+                    if gate.has_pending() {
                         gate.flush(publisher).await?;
                     }
                     Ok(())
@@ -342,7 +345,13 @@ impl Streamer {
                             .await?;
                         }
                         if tm.entity.name == "consent" {
-                            gate.consent_changed(&e.key, student, here, publisher);
+                            let kind = e.after.as_deref().and_then(|a| {
+                                match a.get(tm.entity.index("kind")?) {
+                                    Some(events::Val::Str(k)) => Some(k.as_str()),
+                                    _ => None,
+                                }
+                            });
+                            gate.consent_changed(&e.key, student, kind, here, publisher);
                         }
                         Ok(())
                     }
@@ -368,7 +377,7 @@ impl Streamer {
                             .await?;
                     }
                     if tm.entity.name == "consent" {
-                        gate.consent_changed(&e.key, None, here, publisher);
+                        gate.consent_changed(&e.key, None, None, here, publisher);
                     }
                     Ok(())
                 }
