@@ -10,9 +10,16 @@
 //! - A topic whose partitions have not all reported a watermark has no
 //!   freshness: unknown counts as breached.
 //! - The topics that count are those capture publishes: every one it
-//!   writes to gets watermarks, so a topic without any (an entity the
-//!   region's mapping leaves out) is not expected. With no watermark at all
+//!   writes to gets watermarks, so a topic without any watermark and
+//!   without any record (an entity the region's mapping leaves out) is not
+//!   expected. A topic holding records but no watermark applied yet (the
+//!   first catch-up reaches topics one batch at a time) is unknown, not
+//!   absent: otherwise the state reads ok before that topic is applied,
+//!   then breached when its first partition is. With no watermark at all
 //!   yet, freshness is unknown.
+//! - Unknown is reported as breached (readiness down, state metric), but
+//!   it is not a measured breach: the breach counter and the error log
+//!   are for a known age over the budget.
 
 use std::collections::HashMap;
 
@@ -48,16 +55,27 @@ impl Sla {
     }
 }
 
+/// The SLA state, and when it is unknown, the first topic that makes it so.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Freshness {
+    pub sla: Sla,
+    /// A topic without a watermark on every partition yet, when no known
+    /// age already breaches the budget.
+    pub unknown: Option<String>,
+}
+
 /// Recomputes `fresh_as_of` and the SLA state, overall and per entity, in
 /// the showcase and as metrics. A topic whose partitions have not all
-/// reported a watermark yet has no freshness (breached).
+/// reported a watermark yet has no freshness (breached); so has one that
+/// holds records (`ends`: the log's end offsets) but no watermark at all.
 pub async fn update_freshness(
     client: &tokio_postgres::Client,
     schema: &str,
     prefix: &str,
     partitions_per_topic: i64,
+    ends: &HashMap<Tp, i64>,
     p: &crate::config::ProjectorConfig,
-) -> Result<Sla, ProjectorError> {
+) -> Result<Freshness, ProjectorError> {
     let rows = client
         .query(
             &format!(
@@ -75,19 +93,12 @@ pub async fn update_freshness(
             (t, if n >= partitions_per_topic { age } else { None })
         })
         .collect();
-    let mut overall: Option<f64> = (!by_topic.is_empty()).then_some(0.0);
-    let mut per_entity: Vec<(&str, Option<f64>, Sla)> = Vec::new();
-    for e in ENTITIES {
-        let Some(age) = by_topic.get(&kafka::topic(prefix, e.name)).copied() else {
-            continue; // not published by capture
-        };
-        overall = match (overall, age) {
-            (Some(o), Some(a)) => Some(o.max(a)),
-            _ => None,
-        };
-        per_entity.push((e.name, age, Sla::of(age, p.at_risk_s, p.sla_budget_s)));
-    }
-    let sla = Sla::of(overall, p.at_risk_s, p.sla_budget_s);
+    let Assessed {
+        overall,
+        per_entity,
+        sla,
+        unknown,
+    } = assess(&by_topic, ends, prefix, p);
     client
         .execute(
             &format!(
@@ -127,7 +138,65 @@ pub async fn update_freshness(
             0.0
         });
     }
-    Ok(sla)
+    Ok(Freshness { sla, unknown })
+}
+
+/// What the watermarks say, before it is written down.
+struct Assessed {
+    overall: Option<f64>,
+    per_entity: Vec<(&'static str, Option<f64>, Sla)>,
+    sla: Sla,
+    unknown: Option<String>,
+}
+
+/// Freshness from the age of the oldest latest watermark per topic (`None`:
+/// not every partition has one) and the log's end offsets.
+fn assess(
+    by_topic: &HashMap<String, Option<f64>>,
+    ends: &HashMap<Tp, i64>,
+    prefix: &str,
+    p: &crate::config::ProjectorConfig,
+) -> Assessed {
+    let mut overall: Option<f64> = (!by_topic.is_empty()).then_some(0.0);
+    let mut per_entity: Vec<(&'static str, Option<f64>, Sla)> = Vec::new();
+    let (mut unknown, mut oldest_known) = (None, None::<f64>);
+    for e in ENTITIES {
+        let topic = kafka::topic(prefix, e.name);
+        let age = match by_topic.get(&topic).copied() {
+            Some(age) => age,
+            None if holds_records(ends, &topic) => None,
+            None => continue, // not published by capture
+        };
+        match age {
+            Some(a) => oldest_known = Some(oldest_known.map_or(a, |o| o.max(a))),
+            None => {
+                unknown.get_or_insert(topic);
+            }
+        }
+        overall = match (overall, age) {
+            (Some(o), Some(a)) => Some(o.max(a)),
+            _ => None,
+        };
+        per_entity.push((e.name, age, Sla::of(age, p.at_risk_s, p.sla_budget_s)));
+    }
+    let sla = Sla::of(overall, p.at_risk_s, p.sla_budget_s);
+    if by_topic.is_empty() {
+        unknown = Some("every topic (no watermark applied yet)".into());
+    }
+    if oldest_known.is_some_and(|a| a >= p.sla_budget_s as f64) {
+        unknown = None;
+    }
+    Assessed {
+        overall,
+        per_entity,
+        sla,
+        unknown,
+    }
+}
+
+/// Whether the log holds any record of `topic` (by the last end offsets read).
+fn holds_records(ends: &HashMap<Tp, i64>, topic: &str) -> bool {
+    ends.iter().any(|((t, _), end)| t == topic && *end > 0)
 }
 
 /// Publishes consumer lag per partition (messages and seconds); returns
@@ -185,6 +254,43 @@ pub(super) fn log_shortfall(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_topic_with_records_but_no_watermark_yet_is_unknown_not_absent() {
+        let p = crate::config::ProjectorConfig::default();
+        let grade = kafka::topic("v", "grade");
+        let lesson = kafka::topic("v", "lesson");
+        let by_topic = HashMap::from([(grade.clone(), Some(3.0))]);
+        let tp = |t: &str, n: i32| (t.to_string(), n);
+        // The first catch-up applied grade's watermarks, not lesson's yet.
+        let ends = HashMap::from([(tp(&grade, 0), 10), (tp(&lesson, 1), 4)]);
+        let a = assess(&by_topic, &ends, "v", &p);
+        assert_eq!(
+            (a.sla, a.unknown.as_deref()),
+            (Sla::Breached, Some(lesson.as_str()))
+        );
+        assert_eq!(a.overall, None);
+        // A topic with neither (mapped out) is not expected.
+        let ends = HashMap::from([(tp(&grade, 0), 10), (tp(&lesson, 1), 0)]);
+        let a = assess(&by_topic, &ends, "v", &p);
+        assert_eq!((a.sla, a.unknown), (Sla::Ok, None));
+        assert_eq!(a.overall, Some(3.0));
+        // A partition short of a watermark: unknown; a known age over the
+        // budget beside it is a measured breach, not an unknown.
+        let by_topic = HashMap::from([(grade.clone(), Some(3.0)), (lesson.clone(), None)]);
+        let a = assess(&by_topic, &ends, "v", &p);
+        assert_eq!(
+            (a.sla, a.unknown.as_deref()),
+            (Sla::Breached, Some(lesson.as_str()))
+        );
+        let by_topic = HashMap::from([(grade.clone(), Some(700.0)), (lesson.clone(), None)]);
+        let a = assess(&by_topic, &ends, "v", &p);
+        assert_eq!((a.sla, a.unknown), (Sla::Breached, None));
+        // Nothing applied yet.
+        let a = assess(&HashMap::new(), &HashMap::new(), "v", &p);
+        assert_eq!(a.sla, Sla::Breached);
+        assert!(a.unknown.is_some());
+    }
 
     #[test]
     fn a_log_shorter_than_what_was_applied_is_found() {

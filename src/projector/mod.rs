@@ -478,6 +478,9 @@ impl Projector {
         let (cfg, p_cfg, health) = (&self.cfg, &self.cfg.projector, &self.health);
         let partitions_per_topic = cfg.capture.partitions as i64;
         let mut sla = Sla::Breached;
+        // The last state measured from known ages (an unknown state
+        // leaves it as it was), and the topic that made freshness unknown.
+        let (mut measured, mut unknown) = (Sla::Ok, None::<String>);
         let mut catch_up = false;
         let mut last_status = Instant::now() - Duration::from_secs(10);
         // Refresh rounds of the log's ends seen, and how many in a row
@@ -543,26 +546,42 @@ impl Projector {
             // Freshness at least once a second, and after every applied batch.
             if step.messages > 0 || last_status.elapsed() >= Duration::from_secs(1) {
                 last_status = Instant::now();
+                let ends_now = ends.lock().unwrap().offsets.clone();
                 let now = update_freshness(
                     p.client(),
                     showcase::SCHEMA,
                     &cfg.capture.topic_prefix,
                     partitions_per_topic,
+                    &ends_now,
                     p_cfg,
                 )
                 .await?;
-                if now == Sla::Breached && sla != Sla::Breached {
-                    metrics::counter!(obs::SHOWCASE_SLA_BREACHES).increment(1);
-                    tracing::error!(
-                        "freshness SLA breached: changes older than {} s are not all visible",
-                        p_cfg.sla_budget_s
-                    );
+                match (&now.unknown, now.sla) {
+                    (Some(topic), _) if unknown.as_ref() != Some(topic) => tracing::warn!(
+                        topic = %topic,
+                        "freshness unknown: not every partition has a watermark applied yet (readiness stays down until it has)"
+                    ),
+                    (None, Sla::Breached) if measured != Sla::Breached => {
+                        metrics::counter!(obs::SHOWCASE_SLA_BREACHES).increment(1);
+                        tracing::error!(
+                            "freshness SLA breached: changes older than {} s are not all visible",
+                            p_cfg.sla_budget_s
+                        );
+                    }
+                    _ => {}
                 }
-                sla = now;
-                match (p.stalled(), sla) {
-                    (Some(why), _) => health.not_ready(why.clone()),
-                    (None, Sla::Breached) => health.not_ready("freshness SLA breached"),
-                    (None, _) => health.ready(),
+                sla = now.sla;
+                if now.unknown.is_none() {
+                    measured = sla;
+                }
+                unknown = now.unknown;
+                match (p.stalled(), sla, &unknown) {
+                    (Some(why), _, _) => health.not_ready(why.clone()),
+                    (None, Sla::Breached, Some(_)) => health.not_ready(
+                        "freshness unknown: not every partition has a watermark applied yet",
+                    ),
+                    (None, Sla::Breached, None) => health.not_ready("freshness SLA breached"),
+                    (None, _, _) => health.ready(),
                 }
             }
             if cancel.is_cancelled() {
