@@ -159,7 +159,6 @@ fn assess(
 ) -> Assessed {
     let mut overall: Option<f64> = (!by_topic.is_empty()).then_some(0.0);
     let mut per_entity: Vec<(&'static str, Option<f64>, Sla)> = Vec::new();
-    let (mut unknown, mut oldest_known) = (None, None::<f64>);
     for e in ENTITIES {
         let topic = kafka::topic(prefix, e.name);
         let age = match by_topic.get(&topic).copied() {
@@ -167,12 +166,6 @@ fn assess(
             None if holds_records(ends, &topic) => None,
             None => continue, // not published by capture
         };
-        match age {
-            Some(a) => oldest_known = Some(oldest_known.map_or(a, |o| o.max(a))),
-            None => {
-                unknown.get_or_insert(topic);
-            }
-        }
         overall = match (overall, age) {
             (Some(o), Some(a)) => Some(o.max(a)),
             _ => None,
@@ -180,12 +173,17 @@ fn assess(
         per_entity.push((e.name, age, Sla::of(age, p.at_risk_s, p.sla_budget_s)));
     }
     let sla = Sla::of(overall, p.at_risk_s, p.sla_budget_s);
-    if by_topic.is_empty() {
-        unknown = Some("every topic (no watermark applied yet)".into());
-    }
-    if oldest_known.is_some_and(|a| a >= p.sla_budget_s as f64) {
-        unknown = None;
-    }
+    // A known age over the budget is a measured breach, whatever else is
+    // unknown beside it.
+    let aged = per_entity
+        .iter()
+        .any(|(_, age, _)| age.is_some_and(|a| a >= p.sla_budget_s as f64));
+    let unknown = match per_entity.iter().find(|(_, age, _)| age.is_none()) {
+        _ if aged => None,
+        _ if by_topic.is_empty() => Some("every topic (no watermark applied yet)".into()),
+        Some((name, _, _)) => Some(kafka::topic(prefix, name)),
+        None => None,
+    };
     Assessed {
         overall,
         per_entity,
