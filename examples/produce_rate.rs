@@ -44,7 +44,7 @@ async fn main() {
     }
     let s = t0.elapsed().as_secs_f64();
     println!(
-        "{n} messages of {size} B acknowledged in {s:.3} s: {:.0} msg/s",
+        "{n} messages of {size} B acknowledged in {s:.3} s: {:.0} msg/s (topic {topic})",
         n as f64 / s
     );
 }

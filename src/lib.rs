@@ -35,7 +35,7 @@
 //!
 //! Development tools (never pointed at a region's journal without
 //! `--allow-database`, see [`devtools`]):
-//! - [`stack`]: the local PostgreSQL cluster and tansu broker.
+//! - [`stack`]: the local PostgreSQL cluster and the nisshi broker.
 //! - [`region`]: the synthetic region generator, bulk loader and live workload.
 //! - [`demo`], [`bench`]: the demo and the benchmarks.
 

@@ -33,7 +33,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Start the local stack (PostgreSQL with logical replication, tansu); harmless when it runs.
+    /// Start the local stack (PostgreSQL with logical replication, nisshi); harmless when it runs.
     Up,
     /// Stop the local stack.
     Down,

@@ -245,20 +245,6 @@ async fn the_postgres_log_survives_a_crash_of_its_cluster_under_a_workload() {
     kills_under_a_workload("pg_crash", 83, Storage::Postgres, LogCluster::Crashes).await;
 }
 
-/// The same two SIGKILLs of the broker on tansu's SQLite storage.
-///
-/// Ignored: in a clean-clone CI run it found that tansu 0.6.0's SQLite
-/// engine is not safe under SIGKILL. The topics still folded to the
-/// journal, but afterwards 7 partitions ended one record before what the
-/// projector had applied (attendance.v1[1]: end 1,707, applied up to
-/// 1,708), and the projector stopped with the lost-log error, as it
-/// should. It passed once locally. Run with `--ignored`; decision 0004.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "finds a known defect: tansu's SQLite engine loses acknowledged records on SIGKILL"]
-async fn the_disk_log_survives_broker_kills_under_a_workload() {
-    kills_under_a_workload("broker_kill", 83, Storage::Disk, LogCluster::Runs).await;
-}
-
 /// What happens to the log's own PostgreSQL cluster at the second fault.
 #[derive(Clone, Copy, PartialEq)]
 enum LogCluster {
@@ -454,12 +440,12 @@ fn a_broker_of_another_storage_setting_is_found_and_not_doubled() {
         .with_storage(Storage::Postgres);
     assert_eq!(other.running_pid(), b.broker.running_pid());
     assert!(
-        other.log_path().ends_with("tansu.log"),
+        other.log_path().ends_with("nisshi-memory.log"),
         "{:?}",
         other.log_path()
     );
     assert!(
-        other.describe_storage().contains("tansu runs"),
+        other.describe_storage().contains("nisshi-memory runs"),
         "{}",
         other.describe_storage()
     );

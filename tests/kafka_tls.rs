@@ -60,11 +60,18 @@ impl TlsBroker {
         let [plain, tls] = common::free_ports(2)[..] else {
             unreachable!()
         };
+        // nisshi keeps SCRAM users only in its postgres storage: it
+        // refuses --authentication on the memory one.
+        let storage = if authenticating {
+            vitrina::stack::broker::Storage::Postgres
+        } else {
+            vitrina::stack::broker::Storage::Memory
+        };
         let mut broker = vitrina::stack::broker::LocalBroker::new(
             &vitrina::config::StackConfig::default(),
             dir.join("broker"),
         )
-        .with_storage(vitrina::stack::broker::Storage::Memory)
+        .with_storage(storage)
         .advertising(&format!("127.0.0.1:{tls}"));
         if authenticating {
             broker = broker.authenticating();
@@ -220,9 +227,8 @@ async fn capture_and_projector_through_a_tls_kafka_endpoint() {
 /// credentials the cluster does not know: capture and the projector stop
 /// at once (a definite error, no restarts) with the endpoint and the SASL
 /// failure, and the password appears in no log nor in `vitrina config`.
-/// A successful SASL session cannot be shown here: tansu 0.6.0 drops PLAIN
-/// connections, and its SCRAM credential store is a no-op on the storage
-/// engines built here (every login is refused).
+/// The broker (nisshi on its postgres storage, the one that keeps SCRAM
+/// users) has no user: every login is refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_sasl_credentials_stop_both_stages_without_printing_the_password() {
     let tb = TlsBroker::start("kafka-sasl", true);

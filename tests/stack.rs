@@ -147,15 +147,17 @@ fn a_missing_broker_binary_says_how_to_install_it() {
     };
     cfg.journal.host = Some("127.0.0.1".into()); // external: only the broker is local
     cfg.showcase.host = Some("127.0.0.1".into());
-    cfg.stack.tansu_bin = "/nonexistent/tansu".into();
     cfg.stack.nisshi_bin = "/nonexistent/nisshi".into();
-    // The default storage (postgres) is nisshi's.
-    let err = Stack::new(&cfg).unwrap().up().unwrap_err().to_string();
-    assert!(err.contains("cargo install nisshi"), "{err}");
-    assert!(err.contains("scripts/bootstrap"), "{err}");
-    cfg.stack.kafka_storage = vitrina::stack::broker::Storage::Memory;
-    let err = Stack::new(&cfg).unwrap().up().unwrap_err().to_string();
-    assert!(err.contains("cargo install tansu"), "{err}");
+    // One broker, nisshi, serves both storages (decision 0006).
+    for storage in [
+        vitrina::stack::broker::Storage::Postgres,
+        vitrina::stack::broker::Storage::Memory,
+    ] {
+        cfg.stack.kafka_storage = storage;
+        let err = Stack::new(&cfg).unwrap().up().unwrap_err().to_string();
+        assert!(err.contains("cargo install nisshi"), "{storage:?}: {err}");
+        assert!(err.contains("scripts/bootstrap"), "{storage:?}: {err}");
+    }
 }
 
 /// The end offsets lag, status and replay read are the log's true ends,

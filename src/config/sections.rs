@@ -254,8 +254,9 @@ impl Default for DatabaseConfig {
 pub struct KafkaConfig {
     /// `host:port,host:port`; unset means "the local stack's".
     pub brokers: Option<String>,
-    /// librdkafka `session.timeout.ms` for consumer groups. tansu joins a
-    /// group in about 3 s with 6000 ms and about 23 s with the default.
+    /// librdkafka `session.timeout.ms` for consumer groups. The local
+    /// broker joins a group in about 3 s with 6000 ms and about 23 s with
+    /// the default.
     pub session_timeout_ms: u32,
     /// librdkafka properties for every client (producer, consumer, admin),
     /// e.g. `security.protocol = "SASL_SSL"`, `sasl.mechanism =
@@ -339,20 +340,15 @@ pub struct StackConfig {
     pub pg_port: u16,
     /// `max_slot_wal_keep_size` of the local cluster, in MB (-1: unlimited).
     pub pg_max_slot_wal_keep_size_mb: i64,
-    /// The tansu binary (name on PATH or a path): the broker of the
-    /// "memory" and "disk" storages.
-    pub tansu_bin: PathBuf,
-    /// The nisshi binary (tansu's successor): the broker of the "postgres"
-    /// storage.
+    /// The nisshi binary (name on PATH or a path): the broker of both
+    /// storages (decision 0006).
     pub nisshi_bin: PathBuf,
     /// Fixed port for the local broker; 0 picks a free one.
     pub kafka_port: u16,
     /// Where the local broker keeps the event log: "postgres" (a private
     /// PostgreSQL cluster under `state_dir/kafka`, kept across `down`/`up`
-    /// and kills of either process; decision 0005), "memory" (lost when the
-    /// broker stops, detected by both stages) or "disk" (a SQLite file under
-    /// `state_dir/kafka`; slows down as the log grows and is not safe under
-    /// a SIGKILL, decision 0004).
+    /// and kills of either process; decision 0005) or "memory" (lost when
+    /// the broker stops, detected by both stages).
     pub kafka_storage: crate::stack::broker::Storage,
     /// Seconds to wait for each service to become ready.
     pub ready_timeout_s: u64,
@@ -365,7 +361,6 @@ impl Default for StackConfig {
             pg_os_user: "postgres".into(),
             pg_port: 0,
             pg_max_slot_wal_keep_size_mb: 10_240,
-            tansu_bin: PathBuf::from("tansu"),
             nisshi_bin: PathBuf::from("nisshi"),
             kafka_port: 0,
             kafka_storage: Default::default(),

@@ -27,6 +27,17 @@ fn unknown_key_is_an_error_naming_it() {
 }
 
 #[test]
+fn the_removed_disk_storage_says_what_to_use_instead() {
+    let e = load_str("[stack]\nkafka_storage = \"disk\"\n", &[]).unwrap_err();
+    let e = e.to_string();
+    assert!(e.contains("no longer offered") && e.contains("\"postgres\""), "{e}");
+    let c = load_str("[stack]\nkafka_storage = \"memory\"\n", &[]).unwrap();
+    assert_eq!(c.stack.kafka_storage, crate::stack::broker::Storage::Memory);
+    let e = load_str("[stack]\nkafka_storage = \"s3\"\n", &[]).unwrap_err();
+    assert!(e.to_string().contains("unknown storage \"s3\""), "{e}");
+}
+
+#[test]
 fn env_overrides_file() {
     let c = load_str(
         "[region]\nschools = 3\n",

@@ -1,10 +1,9 @@
-//! The local Kafka-protocol broker on loopback. Where it keeps the event
-//! log decides which broker runs (decisions 0004, 0005):
-//! - "postgres": nisshi (tansu's successor, crates.io) on a PostgreSQL
-//!   cluster of its own under the broker's directory, so the log survives
-//!   `down`/`up` and a SIGKILL of the broker or of that cluster;
-//! - "memory": tansu 0.6.0, the log in the broker's memory;
-//! - "disk": tansu 0.6.0, the log in a SQLite file (its `libsql` engine).
+//! The local Kafka-protocol broker on loopback: nisshi 0.8.1 (tansu's
+//! successor, crates.io), one build serving both storages (decision 0006):
+//! - "postgres": the log in a PostgreSQL cluster of its own under the
+//!   broker's directory, so it survives `down`/`up` and a SIGKILL of the
+//!   broker or of that cluster (decision 0005);
+//! - "memory": the log in the broker's memory (its `dynostore` engine).
 //!
 //! Memory storage keeps no records across the broker's restart, so `start`
 //! never restarts a running broker.
@@ -22,45 +21,55 @@ use super::process::{self, find_executable, pid_alive};
 use super::StackError;
 use crate::config::StackConfig;
 
-/// The tansu release vitrina is tested with (installed by `scripts/bootstrap`).
-pub const TANSU_VERSION: &str = "0.6.0";
 /// The nisshi release vitrina is tested with (installed by `scripts/bootstrap`).
 pub const NISSHI_VERSION: &str = "0.8.1";
 
 /// Where the broker keeps the event log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "lowercase", try_from = "String")]
 pub enum Storage {
     /// In the broker's memory: lost when it stops; both stages detect the
     /// loss (decision 0004). The fastest: what the tests use.
     Memory,
-    /// `kafka/tansu.db` (SQLite, write-ahead log): survives `down`/`up`;
-    /// seen losing acknowledged records on a SIGKILL; slows down as the log
-    /// grows (decision 0004: answered at once after a restart with 604,000
-    /// events, not for minutes with 2.9 million).
-    Disk,
     /// The database `eventlog` of a PostgreSQL cluster of the broker's own
     /// (`kafka/postgres`), served by nisshi (decision 0005). The default.
     #[default]
     Postgres,
 }
 
-/// The file the disk storage keeps, relative to the broker's directory.
-pub const DISK_FILE: &str = "tansu.db";
-/// The brokers a storage may run, each with its pid file under the broker's
-/// directory.
-const BROKERS: [&str; 2] = ["tansu", "nisshi"];
+/// The broker instances a stack directory may hold, each with its pid file
+/// and its output under the broker's directory: nisshi on the postgres
+/// storage, nisshi on the memory storage, and tansu, the broker of the
+/// memory storage before decision 0006, which `down` still stops.
+const INSTANCES: [&str; 3] = ["nisshi", "nisshi-memory", "tansu"];
 /// The database the postgres storage keeps the log in.
 pub const LOG_DATABASE: &str = "eventlog";
 
+impl TryFrom<String> for Storage {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        match s.as_str() {
+            "postgres" => Ok(Storage::Postgres),
+            "memory" => Ok(Storage::Memory),
+            "disk" => Err("\"disk\" (tansu's SQLite log) is no longer offered: it lost acknowledged \
+                 records on a SIGKILL (decision 0004) and needed a second broker build \
+                 (decision 0006); use \"postgres\", the default, which keeps the log across \
+                 down/up and kills"
+                .to_string()),
+            other => Err(format!(
+                "unknown storage {other:?}: \"postgres\" (the default) or \"memory\""
+            )),
+        }
+    }
+}
+
 impl Storage {
-    /// The broker's `--storage-engine` (the SQLite path is taken relative to
-    /// the broker's working directory, its root here); `log_port` is the
-    /// port of the log's cluster, for the postgres storage.
+    /// The broker's `--storage-engine`; `log_port` is the port of the log's
+    /// cluster, for the postgres storage.
     fn engine_url(self, log_port: u16) -> String {
         match self {
-            Storage::Disk => format!("sqlite://{DISK_FILE}"),
-            Storage::Memory => "memory://tansu/".to_string(),
+            Storage::Memory => "memory://nisshi/".to_string(),
             Storage::Postgres => format!(
                 "postgres://{}@127.0.0.1:{log_port}/{LOG_DATABASE}",
                 postgres::SUPERUSER
@@ -68,20 +77,18 @@ impl Storage {
         }
     }
 
-    fn broker_name(self) -> &'static str {
+
+    /// The broker instance this storage runs (see [`INSTANCES`]).
+    fn instance(self) -> &'static str {
         match self {
             Storage::Postgres => "nisshi",
-            Storage::Memory | Storage::Disk => "tansu",
-        }
-    }
-
-    fn install_hint(self) -> &'static str {
-        match self {
-            Storage::Postgres => "run scripts/bootstrap (it runs `cargo install nisshi --version 0.8.1 --locked --ignore-rust-version --no-default-features --features dynostore,postgres`), or set stack.nisshi_bin",
-            Storage::Memory | Storage::Disk => "run scripts/bootstrap (it runs `cargo install tansu --version 0.6.0 --locked --features dynostore,libsql`), or set stack.tansu_bin",
+            Storage::Memory => "nisshi-memory",
         }
     }
 }
+
+/// What to do when no nisshi with the needed engines is found.
+const INSTALL_HINT: &str = "run scripts/bootstrap (it runs `cargo install nisshi --version 0.8.1 --locked --ignore-rust-version --no-default-features --features dynostore,postgres`), or set stack.nisshi_bin";
 
 pub struct LocalBroker {
     cfg: StackConfig,
@@ -118,10 +125,7 @@ impl LocalBroker {
     }
 
     fn bin(&self) -> &PathBuf {
-        match self.storage {
-            Storage::Postgres => &self.cfg.nisshi_bin,
-            Storage::Memory | Storage::Disk => &self.cfg.tansu_bin,
-        }
+        &self.cfg.nisshi_bin
     }
 
     /// The PostgreSQL cluster that holds the log (postgres storage):
@@ -135,7 +139,7 @@ impl LocalBroker {
     pub fn describe_storage(&self) -> String {
         if let Some((other, _)) = self
             .running()
-            .filter(|(b, _)| *b != self.storage.broker_name())
+            .filter(|(b, _)| *b != self.storage.instance())
         {
             return format!(
                 "{other} runs with the storage of an earlier stack.kafka_storage (not {:?}); `vitrina down` and `up` switch",
@@ -143,7 +147,6 @@ impl LocalBroker {
             );
         }
         match self.storage {
-            Storage::Disk => self.root.join(DISK_FILE).display().to_string(),
             Storage::Memory => "memory (lost when the broker stops)".to_string(),
             Storage::Postgres => match self.log_cluster() {
                 Ok(pg) => {
@@ -167,9 +170,11 @@ impl LocalBroker {
         self
     }
 
-    /// Requires SASL authentication of every client (tansu's
-    /// `--authentication`). With the storage engines built here tansu
-    /// knows no SCRAM credentials: every login is refused.
+    /// Requires SASL authentication of every client (the broker's
+    /// `--authentication`). nisshi refuses it on the memory storage, which
+    /// cannot keep SCRAM users; on the postgres storage it knows the users
+    /// created through the Kafka API (AlterUserScramCredentials), and none
+    /// are created here: every login is refused.
     pub fn authenticating(mut self) -> Self {
         self.authentication = true;
         self
@@ -180,11 +185,11 @@ impl LocalBroker {
     pub fn log_path(&self) -> PathBuf {
         let name = self
             .running()
-            .map_or(self.storage.broker_name(), |(b, _)| b);
+            .map_or(self.storage.instance(), |(b, _)| b);
         self.root.join(format!("{name}.log"))
     }
     fn pid_path(&self) -> PathBuf {
-        self.pid_path_of(self.storage.broker_name())
+        self.pid_path_of(self.storage.instance())
     }
     fn pid_path_of(&self, broker: &str) -> PathBuf {
         self.root.join(format!("{broker}.pid"))
@@ -200,9 +205,9 @@ impl LocalBroker {
     /// The broker running under this directory and its pid: this storage's
     /// first.
     fn running(&self) -> Option<(&'static str, i32)> {
-        let own = self.storage.broker_name();
+        let own = self.storage.instance();
         std::iter::once(own)
-            .chain(BROKERS.into_iter().filter(|b| *b != own))
+            .chain(INSTANCES.into_iter().filter(|b| *b != own))
             .find_map(|b| Some((b, read_pid(&self.pid_path_of(b))?)))
     }
 
@@ -224,7 +229,7 @@ impl LocalBroker {
     }
 
     pub fn start(&self, port: u16) -> Result<u16, StackError> {
-        let name = self.storage.broker_name();
+        let name = self.storage.instance();
         if let Some((other, pid)) = self.running().filter(|(b, _)| *b != name) {
             return Err(StackError::Failed {
                 what: format!(
@@ -238,12 +243,12 @@ impl LocalBroker {
             });
         }
         let bin = find_executable(self.bin()).ok_or_else(|| StackError::MissingBinary {
-            what: format!("the {name} broker (`{}`)", self.bin().display()),
-            hint: self.storage.install_hint(),
+            what: format!("the nisshi broker (`{}`)", self.bin().display()),
+            hint: INSTALL_HINT,
         })?;
         let log_port = match self.storage {
             Storage::Postgres => self.start_log_cluster()?,
-            Storage::Memory | Storage::Disk => 0,
+            Storage::Memory => 0,
         };
         if self.running().is_some() {
             return Ok(port);
@@ -267,9 +272,7 @@ impl LocalBroker {
         if self.authentication {
             cmd.arg("--authentication");
         }
-        if self.storage == Storage::Postgres {
-            cmd.arg("--silent");
-        }
+        cmd.arg("--silent");
         let child = cmd
             .args(["--storage-engine", &engine])
             .args(["--listener-url", &url])
@@ -280,7 +283,7 @@ impl LocalBroker {
             .current_dir(&self.root)
             // The group coordinator's decisions (members expired, leaders
             // chosen) at info: few lines, and what a stalled group needs.
-            .env("RUST_LOG", format!("warn,{name}_broker::coordinator=info"))
+            .env("RUST_LOG", "warn,nisshi_broker::coordinator=info")
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log2)
@@ -315,11 +318,11 @@ impl LocalBroker {
             if tail.contains("FeatureNotEnabled") || tail.contains("NoEngineForScheme") {
                 return Err(StackError::MissingBinary {
                     what: format!(
-                        "a {name} built with the storage engine for {} (`{}`)",
+                        "a nisshi built with the storage engine for {} (`{}`)",
                         self.storage.engine_url(log_port),
                         bin.display()
                     ),
-                    hint: self.storage.install_hint(),
+                    hint: INSTALL_HINT,
                 });
             }
             return Err(StackError::NotReady {
@@ -335,7 +338,7 @@ impl LocalBroker {
     /// when something ran.
     pub fn stop(&self) -> Result<bool, StackError> {
         let mut stopped = false;
-        for broker in BROKERS {
+        for broker in INSTANCES {
             let path = self.pid_path_of(broker);
             if let Some(pid) = read_pid(&path) {
                 process::signal(pid, libc::SIGCONT);

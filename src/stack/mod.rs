@@ -1,5 +1,6 @@
 //! The local stack: a private PostgreSQL cluster with logical replication and
-//! a Kafka-protocol broker (nisshi or tansu, by `stack.kafka_storage`),
+//! a Kafka-protocol broker (nisshi, keeping the log where
+//! `stack.kafka_storage` says),
 //! started as plain processes under `state_dir`. Used when the configuration
 //! names no external services.
 //!
@@ -10,8 +11,8 @@
 //!     postgres/run        its unix socket
 //!     postgres/postgres.log
 //!     kafka/postgres/     the event log's own cluster, with stack.kafka_storage = "postgres"
-//!     kafka/tansu.db      the event log, with stack.kafka_storage = "disk"
-//!     kafka/<broker>.log  the broker's output (nisshi or tansu), kafka/<broker>.pid
+//!     kafka/<broker>.log  the broker's output, kafka/<broker>.pid (nisshi for
+//!                         "postgres", nisshi-memory for "memory")
 //! ```
 //!
 //! Invariants:
