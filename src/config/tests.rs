@@ -30,7 +30,10 @@ fn unknown_key_is_an_error_naming_it() {
 fn the_removed_disk_storage_says_what_to_use_instead() {
     let e = load_str("[stack]\nkafka_storage = \"disk\"\n", &[]).unwrap_err();
     let e = e.to_string();
-    assert!(e.contains("no longer offered") && e.contains("\"postgres\""), "{e}");
+    assert!(
+        e.contains("no longer offered") && e.contains("\"postgres\""),
+        "{e}"
+    );
     let c = load_str("[stack]\nkafka_storage = \"memory\"\n", &[]).unwrap();
     assert_eq!(c.stack.kafka_storage, crate::stack::broker::Storage::Memory);
     let e = load_str("[stack]\nkafka_storage = \"s3\"\n", &[]).unwrap_err();

@@ -52,11 +52,13 @@ impl TryFrom<String> for Storage {
         match s.as_str() {
             "postgres" => Ok(Storage::Postgres),
             "memory" => Ok(Storage::Memory),
-            "disk" => Err("\"disk\" (tansu's SQLite log) is no longer offered: it lost acknowledged \
+            "disk" => Err(
+                "\"disk\" (tansu's SQLite log) is no longer offered: it lost acknowledged \
                  records on a SIGKILL (decision 0004) and needed a second broker build \
                  (decision 0006); use \"postgres\", the default, which keeps the log across \
                  down/up and kills"
-                .to_string()),
+                    .to_string(),
+            ),
             other => Err(format!(
                 "unknown storage {other:?}: \"postgres\" (the default) or \"memory\""
             )),
@@ -76,7 +78,6 @@ impl Storage {
             ),
         }
     }
-
 
     /// The broker instance this storage runs (see [`INSTANCES`]).
     fn instance(self) -> &'static str {
@@ -183,9 +184,7 @@ impl LocalBroker {
     /// The output of the broker that runs (see [`Self::running_pid`]), else
     /// of this storage's.
     pub fn log_path(&self) -> PathBuf {
-        let name = self
-            .running()
-            .map_or(self.storage.instance(), |(b, _)| b);
+        let name = self.running().map_or(self.storage.instance(), |(b, _)| b);
         self.root.join(format!("{name}.log"))
     }
     fn pid_path(&self) -> PathBuf {
