@@ -88,8 +88,9 @@ impl Storage {
     }
 }
 
-/// What to do when no nisshi with the needed engines is found.
-const INSTALL_HINT: &str = "run scripts/bootstrap (it runs `cargo install nisshi --version 0.8.1 --locked --ignore-rust-version --no-default-features --features dynostore,postgres`), or set stack.nisshi_bin";
+/// What to do when no nisshi with the needed engines is found: the command
+/// `scripts/bootstrap` runs, word for word.
+const INSTALL_HINT: &str = "run scripts/bootstrap (it runs `cargo install nisshi --version 0.8.1 --locked --ignore-rust-version --no-default-features --features dynostore,postgres --config scripts/broker-profile.toml`), or set stack.nisshi_bin";
 
 pub struct LocalBroker {
     cfg: StackConfig,
