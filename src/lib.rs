@@ -30,6 +30,7 @@
 //! - [`connections`]: the journal, the showcase and Kafka, built from config.
 //! - [`error`]: transient vs definite, backoff, supervision.
 //! - [`lsn`]: log sequence numbers as text.
+//! - [`failpoint`]: the fault tests' failpoints (only with the `failpoints` feature).
 //! - [`pg`]: PostgreSQL connections and error text.
 //! - [`http`], [`observability`], [`status`]: `/metrics`, `/healthz`, `/readyz`, metric names, the on-call view.
 //!
@@ -49,6 +50,7 @@ pub mod demo;
 pub mod devtools;
 pub mod error;
 pub mod events;
+pub mod failpoint;
 pub mod http;
 pub mod identifiers;
 pub mod journal;

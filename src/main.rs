@@ -113,6 +113,11 @@ enum Command {
         /// Rebuild from this time (RFC 3339, e.g. 2026-11-01T00:00:00Z) instead of the start of the log.
         #[arg(long)]
         from: Option<String>,
+        /// With --from: read the log from at least this many seconds before it (capture's and the
+        /// broker's clocks are not the journal's; a change reaches the log after its commit).
+        /// Records stamped earlier still count: the start is checked by journal position.
+        #[arg(long, default_value_t = 600, value_name = "SECONDS")]
+        margin: u64,
         /// Build the shadow (showcase_replay) and report, but do not swap it in.
         #[arg(long)]
         no_swap: bool,
@@ -233,6 +238,7 @@ fn main() {
     }
     let cli = Cli::parse();
     init_tracing(cli.log_json);
+    let _failpoints = vitrina::failpoint::setup();
     if let Err(e) = real_main(cli) {
         // The error's own text carries the hint; the chain adds the causes.
         eprintln!("error: {e}");
@@ -567,6 +573,7 @@ async fn run(command: Command, mut cfg: Config, ctx: Ctx) -> Result<()> {
         }
         Command::Replay {
             from,
+            margin,
             no_swap,
             restart,
             new_log,
@@ -595,6 +602,7 @@ async fn run(command: Command, mut cfg: Config, ctx: Ctx) -> Result<()> {
             vitrina::observability::describe_replay();
             let opts = vitrina::projector::replay::Options {
                 from,
+                margin: std::time::Duration::from_secs(margin),
                 swap: !no_swap,
                 restart,
                 new_log,

@@ -188,7 +188,7 @@ pub fn describe_capture() {
         Unit::Count,
         "Students with an active consent to medical-data transfer, as capture follows them"
     );
-    for kind in ["replication", "heartbeat"] {
+    for kind in ["replication", "heartbeat", "refresh"] {
         metrics::counter!(CAPTURE_ERRORS, "kind" => kind).increment(0);
     }
     metrics::counter!(CAPTURE_WATERMARKS).increment(0);

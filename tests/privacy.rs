@@ -411,7 +411,7 @@ async fn a_capture_that_dies_in_a_consent_flip_replays_the_consent() {
         &db,
         &name,
         &name,
-        &[("CAPTURE_TEST_DIE_IN_FLUSH_MS", "4000")],
+        &[common::failpoints("capture-flush-crash=return(4000)")],
     );
     common::wait_caught_up(&cfg, &name, Duration::from_secs(240)).await;
     grant(&c, student, parent, "medical_data_transfer", "Т-9").await;
@@ -432,7 +432,7 @@ async fn a_capture_that_dies_in_a_consent_flip_replays_the_consent() {
         }
         assert!(
             std::time::Instant::now() < deadline,
-            "the test hook did not stop capture in the flush"
+            "the failpoint did not stop capture in the flush"
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
@@ -482,7 +482,7 @@ async fn rows_changed_while_a_consent_flip_is_in_flight_end_as_the_journal_has_t
         &db,
         &name,
         &name,
-        &[("CAPTURE_TEST_FLIGHT_LANDS_AFTER_MS", "4000")],
+        &[common::failpoints("capture-flight-lands-late=return(4000)")],
     );
     common::wait_caught_up(&cfg, &name, Duration::from_secs(240)).await;
     grant(&c, student, parent, "medical_data_transfer", "Т-10").await;
@@ -539,6 +539,96 @@ async fn rows_changed_while_a_consent_flip_is_in_flight_end_as_the_journal_has_t
         restricted(&common::read_all(&name)),
         before,
         "a photo-publication consent sends no restricted-topic records"
+    );
+    common::kill(&mut capture, libc::SIGTERM);
+}
+
+/// Between capture's first reading of the journal (the consenting set, the
+/// names to scrub) and the slot's exported snapshot, a parent revokes the
+/// consent of an ill student and a person is added whose name a teacher
+/// types into a comment. Both changes are in the snapshot and not in the
+/// stream: the initial load must publish neither the student's detail nor
+/// the name, at any moment (the topics are read whole, not compacted).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consent_revoked_or_a_name_added_before_the_snapshot_never_leaves() {
+    let (cfg, db, c) = loaded_journal("t_snap_window").await;
+    let (student, parent, ill) = ill_without_consent(&c, "болезнь: ангина").await;
+    let consent = grant(&c, student, parent, "medical_data_transfer", "Т-11").await;
+    let name = format!("snapwin{}", std::process::id());
+    let mut capture = common::spawn_vitrina(
+        "capture",
+        &db,
+        &name,
+        &name,
+        &[common::failpoints("capture-before-snapshot=return(6000)")],
+    );
+    // The window is open once the gate has read the journal.
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while !common::log_tail(&name, 200).contains("failpoint: waiting before the slot") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "capture never reached the failpoint:\n{}",
+            common::log_tail(&name, 40)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    c.execute(
+        "UPDATE journal.parental_consents SET status = 'revoked', revoked_at = now(), updated_at = now()
+          WHERE id = $1",
+        &[&consent],
+    )
+    .await
+    .unwrap();
+    c.execute(
+        "INSERT INTO journal.parents (last_name, first_name, sex, birth_date, regional_account_id, updated_by)
+         VALUES ('Ухтомцева', 'Евпраксия', 'F', '1990-01-01', 'snapwin-parent', 'test')",
+        &[],
+    )
+    .await
+    .unwrap();
+    let graded: i64 = c
+        .query_one(
+            "UPDATE journal.grades SET comment = 'проект вместе с Евпраксией Ухтомцевой', updated_at = now()
+              WHERE id = (SELECT min(id) FROM journal.grades) RETURNING id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(
+        capture.try_wait().unwrap().is_none(),
+        "the window closed before the journal changed (the failpoint waits 6 s)"
+    );
+    common::wait_caught_up(&cfg, &name, Duration::from_secs(240)).await;
+
+    let messages = common::read_all(&name);
+    let reg = Registry::new();
+    let detail_topic = format!("{name}.medical_detail.v1");
+    let detail_key = format!("attendance:{ill}");
+    let mut comment_seen = false;
+    for (topic, _, key, payload) in &messages {
+        if *topic == detail_topic {
+            assert!(
+                payload.is_empty() || key.as_slice() != detail_key.as_bytes(),
+                "the detail of a student whose consent was revoked before the snapshot left"
+            );
+            continue;
+        }
+        if topic.ends_with(".deadletter.v1") {
+            continue;
+        }
+        let text = String::from_utf8_lossy(payload).to_lowercase();
+        assert!(
+            !text.contains("ухтомцев") && !text.contains("евпракси"),
+            "a name added before the snapshot left on {topic}"
+        );
+        if let Ok(Message::Event(e)) = reg.decode_message(payload) {
+            comment_seen |= e.entity.name == "grade" && e.key == graded.to_string();
+        }
+    }
+    assert!(
+        comment_seen,
+        "the changed grade was loaded (the check saw it)"
     );
     common::kill(&mut capture, libc::SIGTERM);
 }

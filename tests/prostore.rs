@@ -149,13 +149,12 @@ async fn prostore_deltas_read_by_fastavro_fold_into_the_showcase() {
     // commit: the next one must finish that delta, adding only what is
     // missing.
     let mut dying = env.clone();
-    dying.push(("PROSTORE_TEST_DIE_AFTER_CHUNKS", "3"));
+    dying.push(common::failpoints("prostore-crash-before-commit=return(3)"));
     let mut feed = common::spawn_vitrina("prostore feed", &db, &name, &log_f, &dying);
     let status = feed.wait().unwrap();
     assert!(
-        !status.success()
-            && common::log_tail(&log_f, 100).contains("test hook: dying before the commit"),
-        "the test hook ends the feed ({status:?}):\n{}",
+        !status.success() && common::log_tail(&log_f, 100).contains("failpoint: crashing"),
+        "the failpoint ends the feed ({status:?}):\n{}",
         common::log_tail(&log_f, 30)
     );
     let kafka = KafkaEndpoint::new(common::stack().brokers());

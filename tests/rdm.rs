@@ -336,19 +336,19 @@ async fn rdm_uploads_validate_against_the_spec_and_survive_restarts() {
     // The first client dies right after the service took its first file:
     // the next one must poll that request, not send the file again.
     let mut dying = env.clone();
-    dying.push(("RDM_TEST_DIE_AFTER_SENDS", "1"));
+    dying.push(common::failpoints("rdm-crash-after-send=return"));
     let mut client = common::spawn_vitrina("rdm upload", &db, &name, &log_client, &dying);
     let deadline = Instant::now() + Duration::from_secs(240);
     while client.try_wait().unwrap().is_none() {
         assert!(
             Instant::now() < deadline,
-            "the test hook did not end the client:\n{}",
+            "the failpoint did not end the client:\n{}",
             common::log_tail(&log_client, 30)
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert!(
-        common::log_tail(&log_client, 200).contains("test hook: dying after a file was sent"),
+        common::log_tail(&log_client, 200).contains("failpoint: crashing"),
         "{}",
         common::log_tail(&log_client, 30)
     );

@@ -187,6 +187,7 @@ pub async fn projector(cfg: &Config, knobs: &ProjectorKnobs) -> Result<Projector
     for r in 0..knobs.replays {
         let opts = crate::projector::replay::Options {
             from: None,
+            margin: std::time::Duration::ZERO,
             swap: false,
             restart: true,
             new_log: false,

@@ -16,7 +16,10 @@
 //!   mapping says: the split follows the contract's field classes
 //!   ([`crate::events::contract::Class`]), after mapping and before encoding.
 //! - Detail is published only for a student in the consenting set; the set
-//!   follows the journal *now*: loaded at start, re-read for the students
+//!   follows the journal *now*: loaded at start and again inside the
+//!   initial load's exported snapshot (what changed between the two is in
+//!   neither the first reading nor the stream), narrowed every `REFRESH`
+//!   while the load runs (a revocation since the snapshot), re-read for the students
 //!   of every consent change the stream carries when their flip runs, and
 //!   re-read whole every `REFRESH` (so a revocation stops publication
 //!   within that time even when capture is behind the journal). A student
@@ -35,7 +38,9 @@
 //!   detail, gets a tombstone (a tombstone for a key that never had detail
 //!   erases nothing and is harmless), so a revocation needs to erase only
 //!   the rows that hold detail in the journal now.
-//! - Names learned from the journal stay in this process's memory.
+//! - The names to scrub are read at start, inside the snapshot, every
+//!   `NAMES_REFRESH` while the load runs, and learned from every person row
+//!   the stream carries; they stay in this process's memory.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
@@ -54,6 +59,8 @@ use crate::privacy::scrub::Scrubber;
 pub const CONSENT_KIND: &str = "medical_data_transfer";
 /// How often the consenting set is re-read whole from the journal.
 pub const REFRESH: Duration = Duration::from_secs(10);
+/// How often an initial load re-reads the names to scrub.
+pub const NAMES_REFRESH: Duration = Duration::from_secs(60);
 
 /// Where a change sits in the WAL, for the detail it publishes.
 #[derive(Debug, Clone, Copy, Default)]
@@ -342,6 +349,8 @@ struct Deferred {
 pub struct Gate {
     pub fields: Fields,
     client: std::sync::Arc<tokio_postgres::Client>,
+    /// The queries of the names to scrub (none when free text is kept).
+    names_sql: Vec<String>,
     consents: Option<ConsentTable>,
     medical: Vec<MedicalTable>,
     /// Students whose parent consents now (never one in `pending`).
@@ -374,31 +383,31 @@ fn quoted(table: &str) -> String {
 }
 
 impl Gate {
-    /// Loads the names and the consenting set from the journal.
+    /// Loads the names and the consenting set from the journal. A capture
+    /// that loads a snapshot reads them again inside it
+    /// ([`Gate::read_at_snapshot`]).
     pub async fn open(
         client: tokio_postgres::Client,
         mapping: &Mapping,
         scrub: bool,
     ) -> Result<Gate, CaptureError> {
-        let mut fields = Fields::new(scrub);
-        if scrub {
-            for n in &mapping.names {
-                let cols: Vec<String> = n.columns.iter().map(|c| crate::pg::ident(c)).collect();
-                let sql = format!(
-                    "SELECT DISTINCT x FROM {t}, unnest(ARRAY[{cols}]::text[]) AS x WHERE x IS NOT NULL",
-                    t = quoted(&n.table),
-                    cols = cols.join(", ")
-                );
-                for r in client
-                    .query(&sql, &[])
-                    .await
-                    .map_err(q("reading the names to replace in free text"))?
-                {
-                    fields.learn(r.get::<_, &str>(0));
-                }
-            }
-            tracing::info!(names = fields.names(), "free text: names to replace loaded");
-        }
+        let names_sql = if scrub {
+            mapping
+                .names
+                .iter()
+                .map(|n| {
+                    let cols: Vec<String> =
+                        n.columns.iter().map(|c| crate::pg::ident(c)).collect();
+                    format!(
+                        "SELECT DISTINCT x FROM {t}, unnest(ARRAY[{cols}]::text[]) AS x WHERE x IS NOT NULL",
+                        t = quoted(&n.table),
+                        cols = cols.join(", ")
+                    )
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
         let consents = mapping.of_entity("consent").and_then(|tm| {
             Some(ConsentTable {
                 table: tm.table.clone(),
@@ -415,8 +424,9 @@ impl Gate {
             .filter_map(MedicalTable::new)
             .collect();
         let mut gate = Gate {
-            fields,
+            fields: Fields::new(scrub),
             client: std::sync::Arc::new(client),
+            names_sql,
             consents,
             medical,
             active: HashSet::new(),
@@ -429,9 +439,114 @@ impl Gate {
             flight: None,
             wake: None,
         };
-        gate.active = gate.read_active().await?;
-        metrics::gauge!(obs::CAPTURE_CONSENTING).set(gate.active.len() as f64);
+        gate.read_journal().await?;
         Ok(gate)
+    }
+
+    /// The names to scrub (learned, never forgotten) and the consenting set
+    /// (replaced), as the connection's transaction shows them.
+    async fn read_journal(&mut self) -> Result<(), CaptureError> {
+        for n in read_names(&self.client, &self.names_sql).await? {
+            self.fields.learn(&n);
+        }
+        if self.fields.scrub {
+            tracing::info!(
+                names = self.fields.names(),
+                "free text: names to replace loaded"
+            );
+        }
+        self.active = self.read_active().await?;
+        metrics::gauge!(obs::CAPTURE_CONSENTING).set(self.active.len() as f64);
+        Ok(())
+    }
+
+    /// Reads the names and the consenting set again inside the exported
+    /// snapshot `snapshot`, before a row of it is published: a consent
+    /// revoked or a person added after [`Gate::open`] and before the slot
+    /// existed is in neither the first reading nor the stream.
+    pub async fn read_at_snapshot(&mut self, snapshot: &str) -> Result<(), CaptureError> {
+        self.client
+            .batch_execute(&format!(
+                "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT {}",
+                crate::pg::literal(snapshot)
+            ))
+            .await
+            .map_err(q(
+                "adopting the exported snapshot to read consents and names",
+            ))?;
+        let read = self.read_journal().await;
+        let end = if read.is_ok() { "COMMIT" } else { "ROLLBACK" };
+        let ended = self
+            .client
+            .batch_execute(end)
+            .await
+            .map_err(q("ending the consent and name reading at the snapshot"));
+        read?;
+        ended?;
+        Ok(())
+    }
+
+    /// A task that re-reads the journal while an initial load runs, which
+    /// neither the snapshot nor (until the load ends) the stream shows: the
+    /// consenting set every [`REFRESH`], sent on the returned channel (the
+    /// load keeps only students in both it and the snapshot's set), and
+    /// the names every [`NAMES_REFRESH`], learned into `fields` (the load's
+    /// workers scrub with it).
+    pub(super) fn refresh_during_load(
+        &self,
+        fields: std::sync::Arc<std::sync::RwLock<Fields>>,
+    ) -> (
+        tokio::task::JoinHandle<()>,
+        tokio::sync::watch::Receiver<Option<HashSet<i64>>>,
+    ) {
+        let (tx, rx) = tokio::sync::watch::channel(None);
+        let client = self.client.clone();
+        let names_sql = self.names_sql.clone();
+        let active_sql = self.active_sql();
+        let task = tokio::spawn(async move {
+            let mut last_names = Instant::now();
+            loop {
+                tokio::time::sleep(REFRESH).await;
+                if let Some(sql) = &active_sql {
+                    match query_active(&client, sql).await {
+                        Ok(rows) => {
+                            let _ = tx.send(Some(rows.into_iter().map(|(_, s)| s).collect()));
+                        }
+                        Err(e) => {
+                            metrics::counter!(obs::CAPTURE_ERRORS, "kind" => "refresh")
+                                .increment(1);
+                            tracing::warn!(error = %e, "re-reading the consents during the load failed; the next try is in 10 s");
+                        }
+                    }
+                }
+                if names_sql.is_empty() || last_names.elapsed() < NAMES_REFRESH {
+                    continue;
+                }
+                last_names = Instant::now();
+                match read_names(&client, &names_sql).await {
+                    Ok(names) => {
+                        let mut f = fields.write().unwrap_or_else(|p| p.into_inner());
+                        for n in names {
+                            f.learn(&n);
+                        }
+                    }
+                    Err(e) => {
+                        metrics::counter!(obs::CAPTURE_ERRORS, "kind" => "refresh").increment(1);
+                        tracing::warn!(error = %e, "re-reading the names during the load failed; the next try is in a minute");
+                    }
+                }
+            }
+        });
+        (task, rx)
+    }
+
+    /// During an initial load: students not in `now` (a revocation since
+    /// the snapshot) stop counting as consenting; the stream's flip for
+    /// the revocation erases what was published before. A grant since the
+    /// snapshot waits for its flip.
+    pub(super) fn keep_consenting(&mut self, now: &HashSet<i64>) {
+        self.active.retain(|s| now.contains(s));
+        metrics::gauge!(obs::CAPTURE_CONSENTING).set(self.active.len() as f64);
     }
 
     /// The consent table's `SELECT` of granted medical-data consents, with
@@ -445,11 +560,9 @@ impl Gate {
         )
     }
 
-    /// Students with an active consent now, and the consent keys.
-    async fn read_active(&mut self) -> Result<HashSet<i64>, CaptureError> {
-        let Some(c) = &self.consents else {
-            return Ok(HashSet::new());
-        };
+    /// The query of every granted consent's key and student (`$1`: the kind).
+    fn active_sql(&self) -> Option<String> {
+        let c = self.consents.as_ref()?;
         let key: Vec<String> = c
             .key
             .iter()
@@ -460,15 +573,16 @@ impl Gate {
             key.join(", "),
             crate::pg::ident(&c.student)
         );
-        let sql = self.granted_sql(c, &select, "");
-        let rows = self
-            .client
-            .query(&sql, &[&CONSENT_KIND])
-            .await
-            .map_err(q("reading the medical-data consents"))?;
+        Some(self.granted_sql(c, &select, ""))
+    }
+
+    /// Students with an active consent now, and the consent keys.
+    async fn read_active(&mut self) -> Result<HashSet<i64>, CaptureError> {
+        let Some(sql) = self.active_sql() else {
+            return Ok(HashSet::new());
+        };
         let mut active = HashSet::new();
-        for r in rows {
-            let (k, s): (String, i64) = (r.get(0), r.get(1));
+        for (k, s) in query_active(&self.client, &sql).await? {
             self.consent_students.insert(k, s);
             active.insert(s);
         }
@@ -724,13 +838,11 @@ impl Gate {
         let wake = self.wake.clone();
         let (tx, rx) = tokio::sync::oneshot::channel();
         tokio::spawn(async move {
-            // Test hook (tests/privacy.rs): a crash before the flip's records
-            // are sent, after time enough for capture to tell the server a
-            // confirmation.
-            if let Some(ms) = test_hook_ms("CAPTURE_TEST_DIE_IN_FLUSH_MS") {
-                tracing::warn!("test hook: capture dies in a consent flush");
-                tokio::time::sleep(Duration::from_millis(ms)).await;
-                std::process::abort();
+            // A crash before the flip's records are sent, after time enough
+            // for capture to tell the server a confirmation (tests/privacy.rs).
+            if let Some(ms) = crate::failpoint!("capture-flush-crash") {
+                tokio::time::sleep(crate::failpoint::millis(&ms)).await;
+                crate::failpoint::crash();
             }
             let asked = Instant::now();
             let answer = ask(&client, consenting.as_deref(), &tables, &students).await;
@@ -739,10 +851,10 @@ impl Gate {
                 rows,
                 took: asked.elapsed(),
             });
-            // Test hook (tests/privacy.rs): the journal changes between the
-            // flight's queries and its landing.
-            if let Some(ms) = test_hook_ms("CAPTURE_TEST_FLIGHT_LANDS_AFTER_MS") {
-                tokio::time::sleep(Duration::from_millis(ms)).await;
+            // The journal changes between the flight's queries and its
+            // landing (tests/privacy.rs).
+            if let Some(ms) = crate::failpoint!("capture-flight-lands-late") {
+                tokio::time::sleep(crate::failpoint::millis(&ms)).await;
             }
             let _ = tx.send(answer);
             if let Some(w) = wake {
@@ -875,8 +987,34 @@ impl Gate {
     }
 }
 
-fn test_hook_ms(var: &str) -> Option<u64> {
-    std::env::var(var).ok().and_then(|v| v.parse().ok())
+/// Every name the queries `sql` return.
+async fn read_names(
+    client: &tokio_postgres::Client,
+    sql: &[String],
+) -> Result<Vec<String>, CaptureError> {
+    let mut names = Vec::new();
+    for q1 in sql {
+        for r in client
+            .query(q1.as_str(), &[])
+            .await
+            .map_err(q("reading the names to replace in free text"))?
+        {
+            names.push(r.get::<_, String>(0));
+        }
+    }
+    Ok(names)
+}
+
+/// The granted consents' keys and students ([`Gate::active_sql`]).
+async fn query_active(
+    client: &tokio_postgres::Client,
+    sql: &str,
+) -> Result<Vec<(String, i64)>, CaptureError> {
+    let rows = client
+        .query(sql, &[&CONSENT_KIND])
+        .await
+        .map_err(q("reading the medical-data consents"))?;
+    Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
 }
 
 /// A flight's queries, pipelined on one connection: the consents of

@@ -73,6 +73,12 @@ impl Loader<'_> {
                 ..Default::default()
             };
             self.store.save(&state).await?;
+            // Holds the window between the gate's first reading and the
+            // snapshot open (tests/privacy.rs).
+            if let Some(ms) = crate::failpoint!("capture-before-snapshot") {
+                tracing::warn!("failpoint: waiting before the slot and its snapshot");
+                tokio::time::sleep(crate::failpoint::millis(&ms)).await;
+            }
             stream
                 .ensure_replication_slot()
                 .await
@@ -86,6 +92,7 @@ impl Loader<'_> {
                         "the new slot exported no snapshot",
                     ))?
                     .to_string();
+                gate.read_at_snapshot(&name).await?;
                 let tables: Vec<&TableMapping> = self.tables.iter().collect();
                 // A new slot after a lost one (or a second load into the
                 // same topics): what the topics hold from before is
@@ -157,6 +164,7 @@ impl Loader<'_> {
                 "the resume slot exported no snapshot",
             ))?
             .to_string();
+        gate.read_at_snapshot(&name).await?;
         for t in &remaining {
             state.table_lsn.insert(t.table.clone(), lsn);
         }

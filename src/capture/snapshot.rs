@@ -147,7 +147,9 @@ struct Copier {
     window: NaiveDate,
     dp: Depersonalizer,
     slot: String,
-    fields: gate::Fields,
+    /// The gate's fields, names learned while the load runs
+    /// ([`Gate::refresh_during_load`]).
+    fields: std::sync::Arc<std::sync::RwLock<gate::Fields>>,
 }
 
 impl TableLoad<'_> {
@@ -184,13 +186,16 @@ async fn load_tables(
     let queue: std::sync::Arc<std::sync::Mutex<Vec<TableMapping>>> = std::sync::Arc::new(
         std::sync::Mutex::new(tables.iter().rev().map(|t| (*t).clone()).collect()),
     );
+    let fields = std::sync::Arc::new(std::sync::RwLock::new(gate.fields.clone()));
+    let (refresher, mut consenting) = gate.refresh_during_load(fields.clone());
+    let _refresher = AbortOnDrop(refresher);
     let copier = Copier {
         at: at.clone(),
         time: snapshot_time,
         window,
         dp: load.dp.clone(),
         slot: cfg.capture.slot.clone(),
-        fields: gate.fields.clone(),
+        fields: fields.clone(),
     };
     let mut workers = Vec::new();
     for _ in 0..cfg.capture.snapshot_connections.max(1) {
@@ -230,6 +235,11 @@ async fn load_tables(
         if pending.len() != before {
             store.save(state).await?;
             metrics::gauge!(obs::CAPTURE_SNAPSHOT_TABLES_DONE).set(state.tables_done.len() as f64);
+        }
+        if consenting.has_changed().unwrap_or(false) {
+            if let Some(now) = consenting.borrow_and_update().as_ref() {
+                gate.keep_consenting(now);
+            }
         }
         match item {
             Item::Event(e, pk, applied) => {
@@ -286,6 +296,8 @@ async fn load_tables(
     }
     store.save(state).await?;
     metrics::gauge!(obs::CAPTURE_SNAPSHOT_TABLES_DONE).set(state.tables_done.len() as f64);
+    // The stream scrubs with every name the load learned.
+    gate.fields = fields.read().unwrap_or_else(|p| p.into_inner()).clone();
     bar.finish_and_clear();
     let secs = started.elapsed().as_secs_f64();
     tracing::info!(
@@ -295,6 +307,16 @@ async fn load_tables(
         "initial load finished"
     );
     Ok(rows)
+}
+
+/// Aborts a task when dropped: the load's refresher ends with the load,
+/// however it ends.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// The COPY statement that reads table `t`'s mapped columns, limited to
@@ -371,7 +393,11 @@ impl Copier {
                 let row = CopyRow::parse(&cols, line);
                 let item = match t.map_row(&row, dp) {
                     Ok(mut m) => {
-                        let applied = self.fields.apply(t.entity, &mut m.after);
+                        let applied = self
+                            .fields
+                            .read()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .apply(t.entity, &mut m.after);
                         Item::Event(
                             Box::new(Event {
                                 event_id: events::snapshot_event_id(snapshot_lsn, &t.table, &m.key),

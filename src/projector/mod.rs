@@ -26,6 +26,7 @@
 
 pub mod freshness;
 pub mod replay;
+mod replay_seed;
 pub mod sink;
 pub mod source;
 

@@ -16,9 +16,12 @@
 //!   offset the live showcase has, so nothing the live showcase showed is
 //!   missing from its replacement. A live projector that then applies
 //!   events the shadow already holds changes nothing (apply is idempotent).
-//! - `--from T`: the shadow starts as the live rows last changed before T
-//!   and consumes from the first offset at or after T on every partition.
-//!   Events carry whole row states, so this equals a replay from the start.
+//! - `--from T`: the shadow starts as the live rows at or below a journal
+//!   position B (the newest position of a row last changed before T) and
+//!   consumes, on every partition, from an offset before which every record
+//!   is at or below B ([`super::replay_seed`]). Events carry whole row
+//!   states and apply is idempotent by position, so this equals a replay
+//!   from the start.
 //! - A replay interrupted before the swap resumes from the shadow's own
 //!   offsets (`--restart` drops the shadow instead).
 
@@ -27,8 +30,6 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use indicatif::ProgressBar;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::{Offset, TopicPartitionList};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
@@ -36,7 +37,7 @@ use super::{Projection, ProjectorError, Tp};
 use crate::config::Config;
 use crate::connections::{KafkaEndpoint, PgEndpoint};
 use crate::events::ENTITIES;
-use crate::kafka::{end_offsets, end_offsets_blocking};
+use crate::kafka::end_offsets;
 use crate::observability as obs;
 use crate::pg::PgError;
 use crate::showcase::{self, consent};
@@ -49,6 +50,10 @@ pub const PREVIOUS: &str = "showcase_previous";
 pub struct Options {
     /// Rebuild from this time instead of the start of the log.
     pub from: Option<DateTime<Utc>>,
+    /// With `from`: how far before it the log is read at least (Kafka's
+    /// timestamps are capture's or the broker's clock, not the journal's,
+    /// and a change reaches the log after its commit).
+    pub margin: Duration,
     /// Swap the shadow in when caught up (else leave it for inspection).
     pub swap: bool,
     /// Drop an existing shadow instead of resuming it.
@@ -135,7 +140,7 @@ pub async fn run(
         set_logged(&admin, false).await?;
     }
     if let (Some(from), true) = (opts.from, fresh) {
-        seed_from(cfg, kafka, &admin, from).await?;
+        super::replay_seed::seed_from(cfg, kafka, &admin, from, opts.margin).await?;
     }
     let group = format!(
         "{}-replay-{}",
@@ -406,95 +411,6 @@ async fn compare(
         });
     }
     Ok(out)
-}
-
-/// Seeds the shadow with the live rows last changed before `from`, their
-/// held-back medical detail, and offsets at `from` on every partition.
-async fn seed_from(
-    cfg: &Config,
-    kafka: &KafkaEndpoint,
-    c: &tokio_postgres::Client,
-    from: DateTime<Utc>,
-) -> Result<(), ProjectorError> {
-    let live = showcase::SCHEMA;
-    for e in ENTITIES {
-        c.execute(
-            &format!(
-                "INSERT INTO {SHADOW}.{t} SELECT * FROM {live}.{t} WHERE source_commit_time < $1",
-                t = e.name
-            ),
-            &[&from],
-        )
-        .await
-        .map_err(PgError::query(format!("seeding {SHADOW}.{}", e.name)))?;
-    }
-    for m in consent::MEDICAL {
-        c.execute(
-            &format!(
-                "INSERT INTO {sp}.{t}_medical SELECT p.* FROM {lp}.{t}_medical p JOIN {SHADOW}.{t} s USING (key)",
-                sp = consent::private_schema(SHADOW),
-                lp = consent::private_schema(live),
-                t = m.entity
-            ),
-            &[],
-        )
-        .await
-        .map_err(PgError::query(format!("seeding the medical detail of {}", m.entity)))?;
-    }
-    let kafka = kafka.clone();
-    let topics = crate::kafka::event_topics(&cfg.capture.topic_prefix);
-    let ms = from.timestamp_millis();
-    let at = tokio::task::spawn_blocking(move || -> Result<Vec<(Tp, i64)>, ProjectorError> {
-        let ends = end_offsets_blocking(&kafka, &topics)?;
-        let consumer: BaseConsumer = kafka
-            .client_config()
-            .set("log_level", "3")
-            .create()
-            .map_err(|e| ProjectorError::consumer("creating a consumer", e))?;
-        let mut tpl = TopicPartitionList::new();
-        for (t, p) in ends.keys() {
-            tpl.add_partition_offset(t, *p, Offset::Offset(ms))
-                .map_err(|e| ProjectorError::consumer("listing partitions", e))?;
-        }
-        let found = consumer
-            .offsets_for_times(tpl, Duration::from_secs(30))
-            .map_err(|e| ProjectorError::consumer(format!("finding the offsets at {from}"), e))?;
-        Ok(found
-            .elements()
-            .iter()
-            .map(|e| {
-                let k = (e.topic().to_string(), e.partition());
-                let end = ends.get(&k).copied().unwrap_or(0);
-                // No message at or after `from`: start at the end.
-                let o = match e.offset() {
-                    Offset::Offset(o) => o.min(end),
-                    _ => end,
-                };
-                (k, o)
-            })
-            .collect())
-    })
-    .await
-    .map_err(|e| ProjectorError::Replay(e.to_string()))??;
-    for ((t, p), o) in &at {
-        c.execute(
-            &format!("INSERT INTO {SHADOW}.consumer_offsets (topic, partition, next_offset) VALUES ($1, $2, $3)"),
-            &[t, p, o],
-        )
-        .await
-        .map_err(PgError::query("seeding the replay offsets"))?;
-    }
-    let all: Option<Vec<i64>> = None;
-    for m in consent::MEDICAL {
-        c.execute(
-            &consent::refresh_sql(m, SHADOW),
-            &[&all, &Vec::<String>::new()],
-        )
-        .await
-        .map_err(PgError::query("applying consent to the seeded rows"))?;
-    }
-    tracing::info!(%from, partitions = at.len(), "shadow seeded with the rows last changed before the replay's start time");
-    Ok(())
 }
 
 impl std::fmt::Display for Report {

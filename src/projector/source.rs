@@ -86,6 +86,56 @@ impl ConsumerContext for SeekToShowcase {
     }
 }
 
+/// Where a fetched record stands against its partition's position.
+#[derive(Debug, Clone, Copy)]
+struct Seen {
+    offset: i64,
+    /// The next offset to gather (applied or in flight below it).
+    expected: i64,
+    /// The partition is stopped before an event of an unknown schema.
+    stalled: bool,
+    /// At or past the replay's end for this partition.
+    capped: bool,
+    /// A compacted topic, where skipped offsets are records compaction
+    /// removed, not a fault.
+    compacted: bool,
+}
+
+/// What [`Source::gather`] does with a fetched record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    /// Gather it.
+    Take,
+    /// Below the position: applied or in flight already; skip it.
+    Applied,
+    /// The partition must not go on (stalled or capped): stop it and skip.
+    Hold,
+    /// The broker skipped offsets: read the partition again from its
+    /// beginning (what is applied is skipped as [`Verdict::Applied`]).
+    Rewind,
+}
+
+impl Verdict {
+    /// The order matters: a stalled partition's later records are not a
+    /// gap (they are past the stalled offset, which is never gathered), so
+    /// the stall is checked before the gap, or a resumed stalled partition
+    /// rewinds for ever.
+    fn of(s: Seen) -> Verdict {
+        if s.offset < s.expected {
+            Verdict::Applied
+        } else if s.stalled || s.capped {
+            Verdict::Hold
+        } else if s.offset > s.expected && !s.compacted {
+            // The broker must hand us the partition from the offset we
+            // asked for. Seen with tansu: a fetch from the middle of a
+            // record batch returns the next batch.
+            Verdict::Rewind
+        } else {
+            Verdict::Take
+        }
+    }
+}
+
 /// The Kafka side: the consumer, decoding, dead letters.
 pub(super) struct Source {
     pub(super) consumer: StreamConsumer<SeekToShowcase>,
@@ -152,38 +202,40 @@ impl Source {
             }
             let k = &cur;
             let expected = self.gathered.get(k).copied().unwrap_or(0);
-            // Never apply twice what is applied or in flight.
-            if m.offset() < expected {
-                continue;
-            }
-            if let Some(cap) = cap {
-                if m.offset() >= cap.get(k).copied().unwrap_or(0) {
+            let capped = cap.is_some_and(|c| m.offset() >= c.get(k).copied().unwrap_or(0));
+            let verdict = Verdict::of(Seen {
+                offset: m.offset(),
+                expected,
+                stalled: self.stalled.contains_key(k),
+                capped,
+                compacted: k.0 == self.detail_topic,
+            });
+            match verdict {
+                Verdict::Take => {}
+                Verdict::Applied => continue,
+                Verdict::Hold => {
+                    // A stalled partition can be resumed by a new assignment
+                    // (a rebalance): stopped again, it waits at its offset.
                     let mut tpl = TopicPartitionList::new();
                     tpl.add_partition(&k.0, k.1);
-                    let _ = self.consumer.pause(&tpl);
+                    if let Err(e) = self.consumer.pause(&tpl) {
+                        return Err(ProjectorError::consumer(
+                            format!("pausing {}[{}]", k.0, k.1),
+                            e,
+                        ));
+                    }
                     continue;
                 }
-            }
-            // The broker must hand us the partition from the offset we
-            // asked for. Seen with tansu: a fetch from the middle of a
-            // record batch returns the next batch. Rewind the partition to
-            // its beginning; what is applied already is skipped above.
-            // The restricted topic is compacted: there, gaps are records a
-            // later one of the same key replaced (Kafka's and tansu's
-            // SQLite engine's compaction), not a fault; rewinding would
-            // meet the same gap for ever.
-            if m.offset() > expected && k.0 != self.detail_topic {
-                tracing::warn!(topic = %k.0, partition = k.1, expected, got = m.offset(), "broker skipped offsets; rewinding the partition");
-                metrics::counter!(obs::PROJECTOR_REWINDS).increment(1);
-                self.consumer
-                    .seek(&k.0, k.1, Offset::Beginning, Duration::from_secs(10))
-                    .map_err(|e| {
-                        ProjectorError::consumer(format!("rewinding {}[{}]", k.0, k.1), e)
-                    })?;
-                continue;
-            }
-            if self.stalled.contains_key(k) {
-                continue; // fetched before the partition was paused
+                Verdict::Rewind => {
+                    tracing::warn!(topic = %k.0, partition = k.1, expected, got = m.offset(), "broker skipped offsets; rewinding the partition");
+                    metrics::counter!(obs::PROJECTOR_REWINDS).increment(1);
+                    self.consumer
+                        .seek(&k.0, k.1, Offset::Beginning, Duration::from_secs(10))
+                        .map_err(|e| {
+                            ProjectorError::consumer(format!("rewinding {}[{}]", k.0, k.1), e)
+                        })?;
+                    continue;
+                }
             }
             let decoded = if k.0 == self.detail_topic {
                 None
@@ -193,7 +245,7 @@ impl Source {
                     .decode_message(m.payload().unwrap_or_default())
                 {
                     Err(CodecError::UnknownSchema { fingerprint }) => {
-                        self.stall(k, m.offset(), &fingerprint);
+                        self.stall(k, m.offset(), &fingerprint)?;
                         continue;
                     }
                     other => Some(other),
@@ -228,10 +280,12 @@ impl Source {
 
     /// Stops partition `k` before `offset`, whose schema (`fingerprint`)
     /// this projector does not know.
-    fn stall(&mut self, k: &Tp, offset: i64, fingerprint: &str) {
+    fn stall(&mut self, k: &Tp, offset: i64, fingerprint: &str) -> Result<(), ProjectorError> {
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition(&k.0, k.1);
-        let _ = self.consumer.pause(&tpl);
+        self.consumer
+            .pause(&tpl)
+            .map_err(|e| ProjectorError::consumer(format!("pausing {}[{}]", k.0, k.1), e))?;
         let why = format!(
             "{}[{}] stopped at offset {offset}: its event has schema fingerprint {fingerprint}, which this projector does not know (a newer capture?); nothing from there on is applied. Run a projector release that knows it (vitrina schemas lists the known ones); it resumes from this offset",
             k.0, k.1
@@ -239,6 +293,7 @@ impl Source {
         tracing::error!(topic = %k.0, partition = k.1, offset, fingerprint, "partition stopped before an event of an unknown schema; upgrade the projector");
         self.stalled.insert(k.clone(), why);
         metrics::gauge!(obs::PROJECTOR_PARTITIONS_STALLED).set(self.stalled.len() as f64);
+        Ok(())
     }
 
     /// Why a partition is stopped (the first, when several are).
@@ -329,5 +384,63 @@ impl Source {
             .await
             .map_err(|(e, _)| ProjectorError::consumer("writing to the dead-letter topic", e))?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Seen, Verdict};
+
+    fn seen(offset: i64, expected: i64) -> Seen {
+        Seen {
+            offset,
+            expected,
+            stalled: false,
+            capped: false,
+            compacted: false,
+        }
+    }
+
+    #[test]
+    fn records_below_the_position_are_applied_and_a_gap_rewinds() {
+        assert_eq!(Verdict::of(seen(4, 5)), Verdict::Applied);
+        assert_eq!(Verdict::of(seen(5, 5)), Verdict::Take);
+        assert_eq!(Verdict::of(seen(7, 5)), Verdict::Rewind);
+        let compacted = Seen {
+            compacted: true,
+            ..seen(7, 5)
+        };
+        assert_eq!(Verdict::of(compacted), Verdict::Take);
+    }
+
+    /// A partition stalled at offset 5 and resumed (a new assignment):
+    /// the broker sends 5, 6, 7 again. None is a gap; each stops it again.
+    /// Before the fix, 6 was taken for a gap and the partition rewound to
+    /// its beginning, met 6 again, and rewound for ever.
+    #[test]
+    fn a_resumed_stalled_partition_waits_instead_of_rewinding() {
+        for offset in [5, 6, 7] {
+            let s = Seen {
+                stalled: true,
+                ..seen(offset, 5)
+            };
+            assert_eq!(Verdict::of(s), Verdict::Hold, "offset {offset}");
+        }
+        assert_eq!(
+            Verdict::of(Seen {
+                stalled: true,
+                ..seen(3, 5)
+            }),
+            Verdict::Applied
+        );
+    }
+
+    #[test]
+    fn a_replay_stops_each_partition_at_its_end() {
+        let s = Seen {
+            capped: true,
+            ..seen(9, 5)
+        };
+        assert_eq!(Verdict::of(s), Verdict::Hold);
     }
 }

@@ -711,10 +711,9 @@ impl Feed {
             }
             ranges.push((e, topic, offsets, messages, upserts, deletes));
         }
-        // A test hook: die after producing this many chunks of a delta (the
-        // commit never written), as a crash between the two would.
-        if let Some(n) = std::env::var("PROSTORE_TEST_DIE_AFTER_CHUNKS")
-            .ok()
+        // A crash after this many messages of a delta, its commit never
+        // written (tests/prostore.rs).
+        if let Some(n) = crate::failpoint!("prostore-crash-before-commit")
             .and_then(|v| v.parse::<usize>().ok())
             .filter(|n| present.is_empty() && *n < sends.len())
         {
@@ -722,12 +721,7 @@ impl Feed {
             for r in join_all(sends.drain(..n)).await {
                 r.map_err(|e| FeedError::client("writing an upload message", e))?;
             }
-            tracing::error!(
-                delta = plan.delta,
-                chunks = n,
-                "test hook: dying before the commit"
-            );
-            std::process::abort();
+            crate::failpoint::crash();
         }
         let mut produced: HashMap<String, Vec<i64>> = HashMap::new();
         for r in join_all(sends).await {

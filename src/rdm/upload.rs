@@ -578,9 +578,6 @@ pub struct Uploader {
     health: std::sync::Arc<crate::http::Health>,
     /// Commit time of the oldest delta not yet uploaded (microseconds).
     pending_since: Option<i64>,
-    /// Test hook: die after this many `sent` records.
-    die_after_sends: Option<usize>,
-    sends: usize,
 }
 
 impl Uploader {
@@ -605,10 +602,6 @@ impl Uploader {
             prefix,
             health,
             pending_since: None,
-            die_after_sends: std::env::var("RDM_TEST_DIE_AFTER_SENDS")
-                .ok()
-                .and_then(|v| v.parse().ok()),
-            sends: 0,
         })
     }
 
@@ -860,10 +853,10 @@ impl Uploader {
                     })
                     .await?;
                     tracing::info!(batch, file = id, rows = f.rows.len(), request_id = %request_id, "file sent");
-                    self.sends += 1;
-                    if self.die_after_sends == Some(self.sends) {
-                        tracing::error!(batch, file = id, "test hook: dying after a file was sent");
-                        std::process::abort();
+                    // A crash with the file accepted and its status not yet
+                    // read (tests/rdm.rs).
+                    if crate::failpoint!("rdm-crash-after-send").is_some() {
+                        crate::failpoint::crash();
                     }
                     return Ok(Posted::Request(request_id));
                 }

@@ -183,6 +183,19 @@ pub fn log_tail(log: &str, lines: usize) -> String {
 /// topic prefix `name`; output goes to target/test-logs/<log>.log. The
 /// child dies with the test (a panicking test must not leave capture
 /// holding a walsender, which stalls the cluster's shutdown).
+/// The environment entry that arms failpoints (`src/failpoint.rs`) in a
+/// process the test starts: `spec` is `name=actions[;name=actions]`.
+/// Fails the test at once in a build without them, which would otherwise
+/// run the fault's scenario without its fault.
+pub fn failpoints(spec: &'static str) -> (&'static str, &'static str) {
+    assert!(
+        cfg!(feature = "failpoints"),
+        "this test arms failpoints ({spec}): run it with `cargo test --features failpoints` \
+         (scripts/test does)"
+    );
+    ("FAILPOINTS", spec)
+}
+
 pub fn spawn_vitrina(
     command: &str,
     db: &str,
