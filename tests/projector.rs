@@ -186,6 +186,63 @@ fn all_tables_same(report: &serde_json::Value) -> bool {
         .all(|t| t["old_rows"] == t["new_rows"] && t["old_checksum"] == t["new_checksum"])
 }
 
+/// Publishes again the first grade event of topics `prefix` as a change
+/// committed now, at the journal's current WAL position, with a Kafka
+/// timestamp a day before (a skewed clock), on its partition; returns the
+/// time it was committed at and its key.
+async fn publish_skewed(
+    journal: &tokio_postgres::Config,
+    prefix: &str,
+) -> (chrono::DateTime<chrono::Utc>, String) {
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    use vitrina::events::codec::Registry;
+    use vitrina::events::Message;
+    let mut reg = Registry::new();
+    let topic = vitrina::kafka::topic(prefix, "grade");
+    let (partition, key, mut e) = common::read_all(prefix)
+        .into_iter()
+        .filter(|(t, ..)| *t == topic)
+        .find_map(|(_, p, key, value)| match reg.decode_message(&value) {
+            // The log's first grade: the workload corrects recent ones,
+            // which would carry the row into the replay anyway.
+            Ok(Message::Event(e)) if e.after.is_some() => Some((p, key, e)),
+            _ => None,
+        })
+        .expect("a grade event in the log");
+    let producer: FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", common::stack().brokers())
+        .create()
+        .unwrap();
+    let c = vitrina::pg::connect(journal).await.unwrap();
+    let wal: String = c
+        .query_one("SELECT pg_current_wal_lsn()::text", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let at = vitrina::lsn::parse(&wal).unwrap();
+    // Every record before it on the partition is stamped before `mid`.
+    let mid = chrono::Utc::now();
+    e.source.commit_lsn = at;
+    e.source.lsn = at;
+    e.source.commit_time_micros = mid.timestamp_micros();
+    e.source.snapshot = false;
+    e.op = vitrina::events::Op::Update;
+    e.event_id = format!("skewed-{}", e.key);
+    let payload = reg.encode(&e).unwrap();
+    producer
+        .send(
+            FutureRecord::to(&topic)
+                .key(&key)
+                .payload(&payload)
+                .partition(partition)
+                .timestamp((mid - chrono::Duration::days(1)).timestamp_millis()),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    (mid, e.key)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replay_rebuilds_the_showcase_beside_the_live_one_and_swaps_it_in() {
     let cfg = common::journal_db("t_replay").await;
@@ -211,7 +268,11 @@ async fn replay_rebuilds_the_showcase_beside_the_live_one_and_swaps_it_in() {
         .any(|t| t["new_rows"].as_i64().unwrap() > 100));
 
     // From a time: the rows last changed before it, then the log after it.
-    let mid = chrono::Utc::now().to_rfc3339();
+    // A change committed at `mid` whose Kafka timestamp a skewed clock put
+    // a day before it: the first record on its partition from `mid` on, so
+    // the first one stamped at or after `mid` follows it.
+    let (mid_t, skewed_key) = publish_skewed(&cfg, &name).await;
+    let mid = mid_t.to_rfc3339();
     tokio::time::sleep(Duration::from_secs(1)).await;
     let edits = common::spawn_workload(&cfg, 3, 0, 8).await.unwrap();
     assert!(edits.changes > 0);
@@ -222,9 +283,20 @@ async fn replay_rebuilds_the_showcase_beside_the_live_one_and_swaps_it_in() {
         all_tables_same(&partial),
         "replay --from differs: {partial}"
     );
+    // Without the margin, only the check by journal position finds it.
+    let unmargined = replay(
+        &db,
+        &name,
+        &show_db,
+        &["--no-swap", "--from", &mid, "--margin", "0"],
+    );
     assert!(
-        partial["events"].as_u64().unwrap() < quiet["events"].as_u64().unwrap(),
-        "--from reads less of the log: {partial}"
+        all_tables_same(&unmargined),
+        "replay --from --margin 0 lost the change stamped before its time (grade {skewed_key}): {unmargined}"
+    );
+    assert!(
+        unmargined["events"].as_u64().unwrap() < quiet["events"].as_u64().unwrap(),
+        "--from reads less of the log: {unmargined}"
     );
 
     // Under a live workload, with the live projector serving: swap.

@@ -158,7 +158,10 @@ fn start_offsets(
     let consumer: BaseConsumer = kafka
         .client_config()
         .set("log_level", "3")
+        // Assigned, never subscribed nor committed: the id names no group.
+        .set("group.id", "vitrina-reader")
         .set("enable.auto.commit", "false")
+        .set("fetch.wait.max.ms", "10")
         .create()
         .map_err(|e| ProjectorError::consumer("creating a consumer", e))?;
     let mut tpl = TopicPartitionList::new();
