@@ -188,11 +188,12 @@ pub fn log_tail(log: &str, lines: usize) -> String {
 /// Fails the test at once in a build without them, which would otherwise
 /// run the fault's scenario without its fault.
 pub fn failpoints(spec: &'static str) -> (&'static str, &'static str) {
-    assert!(
-        cfg!(feature = "failpoints"),
-        "this test arms failpoints ({spec}): run it with `cargo test --features failpoints` \
-         (scripts/test does)"
-    );
+    if !cfg!(feature = "failpoints") {
+        panic!(
+            "this test arms failpoints ({spec}): run it with `cargo test --features failpoints` \
+             (scripts/test does)"
+        );
+    }
     ("FAILPOINTS", spec)
 }
 
