@@ -79,7 +79,30 @@ pub struct Plan {
     #[serde(default)]
     pub truncated: BTreeMap<String, (u64, u64)>,
     pub records_per_message: usize,
+    /// The byte limit of one message (`capture.max_message_bytes` when
+    /// planned): a file over it is split in halves. `None` in plans written
+    /// before it was recorded (the current setting is used then).
+    #[serde(default)]
+    pub max_message_bytes: Option<usize>,
     pub planned_at_micros: i64,
+}
+
+impl Plan {
+    /// How the delta's rows become files: every parameter that shapes them.
+    fn shape(&self, current_limit: usize) -> Shape {
+        Shape {
+            records_per_message: self.records_per_message,
+            max_message_bytes: self.max_message_bytes.unwrap_or(current_limit),
+        }
+    }
+}
+
+/// What decides a delta's files besides its rows, taken from its plan so
+/// a restart with changed settings rebuilds the same files.
+#[derive(Debug, Clone, Copy)]
+struct Shape {
+    records_per_message: usize,
+    max_message_bytes: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -400,10 +423,12 @@ impl Feed {
                         floor: plan_floor.clone(),
                         truncated: plan_truncated.clone(),
                         records_per_message: self.cfg.prostore.records_per_message,
+                        max_message_bytes: Some(self.cfg.capture.max_message_bytes),
                         planned_at_micros: now_micros(),
                     };
                     self.write_manifest(&Manifest::Plan(plan.clone())).await?;
-                    let built = self.build(&gather, plan.records_per_message)?;
+                    let built =
+                        self.build(&gather, plan.shape(self.cfg.capture.max_message_bytes))?;
                     let commit = self
                         .publish(&plan, built, &BTreeMap::new(), floor.clone(), &gather)
                         .await?;
@@ -587,8 +612,8 @@ impl Feed {
     }
 
     /// The messages of a delta: per table, its rows sorted by key in chunks.
-    fn build(&self, g: &Gather, per_message: usize) -> Result<Built, FeedError> {
-        let limit = self.cfg.capture.max_message_bytes;
+    fn build(&self, g: &Gather, shape: Shape) -> Result<Built, FeedError> {
+        let (per_message, limit) = (shape.records_per_message, shape.max_message_bytes);
         let mut tables = Vec::new();
         for e in ENTITIES {
             let Some(rows) = g.rows.get(e.name).filter(|r| !r.is_empty()) else {
@@ -821,7 +846,7 @@ impl Feed {
             }
         }
         drop(consumer);
-        let built = self.build(&gather, plan.records_per_message)?;
+        let built = self.build(&gather, plan.shape(self.cfg.capture.max_message_bytes))?;
         // What an earlier run already produced of this delta.
         let what: Vec<(String, i32, i64)> = built
             .tables

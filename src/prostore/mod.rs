@@ -212,9 +212,57 @@ fn avro_value(v: &Val) -> Value {
     Value::Union(1, Box::new(inner))
 }
 
-/// One Object Container File holding `rows` of `e`'s table.
+/// The sync marker of a file of `rows`: derived from what the file holds,
+/// so the same rows always make the same bytes (a delta rebuilt after a
+/// restart equals the one planned), and two files of a delta differ.
+fn sync_marker(e: &Entity, rows: &[Row]) -> [u8; 16] {
+    use streebog::Digest;
+    let mut h = streebog::Streebog256::new();
+    h.update(e.name.as_bytes());
+    for r in rows {
+        h.update(r.key.as_bytes());
+        h.update(r.commit_lsn.to_le_bytes());
+        h.update(r.lsn.to_le_bytes());
+    }
+    let mut marker = [0u8; 16];
+    marker.copy_from_slice(&h.finalize()[..16]);
+    marker
+}
+
+/// An Object Container File's header with its metadata in a fixed order
+/// (the avro crate writes them from a hash map, in a random order).
+fn ocf_header(schema: &Schema, marker: &[u8; 16], out: &mut Vec<u8>) -> Result<(), String> {
+    fn long(n: i64, out: &mut Vec<u8>) {
+        let mut z = ((n << 1) ^ (n >> 63)) as u64;
+        while z >= 0x80 {
+            out.push((z as u8) | 0x80);
+            z >>= 7;
+        }
+        out.push(z as u8);
+    }
+    fn bytes(b: &[u8], out: &mut Vec<u8>) {
+        long(b.len() as i64, out);
+        out.extend_from_slice(b);
+    }
+    let json = serde_json::to_string(schema).map_err(|e| format!("the upload schema: {e}"))?;
+    out.extend_from_slice(b"Obj\x01");
+    long(2, out);
+    bytes(b"avro.codec", out);
+    bytes(b"null", out);
+    bytes(b"avro.schema", out);
+    bytes(json.as_bytes(), out);
+    long(0, out);
+    out.extend_from_slice(marker);
+    Ok(())
+}
+
+/// One Object Container File holding `rows` of `e`'s table; the same rows
+/// give the same bytes.
 pub fn encode_ocf(e: &Entity, schema: &Schema, rows: &[Row]) -> Result<Vec<u8>, String> {
-    let mut w = apache_avro::Writer::new(schema, Vec::with_capacity(rows.len() * 128 + 1024));
+    let marker = sync_marker(e, rows);
+    let mut out = Vec::with_capacity(rows.len() * 128 + 1024);
+    ocf_header(schema, &marker, &mut out)?;
+    let mut w = apache_avro::Writer::append_to(schema, out, marker);
     for r in rows {
         let mut fields: Vec<(String, Value)> = Vec::with_capacity(e.fields.len() + 6);
         fields.push(("key".into(), Value::String(r.key.clone())));
@@ -258,6 +306,27 @@ mod tests {
             assert_eq!(r.fields.last().unwrap().name, "sys_op", "{}", e.name);
             assert_eq!(r.fields.len(), e.fields.len() + 6, "{}", e.name);
         }
+    }
+
+    #[test]
+    fn the_same_rows_make_the_same_file() {
+        let e = ENTITIES.iter().find(|e| e.name == "subject").unwrap();
+        let rows: Vec<Row> = (0..50)
+            .map(|i| Row {
+                key: i.to_string(),
+                after: None,
+                commit_lsn: 100 + i,
+                lsn: 7,
+                commit_time_micros: 1_700_000_000_000_000,
+                event_id: format!("e{i}"),
+            })
+            .collect();
+        let s = schema(e);
+        let a = encode_ocf(e, &s, &rows).unwrap();
+        assert_eq!(a, encode_ocf(e, &s, &rows).unwrap());
+        assert_ne!(a, encode_ocf(e, &s, &rows[1..]).unwrap());
+        let read = apache_avro::Reader::new(&a[..]).unwrap();
+        assert_eq!(read.count(), rows.len(), "the header we write is read back");
     }
 
     #[test]
