@@ -675,12 +675,29 @@ pub fn read_partitions_blocking(
     let mut topics: Vec<String> = what.iter().map(|w| w.0.clone()).collect();
     topics.dedup();
     let ends = end_offsets_blocking(kafka, &topics)?;
+    let ranges: Vec<(String, i32, i64, i64)> = what
+        .iter()
+        .map(|(t, p, from)| {
+            let end = ends.get(&(t.clone(), *p)).copied().unwrap_or(0);
+            (t.clone(), *p, *from, end)
+        })
+        .collect();
+    read_ranges_blocking(kafka, &ranges, timeout)
+}
+
+/// The records of each `(topic, partition, from, end)`: offsets `from`
+/// up to `end` (exclusive), on the calling thread; one consumer.
+pub fn read_ranges_blocking(
+    kafka: &KafkaEndpoint,
+    what: &[(String, i32, i64, i64)],
+    timeout: Duration,
+) -> Result<HashMap<(String, i32), Vec<Record>>, KafkaError> {
     let mut out: HashMap<(String, i32), Vec<Record>> = HashMap::new();
     let mut next: HashMap<(String, i32), (i64, i64)> = HashMap::new();
     let mut tpl = rdkafka::TopicPartitionList::new();
-    for (t, p, from) in what {
+    for (t, p, from, end) in what {
         out.insert((t.clone(), *p), Vec::new());
-        let end = ends.get(&(t.clone(), *p)).copied().unwrap_or(0);
+        let end = *end;
         if *from < end {
             next.insert((t.clone(), *p), (*from, end));
             tpl.add_partition_offset(t, *p, fetch_position(*from))

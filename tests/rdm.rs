@@ -352,13 +352,25 @@ async fn rdm_uploads_validate_against_the_spec_and_survive_restarts() {
         "{}",
         common::log_tail(&log_client, 30)
     );
-    let mut client = common::spawn_vitrina("rdm upload", &db, &name, &log_client, &env);
+    // Started again with another file size: the planned batch is rebuilt
+    // as planned (its files as the service took the first one).
+    let mut resized = env.clone();
+    resized.retain(|(k, _)| *k != "VITRINA_RDM__MAX_ROWS_PER_FILE");
+    resized.push(("VITRINA_RDM__MAX_ROWS_PER_FILE", "5"));
+    let mut client = common::spawn_vitrina("rdm upload", &db, &name, &log_client, &resized);
     wait_delivered(&c, mock_port, &log_client, Duration::from_secs(240)).await;
+    let log = common::log_tail(&log_client, 100_000);
     assert!(
-        common::log_tail(&log_client, 100_000)
-            .contains("finishing a batch planned before a restart"),
+        log.contains("finishing a batch planned before a restart"),
         "the batch left by the hook is finished"
     );
+    assert!(
+        !log.contains("a rebuilt file differs from the one sent before the restart"),
+        "the batch is rebuilt with the settings of its plan:\n{}",
+        common::log_tail(&log_client, 30)
+    );
+    common::kill(&mut client, libc::SIGTERM);
+    let mut client = common::spawn_vitrina("rdm upload", &db, &name, &log_client, &env);
 
     // Changes of every kind: an update on both tables, a delete, an insert,
     // an address moved to another organization (a new primary key of
@@ -447,6 +459,33 @@ async fn rdm_uploads_validate_against_the_spec_and_survive_restarts() {
     let mut client = common::spawn_vitrina("rdm upload", &db, &name, &log_client, &env);
     tokio::time::sleep(Duration::from_secs(6)).await;
     wait_delivered(&c, mock_port, &log_client, Duration::from_secs(60)).await;
+    // That start read the checkpoint, not the history: of the upload
+    // journal only what came after the checkpoint's batch (the kill may
+    // fall between a commit and its checkpoint: one batch).
+    let log = common::log_tail(&log_client, 100_000);
+    let start = log
+        .lines()
+        .rfind(|l| l.contains("RDM client state read"))
+        .expect("the client says how it started");
+    let start = regex_lite::Regex::new("\x1b\\[[0-9;]*m")
+        .unwrap()
+        .replace_all(start, "")
+        .to_string();
+    eprintln!("RDM client start after the history: {start}");
+    let field = |name: &str| -> String {
+        let from = start.find(&format!("{name}=")).expect(name) + name.len() + 1;
+        start[from..].split(' ').next().unwrap().to_string()
+    };
+    let checkpoint: u64 = field("checkpoint_batch")
+        .trim_start_matches("Some(")
+        .trim_end_matches(')')
+        .parse()
+        .unwrap_or_else(|_| panic!("the start reads from a checkpoint: {start}"));
+    let read: u64 = field("journal_batches_read").parse().unwrap();
+    assert!(
+        checkpoint >= 3 && read <= 1,
+        "the start skips the batches before its checkpoint: {start}"
+    );
 
     let state = mock_state(mock_port);
     assert_eq!(

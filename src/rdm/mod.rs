@@ -23,6 +23,7 @@
 //! - A file's content is a function of its batch's plan ([`upload`]), so a
 //!   resent file is byte-identical to the first one.
 
+mod checkpoint;
 pub mod client;
 pub mod upload;
 
@@ -251,7 +252,7 @@ fn cell(text: &str, required: bool) -> String {
 
 /// A row of an RDM table before it is sent: its cells except
 /// `send_datetime`, which the batch supplies.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Rendered {
     /// The primary key columns' texts, joined by `|`.
     pub pk: String,

@@ -35,6 +35,7 @@ use rdkafka::producer::FutureRecord;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
+use super::checkpoint;
 use super::client::{Client, RdmError};
 use super::{tables_of, Format, Operation, Rendered, Status, Table, TABLES};
 use crate::config::Config;
@@ -58,6 +59,11 @@ pub enum Entry {
         from_delta: u64,
         to_delta: u64,
         sent_at_micros: i64,
+        /// The settings that shape the batch's files, recorded so a
+        /// restart rebuilds the same files whatever the settings are then
+        /// (absent in plans written before they were recorded).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        shape: Option<BatchShape>,
     },
     Sent {
         batch: u64,
@@ -108,7 +114,10 @@ pub enum UploadError {
 }
 
 impl UploadError {
-    fn client(what: impl Into<String>, source: rdkafka::error::KafkaError) -> UploadError {
+    pub(super) fn client(
+        what: impl Into<String>,
+        source: rdkafka::error::KafkaError,
+    ) -> UploadError {
         UploadError::Client {
             what: what.into(),
             source,
@@ -149,14 +158,14 @@ struct Delta {
 }
 
 /// A row the service has accepted.
-#[derive(Debug, Clone)]
-struct LiveRow {
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(super) struct LiveRow {
     rendered: Rendered,
     position: (u64, u64),
 }
 
 /// Per RDM table, per source key: what the service holds.
-type Live = BTreeMap<&'static str, BTreeMap<String, LiveRow>>;
+pub(super) type Live = BTreeMap<&'static str, BTreeMap<String, LiveRow>>;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum RowKind {
@@ -349,6 +358,32 @@ fn digest(body: &str) -> String {
     format!("{h:016x}")
 }
 
+/// The settings that shape a batch's files.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BatchShape {
+    pub max_rows_per_file: usize,
+    pub id_prefix: String,
+    pub utc_offset_minutes: i32,
+}
+
+impl BatchShape {
+    fn of(cfg: &Config) -> BatchShape {
+        BatchShape {
+            max_rows_per_file: cfg.rdm.max_rows_per_file,
+            id_prefix: cfg.rdm.id_prefix.clone(),
+            utc_offset_minutes: cfg.rdm.utc_offset_minutes,
+        }
+    }
+
+    fn format(&self) -> Format {
+        Format {
+            id_prefix: self.id_prefix.clone(),
+            offset: chrono::FixedOffset::east_opt(self.utc_offset_minutes * 60)
+                .unwrap_or_else(|| chrono::FixedOffset::east_opt(0).expect("UTC")),
+        }
+    }
+}
+
 /// A batch as the journal has it.
 #[derive(Debug, Default, Clone)]
 struct JournalBatch {
@@ -356,17 +391,28 @@ struct JournalBatch {
     from_delta: u64,
     to_delta: u64,
     sent_at_micros: i64,
+    /// `None` in plans that did not record it: the current settings.
+    shape: Option<BatchShape>,
     sent: BTreeMap<String, (String, String)>,
     done: BTreeMap<String, bool>,
     committed: bool,
 }
 
-fn read_journal(kafka: &KafkaEndpoint, prefix: &str) -> Result<Vec<JournalBatch>, UploadError> {
+/// The journal from `from` on, after batch `after` (none: from the start);
+/// the batches found and the offset after the last record.
+fn read_journal(
+    kafka: &KafkaEndpoint,
+    prefix: &str,
+    from: i64,
+    after: Option<u64>,
+) -> Result<(Vec<JournalBatch>, i64), UploadError> {
     let topic = journal_topic(prefix);
     let mut out: Vec<JournalBatch> = Vec::new();
+    let mut next = from;
     for (offset, _, value) in
-        kafka::read_partition_blocking(kafka, &topic, 0, 0, Duration::from_secs(120))?
+        kafka::read_partition_blocking(kafka, &topic, 0, from, Duration::from_secs(120))?
     {
+        next = offset + 1;
         let bad = |reason: String| UploadError::Journal {
             topic: topic.clone(),
             offset,
@@ -375,7 +421,7 @@ fn read_journal(kafka: &KafkaEndpoint, prefix: &str) -> Result<Vec<JournalBatch>
         };
         let e: Entry =
             serde_json::from_slice(&value.unwrap_or_default()).map_err(|e| bad(e.to_string()))?;
-        let last_batch = out.last().map(|b| b.batch);
+        let last_batch = out.last().map(|b| b.batch).or(after);
         let open = out.last_mut().filter(|b| !b.committed);
         match e {
             Entry::Plan {
@@ -383,6 +429,7 @@ fn read_journal(kafka: &KafkaEndpoint, prefix: &str) -> Result<Vec<JournalBatch>
                 from_delta,
                 to_delta,
                 sent_at_micros,
+                shape,
             } => {
                 // A plan written twice (a restart before its ack) is one.
                 if let Some(b) = open {
@@ -400,6 +447,7 @@ fn read_journal(kafka: &KafkaEndpoint, prefix: &str) -> Result<Vec<JournalBatch>
                     from_delta,
                     to_delta,
                     sent_at_micros,
+                    shape,
                     ..JournalBatch::default()
                 });
             }
@@ -434,7 +482,7 @@ fn read_journal(kafka: &KafkaEndpoint, prefix: &str) -> Result<Vec<JournalBatch>
             },
         }
     }
-    Ok(out)
+    Ok((out, next))
 }
 
 /// Reads the manifest from `offset` on: the committed deltas found there
@@ -568,6 +616,23 @@ fn decode(ocf: &[u8], out: &mut Vec<Record>) -> Result<(), String> {
     Ok(())
 }
 
+/// A checkpoint at most this long after the last when no batch was sent.
+const CHECKPOINT_EVERY: Duration = Duration::from_secs(60);
+
+/// Where the client stands between batches.
+struct Resumed {
+    /// What the service holds.
+    live: Live,
+    next_delta: u64,
+    next_batch: u64,
+    /// The manifest offset read up to.
+    manifest_at: i64,
+    /// Deltas read and not yet in a batch.
+    queue: Vec<Delta>,
+    /// A batch planned before a restart and not committed, with its files.
+    pending: Option<(JournalBatch, Vec<File>)>,
+}
+
 pub struct Uploader {
     cfg: Config,
     kafka: KafkaEndpoint,
@@ -578,6 +643,10 @@ pub struct Uploader {
     health: std::sync::Arc<crate::http::Health>,
     /// Commit time of the oldest delta not yet uploaded (microseconds).
     pending_since: Option<i64>,
+    /// The upload journal's offset after the last entry written.
+    journal_next: i64,
+    /// When the last checkpoint was written.
+    checkpointed: Instant,
 }
 
 impl Uploader {
@@ -602,6 +671,8 @@ impl Uploader {
             prefix,
             health,
             pending_since: None,
+            journal_next: 0,
+            checkpointed: Instant::now(),
         })
     }
 
@@ -614,38 +685,16 @@ impl Uploader {
             self.cfg.capture.replication_factor,
         )
         .await?;
-        let (k, p) = (self.kafka.clone(), self.prefix.clone());
-        let (journal, (deltas, mut manifest_at)) = tokio::task::spawn_blocking(move || {
-            Ok::<_, UploadError>((read_journal(&k, &p)?, read_deltas(&k, &p, 0, 0)?))
-        })
-        .await
-        .map_err(|e| kafka::KafkaError::Task(e.to_string()))??;
-        // What the service holds: the accepted files of committed batches.
-        let mut live: Live = BTreeMap::new();
-        let mut pending = None;
-        let mut next_delta = 0;
-        let mut next_batch = 0;
-        for b in journal {
-            let files = build(
-                &in_range(&deltas, b.from_delta, b.to_delta),
-                &live,
-                &self.fmt,
-                self.cfg.rdm.max_rows_per_file,
-            );
-            next_delta = b.to_delta + 1;
-            next_batch = b.batch + 1;
-            if b.committed {
-                for f in &files {
-                    if b.done.get(&f.id()) == Some(&true) {
-                        apply(&mut live, f);
-                    }
-                }
-            } else {
-                pending = Some((b, files));
-            }
-        }
-        if let Some((b, files)) = pending {
-            self.pending_since = deltas
+        kafka::ensure_state_topic(
+            &self.kafka,
+            &checkpoint::topic(&self.prefix),
+            self.cfg.capture.replication_factor,
+        )
+        .await?;
+        let mut at = self.resume().await?;
+        if let Some((b, files)) = at.pending.take() {
+            self.pending_since = at
+                .queue
                 .iter()
                 .find(|d| d.number >= b.from_delta)
                 .map(|d| d.committed_at_micros);
@@ -653,16 +702,16 @@ impl Uploader {
                 batch = b.batch,
                 "finishing a batch planned before a restart"
             );
-            self.send_batch(&b, files, &mut live, &cancel).await?;
+            if !self.send_batch(&b, files, &mut at.live, &cancel).await? {
+                return Ok(());
+            }
         }
-        let mut queue: Vec<Delta> = deltas
-            .into_iter()
-            .filter(|d| d.number >= next_delta)
-            .collect();
+        let next_delta = at.next_delta;
+        at.queue.retain(|d| d.number >= next_delta);
         self.health.ready();
         tracing::info!(
-            next_batch,
-            next_delta,
+            next_batch = at.next_batch,
+            next_delta = at.next_delta,
             url = %self.cfg.rdm.url,
             "uploading to the RDM upload service"
         );
@@ -670,49 +719,8 @@ impl Uploader {
         loop {
             let started = Instant::now();
             self.health.beat();
-            let (k, p) = (self.kafka.clone(), self.prefix.clone());
-            let due = queue.last().map_or(next_delta, |d| d.number + 1);
-            let (more, at) =
-                tokio::task::spawn_blocking(move || read_deltas(&k, &p, manifest_at, due))
-                    .await
-                    .map_err(|e| kafka::KafkaError::Task(e.to_string()))??;
-            manifest_at = at;
-            queue.extend(more);
-            metrics::gauge!(crate::observability::RDM_PENDING_DELTAS).set(queue.len() as f64);
-            self.pending_since = queue.first().map(|d| d.committed_at_micros);
-            self.report_pending();
-            if let (Some(first), Some(last)) = (queue.first(), queue.last()) {
-                let files = build(&queue, &live, &self.fmt, self.cfg.rdm.max_rows_per_file);
-                let (from_delta, to_delta) = (first.number, last.number);
-                if files.is_empty() {
-                    // Nothing the service lacks: no batch, and a restart
-                    // finds the same.
-                    next_delta = to_delta + 1;
-                } else {
-                    let b = JournalBatch {
-                        batch: next_batch,
-                        from_delta,
-                        to_delta,
-                        sent_at_micros: chrono::Utc::now().timestamp_micros(),
-                        ..JournalBatch::default()
-                    };
-                    self.write(&Entry::Plan {
-                        batch: b.batch,
-                        from_delta,
-                        to_delta,
-                        sent_at_micros: b.sent_at_micros,
-                    })
-                    .await?;
-                    if !self.send_batch(&b, files, &mut live, &cancel).await? {
-                        return Ok(());
-                    }
-                    next_batch += 1;
-                    next_delta = to_delta + 1;
-                }
-                queue.clear();
-                self.pending_since = None;
-                self.report_pending();
-                metrics::gauge!(crate::observability::RDM_PENDING_DELTAS).set(0.0);
+            if !self.next_batch(&mut at, &cancel).await? {
+                return Ok(());
             }
             let wait = interval.saturating_sub(started.elapsed());
             tokio::select! {
@@ -720,6 +728,164 @@ impl Uploader {
                 _ = tokio::time::sleep(wait) => {}
             }
         }
+    }
+
+    /// Where a start finds the client: the newest checkpoint (or the
+    /// start of the history), then the journal and the manifest after it.
+    async fn resume(&mut self) -> Result<Resumed, UploadError> {
+        let t0 = Instant::now();
+        let (k, p) = (self.kafka.clone(), self.prefix.clone());
+        let (cp, (journal, journal_next), (deltas, manifest_at)) =
+            tokio::task::spawn_blocking(move || {
+                let cp = checkpoint::read(&k, &p)?;
+                let (j_from, after, m_from, d_from) = match &cp {
+                    Some((h, _)) => (
+                        h.journal_offset,
+                        Some(h.batch),
+                        h.manifest_offset,
+                        h.next_delta,
+                    ),
+                    None => (0, None, 0, 0),
+                };
+                Ok::<_, UploadError>((
+                    cp,
+                    read_journal(&k, &p, j_from, after)?,
+                    read_deltas(&k, &p, m_from, d_from)?,
+                ))
+            })
+            .await
+            .map_err(|e| kafka::KafkaError::Task(e.to_string()))??;
+        self.journal_next = journal_next;
+        let from_checkpoint = cp.as_ref().map(|(h, _)| h.batch);
+        let mut at = match cp {
+            Some((h, live)) => Resumed {
+                live,
+                next_delta: h.next_delta,
+                next_batch: h.next_batch,
+                manifest_at,
+                queue: Vec::new(),
+                pending: None,
+            },
+            None => Resumed {
+                live: Live::new(),
+                next_delta: 0,
+                next_batch: 0,
+                manifest_at,
+                queue: Vec::new(),
+                pending: None,
+            },
+        };
+        let batches = journal.len();
+        // What the service holds: the accepted files of committed batches.
+        for b in journal {
+            let shape = b.shape.clone().unwrap_or_else(|| BatchShape::of(&self.cfg));
+            let files = build(
+                &in_range(&deltas, b.from_delta, b.to_delta),
+                &at.live,
+                &shape.format(),
+                shape.max_rows_per_file,
+            );
+            at.next_delta = b.to_delta + 1;
+            at.next_batch = b.batch + 1;
+            if b.committed {
+                for f in &files {
+                    if b.done.get(&f.id()) == Some(&true) {
+                        apply(&mut at.live, f);
+                    }
+                }
+            } else {
+                at.pending = Some((b, files));
+            }
+        }
+        tracing::info!(
+            checkpoint_batch = ?from_checkpoint,
+            journal_batches_read = batches,
+            deltas_read = deltas.len(),
+            seconds = t0.elapsed().as_secs_f64(),
+            "RDM client state read"
+        );
+        at.queue = deltas;
+        Ok(at)
+    }
+
+    /// Reads the deltas committed since, and sends the batch they make
+    /// (none when the service lacks nothing); false when cancelled.
+    async fn next_batch(
+        &mut self,
+        at: &mut Resumed,
+        cancel: &CancellationToken,
+    ) -> Result<bool, UploadError> {
+        let (k, p) = (self.kafka.clone(), self.prefix.clone());
+        let due = at.queue.last().map_or(at.next_delta, |d| d.number + 1);
+        let from = at.manifest_at;
+        let (more, manifest_at) =
+            tokio::task::spawn_blocking(move || read_deltas(&k, &p, from, due))
+                .await
+                .map_err(|e| kafka::KafkaError::Task(e.to_string()))??;
+        at.manifest_at = manifest_at;
+        at.queue.extend(more);
+        metrics::gauge!(crate::observability::RDM_PENDING_DELTAS).set(at.queue.len() as f64);
+        self.pending_since = at.queue.first().map(|d| d.committed_at_micros);
+        self.report_pending();
+        let (Some(first), Some(last)) = (at.queue.first(), at.queue.last()) else {
+            return Ok(true);
+        };
+        let shape = BatchShape::of(&self.cfg);
+        let files = build(
+            &at.queue,
+            &at.live,
+            &shape.format(),
+            shape.max_rows_per_file,
+        );
+        let (from_delta, to_delta) = (first.number, last.number);
+        let committed = !files.is_empty();
+        if committed {
+            let b = JournalBatch {
+                batch: at.next_batch,
+                from_delta,
+                to_delta,
+                sent_at_micros: chrono::Utc::now().timestamp_micros(),
+                shape: Some(shape.clone()),
+                ..JournalBatch::default()
+            };
+            self.write(&Entry::Plan {
+                batch: b.batch,
+                from_delta,
+                to_delta,
+                sent_at_micros: b.sent_at_micros,
+                shape: Some(shape),
+            })
+            .await?;
+            if !self.send_batch(&b, files, &mut at.live, cancel).await? {
+                return Ok(false);
+            }
+            at.next_batch += 1;
+        }
+        // Nothing the service lacks: no batch, and a restart finds the same.
+        at.next_delta = to_delta + 1;
+        at.queue.clear();
+        self.pending_since = None;
+        self.report_pending();
+        metrics::gauge!(crate::observability::RDM_PENDING_DELTAS).set(0.0);
+        if at.next_batch > 0 && (committed || self.checkpointed.elapsed() >= CHECKPOINT_EVERY) {
+            self.checkpoint(at).await?;
+        }
+        Ok(true)
+    }
+
+    /// Records where the client stands (every delta read is covered).
+    async fn checkpoint(&mut self, at: &Resumed) -> Result<(), UploadError> {
+        let header = checkpoint::Header {
+            batch: at.next_batch - 1,
+            next_batch: at.next_batch,
+            next_delta: at.next_delta,
+            manifest_offset: at.manifest_at,
+            journal_offset: self.journal_next,
+            parts: Vec::new(),
+        };
+        checkpoint::write(&self.producer, &self.prefix, header, &at.live).await?;
+        self.checkpointed = Instant::now();
+        Ok(())
     }
 
     /// Sends the files of batch `b` the journal does not have as done, then
@@ -731,7 +897,11 @@ impl Uploader {
         live: &mut Live,
         cancel: &CancellationToken,
     ) -> Result<bool, UploadError> {
-        let sent_text = self.fmt.datetime(b.sent_at_micros);
+        let fmt = b
+            .shape
+            .as_ref()
+            .map_or_else(|| self.fmt.clone(), BatchShape::format);
+        let sent_text = fmt.datetime(b.sent_at_micros);
         for f in &files {
             let id = f.id();
             if let Some(accepted) = b.done.get(&id) {
@@ -1011,16 +1181,18 @@ impl Uploader {
         Ok(())
     }
 
-    async fn write(&self, e: &Entry) -> Result<(), UploadError> {
+    async fn write(&mut self, e: &Entry) -> Result<(), UploadError> {
         let body = serde_json::to_vec(e).expect("a journal entry serializes");
         let topic = journal_topic(&self.prefix);
-        self.producer
+        let d = self
+            .producer
             .send(
                 FutureRecord::<(), _>::to(&topic).payload(&body),
                 Duration::from_secs(0),
             )
             .await
             .map_err(|(e, _)| UploadError::client("writing the upload journal", e))?;
+        self.journal_next = self.journal_next.max(d.offset + 1);
         Ok(())
     }
 }
