@@ -22,6 +22,7 @@
 pub mod canonical;
 pub mod codec;
 pub mod contract;
+pub mod fold;
 pub mod schema;
 
 pub use contract::{Entity, Field, Ty, ENTITIES};

@@ -48,6 +48,7 @@ use crate::config::Config;
 use crate::connections::KafkaEndpoint;
 use crate::error::{Classify, ErrorKind};
 use crate::events::codec::{CodecError, Registry};
+use crate::events::fold::Fold;
 use crate::events::Message;
 use crate::events::{Entity, Event, Op, ENTITIES};
 use crate::kafka;
@@ -248,13 +249,8 @@ fn resume(kafka: &KafkaEndpoint, prefix: &str) -> Result<Resume, FeedError> {
 }
 
 /// The changes of one delta being gathered.
-#[derive(Default)]
 struct Gather {
-    rows: HashMap<&'static str, BTreeMap<String, Row>>,
-    /// Per table, the latest journal TRUNCATE so far (with earlier deltas').
-    truncated: BTreeMap<String, (u64, u64)>,
-    /// The truncates read in this delta.
-    truncate: HashMap<&'static str, (u64, u64)>,
+    fold: Fold<&'static str, String, Row>,
     changes: usize,
     skipped: usize,
     oldest: Option<i64>,
@@ -262,10 +258,14 @@ struct Gather {
 }
 
 impl Gather {
+    /// A delta after earlier ones: per table, their latest journal TRUNCATE.
     fn new(truncated: &BTreeMap<String, (u64, u64)>) -> Gather {
         Gather {
-            truncated: truncated.clone(),
-            ..Gather::default()
+            fold: Fold::above(truncated.clone()),
+            changes: 0,
+            skipped: 0,
+            oldest: None,
+            newest: None,
         }
     }
 
@@ -276,29 +276,16 @@ impl Gather {
         self.newest = Some(self.newest.map_or(t, |o| o.max(t)));
         let pos = (e.source.commit_lsn, e.source.lsn);
         if e.op == Op::Truncate {
-            if let Some(rows) = self.rows.get_mut(e.entity.name) {
-                rows.retain(|_, r| r.position() >= pos);
-            }
-            let at = self.truncate.entry(e.entity.name).or_insert(pos);
-            *at = (*at).max(pos);
-            let all = self
-                .truncated
-                .entry(e.entity.name.to_string())
-                .or_insert(pos);
-            *all = (*all).max(pos);
-            return;
+            self.fold.truncate(e.entity.name, pos, ());
+        } else {
+            let row = Row::of(e);
+            self.fold.put(e.entity.name, row.key.clone(), pos, row);
         }
-        if self.truncated.get(e.entity.name).is_some_and(|t| pos < *t) {
-            return; // older than a truncate of its table
-        }
-        let row = Row::of(e);
-        let rows = self.rows.entry(e.entity.name).or_default();
-        match rows.get(&row.key) {
-            Some(old) if old.position() > pos => {}
-            _ => {
-                rows.insert(row.key.clone(), row);
-            }
-        }
+    }
+
+    /// Per table, the latest journal TRUNCATE, this delta's included.
+    fn truncated(&self) -> &BTreeMap<String, (u64, u64)> {
+        self.fold.floor()
     }
 
     fn is_empty(&self) -> bool {
@@ -436,7 +423,7 @@ impl Feed {
                     at.next_delta += 1;
                     plan_from = next.clone();
                     plan_floor = floor.clone();
-                    plan_truncated = gather.truncated.clone();
+                    plan_truncated = gather.truncated().clone();
                     gather = Gather::new(&plan_truncated);
                 }
                 // Everything read is committed now: the feed holds every
@@ -616,10 +603,10 @@ impl Feed {
         let (per_message, limit) = (shape.records_per_message, shape.max_message_bytes);
         let mut tables = Vec::new();
         for e in ENTITIES {
-            let Some(rows) = g.rows.get(e.name).filter(|r| !r.is_empty()) else {
+            let Some(rows) = g.fold.rows(e.name) else {
                 continue;
             };
-            let rows: Vec<Row> = rows.values().cloned().collect();
+            let rows: Vec<Row> = rows.values().map(|(_, r)| r.clone()).collect();
             let upserts = rows.iter().filter(|r| r.after.is_some()).count();
             let deletes = rows.len() - upserts;
             let schema = &self.schemas[e.name];
@@ -630,9 +617,10 @@ impl Feed {
             tables.push((e, files, upserts, deletes));
         }
         let mut truncate: Vec<TruncateAt> = g
-            .truncate
+            .fold
+            .truncates()
             .iter()
-            .map(|(t, (commit_lsn, lsn))| TruncateAt {
+            .map(|(t, ((commit_lsn, lsn), ()))| TruncateAt {
                 table: t.to_string(),
                 commit_lsn: *commit_lsn,
                 lsn: *lsn,
@@ -792,7 +780,7 @@ impl Feed {
             floor,
             tables,
             truncate,
-            truncated: g.truncated.clone(),
+            truncated: g.truncated().clone(),
             committed_at_micros: committed_at,
             oldest_commit_time_micros: g.oldest.unwrap_or(0),
             newest_commit_time_micros: g.newest.unwrap_or(0),

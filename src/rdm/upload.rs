@@ -41,6 +41,7 @@ use super::{tables_of, Format, Operation, Rendered, Status, Table, TABLES};
 use crate::config::Config;
 use crate::connections::KafkaEndpoint;
 use crate::error::{Backoff, Classify, ErrorKind};
+use crate::events::fold::Fold;
 use crate::kafka;
 use crate::prostore::feed::{Commit, Manifest};
 use crate::prostore::manifest_topic;
@@ -208,59 +209,62 @@ fn same_content(t: &Table, a: &Rendered, b: &Rendered) -> bool {
         .all(|(c, (x, y))| matches!(c.src, super::Src::Created | super::Src::Sent) || x == y)
 }
 
-/// The files of a batch over `deltas`, given what the service holds.
-fn build(deltas: &[Delta], live: &Live, fmt: &Format, max_rows: usize) -> Vec<File> {
-    enum Change {
-        Upsert(Rendered, (u64, u64), i64),
-        Delete((u64, u64), i64),
-    }
-    let mut changes: BTreeMap<&'static str, BTreeMap<String, Change>> = BTreeMap::new();
+/// What a batch changes in one RDM table, per source key.
+enum Change<'a> {
+    Upsert(Rendered, &'a Record),
+    /// Deleted at (position, commit time).
+    Delete((u64, u64), i64),
+}
+
+/// The latest record per key over `deltas` (minus truncates), rendered per
+/// table, with the deletes a truncate makes of rows the service holds.
+fn changes<'a>(
+    deltas: &'a [Delta],
+    live: &'a Live,
+    fmt: &Format,
+) -> BTreeMap<&'static str, BTreeMap<&'a str, Change<'a>>> {
+    let mut fold: Fold<&str, &str, &Record, i64> = Fold::default();
     for d in deltas {
         for (entity, at) in &d.truncate {
-            for t in tables_of(entity) {
-                let ch = changes.entry(t.name).or_default();
-                let older: Vec<String> = live
-                    .get(t.name)
-                    .into_iter()
-                    .flatten()
-                    .filter(|(_, r)| r.position < *at)
-                    .map(|(k, _)| k.clone())
-                    .collect();
-                for k in older {
-                    match ch.get(&k) {
-                        Some(Change::Upsert(_, p, _)) | Some(Change::Delete(p, _)) if *p >= *at => {
-                        }
-                        _ => {
-                            ch.insert(k, Change::Delete(*at, d.committed_at_micros));
-                        }
-                    }
-                }
-                for c in ch.values_mut() {
-                    if let Change::Upsert(_, p, time) = c {
-                        if *p < *at {
-                            *c = Change::Delete(*at, *time);
-                        }
-                    }
-                }
-            }
+            fold.truncate(entity.as_str(), *at, d.committed_at_micros);
         }
         for (entity, records) in &d.records {
-            for t in tables_of(entity) {
-                let ch = changes.entry(t.name).or_default();
-                for r in records {
-                    let c = match &r.fields {
-                        Some(f) => Change::Upsert(
-                            t.render(f, r.commit_time_micros, fmt),
-                            r.position,
-                            r.commit_time_micros,
-                        ),
+            for r in records {
+                fold.put(entity.as_str(), r.key.as_str(), r.position, r);
+            }
+        }
+    }
+    let mut out: BTreeMap<&'static str, BTreeMap<&str, Change>> = BTreeMap::new();
+    for (entity, rows) in fold.entities() {
+        for t in tables_of(entity) {
+            let ch = out.entry(t.name).or_default();
+            for (key, (_, r)) in rows {
+                ch.insert(
+                    key,
+                    match &r.fields {
+                        Some(f) => Change::Upsert(t.render(f, r.commit_time_micros, fmt), r),
                         None => Change::Delete(r.position, r.commit_time_micros),
-                    };
-                    ch.insert(r.key.clone(), c);
+                    },
+                );
+            }
+        }
+    }
+    for (entity, (at, time)) in fold.truncates() {
+        for t in tables_of(entity) {
+            let ch = out.entry(t.name).or_default();
+            for (key, held) in live.get(t.name).into_iter().flatten() {
+                if held.position < *at && !ch.contains_key(key.as_str()) {
+                    ch.insert(key.as_str(), Change::Delete(*at, *time));
                 }
             }
         }
     }
+    out
+}
+
+/// The files of a batch over `deltas`, given what the service holds.
+fn build(deltas: &[Delta], live: &Live, fmt: &Format, max_rows: usize) -> Vec<File> {
+    let changes = changes(deltas, live, fmt);
     let mut uploads = Vec::new();
     let mut deletes = Vec::new();
     for t in TABLES {
@@ -271,38 +275,28 @@ fn build(deltas: &[Delta], live: &Live, fmt: &Format, max_rows: usize) -> Vec<Fi
         let mut up = Vec::new();
         let mut del = Vec::new();
         for (key, c) in ch {
-            let old = held.and_then(|h| h.get(key));
+            let old = held.and_then(|h| h.get(*key));
+            let row = |rendered: &Rendered, position, commit_time_micros, kind| FileRow {
+                key: key.to_string(),
+                rendered: rendered.clone(),
+                position,
+                commit_time_micros,
+                kind,
+            };
             match c {
-                Change::Upsert(r, pos, time) => {
+                Change::Upsert(r, rec) => {
                     if old.is_some_and(|o| same_content(t, &o.rendered, r)) {
                         continue;
                     }
+                    let (pos, time) = (rec.position, rec.commit_time_micros);
                     if let Some(o) = old.filter(|o| o.rendered.pk != r.pk) {
-                        del.push(FileRow {
-                            key: key.clone(),
-                            rendered: o.rendered.clone(),
-                            position: *pos,
-                            commit_time_micros: *time,
-                            kind: RowKind::Replaced,
-                        });
+                        del.push(row(&o.rendered, pos, time, RowKind::Replaced));
                     }
-                    up.push(FileRow {
-                        key: key.clone(),
-                        rendered: r.clone(),
-                        position: *pos,
-                        commit_time_micros: *time,
-                        kind: RowKind::Upsert,
-                    });
+                    up.push(row(r, pos, time, RowKind::Upsert));
                 }
                 Change::Delete(pos, time) => {
                     if let Some(o) = old {
-                        del.push(FileRow {
-                            key: key.clone(),
-                            rendered: o.rendered.clone(),
-                            position: *pos,
-                            commit_time_micros: *time,
-                            kind: RowKind::Delete,
-                        });
+                        del.push(row(&o.rendered, *pos, *time, RowKind::Delete));
                     }
                 }
             }

@@ -18,6 +18,7 @@ use tokio_postgres::Client;
 
 use super::consent::{self, Medical};
 use crate::events::contract::{Entity, Ty};
+use crate::events::fold::Fold;
 use crate::events::{Detail, Event, Op, Val};
 use crate::pg::PgError;
 
@@ -265,6 +266,38 @@ async fn apply_details(
 /// A watermark consumed from (topic, partition): journal commit time (µs) and LSN.
 pub type WatermarkAt = (String, i32, i64, u64);
 
+/// A batch folded: the latest event per key, minus truncates; the truncate
+/// events ride along for their positions and ids.
+type Batch<'a> = Fold<&'static str, &'a str, &'a Event, &'a Event>;
+
+/// Per entity, its latest events in key order (the same order in every
+/// transaction, so concurrent upserts do not deadlock).
+type ByEntity<'a> = Vec<(&'static Entity, Vec<&'a Event>)>;
+
+fn fold(events: &[Event]) -> Batch<'_> {
+    let mut batch = Batch::default();
+    for e in events {
+        if e.op == Op::Truncate {
+            batch.truncate(e.entity.name, pos(e), e);
+        } else {
+            batch.put(e.entity.name, e.key.as_str(), pos(e), e);
+        }
+    }
+    batch
+}
+
+fn by_entity<'a>(batch: &Batch<'a>) -> ByEntity<'a> {
+    let mut out: ByEntity = batch
+        .entities()
+        .filter_map(|(_, rows)| {
+            let evs: Vec<&Event> = rows.values().map(|(_, e)| *e).collect();
+            Some((evs.first()?.entity, evs))
+        })
+        .collect();
+    out.sort_by_key(|(e, _)| e.name);
+    out
+}
+
 /// [`apply_batch`], also recording the watermarks consumed in the batch
 /// (they follow every event of their partition applied here or before).
 pub async fn apply_with_watermarks(
@@ -275,45 +308,12 @@ pub async fn apply_with_watermarks(
     offsets: &[(String, i32, i64)],
     watermarks: &[WatermarkAt],
 ) -> Result<Applied, PgError> {
-    let mut applied = Applied::default();
-    // Per entity: the latest truncate, and the latest event per key.
-    let mut truncates: HashMap<&str, (&Event, (u64, u64))> = HashMap::new();
-    for e in events.iter().filter(|e| e.op == Op::Truncate) {
-        let t = truncates.entry(e.entity.name).or_insert((e, pos(e)));
-        if pos(e) > t.1 {
-            *t = (e, pos(e));
-        }
-    }
-    let mut latest: HashMap<(&str, &str), &Event> = HashMap::new();
-    for e in events.iter().filter(|e| e.op != Op::Truncate) {
-        if truncates
-            .get(e.entity.name)
-            .is_some_and(|(_, t)| pos(e) < *t)
-        {
-            applied.skipped += 1;
-            continue;
-        }
-        match latest.entry((e.entity.name, e.key.as_str())) {
-            std::collections::hash_map::Entry::Vacant(v) => {
-                v.insert(e);
-            }
-            std::collections::hash_map::Entry::Occupied(mut o) => {
-                applied.skipped += 1;
-                if pos(e) > pos(o.get()) {
-                    o.insert(e);
-                }
-            }
-        }
-    }
-    let mut by_entity: HashMap<&str, (&'static Entity, Vec<&Event>)> = HashMap::new();
-    for e in latest.into_values() {
-        by_entity
-            .entry(e.entity.name)
-            .or_insert((e.entity, Vec::new()))
-            .1
-            .push(e);
-    }
-
+    let batch = fold(events);
+    let by_entity = by_entity(&batch);
+    let mut applied = Applied {
+        skipped: batch.dropped(),
+        ..Applied::default()
+    };
     let tx = client
         .transaction()
         .await
@@ -332,56 +332,128 @@ pub async fn apply_with_watermarks(
     // one committed.
     let medical_work = !details.is_empty()
         || by_entity
-            .keys()
-            .chain(truncates.keys())
-            .any(|name| *name == "consent" || consent::medical(name).is_some());
+            .iter()
+            .map(|(e, _)| e.name)
+            .chain(batch.truncates().keys().copied())
+            .any(|name| name == "consent" || consent::medical(name).is_some());
     if medical_work {
         tx.execute(super::medical_lock_sql(), &[&schema])
             .await
             .map_err(PgError::query("taking the medical detail lock"))?;
     }
+    let mut touched = Touched::of(&tx, schema, &by_entity).await?;
+    touched.all_students = batch.truncates().contains_key("consent");
+    applied.truncated = truncate(&tx, schema, batch.truncates()).await?;
+    for (entity, evs) in &by_entity {
+        let n = upsert(&tx, schema, entity, evs).await?;
+        applied.written += n;
+        applied.skipped += evs.len() as u64 - n;
+    }
+    // Medical detail comes only from the restricted topic: a general event
+    // carries none (capture nulls it), so it never writes the private tables.
+    for (entity, keys) in apply_details(&tx, schema, details).await? {
+        touched.medical_keys.entry(entity).or_default().extend(keys);
+    }
+    applied.consent_updates = touched.refresh(&tx, schema).await?;
+    record_positions(&tx, schema, offsets, watermarks).await?;
+    tx.commit()
+        .await
+        .map_err(PgError::query("committing an apply transaction"))?;
+    Ok(applied)
+}
 
-    // Students whose shown medical detail may change with this batch.
-    // Students whose consent changed: all their medical rows; and the
-    // medical rows this batch wrote.
-    let mut students: Vec<i64> = Vec::new();
-    let all_students = truncates.contains_key("consent");
-    let mut medical_keys: HashMap<&str, Vec<String>> = HashMap::new();
-    for (entity, evs) in by_entity.values() {
-        if entity.name == "consent" {
-            students.extend(evs.iter().filter_map(|e| consent::student_of(e)));
-        }
-        if let Some(m) = consent::medical(entity.name) {
-            let holds = m.holds();
-            medical_keys.entry(entity.name).or_default().extend(
-                evs.iter()
-                    .filter(|e| e.after.as_deref().is_some_and(&holds))
-                    .map(|e| e.key.clone()),
-            );
-        }
-        if entity.name == "consent" {
+/// Whose shown medical detail a batch may change: the students whose
+/// consent changed (all their medical rows), and the medical rows written.
+#[derive(Default)]
+struct Touched {
+    students: Vec<i64>,
+    all_students: bool,
+    medical_keys: HashMap<&'static str, Vec<String>>,
+}
+
+impl Touched {
+    async fn of(
+        tx: &tokio_postgres::Transaction<'_>,
+        schema: &str,
+        by_entity: &ByEntity<'_>,
+    ) -> Result<Touched, PgError> {
+        let mut t = Touched::default();
+        for (entity, evs) in by_entity {
+            if let Some(m) = consent::medical(entity.name) {
+                let holds = m.holds();
+                t.medical_keys.entry(entity.name).or_default().extend(
+                    evs.iter()
+                        .filter(|e| e.after.as_deref().is_some_and(&holds))
+                        .map(|e| e.key.clone()),
+                );
+            }
+            if entity.name != "consent" {
+                continue;
+            }
+            t.students
+                .extend(evs.iter().filter_map(|e| consent::student_of(e)));
             // A deleted consent no longer names its student: look it up.
-            let gone: Vec<String> = evs
+            let gone: Vec<&str> = evs
                 .iter()
                 .filter(|e| e.after.is_none())
-                .map(|e| e.key.clone())
+                .map(|e| e.key.as_str())
                 .collect();
-            if !gone.is_empty() {
-                for r in tx
-                    .query(
-                        &format!("SELECT student_id FROM {schema}.consent WHERE key = ANY($1) AND student_id IS NOT NULL"),
-                        &[&gone],
-                    )
-                    .await
-                    .map_err(PgError::query("reading deleted consents"))?
-                {
-                    students.push(r.get(0));
-                }
+            if gone.is_empty() {
+                continue;
+            }
+            for r in tx
+                .query(
+                    &format!("SELECT student_id FROM {schema}.consent WHERE key = ANY($1) AND student_id IS NOT NULL"),
+                    &[&gone],
+                )
+                .await
+                .map_err(PgError::query("reading deleted consents"))?
+            {
+                t.students.push(r.get(0));
             }
         }
+        Ok(t)
     }
-    for (name, (t, _)) in &truncates {
-        let n = tx
+
+    /// Recomputes the shown medical detail of what was touched.
+    async fn refresh(
+        mut self,
+        tx: &tokio_postgres::Transaction<'_>,
+        schema: &str,
+    ) -> Result<u64, PgError> {
+        self.students.sort_unstable();
+        self.students.dedup();
+        let filter: Option<&Vec<i64>> = (!self.all_students).then_some(&self.students);
+        let mut updated = 0;
+        for m in consent::MEDICAL {
+            let keys = self.medical_keys.remove(m.entity).unwrap_or_default();
+            if self.all_students || !self.students.is_empty() || !keys.is_empty() {
+                updated += tx
+                    .execute(&consent::refresh_sql(m, schema), &[&filter, &keys])
+                    .await
+                    .map_err(PgError::query(format!(
+                        "applying consent to the medical detail of {}",
+                        m.entity
+                    )))?;
+            }
+        }
+        Ok(updated)
+    }
+}
+
+/// Each truncated entity's rows older than its latest truncate become
+/// tombstones (and its private medical detail goes). Returns the rows.
+async fn truncate(
+    tx: &tokio_postgres::Transaction<'_>,
+    schema: &str,
+    truncates: &HashMap<&'static str, ((u64, u64), &Event)>,
+) -> Result<u64, PgError> {
+    let mut rows = 0;
+    let mut names: Vec<&&str> = truncates.keys().collect();
+    names.sort();
+    for name in names {
+        let (_, t) = truncates[*name];
+        rows += tx
             .execute(
                 &format!(
                     "UPDATE {schema}.{name} SET deleted = true, source_commit_lsn = $1, source_lsn = $2, source_commit_time = $3, event_id = $4, applied_at = now()
@@ -396,7 +468,6 @@ pub async fn apply_with_watermarks(
             )
             .await
             .map_err(PgError::query(format!("truncating showcase.{name}")))?;
-        applied.truncated += n;
         if let Some(m) = consent::medical(name) {
             tx.execute(
                 &consent::private_truncate_sql(m, schema),
@@ -408,71 +479,66 @@ pub async fn apply_with_watermarks(
             )))?;
         }
     }
-    for (entity, evs) in by_entity.values() {
-        let mut keys = Vec::with_capacity(evs.len());
-        let mut cols: Vec<Col> = entity.fields.iter().map(|f| Col::new(f.ty)).collect();
-        let (mut deleted, mut commit_lsn, mut lsn, mut commit_time, mut ids) =
-            (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        let medical = consent::medical(entity.name);
-        let held: Vec<usize> = medical.map(Medical::field_indexes).unwrap_or_default();
-        let holds = medical.map(Medical::holds);
-        for e in evs {
-            keys.push(e.key.as_str());
-            // Medical detail enters the showcase row only through the
-            // consent refresh below.
-            let hold = holds
-                .as_ref()
-                .is_some_and(|h| e.after.as_deref().is_some_and(h));
-            for (i, c) in cols.iter_mut().enumerate() {
-                if hold && held.contains(&i) {
-                    c.push(None);
-                } else {
-                    c.push(e.after.as_ref().map(|a| &a[i]));
-                }
+    Ok(rows)
+}
+
+/// One statement for an entity's latest events; returns the rows written
+/// (an event older than the row held writes nothing).
+async fn upsert(
+    tx: &tokio_postgres::Transaction<'_>,
+    schema: &str,
+    entity: &Entity,
+    evs: &[&Event],
+) -> Result<u64, PgError> {
+    let mut keys = Vec::with_capacity(evs.len());
+    let mut cols: Vec<Col> = entity.fields.iter().map(|f| Col::new(f.ty)).collect();
+    let (mut deleted, mut commit_lsn, mut lsn, mut commit_time, mut ids) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let medical = consent::medical(entity.name);
+    let held: Vec<usize> = medical.map(Medical::field_indexes).unwrap_or_default();
+    let holds = medical.map(Medical::holds);
+    for e in evs {
+        keys.push(e.key.as_str());
+        // Medical detail enters the showcase row only through the
+        // consent refresh.
+        let hold = holds
+            .as_ref()
+            .is_some_and(|h| e.after.as_deref().is_some_and(h));
+        for (i, c) in cols.iter_mut().enumerate() {
+            if hold && held.contains(&i) {
+                c.push(None);
+            } else {
+                c.push(e.after.as_ref().map(|a| &a[i]));
             }
-            deleted.push(e.after.is_none());
-            commit_lsn.push(e.source.commit_lsn as i64);
-            lsn.push(e.source.lsn as i64);
-            commit_time.push(DateTime::from_timestamp_micros(e.source.commit_time_micros));
-            ids.push(e.event_id.as_str());
         }
-        let mut params: Vec<&(dyn ToSql + Sync)> = vec![&keys];
-        params.extend(cols.iter().map(Col::as_sql));
-        params.push(&deleted);
-        params.push(&commit_lsn);
-        params.push(&lsn);
-        params.push(&commit_time);
-        params.push(&ids);
-        let n = tx
-            .execute(&upsert_sql(schema, entity), &params)
-            .await
-            .map_err(PgError::query(format!(
-                "upserting into showcase.{}",
-                entity.name
-            )))?;
-        applied.written += n;
-        applied.skipped += evs.len() as u64 - n;
+        deleted.push(e.after.is_none());
+        commit_lsn.push(e.source.commit_lsn as i64);
+        lsn.push(e.source.lsn as i64);
+        commit_time.push(DateTime::from_timestamp_micros(e.source.commit_time_micros));
+        ids.push(e.event_id.as_str());
     }
-    // Medical detail comes only from the restricted topic: a general event
-    // carries none (capture nulls it), so it never writes the private tables.
-    for (entity, keys) in apply_details(&tx, schema, details).await? {
-        medical_keys.entry(entity).or_default().extend(keys);
-    }
-    students.sort_unstable();
-    students.dedup();
-    let filter: Option<&Vec<i64>> = (!all_students).then_some(&students);
-    for m in consent::MEDICAL {
-        let keys = medical_keys.remove(m.entity).unwrap_or_default();
-        if all_students || !students.is_empty() || !keys.is_empty() {
-            applied.consent_updates += tx
-                .execute(&consent::refresh_sql(m, schema), &[&filter, &keys])
-                .await
-                .map_err(PgError::query(format!(
-                    "applying consent to the medical detail of {}",
-                    m.entity
-                )))?;
-        }
-    }
+    let mut params: Vec<&(dyn ToSql + Sync)> = vec![&keys];
+    params.extend(cols.iter().map(Col::as_sql));
+    params.push(&deleted);
+    params.push(&commit_lsn);
+    params.push(&lsn);
+    params.push(&commit_time);
+    params.push(&ids);
+    tx.execute(&upsert_sql(schema, entity), &params)
+        .await
+        .map_err(PgError::query(format!(
+            "upserting into showcase.{}",
+            entity.name
+        )))
+}
+
+/// The batch's watermarks and consumed offsets, never moved backwards.
+async fn record_positions(
+    tx: &tokio_postgres::Transaction<'_>,
+    schema: &str,
+    offsets: &[(String, i32, i64)],
+    watermarks: &[WatermarkAt],
+) -> Result<(), PgError> {
     for (topic, partition, time, lsn) in watermarks {
         tx.execute(
             &format!(
@@ -496,8 +562,5 @@ pub async fn apply_with_watermarks(
         .await
         .map_err(PgError::query("recording consumed offsets"))?;
     }
-    tx.commit()
-        .await
-        .map_err(PgError::query("committing an apply transaction"))?;
-    Ok(applied)
+    Ok(())
 }
