@@ -26,7 +26,7 @@ use rdkafka::{Message, Offset, TopicPartitionList};
 use super::snapshot::State;
 use super::CaptureError;
 use crate::connections::KafkaEndpoint;
-use crate::kafka;
+use crate::kafka::{self, KafkaError};
 
 /// How long reading the state may take before it counts as a failure.
 const READ_TIMEOUT: Duration = Duration::from_secs(60);
@@ -138,13 +138,13 @@ fn read_latest(
         // before the first fetch on tansu 0.6.0.
         .set("auto.offset.reset", "earliest")
         .create_with_context(kafka::Context)
-        .map_err(|e| CaptureError::delivery(&e))?;
+        .map_err(|e| KafkaError::op("creating a reader of the load state", e))?;
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition_offset(topic, 0, Offset::Offset(0))
-        .map_err(|e| CaptureError::delivery(&e))?;
+        .map_err(|e| KafkaError::op(format!("assigning {topic}[0]"), e))?;
     consumer
         .assign(&tpl)
-        .map_err(|e| CaptureError::delivery(&e))?;
+        .map_err(|e| KafkaError::op(format!("assigning {topic}[0]"), e))?;
     let deadline = Instant::now() + READ_TIMEOUT;
     let mut latest = None;
     let mut next = 0;
@@ -160,15 +160,13 @@ fn read_latest(
                     latest = m.payload().map(<[u8]>::to_vec);
                 }
             }
-            Some(Err(e)) => return Err(CaptureError::delivery(&e)),
+            Some(Err(e)) => return Err(KafkaError::op("reading the load state", e).into()),
             None if Instant::now() > deadline => {
-                return Err(CaptureError::Delivery {
-                    message: format!(
-                        "reading the load state: topic {topic} reached offset {next}, not {until}, within {} s",
-                        READ_TIMEOUT.as_secs()
-                    ),
-                    kind: crate::error::ErrorKind::Transient,
-                })
+                return Err(KafkaError::Timeout(format!(
+                    "reading the load state: topic {topic} reached offset {next}, not {until}, within {} s",
+                    READ_TIMEOUT.as_secs()
+                ))
+                .into())
             }
             None => {}
         }

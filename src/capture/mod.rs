@@ -579,7 +579,7 @@ fn partition_counts(
     let md = producer
         .client()
         .fetch_metadata(None, Duration::from_secs(30))
-        .map_err(|e| CaptureError::delivery(&e))?;
+        .map_err(|e| kafka::KafkaError::op("reading the partitions of the event topics", e))?;
     Ok(topics
         .iter()
         .map(|t| {

@@ -41,7 +41,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::connections::{KafkaEndpoint, PgEndpoint};
-use crate::error::{kafka_kind, Classify, ErrorKind};
+use crate::error::{Classify, ErrorKind};
 use crate::events::codec::Registry;
 use crate::http::Health;
 use crate::kafka;
@@ -62,12 +62,6 @@ pub enum ProjectorError {
     Kafka(#[from] kafka::KafkaError),
     #[error(transparent)]
     Connections(#[from] crate::connections::ConnectionError),
-    #[error("Kafka consumer: {what}: {source}")]
-    Consumer {
-        what: String,
-        #[source]
-        source: rdkafka::error::KafkaError,
-    },
     #[error("projector task failed: {0}")]
     Task(String),
     #[error("{0}")]
@@ -135,14 +129,12 @@ impl ProjectorError {
         Ok(ProjectorError::log_lost(schema, &missing, ends))
     }
 
-    pub(crate) fn consumer(
+    /// A Kafka client's operation failed (see [`kafka::KafkaError::op`]).
+    pub(crate) fn kafka(
         what: impl Into<String>,
         source: rdkafka::error::KafkaError,
     ) -> ProjectorError {
-        ProjectorError::Consumer {
-            what: what.into(),
-            source,
-        }
+        ProjectorError::Kafka(kafka::KafkaError::op(what, source))
     }
 }
 
@@ -151,7 +143,6 @@ impl Classify for ProjectorError {
         match self {
             ProjectorError::Pg(e) => e.kind(),
             ProjectorError::Kafka(e) => e.kind(),
-            ProjectorError::Consumer { source, .. } => kafka_kind(source),
             ProjectorError::Connections(_)
             | ProjectorError::Task(_)
             | ProjectorError::Replay(_)
@@ -234,13 +225,13 @@ impl Projection {
                 offsets: offsets.clone(),
                 assigned: assigned.clone(),
             })
-            .map_err(|e| ProjectorError::consumer("creating the consumer", e))?;
+            .map_err(|e| ProjectorError::kafka("creating the consumer", e))?;
         match cfg.projector.assignment {
             crate::config::Assignment::Group => {
                 let topic_refs: Vec<&str> = topics.iter().map(String::as_str).collect();
                 consumer
                     .subscribe(&topic_refs)
-                    .map_err(|e| ProjectorError::consumer("subscribing to the event topics", e))?;
+                    .map_err(|e| ProjectorError::kafka("subscribing to the event topics", e))?;
             }
             crate::config::Assignment::SelfAssigned => {
                 let n = source::assign_all(&consumer, &topics, &stored)?;

@@ -163,15 +163,15 @@ fn start_offsets(
         .set("enable.auto.commit", "false")
         .set("fetch.wait.max.ms", "10")
         .create()
-        .map_err(|e| ProjectorError::consumer("creating a consumer", e))?;
+        .map_err(|e| ProjectorError::kafka("creating a consumer", e))?;
     let mut tpl = TopicPartitionList::new();
     for (t, p) in ends.keys() {
         tpl.add_partition_offset(t, *p, Offset::Offset(look_from.timestamp_millis()))
-            .map_err(|e| ProjectorError::consumer("listing partitions", e))?;
+            .map_err(|e| ProjectorError::kafka("listing partitions", e))?;
     }
     let found = consumer
         .offsets_for_times(tpl, Duration::from_secs(30))
-        .map_err(|e| ProjectorError::consumer(format!("finding the offsets at {look_from}"), e))?;
+        .map_err(|e| ProjectorError::kafka(format!("finding the offsets at {look_from}"), e))?;
     let registry = Registry::new();
     let mut out = Vec::new();
     for e in found.elements() {
@@ -223,16 +223,16 @@ fn position_at(
 ) -> Result<Option<i64>, ProjectorError> {
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition_offset(&k.0, k.1, crate::kafka::fetch_position(offset))
-        .map_err(|e| ProjectorError::consumer("positioning a reader", e))?;
+        .map_err(|e| ProjectorError::kafka("positioning a reader", e))?;
     consumer
         .assign(&tpl)
-        .map_err(|e| ProjectorError::consumer(format!("reading {}[{}]", k.0, k.1), e))?;
+        .map_err(|e| ProjectorError::kafka(format!("reading {}[{}]", k.0, k.1), e))?;
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while std::time::Instant::now() < deadline {
         let Some(m) = consumer.poll(Duration::from_millis(500)) else {
             continue;
         };
-        let m = m.map_err(|e| ProjectorError::consumer(format!("reading {}[{}]", k.0, k.1), e))?;
+        let m = m.map_err(|e| ProjectorError::kafka(format!("reading {}[{}]", k.0, k.1), e))?;
         if m.offset() < offset {
             continue;
         }

@@ -20,7 +20,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, StreamConsumer};
-use rdkafka::producer::FutureRecord;
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
@@ -121,17 +120,11 @@ impl Verdict {
     /// the stall is checked before the gap, or a resumed stalled partition
     /// rewinds for ever.
     fn of(s: Seen) -> Verdict {
-        if s.offset < s.expected {
-            Verdict::Applied
-        } else if s.stalled || s.capped {
-            Verdict::Hold
-        } else if s.offset > s.expected && !s.compacted {
-            // The broker must hand us the partition from the offset we
-            // asked for. Seen with tansu: a fetch from the middle of a
-            // record batch returns the next batch.
-            Verdict::Rewind
-        } else {
-            Verdict::Take
+        match kafka::Order::of(s.offset, Some(s.expected), s.compacted) {
+            kafka::Order::Seen => Verdict::Applied,
+            _ if s.stalled || s.capped => Verdict::Hold,
+            kafka::Order::Gap => Verdict::Rewind,
+            kafka::Order::Next => Verdict::Take,
         }
     }
 }
@@ -168,7 +161,7 @@ pub(super) fn assign_all(
     kafka::assign_at(consumer, topics, |t, p| {
         stored.get(&(t.to_string(), p)).copied()
     })
-    .map_err(|e| ProjectorError::consumer("assigning the partitions", e))
+    .map_err(|e| ProjectorError::kafka("assigning the partitions", e))
 }
 
 impl Source {
@@ -192,7 +185,7 @@ impl Source {
             };
             let m = match m {
                 Err(_) => break,
-                Ok(Err(e)) => return Err(ProjectorError::consumer("receiving", e)),
+                Ok(Err(e)) => return Err(ProjectorError::kafka("receiving", e)),
                 Ok(Ok(m)) => m,
             };
             // Messages come in runs per partition: the key is built once
@@ -219,7 +212,7 @@ impl Source {
                     let mut tpl = TopicPartitionList::new();
                     tpl.add_partition(&k.0, k.1);
                     if let Err(e) = self.consumer.pause(&tpl) {
-                        return Err(ProjectorError::consumer(
+                        return Err(ProjectorError::kafka(
                             format!("pausing {}[{}]", k.0, k.1),
                             e,
                         ));
@@ -227,13 +220,8 @@ impl Source {
                     continue;
                 }
                 Verdict::Rewind => {
-                    tracing::warn!(topic = %k.0, partition = k.1, expected, got = m.offset(), "broker skipped offsets; rewinding the partition");
                     metrics::counter!(obs::PROJECTOR_REWINDS).increment(1);
-                    self.consumer
-                        .seek(&k.0, k.1, Offset::Beginning, Duration::from_secs(10))
-                        .map_err(|e| {
-                            ProjectorError::consumer(format!("rewinding {}[{}]", k.0, k.1), e)
-                        })?;
+                    kafka::rewind(&self.consumer, &k.0, k.1, expected, m.offset())?;
                     continue;
                 }
             }
@@ -285,7 +273,7 @@ impl Source {
         tpl.add_partition(&k.0, k.1);
         self.consumer
             .pause(&tpl)
-            .map_err(|e| ProjectorError::consumer(format!("pausing {}[{}]", k.0, k.1), e))?;
+            .map_err(|e| ProjectorError::kafka(format!("pausing {}[{}]", k.0, k.1), e))?;
         let why = format!(
             "{}[{}] stopped at offset {offset}: its event has schema fingerprint {fingerprint}, which this projector does not know (a newer capture?); nothing from there on is applied. Run a projector release that knows it (vitrina schemas lists the known ones); it resumes from this offset",
             k.0, k.1
@@ -326,7 +314,7 @@ impl Source {
         let refs: Vec<&str> = self.topics.iter().map(String::as_str).collect();
         self.consumer
             .subscribe(&refs)
-            .map_err(|e| ProjectorError::consumer("rejoining the group", e))?;
+            .map_err(|e| ProjectorError::kafka("rejoining the group", e))?;
         self.unassigned_since = Some(Instant::now());
         Ok(())
     }
@@ -370,20 +358,12 @@ impl Source {
             reason,
             "event dead-lettered"
         );
-        let body = serde_json::json!({
-            "stage": "projector", "reason": reason, "topic": m.topic(),
-            "partition": m.partition(), "offset": m.offset(),
-        })
-        .to_string();
-        let dlt = kafka::dead_letter_topic(&self.prefix);
-        self.dlq
-            .send(
-                FutureRecord::to(&dlt).key(m.topic()).payload(&body),
-                Duration::from_secs(0),
-            )
+        let at = serde_json::json!({
+            "topic": m.topic(), "partition": m.partition(), "offset": m.offset(),
+        });
+        kafka::dead_letter(&self.dlq, &self.prefix, "projector", reason, m.topic(), at)
             .await
-            .map_err(|(e, _)| ProjectorError::consumer("writing to the dead-letter topic", e))?;
-        Ok(())
+            .map_err(|e| ProjectorError::kafka("writing to the dead-letter topic", e))
     }
 }
 

@@ -36,10 +36,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use futures::future::join_all;
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::consumer::StreamConsumer;
 use rdkafka::message::Message as _;
 use rdkafka::producer::FutureRecord;
-use rdkafka::Offset;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
@@ -150,12 +149,6 @@ pub struct Commit {
 pub enum FeedError {
     #[error(transparent)]
     Kafka(#[from] kafka::KafkaError),
-    #[error("Kafka: {what}: {source}")]
-    Client {
-        what: String,
-        #[source]
-        source: rdkafka::error::KafkaError,
-    },
     #[error("{topic}[{partition}] offset {offset} holds an event of schema {fingerprint}, which this vitrina does not know; the feed stops rather than skip it\nhint: upgrade vitrina to the version of capture, then start the feed again (it resumes from its last delta)")]
     UnknownSchema {
         topic: String,
@@ -173,10 +166,7 @@ pub enum FeedError {
 
 impl FeedError {
     fn client(what: impl Into<String>, source: rdkafka::error::KafkaError) -> FeedError {
-        FeedError::Client {
-            what: what.into(),
-            source,
-        }
+        FeedError::Kafka(kafka::KafkaError::op(what, source))
     }
 }
 
@@ -184,7 +174,6 @@ impl Classify for FeedError {
     fn kind(&self) -> ErrorKind {
         match self {
             FeedError::Kafka(e) => e.kind(),
-            FeedError::Client { source, .. } => crate::error::kafka_kind(source),
             FeedError::UnknownSchema { .. } | FeedError::Manifest { .. } => ErrorKind::Definite,
         }
     }
@@ -205,16 +194,14 @@ struct Resume {
 
 fn resume(kafka: &KafkaEndpoint, prefix: &str) -> Result<Resume, FeedError> {
     let topic = manifest_topic(prefix);
-    let records = kafka::read_partition_blocking(kafka, &topic, 0, 0, Duration::from_secs(120))?;
     let mut r = Resume::default();
-    for (offset, _, value) in records {
+    for (offset, m) in kafka::read_json_blocking::<Manifest>(kafka, &topic, 0)? {
         let bad = |reason: String| FeedError::Manifest {
             topic: topic.clone(),
             offset,
             reason,
         };
-        let m: Manifest =
-            serde_json::from_slice(&value.unwrap_or_default()).map_err(|e| bad(e.to_string()))?;
+        let m = m.map_err(bad)?;
         match m {
             Manifest::Plan(p) => {
                 if p.delta != r.next_delta {
@@ -479,30 +466,15 @@ impl Feed {
         k: &str,
         next: &mut BTreeMap<String, i64>,
     ) -> Result<bool, FeedError> {
-        if let Some(expected) = next.get(k).copied() {
-            if m.offset() < expected {
+        let expected = next.get(k).copied();
+        match kafka::Order::of(m.offset(), expected, false) {
+            kafka::Order::Seen => return Ok(false),
+            kafka::Order::Gap => {
+                let expected = expected.unwrap_or_default();
+                kafka::rewind(consumer, m.topic(), m.partition(), expected, m.offset())?;
                 return Ok(false);
             }
-            if m.offset() > expected {
-                tracing::warn!(
-                    topic = m.topic(),
-                    partition = m.partition(),
-                    expected,
-                    got = m.offset(),
-                    "broker skipped offsets; rewinding the partition"
-                );
-                consumer
-                    .seek(
-                        m.topic(),
-                        m.partition(),
-                        Offset::Beginning,
-                        Duration::from_secs(10),
-                    )
-                    .map_err(|e| {
-                        FeedError::client(format!("rewinding {}[{}]", m.topic(), m.partition()), e)
-                    })?;
-                return Ok(false);
-            }
+            kafka::Order::Next => {}
         }
         next.insert(k.to_string(), m.offset() + 1);
         Ok(true)
@@ -559,20 +531,10 @@ impl Feed {
             reason,
             "left out of the ProStore feed; dead-lettered"
         );
-        let body = serde_json::json!({
-            "stage": "prostore", "reason": reason, "topic": topic,
-            "partition": partition, "offset": offset,
-        })
-        .to_string();
-        let dlt = kafka::dead_letter_topic(&self.prefix);
-        self.producer
-            .send(
-                FutureRecord::to(&dlt).key(topic).payload(&body),
-                Duration::from_secs(0),
-            )
+        let at = serde_json::json!({"topic": topic, "partition": partition, "offset": offset});
+        kafka::dead_letter(&self.producer, &self.prefix, "prostore", reason, topic, at)
             .await
-            .map_err(|(e, _)| FeedError::client("writing to the dead-letter topic", e))?;
-        Ok(())
+            .map_err(|e| FeedError::client("writing to the dead-letter topic", e))
     }
 
     /// A consumer of every source partition, at `from` (the start where
@@ -877,13 +839,9 @@ impl Feed {
         let body = serde_json::to_vec(m).expect("a manifest serializes");
         let topic = manifest_topic(&self.prefix);
         let key = format!("{key}:{delta}");
-        self.producer
-            .send(
-                FutureRecord::to(&topic).key(&key).payload(&body),
-                Duration::from_secs(0),
-            )
+        kafka::append(&self.producer, &topic, Some(&key), &body)
             .await
-            .map_err(|(e, _)| FeedError::client("writing the delta manifest", e))?;
+            .map_err(|e| FeedError::client("writing the delta manifest", e))?;
         Ok(())
     }
 }
@@ -895,13 +853,13 @@ fn now_micros() -> i64 {
 /// The manifest's records, for drivers and tests.
 pub fn read_manifest(kafka: &KafkaEndpoint, prefix: &str) -> Result<Vec<Manifest>, FeedError> {
     let topic = manifest_topic(prefix);
-    kafka::read_partition_blocking(kafka, &topic, 0, 0, Duration::from_secs(120))?
+    kafka::read_json_blocking(kafka, &topic, 0)?
         .into_iter()
-        .map(|(offset, _, v)| {
-            serde_json::from_slice(&v.unwrap_or_default()).map_err(|e| FeedError::Manifest {
+        .map(|(offset, m)| {
+            m.map_err(|reason| FeedError::Manifest {
                 topic: topic.clone(),
                 offset,
-                reason: e.to_string(),
+                reason,
             })
         })
         .collect()

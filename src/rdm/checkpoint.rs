@@ -21,7 +21,6 @@
 
 use std::time::Duration;
 
-use rdkafka::producer::FutureRecord;
 use serde::{Deserialize, Serialize};
 
 use super::upload::{Live, LiveRow, UploadError};
@@ -95,24 +94,15 @@ pub(super) async fn write(
     for (i, part) in parts.iter().enumerate() {
         let body = serde_json::to_vec(part).expect("a checkpoint part serializes");
         let key = format!("part/{i}");
-        let offset = producer
-            .send(
-                FutureRecord::to(&topic).key(&key).payload(&body),
-                Duration::from_secs(0),
-            )
+        let offset = kafka::append(producer, &topic, Some(&key), &body)
             .await
-            .map_err(|(e, _)| UploadError::client("writing the RDM checkpoint", e))?
-            .offset;
+            .map_err(|e| UploadError::client("writing the RDM checkpoint", e))?;
         header.parts.push(offset);
     }
     let body = serde_json::to_vec(&header).expect("a checkpoint header serializes");
-    producer
-        .send(
-            FutureRecord::to(&topic).key(HEADER_KEY).payload(&body),
-            Duration::from_secs(0),
-        )
+    kafka::append(producer, &topic, Some(HEADER_KEY), &body)
         .await
-        .map_err(|(e, _)| UploadError::client("writing the RDM checkpoint", e))?;
+        .map_err(|e| UploadError::client("writing the RDM checkpoint", e))?;
     Ok(header)
 }
 

@@ -31,7 +31,6 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use apache_avro::types::Value;
-use rdkafka::producer::FutureRecord;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
@@ -91,12 +90,6 @@ pub enum Entry {
 pub enum UploadError {
     #[error(transparent)]
     Kafka(#[from] kafka::KafkaError),
-    #[error("Kafka: {what}: {source}")]
-    Client {
-        what: String,
-        #[source]
-        source: rdkafka::error::KafkaError,
-    },
     #[error(transparent)]
     Rdm(#[from] RdmError),
     #[error("{topic} offset {offset} is not readable: {reason}\nhint: {topic} is written only by vitrina ({what}); if it was edited, restore it, or start afresh on new topics (capture.topic_prefix)")]
@@ -119,10 +112,7 @@ impl UploadError {
         what: impl Into<String>,
         source: rdkafka::error::KafkaError,
     ) -> UploadError {
-        UploadError::Client {
-            what: what.into(),
-            source,
-        }
+        UploadError::Kafka(kafka::KafkaError::op(what, source))
     }
 }
 
@@ -130,7 +120,6 @@ impl Classify for UploadError {
     fn kind(&self) -> ErrorKind {
         match self {
             UploadError::Kafka(e) => e.kind(),
-            UploadError::Client { source, .. } => crate::error::kafka_kind(source),
             UploadError::Rdm(e) => e.kind(),
             UploadError::Journal { .. } | UploadError::Source { .. } => ErrorKind::Definite,
         }
@@ -403,9 +392,7 @@ fn read_journal(
     let topic = journal_topic(prefix);
     let mut out: Vec<JournalBatch> = Vec::new();
     let mut next = from;
-    for (offset, _, value) in
-        kafka::read_partition_blocking(kafka, &topic, 0, from, Duration::from_secs(120))?
-    {
+    for (offset, e) in kafka::read_json_blocking::<Entry>(kafka, &topic, from)? {
         next = offset + 1;
         let bad = |reason: String| UploadError::Journal {
             topic: topic.clone(),
@@ -413,8 +400,7 @@ fn read_journal(
             what: "`vitrina rdm upload`",
             reason,
         };
-        let e: Entry =
-            serde_json::from_slice(&value.unwrap_or_default()).map_err(|e| bad(e.to_string()))?;
+        let e = e.map_err(bad)?;
         let last_batch = out.last().map(|b| b.batch).or(after);
         let open = out.last_mut().filter(|b| !b.committed);
         match e {
@@ -491,17 +477,13 @@ fn read_deltas(
     let mut commits: Vec<Commit> = Vec::new();
     let mut next_offset = offset;
     let mut due = next_delta;
-    for (o, _, value) in
-        kafka::read_partition_blocking(kafka, &topic, 0, offset, Duration::from_secs(120))?
-    {
+    for (o, m) in kafka::read_json_blocking::<Manifest>(kafka, &topic, offset)? {
         next_offset = o + 1;
-        let m: Manifest = serde_json::from_slice(&value.unwrap_or_default()).map_err(|e| {
-            UploadError::Journal {
-                topic: topic.clone(),
-                offset: o,
-                what: "`vitrina prostore feed`",
-                reason: e.to_string(),
-            }
+        let m = m.map_err(|reason| UploadError::Journal {
+            topic: topic.clone(),
+            offset: o,
+            what: "`vitrina prostore feed`",
+            reason,
         })?;
         if let Manifest::Commit(c) = m {
             // A commit written twice is one delta.
@@ -1155,22 +1137,22 @@ impl Uploader {
         metrics::counter!(crate::observability::RDM_ROWS_REJECTED, &labels)
             .increment(f.rows.len() as u64);
         tracing::warn!(batch, file = id, rows = f.rows.len(), request_id, code = ?o.code, reason = %o.reason, "file rejected; its rows are dead-lettered");
-        let dlt = kafka::dead_letter_topic(&self.prefix);
         for r in &f.rows {
-            let body = serde_json::json!({
-                "stage": "rdm", "reason": o.reason, "code": o.code,
-                "table": f.table.name, "operation": f.op.as_str(), "key": r.key,
-                "batch": batch, "file": id, "request_id": request_id,
+            let at = serde_json::json!({
+                "code": o.code, "table": f.table.name, "operation": f.op.as_str(),
+                "key": r.key, "batch": batch, "file": id, "request_id": request_id,
                 "row": f.table.line(&r.rendered, sent),
-            })
-            .to_string();
-            self.producer
-                .send(
-                    FutureRecord::to(&dlt).key(f.table.name).payload(&body),
-                    Duration::from_secs(0),
-                )
-                .await
-                .map_err(|(e, _)| UploadError::client("writing to the dead-letter topic", e))?;
+            });
+            kafka::dead_letter(
+                &self.producer,
+                &self.prefix,
+                "rdm",
+                &o.reason,
+                f.table.name,
+                at,
+            )
+            .await
+            .map_err(|e| UploadError::client("writing to the dead-letter topic", e))?;
         }
         Ok(())
     }
@@ -1178,15 +1160,10 @@ impl Uploader {
     async fn write(&mut self, e: &Entry) -> Result<(), UploadError> {
         let body = serde_json::to_vec(e).expect("a journal entry serializes");
         let topic = journal_topic(&self.prefix);
-        let d = self
-            .producer
-            .send(
-                FutureRecord::<(), _>::to(&topic).payload(&body),
-                Duration::from_secs(0),
-            )
+        let offset = kafka::append(&self.producer, &topic, None, &body)
             .await
-            .map_err(|(e, _)| UploadError::client("writing the upload journal", e))?;
-        self.journal_next = self.journal_next.max(d.offset + 1);
+            .map_err(|e| UploadError::client("writing the upload journal", e))?;
+        self.journal_next = self.journal_next.max(offset + 1);
         Ok(())
     }
 }
@@ -1194,14 +1171,14 @@ impl Uploader {
 /// The upload journal's entries, for operators and tests.
 pub fn read_entries(kafka: &KafkaEndpoint, prefix: &str) -> Result<Vec<Entry>, UploadError> {
     let topic = journal_topic(prefix);
-    kafka::read_partition_blocking(kafka, &topic, 0, 0, Duration::from_secs(120))?
+    kafka::read_json_blocking(kafka, &topic, 0)?
         .into_iter()
-        .map(|(offset, _, v)| {
-            serde_json::from_slice(&v.unwrap_or_default()).map_err(|e| UploadError::Journal {
+        .map(|(offset, e)| {
+            e.map_err(|reason| UploadError::Journal {
                 topic: topic.clone(),
                 offset,
                 what: "`vitrina rdm upload`",
-                reason: e.to_string(),
+                reason,
             })
         })
         .collect()
