@@ -288,7 +288,7 @@ fn restart_backoff() -> Backoff {
     )
 }
 
-async fn run(command: Command, mut cfg: Config, ctx: Ctx) -> Result<()> {
+async fn run(command: Command, cfg: Config, ctx: Ctx) -> Result<()> {
     match command {
         Command::Up => {
             let stack = Stack::new(&cfg)?;
@@ -303,30 +303,274 @@ async fn run(command: Command, mut cfg: Config, ctx: Ctx) -> Result<()> {
                 println!("stopped: {}", stopped.join(", "));
             }
         }
-        Command::Status { json } => {
-            let stack = Stack::new(&cfg)?;
-            let st = stack.status()?;
-            let pipeline = match stack.connections() {
-                Ok(conns) => Some(vitrina::status::pipeline(&cfg, &conns).await),
-                Err(_) => None,
+        Command::Status { json } => status(&cfg, json).await?,
+        Command::Config => print!("{}", toml::to_string_pretty(&cfg)?),
+        Command::Capture => capture(&cfg).await?,
+        Command::Project => project(&cfg).await?,
+        Command::Prostore { what } => prostore(what, &cfg).await?,
+        Command::Rdm { what } => rdm(what, &cfg).await?,
+        Command::Quality { json } => quality(&cfg, json).await?,
+        Command::Replay {
+            from,
+            margin,
+            no_swap,
+            restart,
+            new_log,
+            json,
+        } => {
+            let opts = vitrina::projector::replay::Options {
+                from: from.as_deref().map(parse_from).transpose()?,
+                margin: std::time::Duration::from_secs(margin),
+                swap: !no_swap,
+                restart,
+                new_log,
             };
-            if json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(
-                        &serde_json::json!({"services": st, "pipeline": pipeline})
-                    )?
-                );
-            } else {
-                print!("{}", render_services(&st));
-                if let Some(p) = &pipeline {
-                    print!("{}", vitrina::status::render(p, cfg.projector.sla_budget_s));
-                }
+            replay(&cfg, &opts, json).await?
+        }
+        Command::Schemas { write } => {
+            let reg = vitrina::events::codec::Registry::new();
+            print!("{}", vitrina::events::schema::listing(&reg));
+            if let Some(dir) = write {
+                let n = vitrina::events::schema::write_all(&dir)
+                    .with_context(|| format!("writing the schemas into {}", dir.display()))?;
+                println!("wrote {n} schemas to {}", dir.display());
             }
         }
-        Command::Config => {
-            print!("{}", toml::to_string_pretty(&cfg)?);
+        dev => dev_command(dev, cfg, ctx).await?,
+    }
+    Ok(())
+}
+
+/// Prints `v` as pretty JSON, or as its text.
+fn emit<T: serde::Serialize + std::fmt::Display>(v: &T, json: bool) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(v)?);
+    } else {
+        print!("{v}");
+    }
+    Ok(())
+}
+
+/// Serves a stage's metrics and health on `listen`.
+async fn serve(listen: &str, health: std::sync::Arc<vitrina::http::Health>) -> Result<()> {
+    vitrina::http::serve(listen, health)
+        .await
+        .map(|_| ())
+        .map_err(anyhow::Error::msg)
+}
+
+/// A health endpoint for a stage without a readiness of its own.
+fn ready_health() -> std::sync::Arc<vitrina::http::Health> {
+    let health = std::sync::Arc::new(vitrina::http::Health::new(std::time::Duration::from_secs(
+        3600,
+    )));
+    health.ready();
+    health
+}
+
+async fn status(cfg: &Config, json: bool) -> Result<()> {
+    let stack = Stack::new(cfg)?;
+    let st = stack.status()?;
+    let pipeline = match stack.connections() {
+        Ok(conns) => Some(vitrina::status::pipeline(cfg, &conns).await),
+        Err(_) => None,
+    };
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(
+                &serde_json::json!({"services": st, "pipeline": pipeline})
+            )?
+        );
+    } else {
+        print!("{}", render_services(&st));
+        if let Some(p) = &pipeline {
+            print!("{}", vitrina::status::render(p, cfg.projector.sla_budget_s));
         }
+    }
+    Ok(())
+}
+
+async fn capture(cfg: &Config) -> Result<()> {
+    let conns = Stack::new(cfg)?.connections()?;
+    let capture = vitrina::capture::Capture::new(cfg, conns.journal()?, conns.kafka()?);
+    serve(&cfg.capture.metrics_listen, capture.health()).await?;
+    vitrina::observability::describe_capture();
+    let cancel = shutdown_on_signal();
+    supervise("capture", restart_backoff(), HEALTHY_AFTER, &cancel, || {
+        capture.run(cancel.clone())
+    })
+    .await?;
+    Ok(())
+}
+
+async fn project(cfg: &Config) -> Result<()> {
+    let conns = Stack::new(cfg)?.connections()?;
+    let sc = conns.showcase()?;
+    if sc.local {
+        pg::ensure_database(&sc.with_database("postgres").config(), &sc.database).await?;
+    }
+    let projector = vitrina::projector::Projector::new(cfg, sc, conns.kafka()?);
+    serve(&cfg.projector.metrics_listen, projector.health()).await?;
+    vitrina::observability::describe_projector();
+    let cancel = shutdown_on_signal();
+    supervise(
+        "projector",
+        restart_backoff(),
+        HEALTHY_AFTER,
+        &cancel,
+        || projector.run(cancel.clone()),
+    )
+    .await?;
+    Ok(())
+}
+
+async fn prostore(what: ProstoreWhat, cfg: &Config) -> Result<()> {
+    match what {
+        ProstoreWhat::Ddl => {
+            // The brokers ProStore reads from: the configured or local
+            // ones, else a placeholder to replace.
+            let brokers = Stack::new(cfg)
+                .ok()
+                .and_then(|s| s.connections().ok())
+                .and_then(|c| c.kafka().ok().map(|k| k.brokers.clone()))
+                .unwrap_or_else(|| "KAFKA_BROKERS".into());
+            print!(
+                "{}",
+                vitrina::prostore::ddl(
+                    &cfg.prostore.datamart,
+                    &brokers,
+                    &cfg.capture.topic_prefix,
+                    cfg.prostore.records_per_message,
+                )
+            );
+        }
+        ProstoreWhat::Manifest => {
+            let kafka = Stack::new(cfg)?.connections()?.kafka()?.clone();
+            let prefix = cfg.capture.topic_prefix.clone();
+            let records = tokio::task::spawn_blocking(move || {
+                vitrina::prostore::feed::read_manifest(&kafka, &prefix)
+            })
+            .await??;
+            for r in records {
+                println!("{}", serde_json::to_string(&r)?);
+            }
+        }
+        ProstoreWhat::Feed => {
+            let conns = Stack::new(cfg)?.connections()?;
+            let kafka = conns.kafka()?;
+            serve(&cfg.prostore.metrics_listen, ready_health()).await?;
+            vitrina::observability::describe_prostore();
+            let cancel = shutdown_on_signal();
+            supervise(
+                "prostore",
+                restart_backoff(),
+                HEALTHY_AFTER,
+                &cancel,
+                || {
+                    let (cfg, kafka, cancel) = (cfg.clone(), kafka.clone(), cancel.clone());
+                    async move {
+                        vitrina::prostore::feed::Feed::new(&cfg, kafka)?
+                            .run(cancel)
+                            .await
+                    }
+                },
+            )
+            .await?;
+        }
+    }
+    Ok(())
+}
+
+async fn rdm(what: RdmWhat, cfg: &Config) -> Result<()> {
+    match what {
+        RdmWhat::Journal => {
+            let kafka = Stack::new(cfg)?.connections()?.kafka()?.clone();
+            let prefix = cfg.capture.topic_prefix.clone();
+            let entries = tokio::task::spawn_blocking(move || {
+                vitrina::rdm::upload::read_entries(&kafka, &prefix)
+            })
+            .await??;
+            for e in entries {
+                println!("{}", serde_json::to_string(&e)?);
+            }
+        }
+        RdmWhat::Upload => {
+            let kafka = Stack::new(cfg)?.connections()?.kafka()?.clone();
+            let health = std::sync::Arc::new(vitrina::http::Health::new(
+                std::time::Duration::from_secs(3600),
+            ));
+            serve(&cfg.rdm.metrics_listen, health.clone()).await?;
+            vitrina::observability::describe_rdm();
+            let cancel = shutdown_on_signal();
+            supervise("rdm", restart_backoff(), HEALTHY_AFTER, &cancel, || {
+                let (cfg, kafka, cancel, health) =
+                    (cfg.clone(), kafka.clone(), cancel.clone(), health.clone());
+                async move {
+                    vitrina::rdm::upload::Uploader::new(&cfg, kafka, health)?
+                        .run(cancel)
+                        .await
+                }
+            })
+            .await?;
+        }
+    }
+    Ok(())
+}
+
+async fn quality(cfg: &Config, json: bool) -> Result<()> {
+    let conns = Stack::new(cfg)?.connections()?;
+    let c = pg::connect(&conns.showcase()?.config()).await?;
+    vitrina::showcase::migrate(&c, vitrina::showcase::SCHEMA).await?;
+    let r = vitrina::showcase::quality::run(
+        &c,
+        vitrina::showcase::SCHEMA,
+        cfg.projector.pending_grace_s,
+    )
+    .await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+    } else {
+        print!("{}", r.render(cfg.projector.pending_grace_s));
+    }
+    Ok(())
+}
+
+/// `--from` of `vitrina replay`: an RFC 3339 time.
+fn parse_from(f: &str) -> Result<chrono::DateTime<chrono::Utc>> {
+    chrono::DateTime::parse_from_rfc3339(f)
+        .map(|t| t.with_timezone(&chrono::Utc))
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "--from `{f}` is not an RFC 3339 time ({e}); example: 2026-11-01T00:00:00+03:00"
+            )
+        })
+}
+
+async fn replay(
+    cfg: &Config,
+    opts: &vitrina::projector::replay::Options,
+    json: bool,
+) -> Result<()> {
+    let conns = Stack::new(cfg)?.connections()?;
+    serve(&cfg.projector.replay_metrics_listen, ready_health()).await?;
+    vitrina::observability::describe_projector();
+    vitrina::observability::describe_replay();
+    let r = vitrina::projector::replay::run(
+        cfg,
+        conns.showcase()?,
+        conns.kafka()?,
+        opts,
+        shutdown_on_signal(),
+    )
+    .await?;
+    emit(&r, json)
+}
+
+/// The commands of the local stack's synthetic region: migrate, generate,
+/// workload, bench and demo.
+async fn dev_command(command: Command, mut cfg: Config, ctx: Ctx) -> Result<()> {
+    match command {
         Command::Migrate => {
             let conns = ctx.dev_connections("migrate", &cfg)?;
             let applied = vitrina::demo::migrate(conns.journal()?).await?;
@@ -373,19 +617,6 @@ async fn run(command: Command, mut cfg: Config, ctx: Ctx) -> Result<()> {
             let tty = !json && console_is_tty();
             vitrina::demo::workload(&cfg, conns.journal()?, json, tty).await?;
         }
-        Command::Capture => {
-            let conns = Stack::new(&cfg)?.connections()?;
-            let capture = vitrina::capture::Capture::new(&cfg, conns.journal()?, conns.kafka()?);
-            vitrina::http::serve(&cfg.capture.metrics_listen, capture.health())
-                .await
-                .map_err(anyhow::Error::msg)?;
-            vitrina::observability::describe_capture();
-            let cancel = shutdown_on_signal();
-            supervise("capture", restart_backoff(), HEALTHY_AFTER, &cancel, || {
-                capture.run(cancel.clone())
-            })
-            .await?;
-        }
         Command::Bench {
             what:
                 BenchWhat::Capture {
@@ -411,11 +642,7 @@ async fn run(command: Command, mut cfg: Config, ctx: Ctx) -> Result<()> {
                 config_file: ctx.config_file.clone(),
             };
             let b = vitrina::bench::capture(&cfg, &knobs).await?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&b)?);
-            } else {
-                print!("{b}");
-            }
+            emit(&b, json)?;
         }
         Command::Bench {
             what:
@@ -435,200 +662,7 @@ async fn run(command: Command, mut cfg: Config, ctx: Ctx) -> Result<()> {
                 replays,
             };
             let b = vitrina::bench::projector(&cfg, &knobs).await?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&b)?);
-            } else {
-                print!("{b}");
-            }
-        }
-        Command::Project => {
-            let conns = Stack::new(&cfg)?.connections()?;
-            let sc = conns.showcase()?;
-            if sc.local {
-                pg::ensure_database(&sc.with_database("postgres").config(), &sc.database).await?;
-            }
-            let projector = vitrina::projector::Projector::new(&cfg, sc, conns.kafka()?);
-            vitrina::http::serve(&cfg.projector.metrics_listen, projector.health())
-                .await
-                .map_err(anyhow::Error::msg)?;
-            vitrina::observability::describe_projector();
-            let cancel = shutdown_on_signal();
-            supervise(
-                "projector",
-                restart_backoff(),
-                HEALTHY_AFTER,
-                &cancel,
-                || projector.run(cancel.clone()),
-            )
-            .await?;
-        }
-        Command::Prostore { what } => match what {
-            ProstoreWhat::Ddl => {
-                // The brokers ProStore reads from: the configured or local
-                // ones, else a placeholder to replace.
-                let brokers = Stack::new(&cfg)
-                    .ok()
-                    .and_then(|s| s.connections().ok())
-                    .and_then(|c| c.kafka().ok().map(|k| k.brokers.clone()))
-                    .unwrap_or_else(|| "KAFKA_BROKERS".into());
-                print!(
-                    "{}",
-                    vitrina::prostore::ddl(
-                        &cfg.prostore.datamart,
-                        &brokers,
-                        &cfg.capture.topic_prefix,
-                        cfg.prostore.records_per_message,
-                    )
-                );
-            }
-            ProstoreWhat::Manifest => {
-                let kafka = Stack::new(&cfg)?.connections()?.kafka()?.clone();
-                let prefix = cfg.capture.topic_prefix.clone();
-                let records = tokio::task::spawn_blocking(move || {
-                    vitrina::prostore::feed::read_manifest(&kafka, &prefix)
-                })
-                .await??;
-                for r in records {
-                    println!("{}", serde_json::to_string(&r)?);
-                }
-            }
-            ProstoreWhat::Feed => {
-                let conns = Stack::new(&cfg)?.connections()?;
-                let kafka = conns.kafka()?;
-                let health = std::sync::Arc::new(vitrina::http::Health::new(
-                    std::time::Duration::from_secs(3600),
-                ));
-                health.ready();
-                vitrina::http::serve(&cfg.prostore.metrics_listen, health)
-                    .await
-                    .map_err(anyhow::Error::msg)?;
-                vitrina::observability::describe_prostore();
-                let cancel = shutdown_on_signal();
-                supervise(
-                    "prostore",
-                    restart_backoff(),
-                    HEALTHY_AFTER,
-                    &cancel,
-                    || {
-                        let (cfg, kafka, cancel) = (cfg.clone(), kafka.clone(), cancel.clone());
-                        async move {
-                            vitrina::prostore::feed::Feed::new(&cfg, kafka)?
-                                .run(cancel)
-                                .await
-                        }
-                    },
-                )
-                .await?;
-            }
-        },
-        Command::Rdm { what } => match what {
-            RdmWhat::Journal => {
-                let kafka = Stack::new(&cfg)?.connections()?.kafka()?.clone();
-                let prefix = cfg.capture.topic_prefix.clone();
-                let entries = tokio::task::spawn_blocking(move || {
-                    vitrina::rdm::upload::read_entries(&kafka, &prefix)
-                })
-                .await??;
-                for e in entries {
-                    println!("{}", serde_json::to_string(&e)?);
-                }
-            }
-            RdmWhat::Upload => {
-                let kafka = Stack::new(&cfg)?.connections()?.kafka()?.clone();
-                let health = std::sync::Arc::new(vitrina::http::Health::new(
-                    std::time::Duration::from_secs(3600),
-                ));
-                vitrina::http::serve(&cfg.rdm.metrics_listen, health.clone())
-                    .await
-                    .map_err(anyhow::Error::msg)?;
-                vitrina::observability::describe_rdm();
-                let cancel = shutdown_on_signal();
-                supervise("rdm", restart_backoff(), HEALTHY_AFTER, &cancel, || {
-                    let (cfg, kafka, cancel, health) =
-                        (cfg.clone(), kafka.clone(), cancel.clone(), health.clone());
-                    async move {
-                        vitrina::rdm::upload::Uploader::new(&cfg, kafka, health)?
-                            .run(cancel)
-                            .await
-                    }
-                })
-                .await?;
-            }
-        },
-        Command::Quality { json } => {
-            let conns = Stack::new(&cfg)?.connections()?;
-            let c = pg::connect(&conns.showcase()?.config()).await?;
-            vitrina::showcase::migrate(&c, vitrina::showcase::SCHEMA).await?;
-            let r = vitrina::showcase::quality::run(
-                &c,
-                vitrina::showcase::SCHEMA,
-                cfg.projector.pending_grace_s,
-            )
-            .await?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&r)?);
-            } else {
-                print!("{}", r.render(cfg.projector.pending_grace_s));
-            }
-        }
-        Command::Replay {
-            from,
-            margin,
-            no_swap,
-            restart,
-            new_log,
-            json,
-        } => {
-            let from = from
-                .map(|f| {
-                    chrono::DateTime::parse_from_rfc3339(&f)
-                        .map(|t| t.with_timezone(&chrono::Utc))
-                        .map_err(|e| {
-                            anyhow::anyhow!(
-                                "--from `{f}` is not an RFC 3339 time ({e}); example: 2026-11-01T00:00:00+03:00"
-                            )
-                        })
-                })
-                .transpose()?;
-            let conns = Stack::new(&cfg)?.connections()?;
-            let health = std::sync::Arc::new(vitrina::http::Health::new(
-                std::time::Duration::from_secs(3600),
-            ));
-            health.ready();
-            vitrina::http::serve(&cfg.projector.replay_metrics_listen, health)
-                .await
-                .map_err(anyhow::Error::msg)?;
-            vitrina::observability::describe_projector();
-            vitrina::observability::describe_replay();
-            let opts = vitrina::projector::replay::Options {
-                from,
-                margin: std::time::Duration::from_secs(margin),
-                swap: !no_swap,
-                restart,
-                new_log,
-            };
-            let r = vitrina::projector::replay::run(
-                &cfg,
-                conns.showcase()?,
-                conns.kafka()?,
-                &opts,
-                shutdown_on_signal(),
-            )
-            .await?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&r)?);
-            } else {
-                print!("{r}");
-            }
-        }
-        Command::Schemas { write } => {
-            let reg = vitrina::events::codec::Registry::new();
-            print!("{}", vitrina::events::schema::listing(&reg));
-            if let Some(dir) = write {
-                let n = vitrina::events::schema::write_all(&dir)
-                    .with_context(|| format!("writing the schemas into {}", dir.display()))?;
-                println!("wrote {n} schemas to {}", dir.display());
-            }
+            emit(&b, json)?;
         }
         Command::Demo {
             duration,
@@ -642,6 +676,7 @@ async fn run(command: Command, mut cfg: Config, ctx: Ctx) -> Result<()> {
             vitrina::demo::migrate(conns.journal()?).await?;
             vitrina::demo::run(cfg, &conns, schools, students_per_school, duration).await?;
         }
+        _ => unreachable!("run() passes only the development commands here"),
     }
     Ok(())
 }
