@@ -222,14 +222,22 @@ impl Config {
         read("rdm.token_file", &self.rdm.token_file, &mut self.rdm.token)
     }
 
-    /// Checks constraints serde cannot express.
+    /// Checks constraints serde cannot express, section by section.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        fn bad(key: &'static str, constraint: impl Into<String>) -> Result<(), ConfigError> {
-            Err(ConfigError::Invalid {
-                key,
-                constraint: constraint.into(),
-            })
+        self.validate_region()?;
+        self.validate_databases()?;
+        self.validate_projector()?;
+        self.validate_kafka()?;
+        self.validate_capture()?;
+        self.validate_prostore_and_rdm()?;
+        if self.stack.ready_timeout_s == 0 {
+            return bad("stack.ready_timeout_s", "must be at least 1");
         }
+        Ok(())
+    }
+
+    /// `[region]` and `[workload]`: the synthetic region and its changes.
+    fn validate_region(&self) -> Result<(), ConfigError> {
         let r = &self.region;
         if r.schools == 0 {
             return bad("region.schools", "must be at least 1");
@@ -259,6 +267,11 @@ impl Config {
         if w.sessions == 0 || w.sessions > 64 {
             return bad("workload.sessions", "must be within 1..=64");
         }
+        Ok(())
+    }
+
+    /// `[journal]` and `[showcase]`: two databases, TLS settings that go together.
+    fn validate_databases(&self) -> Result<(), ConfigError> {
         for (db, database_key, port_key, section) in [
             (&self.journal, "journal.database", "journal.port", "journal"),
             (
@@ -322,6 +335,11 @@ impl Config {
                 "names the journal database; the showcase needs a database of its own",
             );
         }
+        Ok(())
+    }
+
+    /// `[projector]`.
+    fn validate_projector(&self) -> Result<(), ConfigError> {
         let p = &self.projector;
         if p.sla_budget_s == 0 {
             return bad("projector.sla_budget_s", "must be at least 1");
@@ -350,6 +368,11 @@ impl Config {
         if p.batch_wait_ms == 0 || p.batch_wait_ms > 60_000 {
             return bad("projector.batch_wait_ms", "must be within 1..=60000");
         }
+        Ok(())
+    }
+
+    /// `[kafka]`: properties vitrina sets itself are refused.
+    fn validate_kafka(&self) -> Result<(), ConfigError> {
         for key in self.kafka.properties.0.keys() {
             if RESERVED_KAFKA.contains(&key.as_str()) {
                 return Err(ConfigError::Invalid {
@@ -361,6 +384,11 @@ impl Config {
         if self.kafka.session_timeout_ms < 1000 {
             return bad("kafka.session_timeout_ms", "must be at least 1000");
         }
+        Ok(())
+    }
+
+    /// `[capture]`.
+    fn validate_capture(&self) -> Result<(), ConfigError> {
         let c = &self.capture;
         let ident_ok = |s: &str| {
             !s.is_empty()
@@ -400,6 +428,36 @@ impl Config {
         if c.heartbeat_interval_ms < 100 {
             return bad("capture.heartbeat_interval_ms", "must be at least 100");
         }
+        if c.hashing == Hashing::Keyed && c.hmac_key.as_ref().is_none_or(|k| k.expose().len() < 16)
+        {
+            return bad(
+                "capture.hmac_key",
+                "must be set (at least 16 characters) when capture.hashing = \"keyed\"",
+            );
+        }
+        if !(4096..=100_000_000).contains(&c.max_message_bytes) {
+            return bad(
+                "capture.max_message_bytes",
+                "must be within 4096..=100000000",
+            );
+        }
+        if c.max_in_flight < 100 {
+            return bad("capture.max_in_flight", "must be at least 100");
+        }
+        if c.snapshot_connections == 0 || c.snapshot_connections > 32 {
+            return bad("capture.snapshot_connections", "must be within 1..=32");
+        }
+        if !["none", "gzip", "snappy", "lz4", "zstd"].contains(&c.compression.as_str()) {
+            return bad(
+                "capture.compression",
+                "must be one of none, gzip, snappy, lz4, zstd",
+            );
+        }
+        Ok(())
+    }
+
+    /// `[prostore]` and `[rdm]`.
+    fn validate_prostore_and_rdm(&self) -> Result<(), ConfigError> {
         if self.prostore.delta_interval_ms < 1000 {
             return bad(
                 "prostore.delta_interval_ms",
@@ -431,36 +489,16 @@ impl Config {
                 "status_poll_ms must be at least 10 and request_timeout_ms at least 100",
             );
         }
-        if c.hashing == Hashing::Keyed && c.hmac_key.as_ref().is_none_or(|k| k.expose().len() < 16)
-        {
-            return bad(
-                "capture.hmac_key",
-                "must be set (at least 16 characters) when capture.hashing = \"keyed\"",
-            );
-        }
-        if !(4096..=100_000_000).contains(&c.max_message_bytes) {
-            return bad(
-                "capture.max_message_bytes",
-                "must be within 4096..=100000000",
-            );
-        }
-        if c.max_in_flight < 100 {
-            return bad("capture.max_in_flight", "must be at least 100");
-        }
-        if c.snapshot_connections == 0 || c.snapshot_connections > 32 {
-            return bad("capture.snapshot_connections", "must be within 1..=32");
-        }
-        if !["none", "gzip", "snappy", "lz4", "zstd"].contains(&c.compression.as_str()) {
-            return bad(
-                "capture.compression",
-                "must be one of none, gzip, snappy, lz4, zstd",
-            );
-        }
-        if self.stack.ready_timeout_s == 0 {
-            return bad("stack.ready_timeout_s", "must be at least 1");
-        }
         Ok(())
     }
+}
+
+/// A configuration value out of its bounds.
+fn bad(key: &'static str, constraint: impl Into<String>) -> Result<(), ConfigError> {
+    Err(ConfigError::Invalid {
+        key,
+        constraint: constraint.into(),
+    })
 }
 
 fn apply_env(root: &mut toml::Table, var: &str, raw: &str) -> Result<(), ConfigError> {
