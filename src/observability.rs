@@ -32,6 +32,9 @@ pub const PROJECTOR_DEAD_LETTERS: &str = "vitrina_projector_dead_letters_total";
 pub const PROJECTOR_BATCH_SECONDS: &str = "vitrina_projector_batch_seconds";
 pub const PROJECTOR_VISIBLE_LATENCY: &str = "vitrina_projector_commit_to_visible_seconds";
 pub const PROJECTOR_REWINDS: &str = "vitrina_projector_rewinds_total";
+/// Failures the projector rides over without stopping (label `kind`:
+/// `assign`, `unassign`).
+pub const PROJECTOR_ERRORS: &str = "vitrina_projector_errors_total";
 pub const PROJECTOR_CONSENT_UPDATES: &str = "vitrina_projector_consent_updates_total";
 pub const PROJECTOR_BATCH_EVENTS: &str = "vitrina_projector_batch_messages";
 pub const PROJECTOR_CATCH_UP: &str = "vitrina_projector_catch_up_mode";
@@ -66,6 +69,14 @@ pub fn describe_projector() {
     ] {
         metrics::counter!(c).increment(0);
     }
+    for kind in ["assign", "unassign"] {
+        metrics::counter!(PROJECTOR_ERRORS, "kind" => kind).increment(0);
+    }
+    describe_counter!(
+        PROJECTOR_ERRORS,
+        Unit::Count,
+        "Consumer group assignments the projector could not take or give up (it rejoins the group)."
+    );
     describe_counter!(
         PROJECTOR_EVENTS,
         Unit::Count,

@@ -244,6 +244,112 @@ impl Capture {
     }
 
     async fn run_inner(&self, cancel: CancellationToken) -> Result<(), CaptureError> {
+        let c = &self.cfg.capture;
+        let Started {
+            mapping,
+            dp,
+            sql,
+            load_state,
+            slot_state,
+            mut stream,
+            mut publisher,
+            mut acker_task,
+            last_commit_time,
+        } = self.start().await?;
+        let cfg = &self.cfg;
+        // The names and consents from the journal, and (for a slot that
+        // exists) the load's progress from Kafka, read at the same time.
+        let gate_client = pg::connect(&self.journal.config()).await?;
+        let (gate, stored) = tokio::join!(
+            gate::Gate::open(gate_client, &mapping, c.scrub_free_text),
+            async {
+                match slot_state {
+                    preflight::SlotState::Absent => Ok(None),
+                    preflight::SlotState::Ready { .. } => load_state.read().await,
+                }
+            }
+        );
+        let (mut gate, stored) = (gate?, stored?);
+        gate.progress = Some(self.progress.clone());
+
+        // The initial load, at the slot's exported snapshot, before streaming.
+        let loader = initial_load::Loader {
+            cfg,
+            journal: &self.journal,
+            sql: &sql,
+            tables: &mapping.tables,
+            dp: &dp,
+            progress: &self.progress,
+            store: &load_state,
+        };
+        let skip_before = loader
+            .run(&slot_state, stored, &mut stream, &mut publisher, &mut gate)
+            .await?;
+
+        stream
+            .start(None)
+            .await
+            .map_err(|e| stream::start_error(&c.slot, e))?;
+        tracing::info!(slot = %c.slot, publication = %c.publication, "streaming");
+        self.progress
+            .streaming_since_micros
+            .store(chrono::Utc::now().timestamp_micros(), Ordering::SeqCst);
+        self.health.ready();
+
+        // Heartbeats and slot metrics on their own connection.
+        let side = tokio::spawn(heartbeat::run(
+            self.journal.config(),
+            c.slot.clone(),
+            Duration::from_millis(c.heartbeat_interval_ms),
+            last_commit_time,
+            cancel.clone(),
+        ));
+        let mut streamer = stream::Streamer::new(
+            mapping,
+            dp,
+            publisher,
+            skip_before,
+            heartbeat::prefix(&c.slot),
+            gate,
+        );
+        let (result, acker_ended) = self
+            .stream(&mut stream, &mut streamer, &mut acker_task, &cancel)
+            .await;
+        // Drain: everything produced is acknowledged and confirmed, then told
+        // to the server, before we go.
+        side.abort();
+        drop(streamer.into_publisher());
+        let drained = if acker_ended {
+            Ok(())
+        } else {
+            match tokio::time::timeout(Duration::from_secs(30), acker_task).await {
+                Ok(Ok(r)) => r,
+                Ok(Err(e)) => Err(CaptureError::Task(e.to_string())),
+                Err(_) => Err(CaptureError::Delivery {
+                    message: "acknowledgements did not arrive within 30 s of shutdown".into(),
+                    kind: ErrorKind::Transient,
+                }),
+            }
+        };
+        if result.is_ok() {
+            send_feedback(&mut stream).await;
+        }
+        if let Err(e) = stream.stop().await {
+            metrics::counter!(obs::CAPTURE_ERRORS, "kind" => "replication").increment(1);
+            tracing::warn!(error = %e, "stopping the replication stream failed; the server ends it when the connection closes");
+        }
+        tracing::info!(confirmed = %lsn::format(self.progress.confirmed.load(Ordering::SeqCst)), "capture stopped");
+        match (result, drained) {
+            // Handling found the acker gone: its own error says why.
+            (Err(CaptureError::Task(_)), Err(cause)) => Err(cause),
+            (result, drained) => result.and(drained),
+        }
+    }
+
+    /// Everything before the stream: the mapping and the journal checked,
+    /// topics made, the producer and its acker, the replication stream
+    /// opened (not started).
+    async fn start(&self) -> Result<Started, CaptureError> {
         let (cfg, c) = (&self.cfg, &self.cfg.capture);
         let mapping = Mapping::load(c.mapping_file.as_deref())?;
         // Dead-letter series exist from the start, at 0, so that increase()
@@ -301,7 +407,7 @@ impl Capture {
         // Confirmed positions reach the server within a heartbeat or a second.
         let rcfg = stream_config(&c.slot, &c.publication, false)
             .with_feedback_interval(Duration::from_millis(c.heartbeat_interval_ms.min(1000)));
-        let mut stream =
+        let stream =
             LogicalReplicationStream::new(&self.journal.replication_url("vitrina-capture"), rcfg)
                 .await
                 .map_err(CaptureError::Replication)?;
@@ -309,14 +415,14 @@ impl Capture {
         let (tx, rx) = mpsc::channel::<Ack>(c.max_in_flight);
         let in_flight = Arc::new(AtomicI64::new(0));
         let last_commit_time = Arc::new(AtomicI64::new(chrono::Utc::now().timestamp_micros()));
-        let mut acker_task = tokio::spawn(publisher::acker(
+        let acker_task = tokio::spawn(publisher::acker(
             rx,
             stream.shared_lsn_feedback.clone(),
             in_flight.clone(),
             last_commit_time.clone(),
             self.progress.clone(),
         ));
-        let mut publisher = Publisher {
+        let publisher = Publisher {
             producer: producer.clone(),
             registry: Registry::new(),
             acks: tx,
@@ -334,62 +440,28 @@ impl Capture {
             held: None,
             sent: Default::default(),
         };
-        // The names and consents from the journal, and (for a slot that
-        // exists) the load's progress from Kafka, read at the same time.
-        let gate_client = pg::connect(&self.journal.config()).await?;
-        let (gate, stored) = tokio::join!(
-            gate::Gate::open(gate_client, &mapping, c.scrub_free_text),
-            async {
-                match slot_state {
-                    preflight::SlotState::Absent => Ok(None),
-                    preflight::SlotState::Ready { .. } => load_state.read().await,
-                }
-            }
-        );
-        let (mut gate, stored) = (gate?, stored?);
-        gate.progress = Some(self.progress.clone());
-
-        // The initial load, at the slot's exported snapshot, before streaming.
-        let loader = initial_load::Loader {
-            cfg,
-            journal: &self.journal,
-            sql: &sql,
-            tables: &mapping.tables,
-            dp: &dp,
-            progress: &self.progress,
-            store: &load_state,
-        };
-        let skip_before = loader
-            .run(&slot_state, stored, &mut stream, &mut publisher, &mut gate)
-            .await?;
-
-        stream
-            .start(None)
-            .await
-            .map_err(|e| stream::start_error(&c.slot, e))?;
-        tracing::info!(slot = %c.slot, publication = %c.publication, "streaming");
-        self.progress
-            .streaming_since_micros
-            .store(chrono::Utc::now().timestamp_micros(), Ordering::SeqCst);
-        self.health.ready();
-
-        // Heartbeats and slot metrics on their own connection.
-        let side = tokio::spawn(heartbeat::run(
-            self.journal.config(),
-            c.slot.clone(),
-            Duration::from_millis(c.heartbeat_interval_ms),
-            last_commit_time.clone(),
-            cancel.clone(),
-        ));
-
-        let mut streamer = stream::Streamer::new(
+        Ok(Started {
             mapping,
             dp,
+            sql,
+            load_state,
+            slot_state,
+            stream,
             publisher,
-            skip_before,
-            heartbeat::prefix(&c.slot),
-            gate,
-        );
+            acker_task,
+            last_commit_time,
+        })
+    }
+
+    /// Streams changes until cancelled or failed: the result, and whether
+    /// the acker ended (its end is the loop's error, not to be awaited again).
+    async fn stream(
+        &self,
+        stream: &mut LogicalReplicationStream,
+        streamer: &mut stream::Streamer,
+        acker_task: &mut tokio::task::JoinHandle<Result<(), CaptureError>>,
+        cancel: &CancellationToken,
+    ) -> (Result<(), CaptureError>, bool) {
         // A tick wakes the loop every second even when the server sends only
         // keepalives (pg_walstream's cancellation is safe mid-stream): when
         // idle, capture confirms what the server says it has sent, so a
@@ -423,7 +495,7 @@ impl Capture {
             let reading = std::time::Instant::now();
             let ev = tokio::select! {
                 r = stream.next_event(&tick) => r,
-                a = &mut acker_task => {
+                a = &mut *acker_task => {
                     acker_ended = true;
                     break match a {
                         Ok(Ok(())) => Err(CaptureError::Task("the acker stopped".into())),
@@ -442,9 +514,13 @@ impl Capture {
                 Err(ReplicationError::Cancelled(_)) if cancel.is_cancelled() => {
                     // What was received is published and confirmed in the drain
                     // (a broker that cannot take it leaves it for the next start).
-                    break tokio::time::timeout(Duration::from_secs(30), streamer.flush_flips())
-                        .await
-                        .unwrap_or(Ok(()));
+                    break match tokio::time::timeout(SHUTDOWN_FLUSH, streamer.flush_flips()).await {
+                        Ok(r) => r,
+                        Err(_) => Err(CaptureError::Delivery {
+                            message: format!("consent changes waiting for their flip were not flushed within {} s of shutdown; they are not confirmed and are read again at the next start", SHUTDOWN_FLUSH.as_secs()),
+                            kind: ErrorKind::Transient,
+                        }),
+                    };
                 }
                 Err(ReplicationError::Cancelled(_)) => {
                     tick = cancel.child_token();
@@ -456,7 +532,7 @@ impl Capture {
                             stream.shared_lsn_feedback.update_flushed_lsn(sent);
                             stream.shared_lsn_feedback.update_applied_lsn(sent);
                             self.progress.confirmed.fetch_max(sent, Ordering::SeqCst);
-                            let _ = stream.send_feedback().await;
+                            send_feedback(stream).await;
                         }
                     }
                     if !streamer.gate.has_pending() {
@@ -474,34 +550,9 @@ impl Capture {
             // is alive, so a long broker outage never reaches
             // wal_sender_timeout. The timer is set only when handling waits.
             let handling = std::time::Instant::now();
-            let r = {
-                let mut handled = std::pin::pin!(streamer.handle_or_flush(ev));
-                match futures::poll!(handled.as_mut()) {
-                    std::task::Poll::Ready(r) => r,
-                    std::task::Poll::Pending => {
-                        let since = std::time::Instant::now();
-                        let r = loop {
-                            tokio::select! {
-                                r = handled.as_mut() => break r,
-                                _ = tokio::time::sleep(KEEPALIVE_WHILE_BLOCKED) => {
-                                    self.health.beat();
-                                    let _ = stream.send_feedback().await;
-                                    if since.elapsed() >= WAITING_NOT_READY {
-                                        self.health.not_ready(format!(
-                                            "waiting for Kafka to acknowledge events for {} s (capture.max_in_flight reached)",
-                                            since.elapsed().as_secs()
-                                        ));
-                                    }
-                                }
-                            }
-                        };
-                        if since.elapsed() >= WAITING_NOT_READY {
-                            self.health.ready();
-                        }
-                        r
-                    }
-                }
-            };
+            let r = self
+                .keeping_alive(stream, streamer.handle_or_flush(ev))
+                .await;
             Spent::add(&spent.handling_micros, handling);
             if let Err(e) = r {
                 break Err(e);
@@ -523,33 +574,67 @@ impl Capture {
         if let Some(w) = flip_wake {
             w.abort();
         }
+        (result, acker_ended)
+    }
 
-        // Drain: everything produced is acknowledged and confirmed, then told
-        // to the server, before we go.
-        side.abort();
-        drop(streamer.into_publisher());
-        let drained = if acker_ended {
-            Ok(())
-        } else {
-            match tokio::time::timeout(Duration::from_secs(30), acker_task).await {
-                Ok(Ok(r)) => r,
-                Ok(Err(e)) => Err(CaptureError::Task(e.to_string())),
-                Err(_) => Err(CaptureError::Delivery {
-                    message: "acknowledgements did not arrive within 30 s of shutdown".into(),
-                    kind: ErrorKind::Transient,
-                }),
+    /// Awaits `handling`, which waits when Kafka is behind (at most
+    /// max_in_flight unacknowledged): meanwhile capture keeps telling the
+    /// server it is alive, so a long broker outage never reaches
+    /// wal_sender_timeout. The timer is set only when handling waits.
+    async fn keeping_alive(
+        &self,
+        stream: &mut LogicalReplicationStream,
+        handling: impl std::future::Future<Output = Result<(), CaptureError>>,
+    ) -> Result<(), CaptureError> {
+        let mut handled = std::pin::pin!(handling);
+        if let std::task::Poll::Ready(r) = futures::poll!(handled.as_mut()) {
+            return r;
+        }
+        let since = std::time::Instant::now();
+        let r = loop {
+            tokio::select! {
+                r = handled.as_mut() => break r,
+                _ = tokio::time::sleep(KEEPALIVE_WHILE_BLOCKED) => {
+                    self.health.beat();
+                    send_feedback(stream).await;
+                    if since.elapsed() >= WAITING_NOT_READY {
+                        self.health.not_ready(format!(
+                            "waiting for Kafka to acknowledge events for {} s (capture.max_in_flight reached)",
+                            since.elapsed().as_secs()
+                        ));
+                    }
+                }
             }
         };
-        if result.is_ok() {
-            let _ = stream.send_feedback().await;
+        if since.elapsed() >= WAITING_NOT_READY {
+            self.health.ready();
         }
-        let _ = stream.stop().await;
-        tracing::info!(confirmed = %lsn::format(self.progress.confirmed.load(Ordering::SeqCst)), "capture stopped");
-        match (result, drained) {
-            // Handling found the acker gone: its own error says why.
-            (Err(CaptureError::Task(_)), Err(cause)) => Err(cause),
-            (result, drained) => result.and(drained),
-        }
+        r
+    }
+}
+
+/// What [`Capture::start`] opens.
+struct Started {
+    mapping: Mapping,
+    dp: Depersonalizer,
+    sql: tokio_postgres::Client,
+    load_state: load_state::LoadStateStore,
+    slot_state: preflight::SlotState,
+    stream: LogicalReplicationStream,
+    publisher: Publisher,
+    acker_task: tokio::task::JoinHandle<Result<(), CaptureError>>,
+    last_commit_time: Arc<AtomicI64>,
+}
+
+/// How long the shutdown waits for consent changes to be flushed.
+const SHUTDOWN_FLUSH: Duration = Duration::from_secs(30);
+
+/// Tells the server the confirmed position now. A failure is counted and
+/// logged: the next feedback (within a second) carries the same position.
+async fn send_feedback(stream: &mut LogicalReplicationStream) {
+    if let Err(e) = stream.send_feedback().await {
+        metrics::counter!(obs::CAPTURE_ERRORS, "kind" => "feedback").increment(1);
+        tracing::warn!(error = %e, "sending the confirmed position to the server failed; the next feedback carries it");
     }
 }
 

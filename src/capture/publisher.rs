@@ -163,8 +163,9 @@ impl Publisher {
             .map_err(|_| CaptureError::Task("the acker stopped".into()))
     }
 
-    pub async fn send_event(&mut self, e: &Event, partition_key: &str) -> Result<(), CaptureError> {
-        let dead = |reason: String, kind: &'static str| DeadLetter {
+    /// The dead letter of an event that cannot be sent.
+    fn dead(&self, e: &Event, reason: String, kind: &'static str) -> DeadLetter {
+        DeadLetter {
             reason,
             kind,
             table: e.source.table.clone(),
@@ -177,11 +178,15 @@ impl Publisher {
             capture: self.slot.clone(),
             key: None,
             size_bytes: None,
-        };
+        }
+    }
+
+    pub async fn send_event(&mut self, e: &Event, partition_key: &str) -> Result<(), CaptureError> {
         match self.registry.encode(e) {
             Ok(bytes) if bytes.len() + partition_key.len() > self.max_message_bytes => {
                 let size = bytes.len() + partition_key.len();
-                let mut dl = dead(
+                let mut dl = self.dead(
+                    e,
                     format!(
                         "the event is {size} bytes, over capture.max_message_bytes = {}; raise it (and the topic's max.message.bytes) to send such rows",
                         self.max_message_bytes
@@ -202,17 +207,24 @@ impl Publisher {
                 }
                 self.enqueue(Ack::Delivery(f, e.entity.name, e.op)).await
             }
-            Err(err) => self.dead_letter(dead(err.to_string(), "encode")).await,
+            Err(err) => {
+                let dl = self.dead(e, err.to_string(), "encode");
+                self.dead_letter(dl).await
+            }
         }
     }
 
     /// TRUNCATE events go to every partition, so each key's stream sees
-    /// the truncate in order with its own events.
+    /// the truncate in order with its own events. One that does not encode
+    /// is dead-lettered, as any other event.
     pub async fn send_to_all_partitions(&mut self, e: &Event) -> Result<(), CaptureError> {
-        let bytes = self
-            .registry
-            .encode(e)
-            .map_err(|err| CaptureError::Task(format!("encoding a truncate: {err}")))?;
+        let bytes = match self.registry.encode(e) {
+            Ok(bytes) => bytes,
+            Err(err) => {
+                let dl = self.dead(e, err.to_string(), "encode");
+                return self.dead_letter(dl).await;
+            }
+        };
         let topic = self.topic(e.entity.name);
         let n = self.partitions.get(topic).copied().unwrap_or(1);
         for p in 0..n {

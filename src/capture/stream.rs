@@ -153,22 +153,13 @@ impl Streamer {
 
     /// Handles one message of the stream at WAL position `lsn`.
     pub(super) async fn handle(&mut self, ev: EventType, lsn: u64) -> Result<(), CaptureError> {
-        let Streamer {
-            mapping,
-            dp,
-            publisher,
-            txn,
-            skip_before,
-            heartbeat_prefix,
-            gate,
-        } = self;
-        let (tm, op, new, old) = match ev {
+        match ev {
             EventType::Begin {
                 transaction_id,
                 final_lsn,
                 commit_timestamp,
             } => {
-                *txn = Txn {
+                self.txn = Txn {
                     xid: transaction_id as i64,
                     commit_lsn: final_lsn.value(),
                     commit_time_micros: commit_timestamp.timestamp_micros(),
@@ -177,108 +168,152 @@ impl Streamer {
                     last_lsn: 0,
                     seq: 0,
                 };
-                return Ok(());
+                Ok(())
             }
             EventType::Commit {
                 commit_timestamp,
                 end_lsn,
                 ..
             } => {
-                let t = commit_timestamp.timestamp_micros();
-                txn.open = false;
-                // One span per journal transaction (capture's batch), with its
-                // source positions; FmtSpan::CLOSE logs it at debug level.
-                let span = tracing::debug_span!(
-                    "capture_txn",
-                    xid = txn.xid,
-                    commit_lsn = %lsn::format(txn.commit_lsn),
-                    end_lsn = %lsn::format(end_lsn.value()),
-                    heartbeat = txn.heartbeat
-                );
-                return async {
-                    if txn.heartbeat {
-                        publisher.watermarks(txn.commit_lsn, t).await?;
-                    }
-                    // A revocation seen in the journal stops publication
-                    // within the refresh, however far behind the stream is.
-                    gate.maybe_refresh(at(txn, txn.commit_lsn), publisher)
-                        .await?;
-                    publisher.commit(end_lsn.value(), t).await?;
-                    if gate.has_pending() {
-                        gate.flush(publisher).await?;
-                    }
-                    Ok(())
-                }
-                .instrument(span)
-                .await;
+                self.commit(commit_timestamp.timestamp_micros(), end_lsn.value())
+                    .await
             }
             EventType::Message { prefix, .. } => {
-                if *prefix == **heartbeat_prefix {
-                    txn.heartbeat = true;
+                if *prefix == *self.heartbeat_prefix {
+                    self.txn.heartbeat = true;
                 }
-                return Ok(());
+                Ok(())
             }
             EventType::Insert {
                 schema,
                 table,
                 data,
                 ..
-            } => (
-                mapping.table_of(&schema, &table),
-                Op::Create,
-                Some(data),
-                None,
-            ),
+            } => {
+                self.change(&schema, &table, Op::Create, Some(data), None, lsn)
+                    .await
+            }
             EventType::Update {
                 schema,
                 table,
                 new_data,
                 old_data,
                 ..
-            } => (
-                mapping.table_of(&schema, &table),
-                Op::Update,
-                Some(new_data),
-                old_data,
-            ),
+            } => {
+                self.change(&schema, &table, Op::Update, Some(new_data), old_data, lsn)
+                    .await
+            }
             EventType::Delete {
                 schema,
                 table,
                 old_data,
                 ..
-            } => (
-                mapping.table_of(&schema, &table),
-                Op::Delete,
-                None,
-                Some(old_data),
-            ),
-            EventType::Truncate { tables, .. } => {
-                for t in tables {
-                    let Some(tm) = mapping.table(&t) else {
-                        continue;
-                    };
-                    if skip_before
-                        .get(tm.table.as_str())
-                        .is_some_and(|l| txn.commit_lsn < *l)
-                    {
-                        continue;
-                    }
-                    let e = Event {
-                        event_id: events::change_event_id(txn.commit_lsn, lsn, 0, &tm.table),
-                        entity: tm.entity,
-                        op: Op::Truncate,
-                        key: "*".into(),
-                        source: source(txn, lsn, &tm.table),
-                        actor: None,
-                        quality: vec![],
-                        after: None,
-                    };
-                    publisher.send_to_all_partitions(&e).await?;
-                }
-                return Ok(());
+            } => {
+                self.change(&schema, &table, Op::Delete, None, Some(old_data), lsn)
+                    .await
             }
-            _ => return Ok(()),
-        };
+            EventType::Truncate { tables, .. } => self.truncate(&tables, lsn).await,
+            _ => Ok(()),
+        }
+    }
+
+    /// The transaction's commit: watermarks after a heartbeat, the
+    /// consents refreshed when due, the commit queued for confirmation.
+    async fn commit(&mut self, t: i64, end_lsn: u64) -> Result<(), CaptureError> {
+        let Streamer {
+            publisher,
+            txn,
+            gate,
+            ..
+        } = self;
+        txn.open = false;
+        // One span per journal transaction (capture's batch), with its
+        // source positions; FmtSpan::CLOSE logs it at debug level.
+        let span = tracing::debug_span!(
+            "capture_txn",
+            xid = txn.xid,
+            commit_lsn = %lsn::format(txn.commit_lsn),
+            end_lsn = %lsn::format(end_lsn),
+            heartbeat = txn.heartbeat
+        );
+        async {
+            if txn.heartbeat {
+                publisher.watermarks(txn.commit_lsn, t).await?;
+            }
+            // A revocation seen in the journal stops publication
+            // within the refresh, however far behind the stream is.
+            gate.maybe_refresh(at(txn, txn.commit_lsn), publisher)
+                .await?;
+            publisher.commit(end_lsn, t).await?;
+            if gate.has_pending() {
+                gate.flush(publisher).await?;
+            }
+            Ok(())
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// A TRUNCATE of `tables`: one event per mapped table, to every
+    /// partition of its topic.
+    async fn truncate(
+        &mut self,
+        tables: &[std::sync::Arc<str>],
+        lsn: u64,
+    ) -> Result<(), CaptureError> {
+        let Streamer {
+            mapping,
+            publisher,
+            txn,
+            skip_before,
+            ..
+        } = self;
+        for t in tables {
+            let Some(tm) = mapping.table(t) else {
+                continue;
+            };
+            if skip_before
+                .get(tm.table.as_str())
+                .is_some_and(|l| txn.commit_lsn < *l)
+            {
+                continue;
+            }
+            let e = Event {
+                event_id: events::change_event_id(txn.commit_lsn, lsn, 0, &tm.table),
+                entity: tm.entity,
+                op: Op::Truncate,
+                key: "*".into(),
+                source: source(txn, lsn, &tm.table),
+                actor: None,
+                quality: vec![],
+                after: None,
+            };
+            publisher.send_to_all_partitions(&e).await?;
+        }
+        Ok(())
+    }
+
+    /// A row's INSERT, UPDATE (`new` and, with REPLICA IDENTITY FULL,
+    /// `old`) or DELETE (`old` only).
+    async fn change(
+        &mut self,
+        schema: &str,
+        table: &str,
+        op: Op,
+        new: Option<RowData>,
+        old: Option<RowData>,
+        lsn: u64,
+    ) -> Result<(), CaptureError> {
+        let Streamer {
+            mapping,
+            dp,
+            publisher,
+            txn,
+            skip_before,
+            gate,
+            ..
+        } = self;
+        let tm = mapping.table_of(schema, table);
         let Some(tm) = tm else {
             return Ok(()); // not a mapped table
         };

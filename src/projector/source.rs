@@ -62,25 +62,37 @@ impl ConsumerContext for SeekToShowcase {
         if err == RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS {
             let known = self.offsets.lock().unwrap();
             let mut assign = TopicPartitionList::new();
+            let mut taken = Ok(());
             for e in tpl.elements() {
                 let at = known
                     .get(&(e.topic().to_string(), e.partition()))
                     .map(|o| kafka::fetch_position(*o))
                     .unwrap_or(Offset::Beginning);
-                let _ = assign.add_partition_offset(e.topic(), e.partition(), at);
+                taken = taken.and(assign.add_partition_offset(e.topic(), e.partition(), at));
             }
-            tracing::info!(
-                partitions = assign.count(),
-                "assigned; positioned at the showcase's offsets"
-            );
-            self.assigned
-                .store(assign.count(), std::sync::atomic::Ordering::SeqCst);
-            if let Err(e) = consumer.assign(&assign) {
-                tracing::error!(error = %e, "assign failed");
+            match taken.and_then(|()| consumer.assign(&assign)) {
+                Ok(()) => {
+                    tracing::info!(
+                        partitions = assign.count(),
+                        "assigned; positioned at the showcase's offsets"
+                    );
+                    self.assigned
+                        .store(assign.count(), std::sync::atomic::Ordering::SeqCst);
+                }
+                Err(e) => {
+                    // No partition taken: the source sees none assigned
+                    // and rejoins the group after its grace period.
+                    metrics::counter!(obs::PROJECTOR_ERRORS, "kind" => "assign").increment(1);
+                    tracing::error!(error = %e, partitions = tpl.count(), "taking the group's assignment failed; rejoining when the grace period ends");
+                    self.assigned.store(0, std::sync::atomic::Ordering::SeqCst);
+                }
             }
         } else {
             self.assigned.store(0, std::sync::atomic::Ordering::SeqCst);
-            let _ = consumer.unassign();
+            if let Err(e) = consumer.unassign() {
+                metrics::counter!(obs::PROJECTOR_ERRORS, "kind" => "unassign").increment(1);
+                tracing::warn!(error = %e, "giving up the revoked partitions failed");
+            }
         }
     }
 }
