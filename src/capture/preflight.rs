@@ -73,7 +73,19 @@ pub async fn check(
     slot: &str,
     publication: &str,
 ) -> Result<(SlotState, MissingColumns), CaptureError> {
-    let q = |what: &'static str| PgError::query(what);
+    let user = check_server(client).await?;
+    let (missing_columns, partitioned) = check_tables(client, mapping, &user).await?;
+    check_publication(client, mapping, publication, &user, partitioned).await?;
+    let state = check_slot(client, slot).await?;
+    Ok((state, missing_columns))
+}
+
+fn q(what: &'static str) -> impl FnOnce(tokio_postgres::Error) -> PgError {
+    PgError::query(what)
+}
+
+/// `wal_level = logical`, and a role that may replicate: the role's name.
+async fn check_server(client: &Client) -> Result<String, CaptureError> {
     let wal: String = client
         .query_one("SHOW wal_level", &[])
         .await
@@ -96,7 +108,17 @@ pub async fn check(
             hint: format!("ALTER ROLE {user} REPLICATION; and GRANT SELECT on the mapped tables"),
         });
     }
+    Ok(user)
+}
 
+/// Every mapped table exists, may be read, and has a replica identity
+/// capture can work with: the mapped columns it lacks, and the tables that
+/// are partitioned.
+async fn check_tables(
+    client: &Client,
+    mapping: &Mapping,
+    user: &str,
+) -> Result<(MissingColumns, Vec<String>), CaptureError> {
     let mut missing_columns = Vec::new();
     let mut partitioned = Vec::new();
     let mut toast_prone = Vec::new();
@@ -134,7 +156,7 @@ pub async fn check(
             .get(0);
         if !can_select {
             return Err(CaptureError::Privilege {
-                user: user.clone(),
+                user: user.to_string(),
                 hint: format!("GRANT SELECT ON {} TO {user}", t.table),
             });
         }
@@ -151,6 +173,17 @@ pub async fn check(
         );
     }
 
+    Ok((missing_columns, partitioned))
+}
+
+/// The publication exists (or is created) and publishes every mapped table.
+async fn check_publication(
+    client: &Client,
+    mapping: &Mapping,
+    publication: &str,
+    user: &str,
+    partitioned: Vec<String>,
+) -> Result<(), CaptureError> {
     let exists = client
         .query_opt(
             "SELECT 1 FROM pg_publication WHERE pubname = $1",
@@ -183,7 +216,7 @@ pub async fn check(
                 if e.code() == Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE) =>
             {
                 return Err(CaptureError::Privilege {
-                    user: user.clone(),
+                    user: user.to_string(),
                     hint: format!(
                         "publication `{publication}` does not exist and creating one takes the tables' owner; a DBA runs: {create};"
                     ),
@@ -233,6 +266,11 @@ pub async fn check(
         }
     }
 
+    Ok(())
+}
+
+/// The slot: absent, or ours, free and valid.
+async fn check_slot(client: &Client, slot: &str) -> Result<SlotState, CaptureError> {
     let slot_row = client
         .query_opt(
             "SELECT active_pid, wal_status, plugin::text, confirmed_flush_lsn::text, database::text, current_database()::text
@@ -241,7 +279,7 @@ pub async fn check(
         )
         .await
         .map_err(q("reading pg_replication_slots"))?;
-    let state = match slot_row {
+    Ok(match slot_row {
         None => SlotState::Absent,
         Some(r) => {
             let active: Option<i32> = r.get(0);
@@ -269,8 +307,7 @@ pub async fn check(
                 confirmed_flush: flush.as_deref().and_then(crate::lsn::parse).unwrap_or(0),
             }
         }
-    };
-    Ok((state, missing_columns))
+    })
 }
 
 /// Checks `t`'s replica identity (see the module's header); returns whether
@@ -280,7 +317,6 @@ async fn check_identity(
     client: &Client,
     t: &super::mapping::TableMapping,
 ) -> Result<(bool, Vec<String>), CaptureError> {
-    let q = |what: &'static str| PgError::query(what);
     let leaves = client
         .query(
             "SELECT c.oid::regclass::text, c.relreplident::text,
