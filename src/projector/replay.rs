@@ -147,15 +147,36 @@ pub async fn run(
         cfg.capture.topic_prefix, showcase_db.database
     );
     let mut p = Projection::open(cfg, showcase_db, kafka, SHADOW, &group).await?;
-    let start: i64 = p.offsets().values().sum();
+    let batch = cfg.projector.catch_up_batch_size;
+    let mut report = catch_up(&mut p, batch, &cancel).await?;
+    let t_logged = Instant::now();
+    set_logged(&admin, true).await?;
+    tracing::info!(
+        seconds = t_logged.elapsed().as_secs_f64(),
+        "shadow made durable (SET LOGGED)"
+    );
+    if !opts.swap {
+        report.tables = compare(&admin, showcase::SCHEMA, SHADOW).await?;
+    } else {
+        swap(cfg, admin, &mut p, opts, &cancel, &mut report).await?;
+    }
+    report.seconds = t0.elapsed().as_secs_f64();
+    report.events_per_s = report.events as f64 / report.seconds.max(1e-9);
+    Ok(report)
+}
 
-    // Phase 1: up to the log's end as it was when we started.
+/// Phase 1: the shadow up to the log's end as it was when it started.
+async fn catch_up(
+    p: &mut Projection,
+    batch: usize,
+    cancel: &CancellationToken,
+) -> Result<Report, ProjectorError> {
+    let start: i64 = p.offsets().values().sum();
     let ends = end_offsets(p.kafka(), p.topics()).await?;
     let total: i64 = ends.values().sum::<i64>() - start;
     let bar = progress_bar(total.max(0) as u64);
     let mut events = 0u64;
     let (mut gather, mut applying) = (Duration::ZERO, Duration::ZERO);
-    let batch = cfg.projector.catch_up_batch_size;
     let mut last_log = Instant::now();
     loop {
         let behind = remaining(&p.offsets(), &ends);
@@ -182,7 +203,7 @@ pub async fn run(
             ));
         }
         let s = p
-            .step(batch, Duration::from_millis(500), &cancel, None)
+            .step(batch, Duration::from_millis(500), cancel, None)
             .await?;
         if let Some(why) = p.stalled() {
             return Err(ProjectorError::Replay(format!("{why}; nothing swapped")));
@@ -194,134 +215,136 @@ pub async fn run(
     }
     events += p.flush().await?.events as u64;
     bar.finish_with_message("caught up");
-    let t_logged = Instant::now();
-    set_logged(&admin, true).await?;
-    tracing::info!(
-        seconds = t_logged.elapsed().as_secs_f64(),
-        "shadow made durable (SET LOGGED)"
-    );
-
-    let mut report = Report {
+    Ok(Report {
         events,
         seconds: 0.0,
         events_per_s: 0.0,
         swapped: false,
         ahead_of_live: 0,
-        gather_seconds: 0.0,
-        apply_seconds: 0.0,
+        gather_seconds: gather.as_secs_f64(),
+        apply_seconds: applying.as_secs_f64(),
         tables: Vec::new(),
-    };
-    if !opts.swap {
-        report.tables = compare(&admin, showcase::SCHEMA, SHADOW).await?;
-    } else {
-        // Phase 2: let the live projector reach the shadow's offsets, pause
-        // it, bring the shadow to exactly its offsets, compare, swap.
-        let shadow = p.offsets();
-        let waited = Instant::now();
-        while !opts.new_log
-            && remaining(&live_offsets(&admin).await?, &shadow) > 0
-            && waited.elapsed() < Duration::from_secs(60)
-        {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        let mut admin = admin;
-        let tx = admin
-            .transaction()
-            .await
-            .map_err(PgError::query("starting the swap"))?;
-        tx.execute(
-            "SELECT pg_advisory_xact_lock(hashtext($1))",
-            &[&showcase::apply_lock_key(showcase::SCHEMA)],
-        )
-        .await
-        .map_err(PgError::query("pausing the live projector"))?;
-        let live = if opts.new_log {
-            p.offsets()
-        } else {
-            live_offsets(&tx).await?
-        };
-        let paused = Instant::now();
-        while remaining(&p.offsets(), &live) > 0 {
-            if paused.elapsed() > Duration::from_secs(120) {
-                return Err(ProjectorError::Replay(
-                    "the shadow did not reach the live showcase's offsets within 120 s of pausing it; nothing swapped".into(),
-                ));
-            }
-            let s = p
-                .step(batch, Duration::from_millis(200), &cancel, Some(&live))
-                .await?;
-            if let Some(why) = p.stalled() {
-                return Err(ProjectorError::Replay(format!("{why}; nothing swapped")));
-            }
-            events += s.events as u64;
-        }
-        events += p.flush().await?.events as u64;
-        report.ahead_of_live = p
-            .offsets()
-            .iter()
-            .map(|(k, o)| o - live.get(k).copied().unwrap_or(0))
-            .sum();
-        report.tables = compare(&tx, showcase::SCHEMA, SHADOW).await?;
-        let (live_p, shadow_p, prev_p) = (
-            consent::private_schema(showcase::SCHEMA),
-            consent::private_schema(SHADOW),
-            consent::private_schema(PREVIOUS),
-        );
-        // The previous showcase keeps no medical detail: a revocation
-        // after the swap could not reach it. Its private schema goes, and
-        // its medical columns are emptied.
-        // Readers keep their access: the shadow gets their grants before
-        // it becomes the showcase.
-        showcase::grant_readers(&tx, SHADOW, &cfg.projector.readers).await?;
-        let strip: String = consent::MEDICAL
-            .iter()
-            .map(|m| {
-                let nulls: Vec<String> = m.fields.iter().map(|f| format!("{f} = NULL")).collect();
-                let when = m
-                    .when
-                    .map(|(f, v)| format!("{f} = '{v}' AND "))
-                    .unwrap_or_default();
-                format!(
-                    "UPDATE {PREVIOUS}.{e} SET {n} WHERE {when}({c});\n",
-                    e = m.entity,
-                    n = nulls.join(", "),
-                    c = m
-                        .fields
-                        .iter()
-                        .map(|f| format!("{f} IS NOT NULL"))
-                        .collect::<Vec<_>>()
-                        .join(" OR ")
-                )
-            })
-            .collect();
-        tx.batch_execute(&format!(
-            "DROP SCHEMA IF EXISTS {PREVIOUS} CASCADE;
-             DROP SCHEMA IF EXISTS {prev_p} CASCADE;
-             ALTER SCHEMA {live} RENAME TO {PREVIOUS};
-             DROP SCHEMA {live_p} CASCADE;
-             ALTER SCHEMA {SHADOW} RENAME TO {live};
-             ALTER SCHEMA {shadow_p} RENAME TO {live_p};
-             {strip}",
-            live = showcase::SCHEMA
-        ))
-        .await
-        .map_err(PgError::query("swapping the shadow showcase in"))?;
-        tx.commit()
-            .await
-            .map_err(PgError::query("committing the swap"))?;
-        report.swapped = true;
-        metrics::counter!(obs::REPLAY_SWAPS).increment(1);
-        tracing::info!(
-            paused_ms = paused.elapsed().as_millis() as u64,
-            "swapped: the replayed showcase is live; the old one is {PREVIOUS}"
-        );
+    })
+}
+
+/// Phase 2: lets the live projector reach the shadow's offsets, pauses
+/// it, brings the shadow to exactly its offsets, compares, swaps.
+async fn swap(
+    cfg: &Config,
+    mut admin: tokio_postgres::Client,
+    p: &mut Projection,
+    opts: &Options,
+    cancel: &CancellationToken,
+    report: &mut Report,
+) -> Result<(), ProjectorError> {
+    let batch = cfg.projector.catch_up_batch_size;
+    let mut events = 0u64;
+    let shadow = p.offsets();
+    let waited = Instant::now();
+    while !opts.new_log
+        && remaining(&live_offsets(&admin).await?, &shadow) > 0
+        && waited.elapsed() < Duration::from_secs(60)
+    {
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    report.events = events;
-    report.gather_seconds = gather.as_secs_f64();
-    report.apply_seconds = applying.as_secs_f64();
-    report.seconds = t0.elapsed().as_secs_f64();
-    report.events_per_s = events as f64 / report.seconds.max(1e-9);
-    Ok(report)
+    let tx = admin
+        .transaction()
+        .await
+        .map_err(PgError::query("starting the swap"))?;
+    tx.execute(
+        "SELECT pg_advisory_xact_lock(hashtext($1))",
+        &[&showcase::apply_lock_key(showcase::SCHEMA)],
+    )
+    .await
+    .map_err(PgError::query("pausing the live projector"))?;
+    let live = if opts.new_log {
+        p.offsets()
+    } else {
+        live_offsets(&tx).await?
+    };
+    let paused = Instant::now();
+    while remaining(&p.offsets(), &live) > 0 {
+        if paused.elapsed() > Duration::from_secs(120) {
+            return Err(ProjectorError::Replay(
+                "the shadow did not reach the live showcase's offsets within 120 s of pausing it; nothing swapped".into(),
+            ));
+        }
+        let s = p
+            .step(batch, Duration::from_millis(200), cancel, Some(&live))
+            .await?;
+        if let Some(why) = p.stalled() {
+            return Err(ProjectorError::Replay(format!("{why}; nothing swapped")));
+        }
+        events += s.events as u64;
+    }
+    events += p.flush().await?.events as u64;
+    report.ahead_of_live = p
+        .offsets()
+        .iter()
+        .map(|(k, o)| o - live.get(k).copied().unwrap_or(0))
+        .sum();
+    report.tables = compare(&tx, showcase::SCHEMA, SHADOW).await?;
+    let (live_p, shadow_p, prev_p) = (
+        consent::private_schema(showcase::SCHEMA),
+        consent::private_schema(SHADOW),
+        consent::private_schema(PREVIOUS),
+    );
+    // The previous showcase keeps no medical detail: a revocation
+    // after the swap could not reach it. Its private schema goes, and
+    // its medical columns are emptied ([`strip_medical_sql`]).
+    // Readers keep their access: the shadow gets their grants before
+    // it becomes the showcase.
+    showcase::grant_readers(&tx, SHADOW, &cfg.projector.readers).await?;
+    let strip = strip_medical_sql();
+    tx.batch_execute(&format!(
+        "DROP SCHEMA IF EXISTS {PREVIOUS} CASCADE;
+         DROP SCHEMA IF EXISTS {prev_p} CASCADE;
+         ALTER SCHEMA {live} RENAME TO {PREVIOUS};
+         DROP SCHEMA {live_p} CASCADE;
+         ALTER SCHEMA {SHADOW} RENAME TO {live};
+         ALTER SCHEMA {shadow_p} RENAME TO {live_p};
+         {strip}",
+        live = showcase::SCHEMA
+    ))
+    .await
+    .map_err(PgError::query("swapping the shadow showcase in"))?;
+    tx.commit()
+        .await
+        .map_err(PgError::query("committing the swap"))?;
+    report.swapped = true;
+    metrics::counter!(obs::REPLAY_SWAPS).increment(1);
+    tracing::info!(
+        paused_ms = paused.elapsed().as_millis() as u64,
+        "swapped: the replayed showcase is live; the old one is {PREVIOUS}"
+    );
+    report.events += events;
+    Ok(())
+}
+
+/// Empties the medical columns of the previous showcase: it keeps no
+/// medical detail, since a revocation after the swap could not reach it.
+fn strip_medical_sql() -> String {
+    consent::MEDICAL
+        .iter()
+        .map(|m| {
+            let nulls: Vec<String> = m.fields.iter().map(|f| format!("{f} = NULL")).collect();
+            let when = m
+                .when
+                .map(|(f, v)| format!("{f} = '{v}' AND "))
+                .unwrap_or_default();
+            format!(
+                "UPDATE {PREVIOUS}.{e} SET {n} WHERE {when}({c});\n",
+                e = m.entity,
+                n = nulls.join(", "),
+                c = m
+                    .fields
+                    .iter()
+                    .map(|f| format!("{f} IS NOT NULL"))
+                    .collect::<Vec<_>>()
+                    .join(" OR ")
+            )
+        })
+        .collect()
 }
 
 /// Every table of the shadow (and its private schema) LOGGED or UNLOGGED.
