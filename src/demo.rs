@@ -179,22 +179,7 @@ pub async fn run(
         "capture: starting (metrics on http://{}/metrics)",
         cfg.capture.metrics_listen
     );
-    let t0 = Instant::now();
-    while progress.confirmed.load(Ordering::SeqCst) == 0 {
-        if capture.is_finished() {
-            capture
-                .await
-                .map_err(|e| DemoError::Failed(e.to_string()))??;
-            return Err(DemoError::Failed("capture stopped before streaming".into()));
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    let loaded = progress.events.load(Ordering::SeqCst);
-    println!(
-        "capture: streaming after {:.1} s ({} events of the initial load published)",
-        t0.elapsed().as_secs_f64(),
-        loaded
-    );
+    let (capture, loaded) = until_streaming(capture, &progress).await?;
 
     // The projector: the event log into the showcase database.
     let sc = conns.showcase()?;
@@ -280,6 +265,70 @@ pub async fn run(
     );
     // A delta cut after capture caught up holds everything it had read.
     let caught_up = chrono::Utc::now().timestamp_micros();
+    report_deltas(
+        &cfg,
+        kafka,
+        &feed,
+        caught_up,
+        workload_end.timestamp_micros(),
+    )
+    .await?;
+    cancel.cancel();
+    let join = |e: tokio::task::JoinError| DemoError::Failed(e.to_string());
+    capture.await.map_err(join)??;
+    projector.await.map_err(join)??;
+    feed.await
+        .map_err(join)?
+        .map_err(|e| DemoError::Failed(e.to_string()))?;
+    println!(
+        "\njournal: {}\nshowcase: {}\nkafka: {}\nthe stack keeps running; `vitrina status` shows it, `vitrina capture` and `vitrina project` resume, `vitrina down` stops it",
+        conns.journal()?.url(),
+        sc.url(),
+        kafka.brokers
+    );
+    Ok(())
+}
+
+/// Waits for capture's initial load to be published and confirmed: the
+/// capture task, and how many events the load published.
+async fn until_streaming(
+    capture: tokio::task::JoinHandle<Result<(), crate::capture::CaptureError>>,
+    progress: &crate::capture::Progress,
+) -> Result<
+    (
+        tokio::task::JoinHandle<Result<(), crate::capture::CaptureError>>,
+        u64,
+    ),
+    DemoError,
+> {
+    let t0 = Instant::now();
+    while progress.confirmed.load(Ordering::SeqCst) == 0 {
+        if capture.is_finished() {
+            capture
+                .await
+                .map_err(|e| DemoError::Failed(e.to_string()))??;
+            return Err(DemoError::Failed("capture stopped before streaming".into()));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let loaded = progress.events.load(Ordering::SeqCst);
+    println!(
+        "capture: streaming after {:.1} s ({} events of the initial load published)",
+        t0.elapsed().as_secs_f64(),
+        loaded
+    );
+    Ok((capture, loaded))
+}
+
+/// Waits (up to 120 s) for the ProStore feed to commit a delta holding
+/// everything capture had published, and prints what the manifest holds.
+async fn report_deltas<T>(
+    cfg: &Config,
+    kafka: &crate::connections::KafkaEndpoint,
+    feed: &tokio::task::JoinHandle<T>,
+    caught_up: i64,
+    workload_end: i64,
+) -> Result<(), DemoError> {
     let t4 = Instant::now();
     let mut last = None;
     while t4.elapsed() < Duration::from_secs(120) {
@@ -308,8 +357,7 @@ pub async fn run(
             // Past the workload's end, and either cut after capture caught
             // up or nothing new for two intervals since (no change left).
             let quiet = t4.elapsed() > Duration::from_millis(2 * cfg.prostore.delta_interval_ms);
-            if c.committed_at_micros > caught_up
-                || (c.committed_at_micros > workload_end.timestamp_micros() && quiet)
+            if c.committed_at_micros > caught_up || (c.committed_at_micros > workload_end && quiet)
             {
                 break;
             }
@@ -322,18 +370,5 @@ pub async fn run(
         ),
         None => println!("prostore: no delta committed yet"),
     }
-    cancel.cancel();
-    let join = |e: tokio::task::JoinError| DemoError::Failed(e.to_string());
-    capture.await.map_err(join)??;
-    projector.await.map_err(join)??;
-    feed.await
-        .map_err(join)?
-        .map_err(|e| DemoError::Failed(e.to_string()))?;
-    println!(
-        "\njournal: {}\nshowcase: {}\nkafka: {}\nthe stack keeps running; `vitrina status` shows it, `vitrina capture` and `vitrina project` resume, `vitrina down` stops it",
-        conns.journal()?.url(),
-        sc.url(),
-        kafka.brokers
-    );
     Ok(())
 }
