@@ -132,6 +132,139 @@ pub async fn capture(cfg: &Config, knobs: &Knobs) -> Result<CaptureBench, BenchE
     } else {
         None
     };
+    let Range {
+        report,
+        end_lsn,
+        end,
+        wal_bytes,
+    } = write_range(&sql, &conns, &tag, knobs).await?;
+
+    let journal_pg = stack.postgres().map_err(fail)?;
+    let bin = journal_pg.bin_dir.join("pg_recvlogical");
+    let roots = cpu_roots(&stack, &journal_pg);
+    let (mut recv_cpu, mut cap_timed) = (Vec::new(), Vec::new());
+    let mut runs = Vec::new();
+    let mut unscrubbed = Vec::new();
+    let mut streaming = Vec::new();
+    for r in 0..knobs.runs {
+        let cpu0 = roots.now();
+        let t0 = Instant::now();
+        recvlogical(
+            &bin,
+            &conns,
+            &format!("{tag}_recv_{r}"),
+            &end_lsn,
+            &publication,
+        )
+        .await?;
+        let reference = t0.elapsed().as_secs_f64();
+        recv_cpu.push(roots.since(&cpu0));
+
+        let c = capture_config(
+            cfg,
+            &format!("{tag}_cap_{r}"),
+            &publication,
+            &format!("{tag}-{r}"),
+            false,
+            3_600_000,
+        );
+        let timed = timed_capture(&c, &conns, end, &roots).await?;
+        let (secs, streamed) = (timed.secs, timed.streaming_s);
+        eprintln!(
+            "bench: run {}: pg_recvlogical {reference:.3} s, capture {secs:.3} s ({streamed:.3} s streaming)",
+            r + 1
+        );
+        cap_timed.push(timed);
+        runs.push((reference, secs));
+        streaming.push(streamed);
+        // The same range without free-text scrubbing: its cost, same run.
+        let mut c = capture_config(
+            cfg,
+            &format!("{tag}_raw_{r}"),
+            &publication,
+            &format!("{tag}-raw-{r}"),
+            false,
+            3_600_000,
+        );
+        c.capture.scrub_free_text = false;
+        let raw = timed_capture(&c, &conns, end, &roots).await?.secs;
+        eprintln!("bench: run {}: capture without scrubbing {raw:.3} s", r + 1);
+        unscrubbed.push(raw);
+    }
+    for r in 0..knobs.runs {
+        for kind in ["recv", "cap", "raw"] {
+            let _ = sql
+                .execute(
+                    "SELECT pg_drop_replication_slot($1)",
+                    &[&format!("{tag}_{kind}_{r}")],
+                )
+                .await;
+        }
+    }
+
+    // Latency at a steady rate, capture streaming and caught up.
+    let (lat, lat_report) = latency(cfg, &conns, &sql, &tag, &publication, knobs).await?;
+
+    let big_txn = if knobs.big_txn_students > 0 {
+        Some(super::big_txn::big_transaction(cfg, &conns, &tag, knobs).await?)
+    } else {
+        None
+    };
+    let _ = sql
+        .batch_execute(&format!("DROP PUBLICATION {publication}"))
+        .await;
+    super::delete_own_topics(conns.kafka().map_err(fail)?, &format!("{tag}-")).await;
+
+    let mut refs: Vec<f64> = runs.iter().map(|r| r.0).collect();
+    let mut caps: Vec<f64> = runs.iter().map(|r| r.1).collect();
+    let (mr, mc) = (median(&mut refs), median(&mut caps));
+    let mu = median(&mut unscrubbed.clone());
+    let ms = median(&mut streaming.clone());
+    Ok(CaptureBench {
+        streaming_runs: streaming,
+        streaming_median_s: ms,
+        streaming_ratio: mr / ms,
+        recvlogical_cpu: recv_cpu,
+        capture_timed: cap_timed,
+        broker_topics,
+        broker_partitions,
+        broker_messages,
+        unscrubbed_runs: unscrubbed,
+        unscrubbed_median_s: mu,
+        scrub_cost_ratio: mc / mu,
+        wal_bytes,
+        changes: report.changes,
+        runs,
+        recvlogical_median_s: mr,
+        capture_median_s: mc,
+        throughput_ratio: mr / mc,
+        capture_changes_per_s: report.changes as f64 / mc,
+        latency_rate_target: knobs.latency_rate,
+        latency_rate_achieved: lat_report.changes_per_second,
+        latency_transactions: lat.len(),
+        latency_p50_ms: percentile(&lat, 0.5) * 1000.0,
+        latency_p99_ms: percentile(&lat, 0.99) * 1000.0,
+        latency_max_ms: lat.last().copied().unwrap_or(f64::NAN) * 1000.0,
+        load,
+        big_txn,
+    })
+}
+
+/// The WAL range every run reads: its slots made at its start (pg_recvlogical's,
+/// capture's and capture's without scrubbing, per run), then the workload.
+struct Range {
+    report: workload::WorkloadReport,
+    end_lsn: String,
+    end: u64,
+    wal_bytes: i64,
+}
+
+async fn write_range(
+    sql: &tokio_postgres::Client,
+    conns: &crate::connections::Connections,
+    tag: &str,
+    knobs: &Knobs,
+) -> Result<Range, BenchError> {
     for r in 0..knobs.runs {
         for kind in ["recv", "cap", "raw"] {
             sql.execute(
@@ -184,109 +317,76 @@ pub async fn capture(cfg: &Config, knobs: &Knobs) -> Result<CaptureBench, BenchE
         report.changes,
         wal_bytes as f64 / 1e6
     );
+    Ok(Range {
+        report,
+        end_lsn,
+        end,
+        wal_bytes,
+    })
+}
 
-    let journal_pg = stack.postgres().map_err(fail)?;
-    let bin = journal_pg.bin_dir.join("pg_recvlogical");
-    let roots = cpu_roots(&stack, &journal_pg);
-    let (mut recv_cpu, mut cap_timed) = (Vec::new(), Vec::new());
-    let mut runs = Vec::new();
-    let mut unscrubbed = Vec::new();
-    let mut streaming = Vec::new();
-    for r in 0..knobs.runs {
-        let cpu0 = roots.now();
-        let t0 = Instant::now();
-        let j = conns.journal().map_err(fail)?;
-        let mut cmd = tokio::process::Command::new(&bin);
-        if let Some(p) = j.password() {
-            cmd.env("PGPASSWORD", p.expose());
-        }
-        let status = cmd
-            .args([
-                "-h",
-                &j.host,
-                "-p",
-                &j.port.to_string(),
-                "-U",
-                &j.user,
-                "-d",
-                &j.database,
-            ])
-            .args([
-                "--slot",
-                &format!("{tag}_recv_{r}"),
-                "--start",
-                "-E",
-                &end_lsn,
-            ])
-            .args([
-                "-o",
-                "proto_version=1",
-                "-o",
-                &format!("publication_names={publication}"),
-            ])
-            .args(["-f", "/dev/null"])
-            .status()
-            .await
-            .map_err(fail)?;
-        if !status.success() {
-            return Err(fail(format!("pg_recvlogical failed: {status}")));
-        }
-        let reference = t0.elapsed().as_secs_f64();
-        recv_cpu.push(roots.since(&cpu0));
-
-        let c = capture_config(
-            cfg,
-            &format!("{tag}_cap_{r}"),
-            &publication,
-            &format!("{tag}-{r}"),
-            false,
-            3_600_000,
-        );
-        let timed = timed_capture(&c, &conns, end, &roots).await?;
-        let (secs, streamed) = (timed.secs, timed.streaming_s);
-        eprintln!(
-            "bench: run {}: pg_recvlogical {reference:.3} s, capture {secs:.3} s ({streamed:.3} s streaming)",
-            r + 1
-        );
-        cap_timed.push(timed);
-        runs.push((reference, secs));
-        streaming.push(streamed);
-        // The same range without free-text scrubbing: its cost, same run.
-        let mut c = capture_config(
-            cfg,
-            &format!("{tag}_raw_{r}"),
-            &publication,
-            &format!("{tag}-raw-{r}"),
-            false,
-            3_600_000,
-        );
-        c.capture.scrub_free_text = false;
-        let raw = timed_capture(&c, &conns, end, &roots).await?.secs;
-        eprintln!("bench: run {}: capture without scrubbing {raw:.3} s", r + 1);
-        unscrubbed.push(raw);
+/// pg_recvlogical reads slot `slot` up to `end_lsn` into /dev/null: the
+/// reference for capture's throughput.
+async fn recvlogical(
+    bin: &std::path::Path,
+    conns: &crate::connections::Connections,
+    slot: &str,
+    end_lsn: &str,
+    publication: &str,
+) -> Result<(), BenchError> {
+    let j = conns.journal().map_err(fail)?;
+    let mut cmd = tokio::process::Command::new(&bin);
+    if let Some(p) = j.password() {
+        cmd.env("PGPASSWORD", p.expose());
     }
-    for r in 0..knobs.runs {
-        for kind in ["recv", "cap", "raw"] {
-            let _ = sql
-                .execute(
-                    "SELECT pg_drop_replication_slot($1)",
-                    &[&format!("{tag}_{kind}_{r}")],
-                )
-                .await;
-        }
+    let status = cmd
+        .args([
+            "-h",
+            &j.host,
+            "-p",
+            &j.port.to_string(),
+            "-U",
+            &j.user,
+            "-d",
+            &j.database,
+        ])
+        .args(["--slot", slot, "--start", "-E", end_lsn])
+        .args([
+            "-o",
+            "proto_version=1",
+            "-o",
+            &format!("publication_names={publication}"),
+        ])
+        .args(["-f", "/dev/null"])
+        .status()
+        .await
+        .map_err(fail)?;
+    if !status.success() {
+        return Err(fail(format!("pg_recvlogical failed: {status}")));
     }
+    Ok(())
+}
 
-    // Latency at a steady rate, capture streaming and caught up.
+/// Commit → confirmed latency of a capture streaming at a steady rate:
+/// the sorted latencies (seconds), and the workload's report.
+async fn latency(
+    cfg: &Config,
+    conns: &crate::connections::Connections,
+    sql: &tokio_postgres::Client,
+    tag: &str,
+    publication: &str,
+    knobs: &Knobs,
+) -> Result<(Vec<f64>, workload::WorkloadReport), BenchError> {
     let c = capture_config(
         cfg,
         &format!("{tag}_lat"),
-        &publication,
+        publication,
         &format!("{tag}-lat"),
         false,
         5000,
     );
     let cancel = CancellationToken::new();
-    let (task, probe) = spawn_capture(&c, &conns, &cancel)?;
+    let (task, probe) = spawn_capture(&c, conns, &cancel)?;
     // Wait until it streams.
     let deadline = Instant::now() + Duration::from_secs(60);
     while probe.confirmed.load(Ordering::SeqCst) == 0 {
@@ -338,49 +438,7 @@ pub async fn capture(cfg: &Config, knobs: &Knobs) -> Result<CaptureBench, BenchE
     let mut lat = recorder.await.map_err(fail)?;
     lat.sort_by(|a, b| a.partial_cmp(b).unwrap());
 
-    let big_txn = if knobs.big_txn_students > 0 {
-        Some(super::big_txn::big_transaction(cfg, &conns, &tag, knobs).await?)
-    } else {
-        None
-    };
-    let _ = sql
-        .batch_execute(&format!("DROP PUBLICATION {publication}"))
-        .await;
-    super::delete_own_topics(conns.kafka().map_err(fail)?, &format!("{tag}-")).await;
-
-    let mut refs: Vec<f64> = runs.iter().map(|r| r.0).collect();
-    let mut caps: Vec<f64> = runs.iter().map(|r| r.1).collect();
-    let (mr, mc) = (median(&mut refs), median(&mut caps));
-    let mu = median(&mut unscrubbed.clone());
-    let ms = median(&mut streaming.clone());
-    Ok(CaptureBench {
-        streaming_runs: streaming,
-        streaming_median_s: ms,
-        streaming_ratio: mr / ms,
-        recvlogical_cpu: recv_cpu,
-        capture_timed: cap_timed,
-        broker_topics,
-        broker_partitions,
-        broker_messages,
-        unscrubbed_runs: unscrubbed,
-        unscrubbed_median_s: mu,
-        scrub_cost_ratio: mc / mu,
-        wal_bytes,
-        changes: report.changes,
-        runs,
-        recvlogical_median_s: mr,
-        capture_median_s: mc,
-        throughput_ratio: mr / mc,
-        capture_changes_per_s: report.changes as f64 / mc,
-        latency_rate_target: knobs.latency_rate,
-        latency_rate_achieved: lat_report.changes_per_second,
-        latency_transactions: lat.len(),
-        latency_p50_ms: percentile(&lat, 0.5) * 1000.0,
-        latency_p99_ms: percentile(&lat, 0.99) * 1000.0,
-        latency_max_ms: lat.last().copied().unwrap_or(f64::NAN) * 1000.0,
-        load,
-        big_txn,
-    })
+    Ok((lat, lat_report))
 }
 
 /// Run after run: the mapped tables read with capture's own COPY statements
