@@ -335,7 +335,7 @@ async fn recvlogical(
     publication: &str,
 ) -> Result<(), BenchError> {
     let j = conns.journal().map_err(fail)?;
-    let mut cmd = tokio::process::Command::new(&bin);
+    let mut cmd = tokio::process::Command::new(bin);
     if let Some(p) = j.password() {
         cmd.env("PGPASSWORD", p.expose());
     }

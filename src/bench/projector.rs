@@ -181,33 +181,8 @@ pub async fn projector(cfg: &Config, knobs: &ProjectorKnobs) -> Result<Projector
     let _ = projector.await;
     recorder.abort();
 
-    let mut replay_eps = Vec::new();
-    let mut apply_eps = Vec::new();
-    let mut replay_events = 0;
-    for r in 0..knobs.replays {
-        let opts = crate::projector::replay::Options {
-            from: None,
-            margin: std::time::Duration::ZERO,
-            swap: false,
-            restart: true,
-            new_log: false,
-        };
-        let rep =
-            crate::projector::replay::run(&c, &showcase, kafka, &opts, CancellationToken::new())
-                .await
-                .map_err(fail)?;
-        eprintln!(
-            "bench: replay {}: {} events in {:.1} s: {:.0} events/s end to end, {:.0} events/s applying",
-            r + 1,
-            rep.events,
-            rep.seconds,
-            rep.events_per_s,
-            rep.events as f64 / rep.apply_seconds.max(rep.gather_seconds).max(1e-9)
-        );
-        replay_events = rep.events;
-        replay_eps.push(rep.events_per_s);
-        apply_eps.push(rep.events as f64 / rep.apply_seconds.max(rep.gather_seconds).max(1e-9));
-    }
+    let (replay_events, replay_eps, apply_eps) =
+        replays(&c, &showcase, kafka, knobs.replays).await?;
     let _ = sql
         .execute("SELECT pg_drop_replication_slot($1)", &[&tag])
         .await;
@@ -224,4 +199,42 @@ pub async fn projector(cfg: &Config, knobs: &ProjectorKnobs) -> Result<Projector
         replay_events_per_s: replay_eps,
         replay_apply_events_per_s: apply_eps,
     })
+}
+
+/// The whole log replayed into a shadow `n` times: events, and per run the
+/// events per second end to end and while applying.
+async fn replays(
+    c: &Config,
+    showcase: &crate::connections::PgEndpoint,
+    kafka: &crate::connections::KafkaEndpoint,
+    n: u32,
+) -> Result<(u64, Vec<f64>, Vec<f64>), BenchError> {
+    let mut replay_eps = Vec::new();
+    let mut apply_eps = Vec::new();
+    let mut replay_events = 0;
+    for r in 0..n {
+        let opts = crate::projector::replay::Options {
+            from: None,
+            margin: std::time::Duration::ZERO,
+            swap: false,
+            restart: true,
+            new_log: false,
+        };
+        let rep =
+            crate::projector::replay::run(c, showcase, kafka, &opts, CancellationToken::new())
+                .await
+                .map_err(fail)?;
+        eprintln!(
+            "bench: replay {}: {} events in {:.1} s: {:.0} events/s end to end, {:.0} events/s applying",
+            r + 1,
+            rep.events,
+            rep.seconds,
+            rep.events_per_s,
+            rep.events as f64 / rep.apply_seconds.max(rep.gather_seconds).max(1e-9)
+        );
+        replay_events = rep.events;
+        replay_eps.push(rep.events_per_s);
+        apply_eps.push(rep.events as f64 / rep.apply_seconds.max(rep.gather_seconds).max(1e-9));
+    }
+    Ok((replay_events, replay_eps, apply_eps))
 }
