@@ -446,15 +446,7 @@ async fn prostore(what: ProstoreWhat, cfg: &Config) -> Result<()> {
             );
         }
         ProstoreWhat::Manifest => {
-            let kafka = Stack::new(cfg)?.connections()?.kafka()?.clone();
-            let prefix = cfg.capture.topic_prefix.clone();
-            let records = tokio::task::spawn_blocking(move || {
-                vitrina::prostore::feed::read_manifest(&kafka, &prefix)
-            })
-            .await??;
-            for r in records {
-                println!("{}", serde_json::to_string(&r)?);
-            }
+            print_records(cfg, vitrina::prostore::feed::read_manifest).await?
         }
         ProstoreWhat::Feed => {
             let conns = Stack::new(cfg)?.connections()?;
@@ -482,19 +474,28 @@ async fn prostore(what: ProstoreWhat, cfg: &Config) -> Result<()> {
     Ok(())
 }
 
+/// Reads a bookkeeping topic whole with `read` (off the runtime's
+/// threads) and prints its records as JSON lines.
+async fn print_records<T, E>(
+    cfg: &Config,
+    read: fn(&vitrina::connections::KafkaEndpoint, &str) -> std::result::Result<Vec<T>, E>,
+) -> Result<()>
+where
+    T: serde::Serialize + Send + 'static,
+    E: std::error::Error + Send + Sync + 'static,
+{
+    let kafka = Stack::new(cfg)?.connections()?.kafka()?.clone();
+    let prefix = cfg.capture.topic_prefix.clone();
+    let records = tokio::task::spawn_blocking(move || read(&kafka, &prefix)).await??;
+    for r in records {
+        println!("{}", serde_json::to_string(&r)?);
+    }
+    Ok(())
+}
+
 async fn rdm(what: RdmWhat, cfg: &Config) -> Result<()> {
     match what {
-        RdmWhat::Journal => {
-            let kafka = Stack::new(cfg)?.connections()?.kafka()?.clone();
-            let prefix = cfg.capture.topic_prefix.clone();
-            let entries = tokio::task::spawn_blocking(move || {
-                vitrina::rdm::upload::read_entries(&kafka, &prefix)
-            })
-            .await??;
-            for e in entries {
-                println!("{}", serde_json::to_string(&e)?);
-            }
-        }
+        RdmWhat::Journal => print_records(cfg, vitrina::rdm::upload::read_entries).await?,
         RdmWhat::Upload => {
             let kafka = Stack::new(cfg)?.connections()?.kafka()?.clone();
             let health = std::sync::Arc::new(vitrina::http::Health::new(
