@@ -174,6 +174,10 @@ pub struct KafkaEndpoint {
     pub session_timeout_ms: u32,
     /// `kafka.properties`: security and tuning for every client.
     pub properties: crate::config::KafkaProperties,
+    /// Replicas of the topics vitrina creates, and the fewest it accepts.
+    pub replication_factor: i32,
+    /// `min.insync.replicas` of the topics, and the fewest it accepts.
+    pub min_insync_replicas: i32,
 }
 
 impl KafkaEndpoint {
@@ -183,6 +187,8 @@ impl KafkaEndpoint {
             brokers: brokers.to_string(),
             session_timeout_ms: crate::config::KafkaConfig::default().session_timeout_ms,
             properties: Default::default(),
+            replication_factor: 1,
+            min_insync_replicas: 1,
         }
     }
 
@@ -210,6 +216,12 @@ impl Connections {
     /// is neither configured nor running locally is reported by its
     /// accessor, to the commands that need it (capture needs no showcase).
     pub fn resolve(cfg: &Config, local: &LocalServices) -> Connections {
+        // A configured cluster gets production's durability; the local
+        // stack's single broker cannot hold more than one replica.
+        let (rf, min_isr) = match cfg.kafka.brokers {
+            Some(_) => (3, 2),
+            None => (1, 1),
+        };
         let kafka = cfg
             .kafka
             .brokers
@@ -219,6 +231,8 @@ impl Connections {
                 brokers,
                 session_timeout_ms: cfg.kafka.session_timeout_ms,
                 properties: cfg.kafka.properties.clone(),
+                replication_factor: cfg.kafka.replication_factor.unwrap_or(rf),
+                min_insync_replicas: cfg.kafka.min_insync_replicas.unwrap_or(min_isr),
             });
         Connections {
             journal: PgEndpoint::resolve("journal", &cfg.journal, local),

@@ -102,6 +102,11 @@ enum Command {
         #[command(subcommand)]
         what: RdmWhat,
     },
+    /// Check the services as a stage would before it starts, changing nothing.
+    Check {
+        #[command(subcommand)]
+        what: CheckWhat,
+    },
     /// Run the quality checks (completeness, actuality, consistency, connectedness) over the showcase and report.
     Quality {
         /// Print the report as JSON.
@@ -158,6 +163,18 @@ enum ProstoreWhat {
     Feed,
     /// Print the delta manifest (plans and commits), one JSON object per line.
     Manifest,
+}
+
+#[derive(Subcommand)]
+enum CheckWhat {
+    /// Every topic capture, the projector, the ProStore feed and the RDM client need: present, and
+    /// with the settings they need (retention, compaction, replicas, partitions); the commands that
+    /// create or fix them. Exits 1 when a topic is missing or wrong.
+    Kafka {
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -309,6 +326,9 @@ async fn run(command: Command, cfg: Config, ctx: Ctx) -> Result<()> {
         Command::Project => project(&cfg).await?,
         Command::Prostore { what } => prostore(what, &cfg).await?,
         Command::Rdm { what } => rdm(what, &cfg).await?,
+        Command::Check {
+            what: CheckWhat::Kafka { json },
+        } => check_kafka(&cfg, json).await?,
         Command::Quality { json } => quality(&cfg, json).await?,
         Command::Replay {
             from,
@@ -515,6 +535,33 @@ async fn rdm(what: RdmWhat, cfg: &Config) -> Result<()> {
             })
             .await?;
         }
+    }
+    Ok(())
+}
+
+/// `vitrina check kafka`: the topics every stage needs, checked.
+async fn check_kafka(cfg: &Config, json: bool) -> Result<()> {
+    let conns = Stack::new(cfg)?.connections()?;
+    let kafka = conns.kafka()?;
+    let mapping = vitrina::capture::mapping::Mapping::load(cfg.capture.mapping_file.as_deref())?;
+    let mut needs = vitrina::capture::topic_needs(&mapping, cfg);
+    needs.extend(vitrina::prostore::feed::topic_needs(cfg));
+    needs.extend(vitrina::rdm::upload::topic_needs(&cfg.capture.topic_prefix));
+    // One need per topic: the most partitions any stage wants.
+    needs.sort_by(|a, b| a.topic.cmp(&b.topic).then(b.partitions.cmp(&a.partitions)));
+    needs.dedup_by(|a, b| a.topic == b.topic);
+    let report = vitrina::kafka::check(kafka, &needs).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!(
+            "Kafka {} (replication factor {}, min.insync.replicas {}):",
+            kafka.brokers, kafka.replication_factor, kafka.min_insync_replicas
+        );
+        print!("{report}");
+    }
+    if !report.missing.is_empty() || !report.mismatches.is_empty() {
+        std::process::exit(1);
     }
     Ok(())
 }

@@ -100,6 +100,9 @@ impl Pipeline {
     fn env(&self) -> Vec<(&str, &str)> {
         vec![
             ("VITRINA_KAFKA__BROKERS", &self.brokers),
+            // One broker: one replica (a configured cluster defaults to 3 / 2).
+            ("VITRINA_KAFKA__REPLICATION_FACTOR", "1"),
+            ("VITRINA_KAFKA__MIN_INSYNC_REPLICAS", "1"),
             ("VITRINA_SHOWCASE__DATABASE", &self.show_db),
             ("VITRINA_PROJECTOR__METRICS_LISTEN", "127.0.0.1:0"),
         ]
@@ -372,7 +375,7 @@ async fn down_and_up_keep_every_event() {
     let brokers = stack.local_services().kafka.expect("a local broker");
     let topic = "downup.grade.v1".to_string();
     let ep = vitrina::connections::KafkaEndpoint::new(&brokers);
-    vitrina::kafka::ensure_topics(&ep, std::slice::from_ref(&topic), 3, 1)
+    vitrina::kafka::ensure_topics(&ep, std::slice::from_ref(&topic), 3)
         .await
         .unwrap();
     let p = vitrina::kafka::producer(&ep, 5, "lz4", 1_000_000).unwrap();

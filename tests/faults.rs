@@ -148,6 +148,8 @@ async fn broker_frozen_past_the_wal_sender_timeout() {
     let name = format!("frozen{}", std::process::id());
     let mut env = j.env();
     env.push(("VITRINA_KAFKA__BROKERS", format!("127.0.0.1:{port}")));
+    env.push(("VITRINA_KAFKA__REPLICATION_FACTOR", "1".into()));
+    env.push(("VITRINA_KAFKA__MIN_INSYNC_REPLICAS", "1".into()));
     // A small in-flight window: the frozen broker holds capture back within
     // a second, and it must stay connected past wal_sender_timeout.
     env.push(("VITRINA_CAPTURE__MAX_IN_FLIGHT", "100".into()));
@@ -388,6 +390,8 @@ async fn projector_group_rebalances_when_a_member_dies_or_leaves() {
     let brokers = format!("127.0.0.1:{port}");
     let env: Vec<(&str, &str)> = vec![
         ("VITRINA_KAFKA__BROKERS", &brokers),
+        ("VITRINA_KAFKA__REPLICATION_FACTOR", "1"),
+        ("VITRINA_KAFKA__MIN_INSYNC_REPLICAS", "1"),
         ("VITRINA_SHOWCASE__DATABASE", &show_db),
         ("VITRINA_PROJECTOR__METRICS_LISTEN", "127.0.0.1:0"),
         ("VITRINA_PROJECTOR__ASSIGNMENT", "group"),

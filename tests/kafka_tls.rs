@@ -144,6 +144,8 @@ async fn capture_and_projector_through_a_tls_kafka_endpoint() {
     let env = |ca: &str| -> Vec<(String, String)> {
         vec![
             ("VITRINA_KAFKA__BROKERS".into(), brokers.clone()),
+            ("VITRINA_KAFKA__REPLICATION_FACTOR".into(), "1".into()),
+            ("VITRINA_KAFKA__MIN_INSYNC_REPLICAS".into(), "1".into()),
             (
                 "VITRINA_KAFKA__PROPERTIES__SECURITY.PROTOCOL".into(),
                 "SSL".into(),
@@ -241,6 +243,8 @@ async fn refused_sasl_credentials_stop_both_stages_without_printing_the_password
     let ca = tb.ca();
     let sasl: Vec<(String, String)> = vec![
         ("VITRINA_KAFKA__BROKERS".into(), brokers.clone()),
+        ("VITRINA_KAFKA__REPLICATION_FACTOR".into(), "1".into()),
+        ("VITRINA_KAFKA__MIN_INSYNC_REPLICAS".into(), "1".into()),
         (
             "VITRINA_KAFKA__PROPERTIES__SECURITY.PROTOCOL".into(),
             "SASL_SSL".into(),

@@ -169,7 +169,7 @@ async fn end_offsets_are_the_true_ends_of_partitions_written_in_large_batches() 
     let kafka = vitrina::connections::KafkaEndpoint::new(st.brokers());
     let topic = format!("t-ends-{}", std::process::id());
     let empty = format!("t-ends-empty-{}", std::process::id());
-    vitrina::kafka::ensure_topics(&kafka, &[topic.clone(), empty.clone()], 3, 1)
+    vitrina::kafka::ensure_topics(&kafka, &[topic.clone(), empty.clone()], 3)
         .await
         .unwrap();
     let p = vitrina::kafka::producer(&kafka, 50, "lz4", 1_000_000).unwrap();
@@ -211,7 +211,7 @@ async fn a_read_from_inside_a_record_batch_starts_at_that_offset() {
     let st = common::stack();
     let kafka = vitrina::connections::KafkaEndpoint::new(st.brokers());
     let topic = format!("t-mid-batch-{}", std::process::id());
-    vitrina::kafka::ensure_topics(&kafka, std::slice::from_ref(&topic), 1, 1)
+    vitrina::kafka::ensure_topics(&kafka, std::slice::from_ref(&topic), 1)
         .await
         .unwrap();
     // One linger window: the 500 records travel as few large batches.
@@ -242,4 +242,104 @@ async fn a_read_from_inside_a_record_batch_starts_at_that_offset() {
             "read from {from}: every record from there, none before"
         );
     }
+}
+
+/// Topics as an operator pre-creates them, with settings vitrina cannot
+/// work with: `vitrina check kafka` names each setting found, the one
+/// needed and the `kafka-configs.sh` command, creating nothing; a stage
+/// (the ProStore feed, which reads the event topics) stops with the same
+/// report instead of running on a log that would expire.
+#[tokio::test]
+async fn pre_created_topics_with_wrong_settings_are_reported_and_stop_a_stage() {
+    let st = common::stack();
+    let prefix = format!("topics{}", std::process::id());
+    let (grade, detail) = (
+        format!("{prefix}.grade.v1"),
+        format!("{prefix}.medical_detail.v1"),
+    );
+    // Made the way an operator's script would, not by vitrina: Kafka's
+    // default retention (7 days) on the log, no compaction on the detail.
+    let admin: AdminClient<_> = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", st.brokers())
+        .create()
+        .unwrap();
+    let made = admin
+        .create_topics(
+            &[
+                NewTopic::new(&grade, 3, TopicReplication::Fixed(1))
+                    .set("retention.ms", "604800000"),
+                NewTopic::new(&detail, 3, TopicReplication::Fixed(1))
+                    .set("cleanup.policy", "delete"),
+            ],
+            &AdminOptions::new(),
+        )
+        .await
+        .unwrap();
+    assert!(made.iter().all(|r| r.is_ok()), "{made:?}");
+
+    let env = [("VITRINA_PROSTORE__METRICS_LISTEN", "127.0.0.1:0")];
+    let out = common::run_vitrina("postgres", &prefix, &["check", "kafka", "--json"], &env);
+    assert_eq!(out.status.code(), Some(1), "a wrong topic fails the check");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)));
+    let wrong: Vec<(String, String, String, String)> = report["mismatches"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            let s = |k: &str| m[k].as_str().unwrap().to_string();
+            (s("topic"), s("setting"), s("found"), s("fix"))
+        })
+        .collect();
+    assert!(
+        wrong.contains(&(
+            grade.clone(),
+            "retention.ms".into(),
+            "604800000".into(),
+            format!("kafka-configs.sh --bootstrap-server {} --alter --entity-type topics --entity-name {grade} --add-config retention.ms=-1", st.brokers()),
+        )),
+        "{wrong:#?}"
+    );
+    assert!(
+        wrong
+            .iter()
+            .any(|(t, s, f, _)| *t == detail && s == "cleanup.policy" && f == "delete"),
+        "{wrong:#?}"
+    );
+    let missing = report["missing"].as_array().unwrap();
+    let state = format!("{prefix}.capture_state.v1");
+    assert!(
+        missing.iter().any(|m| m[0] == state.as_str()
+            && m[1]
+                .as_str()
+                .unwrap()
+                .contains("--config cleanup.policy=compact")),
+        "{missing:?}"
+    );
+
+    // A stage stops on the same report, and creates nothing meanwhile.
+    let out = common::run_vitrina("postgres", &prefix, &["prostore", "feed"], &env);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the feed must not run: {err}");
+    println!("the feed's message:\n{err}");
+    assert!(
+        err.contains(&format!(
+            "topic {grade}: retention.ms is 604800000, vitrina needs -1"
+        )) && err.contains("kafka-configs.sh"),
+        "{err}"
+    );
+    let md = {
+        let c: rdkafka::consumer::BaseConsumer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", st.brokers())
+            .create()
+            .unwrap();
+        c.fetch_metadata(None, Duration::from_secs(10)).unwrap()
+    };
+    let ours: Vec<&str> = md
+        .topics()
+        .iter()
+        .map(|t| t.name())
+        .filter(|n| n.starts_with(&format!("{prefix}.")))
+        .collect();
+    assert_eq!(ours.len(), 2, "nothing created: {ours:?}");
 }

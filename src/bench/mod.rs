@@ -130,17 +130,9 @@ pub(crate) async fn timed_capture(
     let mapping =
         crate::capture::mapping::Mapping::load(c.mapping_file.as_deref()).map_err(fail)?;
     let kafka = conns.kafka().map_err(fail)?;
-    let topics = crate::capture::topics(&mapping, &c.topic_prefix);
-    let state_topic = crate::kafka::capture_state_topic(&c.topic_prefix);
-    crate::kafka::ensure_capture_topics(
-        kafka,
-        &topics,
-        &state_topic,
-        c.partitions,
-        c.replication_factor,
-    )
-    .await
-    .map_err(fail)?;
+    crate::kafka::provision(kafka, &crate::capture::topic_needs(&mapping, cfg))
+        .await
+        .map_err(fail)?;
     let cancel = CancellationToken::new();
     let cpu0 = roots.now();
     let t0 = Instant::now();

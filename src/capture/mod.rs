@@ -384,15 +384,7 @@ impl Capture {
             &c.compression,
             c.max_message_bytes,
         )?;
-        let state_topic = kafka::capture_state_topic(&c.topic_prefix);
-        kafka::ensure_capture_topics(
-            &self.kafka,
-            &topics,
-            &state_topic,
-            c.partitions,
-            c.replication_factor,
-        )
-        .await?;
+        kafka::provision(&self.kafka, &topic_needs(&mapping, cfg)).await?;
         let load_state = load_state::LoadStateStore::new(
             &self.kafka,
             &producer,
@@ -636,6 +628,18 @@ async fn send_feedback(stream: &mut LogicalReplicationStream) {
         metrics::counter!(obs::CAPTURE_ERRORS, "kind" => "feedback").increment(1);
         tracing::warn!(error = %e, "sending the confirmed position to the server failed; the next feedback carries it");
     }
+}
+
+/// The topics capture needs: those it publishes to ([`topics`]) with
+/// `capture.partitions`, and its load state (one partition, compacted).
+pub fn topic_needs(mapping: &Mapping, cfg: &Config) -> Vec<kafka::Need> {
+    let c = &cfg.capture;
+    let mut needs = kafka::needs(&topics(mapping, &c.topic_prefix), c.partitions);
+    needs.push(kafka::Need::topic(
+        kafka::capture_state_topic(&c.topic_prefix),
+        1,
+    ));
+    needs
 }
 
 /// The topics a capture with `mapping` publishes to under `prefix`: one

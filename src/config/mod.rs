@@ -381,6 +381,21 @@ impl Config {
                 });
             }
         }
+        let k = &self.kafka;
+        if k.replication_factor.is_some_and(|r| r < 1) {
+            return bad("kafka.replication_factor", "must be at least 1");
+        }
+        if k.min_insync_replicas.is_some_and(|m| m < 1) {
+            return bad("kafka.min_insync_replicas", "must be at least 1");
+        }
+        if let (Some(r), Some(m)) = (k.replication_factor, k.min_insync_replicas) {
+            if m > r {
+                return bad(
+                    "kafka.min_insync_replicas",
+                    format!("must be at most kafka.replication_factor ({r}): no write could be acknowledged"),
+                );
+            }
+        }
         if self.kafka.session_timeout_ms < 1000 {
             return bad("kafka.session_timeout_ms", "must be at least 1000");
         }
@@ -422,8 +437,11 @@ impl Config {
         if c.partitions < 1 || c.partitions > 1000 {
             return bad("capture.partitions", "must be within 1..=1000");
         }
-        if c.replication_factor < 1 {
-            return bad("capture.replication_factor", "must be at least 1");
+        if c.replication_factor.is_some() {
+            return bad(
+                "capture.replication_factor",
+                "has moved to kafka.replication_factor (with kafka.min_insync_replicas beside it)",
+            );
         }
         if c.heartbeat_interval_ms < 100 {
             return bad("capture.heartbeat_interval_ms", "must be at least 100");

@@ -124,9 +124,10 @@ pub struct CaptureConfig {
     pub topic_prefix: String,
     /// Partitions of each topic created at start.
     pub partitions: i32,
-    /// Replication factor of topics created at start (3 on a production
-    /// Kafka cluster; 1 on the local single broker).
-    pub replication_factor: i32,
+    /// Moved to `kafka.replication_factor`; set here, it is refused with
+    /// that hint.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replication_factor: Option<i32>,
     /// Interval of heartbeats (a logical message through the slot) and the
     /// watermarks sent to every partition after each one.
     pub heartbeat_interval_ms: u64,
@@ -171,7 +172,7 @@ impl Default for CaptureConfig {
             publication: "vitrina".into(),
             topic_prefix: "vitrina".into(),
             partitions: 3,
-            replication_factor: 1,
+            replication_factor: None,
             heartbeat_interval_ms: 5000,
             mapping_file: None,
             hashing: Hashing::Plain,
@@ -263,6 +264,15 @@ pub struct KafkaConfig {
     /// "SCRAM-SHA-512"`, `sasl.username`, `sasl.password`,
     /// `ssl.ca.location`. Values of keys that name a secret print as `***`.
     pub properties: KafkaProperties,
+    /// Replicas of every topic vitrina creates, and the fewest an existing
+    /// one may have. Unset: 3 on a configured cluster, 1 on the local
+    /// stack's single broker.
+    pub replication_factor: Option<i32>,
+    /// `min.insync.replicas` of every topic: with `acks=all`, an event is
+    /// acknowledged (and its LSN confirmed to the slot) only once this many
+    /// replicas hold it. Unset: 2 on a configured cluster, 1 on the local
+    /// stack.
+    pub min_insync_replicas: Option<i32>,
 }
 
 impl Default for KafkaConfig {
@@ -271,6 +281,8 @@ impl Default for KafkaConfig {
             brokers: None,
             session_timeout_ms: 6000,
             properties: KafkaProperties::default(),
+            replication_factor: None,
+            min_insync_replicas: None,
         }
     }
 }

@@ -21,6 +21,15 @@ pub enum KafkaError {
         #[source]
         source: rdkafka::error::KafkaError,
     },
+    #[error("cannot create topic {topic}: {source}\nhint: a principal without CREATE needs the topics made beforehand; the operator runs:\n  {create}\n(`vitrina check kafka` lists what is missing)")]
+    Create {
+        topic: String,
+        #[source]
+        source: rdkafka::error::KafkaError,
+        create: String,
+    },
+    #[error("existing topics are not as vitrina needs them; nothing was changed:\n{0}\nhint: run the commands above (docs/operations.md, \"Provisioning topics for vitrina\"), then start again; `vitrina check kafka` prints this report without starting a stage")]
+    TopicSettings(String),
     #[error("Kafka: {what}: {source}\nhint: is the broker up (`vitrina status`)? is kafka.brokers right?")]
     Metadata {
         what: String,
@@ -48,9 +57,12 @@ impl Classify for KafkaError {
         match self {
             KafkaError::Client { source, .. }
             | KafkaError::Topic { source, .. }
+            | KafkaError::Create { source, .. }
             | KafkaError::Metadata { source, .. }
             | KafkaError::Op { source, .. } => kafka_kind(source),
-            KafkaError::Refused(_) | KafkaError::Task(_) => ErrorKind::Definite,
+            KafkaError::Refused(_) | KafkaError::Task(_) | KafkaError::TopicSettings(_) => {
+                ErrorKind::Definite
+            }
             KafkaError::Timeout(_) => ErrorKind::Transient,
         }
     }

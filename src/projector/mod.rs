@@ -195,13 +195,7 @@ impl Projection {
         // errors (a broker unreachable, a TLS handshake or SASL login
         // refused) while the topics are being created.
         let dlq = kafka::producer(kafka_ep, 5, "lz4", 1_000_000)?;
-        kafka::ensure_topics(
-            kafka_ep,
-            &topics,
-            cfg.capture.partitions,
-            cfg.capture.replication_factor,
-        )
-        .await?;
+        kafka::ensure_topics(kafka_ep, &topics, cfg.capture.partitions).await?;
         // The log must hold everything this schema applied: a broker that
         // lost it would otherwise be read at offsets that mean other events.
         let ends = kafka::end_offsets(kafka_ep, &topics).await?;

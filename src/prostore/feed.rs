@@ -331,27 +331,7 @@ impl Feed {
 
     /// Runs until `cancel`: deltas every `delta_interval_ms`.
     pub async fn run(&mut self, cancel: CancellationToken) -> Result<(), FeedError> {
-        let uploads: Vec<String> = ENTITIES
-            .iter()
-            .map(|e| upload_topic(&self.prefix, e.name))
-            .chain([manifest_topic(&self.prefix)])
-            .collect();
-        kafka::ensure_topics(
-            &self.kafka,
-            &uploads,
-            1,
-            self.cfg.capture.replication_factor,
-        )
-        .await?;
-        // The event topics too, as capture makes them: a feed started first
-        // would otherwise find no partitions to read.
-        kafka::ensure_topics(
-            &self.kafka,
-            &self.sources,
-            self.cfg.capture.partitions,
-            self.cfg.capture.replication_factor,
-        )
-        .await?;
+        kafka::provision(&self.kafka, &topic_needs(&self.cfg)).await?;
         let (k, p) = (self.kafka.clone(), self.prefix.clone());
         let mut at = tokio::task::spawn_blocking(move || resume(&k, &p))
             .await
@@ -848,6 +828,24 @@ impl Feed {
 
 fn now_micros() -> i64 {
     chrono::Utc::now().timestamp_micros()
+}
+
+/// The topics the feed needs: its upload topics and manifest (one
+/// partition each), and the event topics as capture makes them (a feed
+/// started first would otherwise find no partitions to read).
+pub fn topic_needs(cfg: &Config) -> Vec<kafka::Need> {
+    let prefix = &cfg.capture.topic_prefix;
+    let uploads: Vec<String> = ENTITIES
+        .iter()
+        .map(|e| upload_topic(prefix, e.name))
+        .chain([manifest_topic(prefix)])
+        .collect();
+    let mut needs = kafka::needs(&uploads, 1);
+    needs.extend(kafka::needs(
+        &kafka::event_topics(prefix),
+        cfg.capture.partitions,
+    ));
+    needs
 }
 
 /// The manifest's records, for drivers and tests.

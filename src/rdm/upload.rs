@@ -654,19 +654,7 @@ impl Uploader {
 
     /// Runs until `cancel`: a batch every `batch_interval_ms`.
     pub async fn run(&mut self, cancel: CancellationToken) -> Result<(), UploadError> {
-        kafka::ensure_topics(
-            &self.kafka,
-            &[journal_topic(&self.prefix), manifest_topic(&self.prefix)],
-            1,
-            self.cfg.capture.replication_factor,
-        )
-        .await?;
-        kafka::ensure_state_topic(
-            &self.kafka,
-            &checkpoint::topic(&self.prefix),
-            self.cfg.capture.replication_factor,
-        )
-        .await?;
+        kafka::provision(&self.kafka, &topic_needs(&self.prefix)).await?;
         let mut at = self.resume().await?;
         if let Some((b, files)) = at.pending.take() {
             self.pending_since = at
@@ -1166,6 +1154,19 @@ impl Uploader {
         self.journal_next = self.journal_next.max(offset + 1);
         Ok(())
     }
+}
+
+/// The topics the RDM client needs: its journal and checkpoint, and the
+/// ProStore manifest it reads (one partition each).
+pub fn topic_needs(prefix: &str) -> Vec<kafka::Need> {
+    kafka::needs(
+        &[
+            journal_topic(prefix),
+            manifest_topic(prefix),
+            checkpoint::topic(prefix),
+        ],
+        1,
+    )
 }
 
 /// The upload journal's entries, for operators and tests.
