@@ -20,7 +20,7 @@ async fn main() {
         (&a[1], a[2].parse().unwrap(), a[3].parse().unwrap());
     let topic = format!("partition-growth-{}", std::process::id());
     let kafka = &vitrina::connections::KafkaEndpoint::new(brokers);
-    vitrina::kafka::ensure_topics(kafka, std::slice::from_ref(&topic), 1, 1)
+    vitrina::kafka::ensure_topics(kafka, std::slice::from_ref(&topic), 1)
         .await
         .unwrap();
     let p = vitrina::kafka::producer(kafka, 0, "lz4", 1_000_000).unwrap();

@@ -513,11 +513,11 @@ async fn create(kafka: &KafkaEndpoint, needs: &[&Need]) -> Result<(), KafkaError
             .map(|n| fixes.create(n, kafka))
             .collect::<Vec<_>>()
             .join("\n  ");
-        KafkaError::Create {
+        KafkaError::Create(Box::new(super::CreateRefused {
             topic,
             source,
             create,
-        }
+        }))
     };
     let names = || {
         needs

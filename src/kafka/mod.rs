@@ -21,13 +21,8 @@ pub enum KafkaError {
         #[source]
         source: rdkafka::error::KafkaError,
     },
-    #[error("cannot create topic {topic}: {source}\nhint: a principal without CREATE needs the topics made beforehand; the operator runs:\n  {create}\n(`vitrina check kafka` lists what is missing)")]
-    Create {
-        topic: String,
-        #[source]
-        source: rdkafka::error::KafkaError,
-        create: String,
-    },
+    #[error(transparent)]
+    Create(Box<CreateRefused>),
     #[error("existing topics are not as vitrina needs them; nothing was changed:\n{0}\nhint: run the commands above (docs/operations.md, \"Provisioning topics for vitrina\"), then start again; `vitrina check kafka` prints this report without starting a stage")]
     TopicSettings(String),
     #[error("Kafka: {what}: {source}\nhint: is the broker up (`vitrina status`)? is kafka.brokers right?")]
@@ -57,15 +52,25 @@ impl Classify for KafkaError {
         match self {
             KafkaError::Client { source, .. }
             | KafkaError::Topic { source, .. }
-            | KafkaError::Create { source, .. }
             | KafkaError::Metadata { source, .. }
             | KafkaError::Op { source, .. } => kafka_kind(source),
+            KafkaError::Create(c) => kafka_kind(&c.source),
             KafkaError::Refused(_) | KafkaError::Task(_) | KafkaError::TopicSettings(_) => {
                 ErrorKind::Definite
             }
             KafkaError::Timeout(_) => ErrorKind::Transient,
         }
     }
+}
+
+/// Topics that could not be created, with the commands that create them.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot create topic {topic}: {source}\nhint: a principal without CREATE needs the topics made beforehand; the operator runs:\n  {create}\n(`vitrina check kafka` lists what is missing)")]
+pub struct CreateRefused {
+    pub topic: String,
+    #[source]
+    pub source: rdkafka::error::KafkaError,
+    pub create: String,
 }
 
 impl KafkaError {
