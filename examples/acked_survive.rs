@@ -19,7 +19,7 @@ async fn main() {
     let (brokers, topic, n, rate): (&str, &str, usize, f64) =
         (&a[1], &a[2], a[3].parse().unwrap(), a[4].parse().unwrap());
     let ep = &vitrina::connections::KafkaEndpoint::new(brokers);
-    vitrina::kafka::ensure_topics(ep, &[topic.to_string()], 3, 1)
+    vitrina::kafka::ensure_topics(ep, &[topic.to_string()], 3)
         .await
         .unwrap();
     let p = vitrina::kafka::producer(ep, 5, "lz4", 1_000_000).unwrap();

@@ -11,7 +11,7 @@ async fn main() {
         (&a[1], a[2].parse().unwrap(), a[3].parse().unwrap());
     let topic = format!("produce-rate-{}", std::process::id());
     let brokers = &vitrina::connections::KafkaEndpoint::new(brokers);
-    vitrina::kafka::ensure_topics(brokers, std::slice::from_ref(&topic), 3, 1)
+    vitrina::kafka::ensure_topics(brokers, std::slice::from_ref(&topic), 3)
         .await
         .unwrap();
     let p = vitrina::kafka::producer(brokers, 5, "lz4", 1_000_000).unwrap();
