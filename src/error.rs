@@ -102,6 +102,10 @@ pub fn kafka_kind(e: &rdkafka::error::KafkaError) -> ErrorKind {
     }
 }
 
+/// A fatal error of the idempotent producer (`_FATAL`: a sequence gap, a
+/// fenced producer id) ends that producer, not the stage: a fresh producer
+/// resumes safely, since capture confirms nothing it has not seen
+/// acknowledged and re-sends from the confirmed position. Hence transient.
 fn rdkafka_code_kind(code: rdkafka::types::RDKafkaErrorCode) -> ErrorKind {
     use rdkafka::types::RDKafkaErrorCode as C;
     match code {
@@ -119,7 +123,6 @@ fn rdkafka_code_kind(code: rdkafka::types::RDKafkaErrorCode) -> ErrorKind {
         | C::InvalidArgument
         | C::UnsupportedVersion
         | C::UnsupportedFeature
-        | C::Fatal
         | C::Conflict
         | C::Fenced
         | C::InvalidRecord

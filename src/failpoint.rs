@@ -12,6 +12,7 @@
 //! | `capture-before-snapshot` | capture, after the gate read the journal, before the slot's snapshot | waits ARG ms |
 //! | `capture-flush-crash` | capture, a consent flight before its queries | waits ARG ms, then aborts |
 //! | `capture-flight-lands-late` | capture, a consent flight after its queries | waits ARG ms |
+//! | `capture-producer-fatal` | capture, producing a message | the producer's fatal error (librdkafka's test hook) at the ARG-th message, once per process |
 //! | `prostore-crash-before-commit` | ProStore feed, a delta's messages written | aborts after ARG messages, before the commit |
 //! | `rdm-crash-after-send` | RDM client, a file accepted | aborts |
 

@@ -632,3 +632,51 @@ async fn the_compose_journal_roles_let_capture_run_without_superuser() {
         (false, true)
     );
 }
+
+/// A fatal error of the idempotent producer (librdkafka's own test hook,
+/// raised by a failpoint while the initial load publishes) restarts
+/// capture with a fresh producer instead of stopping it for good, and
+/// loses nothing: the topics fold to the journal after a live workload.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fatal_producer_error_restarts_capture_with_a_fresh_producer_and_loses_nothing() {
+    let cfg = common::journal_db("t_cap_fatal").await;
+    let db = common::db_name(&cfg);
+    load::load(&cfg, &spec(44, 0.0), 2, false, false)
+        .await
+        .unwrap();
+    let name = format!("capfatal{}", std::process::id());
+    let mut child = common::spawn_vitrina(
+        "capture",
+        &db,
+        &name,
+        &name,
+        &[common::failpoints("capture-producer-fatal=return(2000)")],
+    );
+    let report = common::spawn_workload(&cfg, 15, 200, 4).await.unwrap();
+    assert_eq!(report.failed_transactions, 0);
+    common::wait_caught_up(&cfg, &name, Duration::from_secs(240)).await;
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "capture runs on after the fatal error:\n{}",
+        common::log_tail(&name, 30)
+    );
+    let messages = common::read_all(&name);
+    stop(child);
+    let log = common::log_tail(&name, 100_000);
+    assert!(
+        log.contains("failpoint: raising a fatal producer error"),
+        "the fault was raised:\n{}",
+        common::log_tail(&name, 30)
+    );
+    assert!(
+        log.contains("transient failure; restarting"),
+        "capture restarted itself:\n{}",
+        common::log_tail(&name, 30)
+    );
+    let (got, _) = fold(&messages, &name);
+    common::assert_same_state(
+        "topics vs journal after a fatal producer error",
+        &got,
+        &common::journal_state(&cfg).await,
+    );
+}

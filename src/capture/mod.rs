@@ -375,16 +375,16 @@ impl Capture {
             preflight::check(&sql, &mapping, &c.slot, &c.publication).await?;
 
         let topics = topics(&mapping, &c.topic_prefix);
-        // The producer first: its polling thread reports the client's
-        // errors (a broker unreachable, a TLS handshake refused) while the
-        // topics are being created.
+        // Provisioning's clients report a refused client (a TLS handshake,
+        // SASL credentials) as the producer would. The producer comes after:
+        // it never asks for a topic before it exists (it may not create one).
+        kafka::provision(&self.kafka, &topic_needs(&mapping, cfg)).await?;
         let producer = kafka::producer(
             &self.kafka,
             c.linger_ms,
             &c.compression,
             c.max_message_bytes,
         )?;
-        kafka::provision(&self.kafka, &topic_needs(&mapping, cfg)).await?;
         let load_state = load_state::LoadStateStore::new(
             &self.kafka,
             &producer,

@@ -123,6 +123,9 @@ impl Publisher {
         if let Some(p) = partition {
             record = record.partition(p);
         }
+        if let Some(after) = crate::failpoint!("capture-producer-fatal") {
+            inject_fatal(&self.producer, after.parse().unwrap_or(1));
+        }
         loop {
             match self.producer.send_result(record) {
                 Ok(f) => {
@@ -516,4 +519,30 @@ pub(super) async fn acker(
         in_flight_now.set(in_flight.load(Ordering::Relaxed) as f64);
     }
     Ok(())
+}
+
+/// A fatal error of the idempotent producer, raised through librdkafka's
+/// own test hook once per process, at the `after`-th message (the
+/// `capture-producer-fatal` failpoint).
+fn inject_fatal(producer: &kafka::Producer, after: u64) {
+    use rdkafka::producer::Producer as _;
+    use std::sync::atomic::AtomicBool;
+    static SEEN: AtomicI64 = AtomicI64::new(0);
+    static FIRED: AtomicBool = AtomicBool::new(false);
+    if ((SEEN.fetch_add(1, Ordering::SeqCst) + 1) as u64) < after
+        || FIRED.swap(true, Ordering::SeqCst)
+    {
+        return;
+    }
+    tracing::warn!("failpoint: raising a fatal producer error");
+    let reason = std::ffi::CString::new("raised by a failpoint").expect("no NUL");
+    // SAFETY: the client pointer lives as long as `producer`; librdkafka
+    // copies the reason.
+    unsafe {
+        rdkafka::bindings::rd_kafka_test_fatal_error(
+            producer.client().native_ptr(),
+            rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_OUT_OF_ORDER_SEQUENCE_NUMBER,
+            reason.as_ptr(),
+        );
+    }
 }

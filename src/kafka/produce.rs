@@ -36,6 +36,10 @@ pub fn producer(
             (max_message_bytes + 65_536).to_string(),
         )
         .set("log_level", "4")
+        // Topics are made by provisioning, with the settings they need; a
+        // broker's auto-creation would make them with its defaults (a 7-day
+        // log) when one is missing, e.g. after a broker lost its log.
+        .set("allow.auto.create.topics", "false")
         .create_with_context(Context)
         .map_err(|source| KafkaError::Client {
             brokers: kafka.brokers.clone(),
