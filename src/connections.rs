@@ -178,6 +178,8 @@ pub struct KafkaEndpoint {
     pub replication_factor: i32,
     /// `min.insync.replicas` of the topics, and the fewest it accepts.
     pub min_insync_replicas: i32,
+    /// librdkafka `partitioner` of every producer.
+    pub partitioner: String,
 }
 
 impl KafkaEndpoint {
@@ -189,6 +191,7 @@ impl KafkaEndpoint {
             properties: Default::default(),
             replication_factor: 1,
             min_insync_replicas: 1,
+            partitioner: crate::config::KafkaConfig::default().partitioner,
         }
     }
 
@@ -233,6 +236,7 @@ impl Connections {
                 properties: cfg.kafka.properties.clone(),
                 replication_factor: cfg.kafka.replication_factor.unwrap_or(rf),
                 min_insync_replicas: cfg.kafka.min_insync_replicas.unwrap_or(min_isr),
+                partitioner: cfg.kafka.partitioner.clone(),
             });
         Connections {
             journal: PgEndpoint::resolve("journal", &cfg.journal, local),

@@ -680,3 +680,81 @@ async fn a_fatal_producer_error_restarts_capture_with_a_fresh_producer_and_loses
         &common::journal_state(&cfg).await,
     );
 }
+
+/// Keys land where Apache Kafka's Java producer puts them (murmur2), so a
+/// JVM consumer or a Streams application co-partitions with the topics:
+/// every keyed event and restricted record, checked by kafka-python's
+/// murmur2. Then a capture configured with another partitioner is refused
+/// on the same slot, naming both and the way to move.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_land_where_a_java_producer_puts_them_and_a_partitioner_change_is_refused() {
+    let cfg = common::journal_db("t_cap_murmur").await;
+    let db = common::db_name(&cfg);
+    load::load(&cfg, &spec(45, 0.0), 2, false, false)
+        .await
+        .unwrap();
+    let name = format!("capmurmur{}", std::process::id());
+    let child = common::spawn_capture(&db, &name);
+    let report = common::spawn_workload(&cfg, 5, 50, 6).await.unwrap();
+    assert_eq!(report.failed_transactions, 0);
+    common::wait_caught_up(&cfg, &name, Duration::from_secs(240)).await;
+    let messages = common::read_all(&name);
+    stop(child);
+    slot_free(&cfg, &name).await;
+
+    let reg = Registry::new();
+    let detail = format!("{name}.medical_detail.v1");
+    let mut lines = String::new();
+    for (topic, partition, key, payload) in &messages {
+        let keyed = if *topic == detail {
+            !payload.is_empty()
+        } else {
+            // Truncates and watermarks go to every partition by number.
+            matches!(reg.decode_message(payload), Ok(Message::Event(e)) if e.op != Op::Truncate)
+        };
+        if !keyed {
+            continue;
+        }
+        let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
+        // capture.partitions (3) for every topic the tests make.
+        lines.push_str(
+            &serde_json::json!({"topic": topic, "partition": partition, "key": hex, "partitions": 3})
+                .to_string(),
+        );
+        lines.push('\n');
+    }
+    let file = std::env::temp_dir().join(format!("vitrina-murmur2-{}.jsonl", std::process::id()));
+    std::fs::write(&file, lines).unwrap();
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/murmur2_partitions.py");
+    let out = std::process::Command::new("python3")
+        .arg(&script)
+        .arg(&file)
+        .output()
+        .expect("python3 runs (scripts/bootstrap installs kafka-python)");
+    let _ = std::fs::remove_file(&file);
+    assert!(
+        out.status.success(),
+        "kafka-python's murmur2 disagrees: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let said: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    eprintln!("partitions checked by kafka-python: {said}");
+    assert!(said["checked"].as_u64().unwrap() > 1000, "{said}");
+    assert!(
+        said["topics"].get(&detail).is_some(),
+        "restricted records checked: {said}"
+    );
+
+    let (code, err) = common::run_capture_to_exit_with(
+        &db,
+        &name,
+        &[("VITRINA_KAFKA__PARTITIONER", "consistent_random")],
+    );
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("published its events with kafka.partitioner = \"murmur2_random\"")
+            && err.contains("new capture.topic_prefix"),
+        "{err}"
+    );
+}

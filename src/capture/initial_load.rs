@@ -67,9 +67,13 @@ impl Loader<'_> {
         gate: &mut Gate,
     ) -> Result<HashMap<String, u64>, CaptureError> {
         let c = &self.cfg.capture;
+        if let Some(s) = &stored {
+            self.same_partitioner(s)?;
+        }
         if *slot_state == SlotState::Absent {
             let mut state = snapshot::State {
                 started: c.snapshot,
+                partitioner: Some(self.cfg.kafka.partitioner.clone()),
                 ..Default::default()
             };
             self.store.save(&state).await?;
@@ -126,6 +130,24 @@ impl Loader<'_> {
             self.resume(&mut state, publisher, gate).await?;
         }
         Ok(state.table_lsn)
+    }
+
+    /// The topics were written with the configured partitioner: a change
+    /// would put a key's next events on other partitions than its earlier
+    /// ones (and its restricted records beyond its tombstones' reach).
+    fn same_partitioner(&self, stored: &snapshot::State) -> Result<(), CaptureError> {
+        let wrote = stored
+            .partitioner
+            .as_deref()
+            .unwrap_or(snapshot::LEGACY_PARTITIONER);
+        if wrote == self.cfg.kafka.partitioner {
+            return Ok(());
+        }
+        Err(CaptureError::PartitionerChanged {
+            slot: self.cfg.capture.slot.clone(),
+            wrote: wrote.to_string(),
+            wanted: self.cfg.kafka.partitioner.clone(),
+        })
     }
 
     /// An interrupted initial load: the remaining tables are copied at a

@@ -106,6 +106,12 @@ pub enum CaptureError {
         plugin: String,
         database: String,
     },
+    #[error("replication slot `{slot}` published its events with kafka.partitioner = \"{wrote}\"; with \"{wanted}\" a key's next events would land on other partitions than its earlier ones, and consumers that read a key's partition in order would miss or misorder them\nhint: keep kafka.partitioner = \"{wrote}\" for these topics, or move to \"{wanted}\" on new topics: a new capture.topic_prefix and capture.slot (a full initial load into them), `vitrina replay --restart --new-log`, then delete the old topics, the restricted one first (docs/operations.md, \"Changing the partitioner\")")]
+    PartitionerChanged {
+        slot: String,
+        wrote: String,
+        wanted: String,
+    },
     #[error(transparent)]
     Connections(#[from] crate::connections::ConnectionError),
     #[error("replication stream failed: {0}")]
@@ -152,6 +158,7 @@ impl Classify for CaptureError {
             | E::SlotActive { .. }
             | E::SlotInvalidated(_)
             | E::SlotForeign { .. }
+            | E::PartitionerChanged { .. }
             | E::Connections(_)
             | E::NoSnapshot(_)
             | E::LoadState(_)
@@ -262,12 +269,9 @@ impl Capture {
         let gate_client = pg::connect(&self.journal.config()).await?;
         let (gate, stored) = tokio::join!(
             gate::Gate::open(gate_client, &mapping, c.scrub_free_text),
-            async {
-                match slot_state {
-                    preflight::SlotState::Absent => Ok(None),
-                    preflight::SlotState::Ready { .. } => load_state.read().await,
-                }
-            }
+            // For an absent slot too: a slot lost or dropped leaves the
+            // record of what its topics were written with.
+            load_state.read()
         );
         let (mut gate, stored) = (gate?, stored?);
         gate.progress = Some(self.progress.clone());

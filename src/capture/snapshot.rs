@@ -44,7 +44,15 @@ pub struct State {
     /// Tables loaded at a resume snapshot: their changes that committed
     /// before this LSN are already in the snapshot.
     pub table_lsn: HashMap<String, u64>,
+    /// The partitioner the slot's events were published with; absent in
+    /// states written before it was recorded: librdkafka's default then,
+    /// `consistent_random` (CRC32).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partitioner: Option<String>,
 }
+
+/// What librdkafka partitioned with before vitrina chose a partitioner.
+pub const LEGACY_PARTITIONER: &str = "consistent_random";
 
 /// First day of the history window: 1 September, `years` academic years
 /// before the current one.

@@ -396,6 +396,23 @@ impl Config {
                 );
             }
         }
+        const PARTITIONERS: &[&str] = &[
+            "murmur2_random",
+            "murmur2",
+            "consistent_random",
+            "consistent",
+            "fnv1a_random",
+            "fnv1a",
+        ];
+        if !PARTITIONERS.contains(&k.partitioner.as_str()) {
+            return bad(
+                "kafka.partitioner",
+                format!(
+                    "must be one of {} (librdkafka's keyed partitioners)",
+                    PARTITIONERS.join(", ")
+                ),
+            );
+        }
         if self.kafka.session_timeout_ms < 1000 {
             return bad("kafka.session_timeout_ms", "must be at least 1000");
         }

@@ -273,6 +273,12 @@ pub struct KafkaConfig {
     /// replicas hold it. Unset: 2 on a configured cluster, 1 on the local
     /// stack.
     pub min_insync_replicas: Option<i32>,
+    /// librdkafka `partitioner`: `murmur2_random` puts a key where Apache
+    /// Kafka's Java producer does, so JVM consumers and Streams
+    /// applications co-partition with vitrina's topics. Topics written
+    /// with another one keep it (capture refuses a change on a slot that
+    /// published with another; docs/operations.md).
+    pub partitioner: String,
 }
 
 impl Default for KafkaConfig {
@@ -283,6 +289,7 @@ impl Default for KafkaConfig {
             properties: KafkaProperties::default(),
             replication_factor: None,
             min_insync_replicas: None,
+            partitioner: "murmur2_random".into(),
         }
     }
 }

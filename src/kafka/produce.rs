@@ -40,6 +40,8 @@ pub fn producer(
         // broker's auto-creation would make them with its defaults (a 7-day
         // log) when one is missing, e.g. after a broker lost its log.
         .set("allow.auto.create.topics", "false")
+        // Where a Java producer would put each key (murmur2 by default).
+        .set("partitioner", &kafka.partitioner)
         .create_with_context(Context)
         .map_err(|source| KafkaError::Client {
             brokers: kafka.brokers.clone(),
