@@ -203,7 +203,9 @@ fn the_compose_stack_references_existing_files_and_the_code_defaults() {
         serde_yaml::from_str(&std::fs::read_to_string(dir.join("compose.yml")).unwrap()).unwrap();
     let services = compose["services"].as_mapping().unwrap();
     for name in [
-        "kafka",
+        "kafka-1",
+        "kafka-2",
+        "kafka-3",
         "journal",
         "showcase",
         "capture",

@@ -77,14 +77,21 @@ const LOG: &[(&str, &str)] = &[
 /// The restricted topic: only the latest record per key is kept, and a
 /// tombstone erases it. With these settings Kafka's log cleaner rewrites a
 /// segment at the latest a day after it was written (rolled after an hour),
-/// and drops tombstones a day after that.
+/// and keeps a tombstone [`TOMBSTONE_RETENTION_MS`] after that.
 const RESTRICTED: &[(&str, &str)] = &[
     ("cleanup.policy", "compact"),
     ("min.cleanable.dirty.ratio", "0.01"),
     ("segment.ms", "3600000"),
     ("max.compaction.lag.ms", "86400000"),
-    ("delete.retention.ms", "86400000"),
+    ("delete.retention.ms", "604800000"),
 ];
+
+/// How long a tombstone outlives compaction on the restricted topic: the
+/// longest outage of a reader (the projector, an interrupted replay) after
+/// which it still meets the tombstones of what was erased meanwhile. Seven
+/// days; `VitrinaErasureAtRisk` fires after three days without the
+/// projector (docs/decisions/0003).
+pub const TOMBSTONE_RETENTION_MS: i64 = 604_800_000;
 
 /// A stage's state: the latest record per key.
 const STATE: &[(&str, &str)] = &[
@@ -333,7 +340,11 @@ fn rules(kind: Kind, kafka: &KafkaEndpoint) -> Vec<(&'static str, String, Rule)>
                 "86400000".to_string(),
                 Rule::AtMost,
             ),
-            ("delete.retention.ms", "86400000".to_string(), Rule::AtLeast),
+            (
+                "delete.retention.ms",
+                TOMBSTONE_RETENTION_MS.to_string(),
+                Rule::AtLeast,
+            ),
         ],
         Kind::State => vec![("cleanup.policy", "compact".to_string(), Rule::Equal)],
     };
@@ -634,7 +645,8 @@ mod tests {
         };
         let found = mismatches(&need, d, &settings, &k, &fixes);
         let settings: Vec<&str> = found.iter().map(|m| m.setting.as_str()).collect();
-        assert_eq!(settings, ["max.compaction.lag.ms"]);
+        // Unbounded compaction lag; tombstones kept Kafka's default day.
+        assert_eq!(settings, ["max.compaction.lag.ms", "delete.retention.ms"]);
         let created: HashMap<String, String> = RESTRICTED
             .iter()
             .map(|(a, b)| (a.to_string(), b.to_string()))
