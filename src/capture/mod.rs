@@ -379,17 +379,17 @@ impl Capture {
             preflight::check(&sql, &mapping, &c.slot, &c.publication).await?;
 
         let topics = topics(&mapping, &c.topic_prefix);
-        // The producer first: its polling thread reports the client's
-        // errors (a broker unreachable, a TLS handshake or SASL login
-        // refused: a definite stop) while the topics are described and
-        // made. It asks for no topic before its first message.
+        // Provisioning's client reports a refused client (a TLS handshake,
+        // SASL credentials: a definite stop) while it describes the topics.
+        // The producer comes after the topics exist (made before them, it
+        // was seen to deliver its first messages seconds late).
+        kafka::provision(&self.kafka, &topic_needs(&mapping, cfg)).await?;
         let producer = kafka::producer(
             &self.kafka,
             c.linger_ms,
             &c.compression,
             c.max_message_bytes,
         )?;
-        kafka::provision(&self.kafka, &topic_needs(&mapping, cfg)).await?;
         let load_state = load_state::LoadStateStore::new(
             &self.kafka,
             &producer,

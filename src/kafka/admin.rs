@@ -27,8 +27,8 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::RDKafkaErrorCode;
+use rdkafka::producer::{FutureProducer, Producer as _};
 
 use super::{Context, KafkaError};
 use crate::connections::KafkaEndpoint;
@@ -211,15 +211,20 @@ struct Described {
 async fn describe(kafka: &KafkaEndpoint) -> Result<HashMap<String, Described>, KafkaError> {
     let k = kafka.clone();
     tokio::task::spawn_blocking(move || {
-        let consumer: BaseConsumer<Context> = k
+        // A producer's client: its polling thread hands a refused client
+        // (a TLS certificate, SASL credentials) to the stage at once,
+        // while this waits for the metadata. It produces nothing.
+        let client: FutureProducer<Context> = k
             .client_config()
             .set("log_level", "3")
+            .set("allow.auto.create.topics", "false")
             .create_with_context(Context)
             .map_err(|source| KafkaError::Client {
                 brokers: k.brokers.clone(),
                 source,
             })?;
-        let md = consumer
+        let md = client
+            .client()
             .fetch_metadata(None, Duration::from_secs(30))
             .map_err(|e| KafkaError::op("describing the cluster's topics", e))?;
         let topics = md
@@ -240,7 +245,7 @@ async fn describe(kafka: &KafkaEndpoint) -> Result<HashMap<String, Described>, K
                 (t.name().to_string(), d)
             })
             .collect();
-        std::thread::spawn(move || drop(consumer));
+        std::thread::spawn(move || drop(client));
         Ok(topics)
     })
     .await
