@@ -272,10 +272,7 @@ impl Streamer {
             let Some(tm) = mapping.table(t) else {
                 continue;
             };
-            if skip_before
-                .get(tm.table.as_str())
-                .is_some_and(|l| txn.commit_lsn < *l)
-            {
+            if in_resumed_snapshot(skip_before, &tm.table, txn) {
                 continue;
             }
             let e = Event {
@@ -317,11 +314,8 @@ impl Streamer {
         let Some(tm) = tm else {
             return Ok(()); // not a mapped table
         };
-        if skip_before
-            .get(tm.table.as_str())
-            .is_some_and(|l| txn.commit_lsn < *l)
-        {
-            return Ok(()); // already in the resumed snapshot of this table
+        if in_resumed_snapshot(skip_before, &tm.table, txn) {
+            return Ok(());
         }
         let seq = txn.seq_at(lsn);
         let dead = |reason: String, kind: &'static str| DeadLetter {
@@ -421,6 +415,12 @@ impl Streamer {
             (None, None) => Ok(()),
         }
     }
+}
+
+/// Whether `txn` committed before the resume snapshot of `table`, which
+/// holds its changes already.
+fn in_resumed_snapshot(skip_before: &HashMap<String, u64>, table: &str, txn: &Txn) -> bool {
+    skip_before.get(table).is_some_and(|l| txn.commit_lsn < *l)
 }
 
 fn at(txn: &Txn, lsn: u64) -> gate::At {
