@@ -180,6 +180,8 @@ pub struct KafkaEndpoint {
     pub min_insync_replicas: i32,
     /// librdkafka `partitioner` of every producer.
     pub partitioner: String,
+    /// The broker software (`kafka.broker`): its workarounds.
+    pub broker: crate::config::Broker,
 }
 
 impl KafkaEndpoint {
@@ -192,6 +194,7 @@ impl KafkaEndpoint {
             replication_factor: 1,
             min_insync_replicas: 1,
             partitioner: crate::config::KafkaConfig::default().partitioner,
+            broker: crate::config::Broker::Kafka,
         }
     }
 
@@ -237,6 +240,7 @@ impl Connections {
                 replication_factor: cfg.kafka.replication_factor.unwrap_or(rf),
                 min_insync_replicas: cfg.kafka.min_insync_replicas.unwrap_or(min_isr),
                 partitioner: cfg.kafka.partitioner.clone(),
+                broker: cfg.kafka.broker,
             });
         Connections {
             journal: PgEndpoint::resolve("journal", &cfg.journal, local),

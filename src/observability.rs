@@ -16,6 +16,7 @@ pub const CAPTURE_LAG_SECONDS: &str = "vitrina_capture_replication_lag_seconds";
 pub const CAPTURE_SLOT_RETAINED_BYTES: &str = "vitrina_capture_slot_retained_wal_bytes";
 pub const CAPTURE_IN_FLIGHT: &str = "vitrina_capture_in_flight_events";
 pub const CAPTURE_WATERMARKS: &str = "vitrina_capture_watermarks_total";
+pub const CAPTURE_PARTITIONS_ADDED: &str = "vitrina_capture_partitions_added_total";
 pub const CAPTURE_SNAPSHOT_ROWS: &str = "vitrina_capture_snapshot_rows_total";
 pub const CAPTURE_SNAPSHOT_TABLES_DONE: &str = "vitrina_capture_snapshot_tables_done";
 /// Records written to the restricted topic (label `kind`: detail, tombstone).
@@ -203,6 +204,7 @@ pub fn describe_capture() {
         metrics::counter!(CAPTURE_ERRORS, "kind" => kind).increment(0);
     }
     metrics::counter!(CAPTURE_WATERMARKS).increment(0);
+    metrics::counter!(CAPTURE_PARTITIONS_ADDED).increment(0);
     describe_counter!(
         CAPTURE_EVENTS,
         Unit::Count,
@@ -256,6 +258,11 @@ pub fn describe_capture() {
         CAPTURE_IN_FLIGHT,
         Unit::Count,
         "Events produced and not yet acknowledged."
+    );
+    describe_counter!(
+        CAPTURE_PARTITIONS_ADDED,
+        Unit::Count,
+        "Partitions added to event topics that capture took up while running."
     );
     describe_counter!(
         CAPTURE_WATERMARKS,

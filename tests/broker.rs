@@ -458,3 +458,99 @@ fn a_broker_of_another_storage_setting_is_found_and_not_doubled() {
         "{err}"
     );
 }
+
+/// Grows `topics` to `partitions` the way the broker's own storage keeps
+/// them (nisshi 0.8.1 has no CreatePartitions; Apache Kafka's operators run
+/// `kafka-topics.sh --alter --partitions`, which does the same).
+async fn grow(broker: &OwnBroker, topics: &[String], partitions: i32) {
+    let port = broker
+        .broker
+        .log_cluster()
+        .unwrap()
+        .running_port()
+        .expect("the log's cluster runs");
+    let mut pg = tokio_postgres::Config::new();
+    pg.host("127.0.0.1")
+        .port(port)
+        .user(vitrina::stack::postgres::SUPERUSER)
+        .dbname(vitrina::stack::broker::LOG_DATABASE);
+    let (c, conn) = pg.connect(tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(conn);
+    for t in topics {
+        let grown = c
+            .execute(
+                "WITH t AS (UPDATE topic SET partitions = $2 WHERE name = $1 RETURNING id, partitions),
+                      p AS (INSERT INTO topition (topic, partition)
+                            SELECT t.id, g FROM t, generate_series(
+                                (SELECT count(*) FROM topition WHERE topic = (SELECT id FROM t))::int,
+                                $2 - 1) g
+                            RETURNING id)
+                 INSERT INTO watermark (topition, low, high) SELECT id, 0, 0 FROM p",
+                &[t, &partitions],
+            )
+            .await
+            .unwrap();
+        assert!(grown > 0, "{t} grew");
+    }
+}
+
+/// Partitions an operator adds to the live event topics: capture spreads
+/// keys over them and broadcasts watermarks to them within its 30 s re-read,
+/// the projector reads them, and the showcase still equals the journal. The
+/// restricted topic may not grow (a key's tombstone must share its detail's
+/// partition): capture stops, saying so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitions_added_to_live_topics_are_published_to_and_read() {
+    use vitrina::events::codec::Registry;
+    use vitrina::events::{Message, Op};
+    let (p, mut capture, mut projector) = Pipeline::start("grow", 61, Storage::Postgres).await;
+    let (cfg, show, name, brokers) = (
+        p.cfg.clone(),
+        p.show.clone(),
+        p.name.clone(),
+        p.brokers.clone(),
+    );
+    common::wait_caught_up(&cfg, &name, Duration::from_secs(240)).await;
+    let events = vitrina::kafka::event_topics(&name);
+    grow(&p.broker, &events, 5).await;
+    // Capture re-reads the counts every 30 s.
+    tokio::time::sleep(Duration::from_secs(35)).await;
+    let report = common::spawn_workload(&cfg, 15, 0, 12).await.unwrap();
+    assert_eq!(report.failed_transactions, 0);
+    common::wait_caught_up(&cfg, &name, Duration::from_secs(240)).await;
+
+    let messages = common::read_all_on(&brokers, &name);
+    let reg = Registry::new();
+    let (mut keyed, mut marks) = (0, 0);
+    for (topic, partition, _, payload) in &messages {
+        if *partition < 3 || !events.contains(topic) {
+            continue;
+        }
+        match reg.decode_message(payload) {
+            Ok(Message::Event(e)) if e.op != Op::Truncate => keyed += 1,
+            Ok(Message::Watermark(_)) => marks += 1,
+            _ => {}
+        }
+    }
+    eprintln!("on the added partitions: {keyed} keyed events, {marks} watermarks");
+    assert!(keyed > 50, "keys spread over the added partitions: {keyed}");
+    assert!(marks > 0, "watermarks reach the added partitions");
+    common::assert_projected_equals_journal(&brokers, &cfg, &show, &name, "showcase vs journal")
+        .await;
+    assert!(
+        projector.try_wait().unwrap().is_none(),
+        "the projector runs"
+    );
+
+    grow(&p.broker, &[vitrina::kafka::detail_topic(&name)], 4).await;
+    let load = common::spawn_workload(&cfg, 40, 0, 13);
+    let code = stops_by_itself(&mut capture, &p.log_c, Duration::from_secs(90)).await;
+    let log = common::log_tail(&p.log_c, 40);
+    assert_eq!(code, 1, "{log}");
+    assert!(
+        log.contains("has 4 partitions; its records were published over 3"),
+        "{log}"
+    );
+    let _ = load.await;
+    common::kill(&mut projector, libc::SIGTERM);
+}

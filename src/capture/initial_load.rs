@@ -67,13 +67,22 @@ impl Loader<'_> {
         gate: &mut Gate,
     ) -> Result<HashMap<String, u64>, CaptureError> {
         let c = &self.cfg.capture;
+        let restricted = publisher.restricted_partitions();
         if let Some(s) = &stored {
             self.same_partitioner(s)?;
+            if let Some(was) = s.restricted_partitions.filter(|was| *was != restricted) {
+                return Err(CaptureError::RestrictedPartitions {
+                    topic: publisher.detail_topic.clone(),
+                    was,
+                    now: restricted,
+                });
+            }
         }
         if *slot_state == SlotState::Absent {
             let mut state = snapshot::State {
                 started: c.snapshot,
                 partitioner: Some(self.cfg.kafka.partitioner.clone()),
+                restricted_partitions: Some(restricted),
                 ..Default::default()
             };
             self.store.save(&state).await?;

@@ -112,6 +112,8 @@ pub enum CaptureError {
         wrote: String,
         wanted: String,
     },
+    #[error("the restricted topic {topic} has {now} partitions; its records were published over {was}: a key's next record would land on another partition than its earlier ones, and its tombstone would no longer erase them (compaction works within a partition)\nhint: Kafka cannot take partitions away: give the restricted topic back its {was} partitions (delete and re-create it with --partitions {was}, then restart capture: a new initial load fills it), or move to new topics (a new capture.topic_prefix and capture.slot); docs/operations.md, \"Adding partitions\"")]
+    RestrictedPartitions { topic: String, was: i32, now: i32 },
     #[error(transparent)]
     Connections(#[from] crate::connections::ConnectionError),
     #[error("replication stream failed: {0}")]
@@ -159,6 +161,7 @@ impl Classify for CaptureError {
             | E::SlotInvalidated(_)
             | E::SlotForeign { .. }
             | E::PartitionerChanged { .. }
+            | E::RestrictedPartitions { .. }
             | E::Connections(_)
             | E::NoSnapshot(_)
             | E::LoadState(_)
@@ -399,7 +402,7 @@ impl Capture {
                 .join("capture")
                 .join(format!("{}.json", c.slot)),
         );
-        let partitions = partition_counts(&producer, &topics, c.partitions)?;
+        let (partitions, counts) = partition_counts(&self.kafka, &topics).await?;
 
         // Confirmed positions reach the server within a heartbeat or a second.
         let rcfg = stream_config(&c.slot, &c.publication, false)
@@ -430,6 +433,9 @@ impl Capture {
                 .map(|e| (e.name, kafka::topic(&c.topic_prefix, e.name)))
                 .collect(),
             partitions,
+            counts,
+            partitioner: kafka::Partitioner::of(&cfg.kafka.partitioner)
+                .expect("kafka.partitioner is validated"),
             in_flight: in_flight.clone(),
             detail_topic: kafka::detail_topic(&c.topic_prefix),
             last_commit: 0,
@@ -662,29 +668,36 @@ pub fn topics(mapping: &Mapping, prefix: &str) -> Vec<String> {
     topics
 }
 
-/// Partitions of each topic as the cluster has them (`default` when the
-/// metadata does not say).
-fn partition_counts(
-    producer: &kafka::Producer,
+/// Partitions of each topic as the cluster has them, and their counts
+/// re-read every 30 s (a topic an operator grew is published to within
+/// that time; see [`Publisher::refresh_partitions`]).
+async fn partition_counts(
+    kafka: &crate::connections::KafkaEndpoint,
     topics: &[String],
-    default: i32,
-) -> Result<HashMap<String, i32>, CaptureError> {
-    use rdkafka::producer::Producer;
-    let md = producer
-        .client()
-        .fetch_metadata(None, Duration::from_secs(30))
-        .map_err(|e| kafka::KafkaError::op("reading the partitions of the event topics", e))?;
-    Ok(topics
-        .iter()
-        .map(|t| {
-            let n = md
-                .topics()
-                .iter()
-                .find(|m| m.name() == t)
-                .map(|m| m.partitions().len() as i32)
-                .filter(|n| *n > 0)
-                .unwrap_or(default);
-            (t.clone(), n)
-        })
-        .collect())
+) -> Result<
+    (
+        HashMap<String, i32>,
+        tokio::sync::watch::Receiver<HashMap<String, i32>>,
+    ),
+    CaptureError,
+> {
+    let ends = kafka::Ends::new(kafka)?;
+    let partitions = ends.partitions(topics).await?;
+    if let Some(t) = topics.iter().find(|t| !partitions.contains_key(*t)) {
+        return Err(kafka::KafkaError::Timeout(format!(
+            "topic {t} has no partitions in the cluster's metadata yet"
+        ))
+        .into());
+    }
+    let counts = kafka::watch_partitions(
+        ends,
+        topics.to_vec(),
+        partitions.clone(),
+        PARTITIONS_REREAD,
+        CancellationToken::new(),
+    );
+    Ok((partitions, counts))
 }
+
+/// How often capture re-reads the partition counts of its topics.
+const PARTITIONS_REREAD: Duration = Duration::from_secs(30);

@@ -78,7 +78,13 @@ pub struct Publisher {
     pub(super) slot: String,
     /// Topic of each entity, named once rather than per event.
     pub(super) topics: HashMap<&'static str, String>,
+    /// Partitions of each topic: where keys go and what TRUNCATEs and
+    /// watermarks are broadcast to (one map for both, see
+    /// [`kafka::partition`](crate::kafka::Partitioner)).
     pub(super) partitions: HashMap<String, i32>,
+    /// The counts as re-read from the cluster.
+    pub(super) counts: tokio::sync::watch::Receiver<HashMap<String, i32>>,
+    pub(super) partitioner: kafka::Partitioner,
     pub(super) in_flight: Arc<AtomicI64>,
     /// The restricted topic (medical detail under consent).
     pub(super) detail_topic: String,
@@ -116,12 +122,16 @@ impl Publisher {
         partition: Option<i32>,
     ) -> Result<DeliveryFuture, CaptureError> {
         // No payload: a tombstone (compaction erases the key).
-        let mut record: FutureRecord<'_, str, [u8]> = FutureRecord::to(topic).key(key);
+        // Every record names its partition: a keyed one by the
+        // partitioner over the counts broadcasts use.
+        let partition = partition.unwrap_or_else(|| {
+            let n = self.partitions.get(topic).copied().unwrap_or(1);
+            self.partitioner.partition(key.as_bytes(), n)
+        });
+        let mut record: FutureRecord<'_, str, [u8]> =
+            FutureRecord::to(topic).key(key).partition(partition);
         if let Some(p) = payload {
             record = record.payload(p);
-        }
-        if let Some(p) = partition {
-            record = record.partition(p);
         }
         if let Some(after) = crate::failpoint!("capture-producer-fatal") {
             inject_fatal(&self.producer, after.parse().unwrap_or(1));
@@ -139,6 +149,45 @@ impl Publisher {
                 Err((e, _)) => return Err(CaptureError::delivery(&e)),
             }
         }
+    }
+
+    /// Partitions of the restricted topic.
+    pub(super) fn restricted_partitions(&self) -> i32 {
+        self.partitions
+            .get(&self.detail_topic)
+            .copied()
+            .unwrap_or(1)
+    }
+
+    /// Takes up partitions an operator added since the last call: keys
+    /// spread over them from the next record on, and broadcasts reach them.
+    /// The restricted topic may not grow: a key's detail and its tombstone
+    /// must share a partition for compaction to erase the detail.
+    pub(super) fn refresh_partitions(&mut self) -> Result<(), CaptureError> {
+        if !self.counts.has_changed().unwrap_or(false) {
+            return Ok(());
+        }
+        let counts = self.counts.borrow_and_update().clone();
+        for (topic, now) in counts {
+            let Some(was) = self.partitions.get(&topic).copied() else {
+                continue;
+            };
+            if now <= was {
+                continue;
+            }
+            if topic == self.detail_topic {
+                return Err(CaptureError::RestrictedPartitions { topic, was, now });
+            }
+            tracing::warn!(
+                topic = %topic,
+                was,
+                now,
+                "the topic has more partitions: keys spread over them from here on (a key's later events may be on another partition than its earlier ones; vitrina's stages order by journal position)"
+            );
+            metrics::counter!(obs::CAPTURE_PARTITIONS_ADDED).increment((now - was) as u64);
+            self.partitions.insert(topic, now);
+        }
+        Ok(())
     }
 
     /// Whether every commit handed to the acker is confirmed: nothing of
@@ -185,6 +234,7 @@ impl Publisher {
     }
 
     pub async fn send_event(&mut self, e: &Event, partition_key: &str) -> Result<(), CaptureError> {
+        self.refresh_partitions()?;
         match self.registry.encode(e) {
             Ok(bytes) if bytes.len() + partition_key.len() > self.max_message_bytes => {
                 let size = bytes.len() + partition_key.len();
@@ -221,6 +271,7 @@ impl Publisher {
     /// the truncate in order with its own events. One that does not encode
     /// is dead-lettered, as any other event.
     pub async fn send_to_all_partitions(&mut self, e: &Event) -> Result<(), CaptureError> {
+        self.refresh_partitions()?;
         let bytes = match self.registry.encode(e) {
             Ok(bytes) => bytes,
             Err(err) => {
@@ -240,6 +291,7 @@ impl Publisher {
     /// A row's medical detail to the restricted topic (only under consent:
     /// the caller, [`super::gate`], decides).
     pub async fn send_detail(&mut self, d: &Detail) -> Result<(), CaptureError> {
+        self.refresh_partitions()?;
         let bytes = self.registry.encode_detail(d);
         let key = Detail::kafka_key(d.entity.name, &d.key);
         let topic = self.detail_topic.clone();
@@ -251,6 +303,7 @@ impl Publisher {
     /// A tombstone (no value) for a row's detail on the restricted topic:
     /// compaction then drops every earlier record of the key.
     pub async fn send_tombstone(&mut self, entity: &str, key: &str) -> Result<(), CaptureError> {
+        self.refresh_partitions()?;
         let k = Detail::kafka_key(entity, key);
         let topic = self.detail_topic.clone();
         let f = self.produce(&topic, &k, None, None).await?;
@@ -274,6 +327,7 @@ impl Publisher {
         commit_lsn: u64,
         commit_time_micros: i64,
     ) -> Result<(), CaptureError> {
+        self.refresh_partitions()?;
         let now = chrono::Utc::now().timestamp_micros();
         let topics: Vec<(String, i32)> = self
             .partitions

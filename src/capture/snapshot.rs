@@ -49,6 +49,11 @@ pub struct State {
     /// `consistent_random` (CRC32).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub partitioner: Option<String>,
+    /// Partitions of the restricted topic when the slot was made: a key's
+    /// detail and its tombstone must share a partition, so it may not grow
+    /// (absent in states written before it was recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restricted_partitions: Option<i32>,
 }
 
 /// What librdkafka partitioned with before vitrina chose a partitioner.

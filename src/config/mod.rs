@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 
 mod sections;
 pub use sections::{
-    Assignment, CaptureConfig, DatabaseConfig, HashForm, HashForms, Hashing, KafkaConfig,
+    Assignment, Broker, CaptureConfig, DatabaseConfig, HashForm, HashForms, Hashing, KafkaConfig,
     KafkaProperties, ProjectorConfig, ProstoreConfig, RdmConfig, RegionConfig, StackConfig,
     WorkloadConfig,
 };

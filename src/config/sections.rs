@@ -279,6 +279,24 @@ pub struct KafkaConfig {
     /// with another one keep it (capture refuses a change on a slot that
     /// published with another; docs/operations.md).
     pub partitioner: String,
+    /// The broker software, for the workarounds only it needs
+    /// (`src/kafka/quirks.rs`): "kafka" (Apache Kafka, and brokers that
+    /// answer as it documents: nisshi 0.8.1, the local stack's) or
+    /// "tansu-0.6".
+    pub broker: Broker,
+}
+
+/// Which broker software serves the cluster (see [`KafkaConfig::broker`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+pub enum Broker {
+    /// Apache Kafka's documented behaviour.
+    #[default]
+    #[serde(rename = "kafka")]
+    Kafka,
+    /// tansu 0.6.0: ListOffsets(Latest) short of the end by the rest of the
+    /// newest record batch; a Fetch inside a batch answered from the next.
+    #[serde(rename = "tansu-0.6")]
+    Tansu06,
 }
 
 impl Default for KafkaConfig {
@@ -290,6 +308,7 @@ impl Default for KafkaConfig {
             replication_factor: None,
             min_insync_replicas: None,
             partitioner: "murmur2_random".into(),
+            broker: Broker::Kafka,
         }
     }
 }

@@ -177,12 +177,14 @@ pub async fn refused() -> KafkaError {
 
 mod admin;
 mod names;
+mod partition;
 mod produce;
 pub mod quirks;
 mod read;
 
 pub use admin::*;
 pub use names::*;
+pub use partition::*;
 pub use produce::*;
 pub use quirks::{fetch_position, rewind, Order, FETCH_LOOKBACK};
 pub use read::*;

@@ -1,9 +1,14 @@
 //! Broker workarounds, named and kept here: what a broker we run against
 //! answers differently from Apache Kafka's documented behaviour.
 
+use std::collections::HashMap;
+use std::time::Duration;
+
 use rdkafka::consumer::{BaseConsumer, Consumer};
 
-use super::Context;
+use super::{Context, KafkaError};
+use crate::config::Broker;
+use crate::connections::KafkaEndpoint;
 
 /// The high watermark of the last Fetch answer for a partition, if any
 /// came (librdkafka's cached value; `fetch_watermarks` asks ListOffsets).
@@ -29,25 +34,100 @@ pub(super) fn fetched_high_watermark(
         .then_some(high)
 }
 
-/// How far before a wanted offset a consumer is positioned: more than the
-/// records of one producer batch (`batch.num.messages` = 10,000).
+/// How far before a wanted offset a consumer is positioned on tansu 0.6:
+/// more than the records of one producer batch (`batch.num.messages` =
+/// 10,000).
 pub const FETCH_LOOKBACK: i64 = 10_000;
 
 /// Where to position a consumer that wants the records from `offset` on.
 ///
-/// tansu 0.6.0 answers a Fetch at an offset inside a record batch with the
-/// batches after it (its dynostore engine, memory storage included, lists
-/// batch objects whose base offset is at or above the fetch offset), so the
-/// rest of that batch never arrives. Positioned up to one producer batch
-/// earlier, the batch holding `offset` comes back; the caller drops what
-/// lies before `offset`, and still checks for a gap (a larger batch from
-/// another producer). Apache Kafka returns the same records, a few more read.
-pub fn fetch_position(offset: i64) -> rdkafka::Offset {
+/// tansu 0.6.0 (`kafka.broker = "tansu-0.6"`) answers a Fetch at an offset
+/// inside a record batch with the batches after it (its dynostore engine,
+/// memory storage included, lists batch objects whose base offset is at or
+/// above the fetch offset), so the rest of that batch never arrives.
+/// Positioned up to one producer batch earlier, the batch holding `offset`
+/// comes back; the caller drops what lies before `offset`, and still checks
+/// for a gap (a larger batch from another producer). Any other broker is
+/// asked for `offset` itself (nisshi 0.8.1 was probed answering a fetch
+/// from the middle of a batch with that batch).
+pub fn fetch_position(kafka: &KafkaEndpoint, offset: i64) -> rdkafka::Offset {
+    let back = match kafka.broker {
+        Broker::Tansu06 => FETCH_LOOKBACK,
+        Broker::Kafka => 0,
+    };
     if offset <= 0 {
         rdkafka::Offset::Beginning
     } else {
-        rdkafka::Offset::Offset((offset - FETCH_LOOKBACK).max(0))
+        rdkafka::Offset::Offset((offset - back).max(0))
     }
+}
+
+/// Whether ListOffsets(Latest) answers must be checked against a Fetch's
+/// high watermark: tansu 0.6.0 answers with the newest record batch's base
+/// offset + 1 (its object-store engines; the memory engine shares the
+/// code), short of the end by the rest of that batch, while its Fetch
+/// answers carry the true high watermark.
+pub(super) fn short_list_offsets(kafka: &KafkaEndpoint) -> bool {
+    kafka.broker == Broker::Tansu06
+}
+
+/// The true ends on tansu 0.6 ([`short_list_offsets`]): the high
+/// watermark of a Fetch at each listed end (on a broker that answers right,
+/// an empty fetch giving the same number).
+pub(super) fn fetched_ends(
+    consumer: &BaseConsumer<Context>,
+    listed: HashMap<(String, i32), i64>,
+) -> Result<HashMap<(String, i32), i64>, KafkaError> {
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for ((t, p), hi) in &listed {
+        tpl.add_partition_offset(t, *p, rdkafka::Offset::Offset(*hi))
+            .map_err(|e| KafkaError::Metadata {
+                what: format!("assigning {t}"),
+                source: e,
+            })?;
+    }
+    consumer.assign(&tpl).map_err(|e| KafkaError::Metadata {
+        what: "assigning partitions to read their ends".into(),
+        source: e,
+    })?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut ends = HashMap::new();
+    let result = loop {
+        for ((topic, partition), hi) in &listed {
+            if ends.contains_key(&(topic.clone(), *partition)) {
+                continue;
+            }
+            if let Some(fetched) = fetched_high_watermark(consumer, topic, *partition) {
+                ends.insert((topic.clone(), *partition), fetched.max(*hi));
+            }
+        }
+        if ends.len() == listed.len() {
+            break Ok(std::mem::take(&mut ends));
+        }
+        if std::time::Instant::now() > deadline {
+            let missing: Vec<String> = listed
+                .keys()
+                .filter(|k| !ends.contains_key(*k))
+                .map(|(t, p)| format!("{t}[{p}]"))
+                .take(3)
+                .collect();
+            break Err(KafkaError::Metadata {
+                what: format!(
+                    "no fetch answer within 10 s for {} partition(s), e.g. {}",
+                    listed.len() - ends.len(),
+                    missing.join(", ")
+                ),
+                source: rdkafka::error::KafkaError::MetadataFetch(
+                    rdkafka::error::RDKafkaErrorCode::OperationTimedOut,
+                ),
+            });
+        }
+        // Messages (when the listed end was short) are not wanted: the
+        // fetch answer's watermark is.
+        let _ = consumer.poll(Duration::from_millis(20));
+    };
+    let _ = consumer.unassign();
+    result
 }
 
 /// Where a fetched record stands against the offset expected next on its

@@ -5,128 +5,164 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::message::Message as _;
 
-use super::quirks::{fetch_position, fetched_high_watermark};
+use super::quirks::{fetch_position, fetched_ends, fetched_high_watermark, short_list_offsets};
 use super::{Context, KafkaError};
 use crate::connections::KafkaEndpoint;
 
-/// End offsets (next offset to be written) of every partition of `topics`,
-/// read on a blocking thread.
-pub async fn end_offsets(
-    kafka: &KafkaEndpoint,
-    topics: &[String],
-) -> Result<HashMap<(String, i32), i64>, KafkaError> {
-    let (k, t) = (kafka.clone(), topics.to_vec());
-    tokio::task::spawn_blocking(move || end_offsets_blocking(&k, &t))
-        .await
-        .map_err(|e| KafkaError::Task(format!("reading end offsets: {e}")))?
+/// (topic, partition) → offset.
+pub type Offsets = HashMap<(String, i32), i64>;
+
+/// One client for the ends of the log and the partitions of topics, made
+/// once per stage and asked every few seconds: on a SASL cluster a client
+/// per question is a login per question. The ends of all partitions are one
+/// ListOffsets request per leader broker.
+pub struct Ends {
+    consumer: BaseConsumer<Context>,
+    kafka: KafkaEndpoint,
+    /// Serializes the tansu correction, which assigns partitions.
+    correcting: std::sync::Mutex<()>,
+}
+
+impl Ends {
+    pub fn new(kafka: &KafkaEndpoint) -> Result<std::sync::Arc<Ends>, KafkaError> {
+        let consumer: BaseConsumer<Context> = kafka
+            .client_config()
+            .set("log_level", "3")
+            // Assigned, never subscribed nor committed: the id names no group.
+            .set("group.id", "vitrina-end-offsets")
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("fetch.wait.max.ms", "10")
+            .set("fetch.error.backoff.ms", "10")
+            .set("max.partition.fetch.bytes", "1")
+            .create_with_context(Context)
+            .map_err(|e| KafkaError::Client {
+                brokers: kafka.brokers.clone(),
+                source: e,
+            })?;
+        Ok(std::sync::Arc::new(Ends {
+            consumer,
+            kafka: kafka.clone(),
+            correcting: std::sync::Mutex::new(()),
+        }))
+    }
+
+    /// The partition count of each of `topics` the cluster has (a topic it
+    /// does not have is left out), from one metadata request.
+    pub fn partitions_blocking(
+        &self,
+        topics: &[String],
+    ) -> Result<HashMap<String, i32>, KafkaError> {
+        // Events the client queued (errors, logs) are not wanted here.
+        let _ = self.consumer.poll(Duration::ZERO);
+        let one = (topics.len() == 1).then(|| topics[0].as_str());
+        let md = self
+            .consumer
+            .fetch_metadata(one, Duration::from_secs(10))
+            .map_err(|e| KafkaError::Metadata {
+                what: "reading topic metadata".into(),
+                source: e,
+            })?;
+        Ok(md
+            .topics()
+            .iter()
+            .filter(|t| t.error().is_none() && !t.partitions().is_empty())
+            .filter(|t| topics.iter().any(|x| x == t.name()))
+            .map(|t| (t.name().to_string(), t.partitions().len() as i32))
+            .collect())
+    }
+
+    /// End offsets (next offset to be written) of every partition of
+    /// `topics`, on the calling thread.
+    pub fn read_blocking(&self, topics: &[String]) -> Result<Offsets, KafkaError> {
+        let counts = self.partitions_blocking(topics)?;
+        let mut tpl = rdkafka::TopicPartitionList::new();
+        for (t, n) in &counts {
+            for p in 0..*n {
+                // ListOffsets with the timestamp -1: the latest offset.
+                tpl.add_partition_offset(t, p, rdkafka::Offset::End)
+                    .map_err(|e| KafkaError::Metadata {
+                        what: format!("listing {t}[{p}]"),
+                        source: e,
+                    })?;
+            }
+        }
+        if tpl.count() == 0 {
+            return Ok(HashMap::new());
+        }
+        let answer = self
+            .consumer
+            .offsets_for_times(tpl, Duration::from_secs(10))
+            .map_err(|e| KafkaError::Metadata {
+                what: "reading the end offsets".into(),
+                source: e,
+            })?;
+        let mut listed = HashMap::new();
+        for e in answer.elements() {
+            let what = || format!("reading the end offset of {}[{}]", e.topic(), e.partition());
+            e.error().map_err(|source| KafkaError::Metadata {
+                what: what(),
+                source,
+            })?;
+            let end = match e.offset() {
+                rdkafka::Offset::Offset(o) => o,
+                // No answer for it: the partition's own query.
+                _ => {
+                    self.consumer
+                        .fetch_watermarks(e.topic(), e.partition(), Duration::from_secs(10))
+                        .map_err(|source| KafkaError::Metadata {
+                            what: what(),
+                            source,
+                        })?
+                        .1
+                }
+            };
+            listed.insert((e.topic().to_string(), e.partition()), end);
+        }
+        if short_list_offsets(&self.kafka) {
+            let _one = self.correcting.lock().unwrap_or_else(|p| p.into_inner());
+            return fetched_ends(&self.consumer, listed);
+        }
+        Ok(listed)
+    }
+
+    /// [`Ends::read_blocking`] on a blocking thread.
+    pub async fn read(
+        self: &std::sync::Arc<Self>,
+        topics: &[String],
+    ) -> Result<Offsets, KafkaError> {
+        let (me, t) = (self.clone(), topics.to_vec());
+        tokio::task::spawn_blocking(move || me.read_blocking(&t))
+            .await
+            .map_err(|e| KafkaError::Task(format!("reading end offsets: {e}")))?
+    }
+
+    /// [`Ends::partitions_blocking`] on a blocking thread.
+    pub async fn partitions(
+        self: &std::sync::Arc<Self>,
+        topics: &[String],
+    ) -> Result<HashMap<String, i32>, KafkaError> {
+        let (me, t) = (self.clone(), topics.to_vec());
+        tokio::task::spawn_blocking(move || me.partitions_blocking(&t))
+            .await
+            .map_err(|e| KafkaError::Task(format!("reading partitions: {e}")))?
+    }
+}
+
+/// End offsets of every partition of `topics` with a client of its own
+/// (for a one-off question; a stage that asks again keeps an [`Ends`]).
+pub async fn end_offsets(kafka: &KafkaEndpoint, topics: &[String]) -> Result<Offsets, KafkaError> {
+    Ends::new(kafka)?.read(topics).await
 }
 
 /// [`end_offsets`] on the calling thread.
-///
-/// Broker answers known to be wrong are worked around here, and only here:
-/// tansu 0.6.0 answers ListOffsets(Latest) with the newest record batch's
-/// base offset + 1 (its object-store engines; the memory engine shares the
-/// code), short of the end by the rest of that batch. Its Fetch answers
-/// carry the true high watermark. So the end is the high watermark of a
-/// Fetch at the ListOffsets answer, which is also an empty fetch on a broker
-/// that answers right (Apache Kafka, tansu's SQL engines): the same number.
 pub fn end_offsets_blocking(
     kafka: &KafkaEndpoint,
     topics: &[String],
-) -> Result<HashMap<(String, i32), i64>, KafkaError> {
-    let consumer: BaseConsumer<Context> = kafka
-        .client_config()
-        .set("log_level", "3")
-        // Assigned, never subscribed nor committed: the id names no group.
-        .set("group.id", "vitrina-end-offsets")
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .set("fetch.wait.max.ms", "10")
-        .set("fetch.error.backoff.ms", "10")
-        .set("max.partition.fetch.bytes", "1")
-        .create_with_context(Context)
-        .map_err(|e| KafkaError::Client {
-            brokers: kafka.brokers.clone(),
-            source: e,
-        })?;
-    let md = consumer
-        .fetch_metadata(None, Duration::from_secs(10))
-        .map_err(|e| KafkaError::Metadata {
-            what: "reading topic metadata".into(),
-            source: e,
-        })?;
-    let mut listed = HashMap::new();
-    let mut tpl = rdkafka::TopicPartitionList::new();
-    for t in md
-        .topics()
-        .iter()
-        .filter(|t| topics.iter().any(|x| x == t.name()))
-    {
-        for p in t.partitions() {
-            let (_, hi) = consumer
-                .fetch_watermarks(t.name(), p.id(), Duration::from_secs(10))
-                .map_err(|e| KafkaError::Metadata {
-                    what: format!("reading the offsets of {}", t.name()),
-                    source: e,
-                })?;
-            listed.insert((t.name().to_string(), p.id()), hi);
-            tpl.add_partition_offset(t.name(), p.id(), rdkafka::Offset::Offset(hi))
-                .map_err(|e| KafkaError::Metadata {
-                    what: format!("assigning {}", t.name()),
-                    source: e,
-                })?;
-        }
-    }
-    if listed.is_empty() {
-        return Ok(listed);
-    }
-    consumer.assign(&tpl).map_err(|e| KafkaError::Metadata {
-        what: "assigning partitions to read their ends".into(),
-        source: e,
-    })?;
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    let mut ends = HashMap::new();
-    loop {
-        for ((topic, partition), hi) in &listed {
-            if ends.contains_key(&(topic.clone(), *partition)) {
-                continue;
-            }
-            if let Some(fetched) = fetched_high_watermark(&consumer, topic, *partition) {
-                ends.insert((topic.clone(), *partition), fetched.max(*hi));
-            }
-        }
-        if ends.len() == listed.len() {
-            return Ok(ends);
-        }
-        if std::time::Instant::now() > deadline {
-            let missing: Vec<String> = listed
-                .keys()
-                .filter(|k| !ends.contains_key(*k))
-                .map(|(t, p)| format!("{t}[{p}]"))
-                .collect();
-            return Err(KafkaError::Metadata {
-                what: format!(
-                    "no fetch answer within 10 s for {} partition(s), e.g. {}",
-                    missing.len(),
-                    missing
-                        .iter()
-                        .take(3)
-                        .cloned()
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
-                source: rdkafka::error::KafkaError::MetadataFetch(
-                    RDKafkaErrorCode::OperationTimedOut,
-                ),
-            });
-        }
-        // Messages (when the listed end was short) are not wanted: the
-        // fetch answer's watermark is.
-        let _ = consumer.poll(Duration::from_millis(20));
-    }
+) -> Result<Offsets, KafkaError> {
+    Ends::new(kafka)?.read_blocking(topics)
 }
 
 /// A topic's partition and an offset in it.
@@ -218,26 +254,63 @@ fn missing_records_blocking(
 
 /// Assigns every partition of `topics` to `consumer`, each positioned for
 /// the offset `at` gives ([`fetch_position`]; the start where it gives
-/// none); returns how many.
+/// none); returns the partition count of each topic.
 pub fn assign_at<C: rdkafka::consumer::ConsumerContext>(
+    kafka: &KafkaEndpoint,
     consumer: &impl Consumer<C>,
     topics: &[String],
     at: impl Fn(&str, i32) -> Option<i64>,
-) -> Result<usize, rdkafka::error::KafkaError> {
+) -> Result<HashMap<String, i32>, rdkafka::error::KafkaError> {
     let mut tpl = rdkafka::TopicPartitionList::new();
+    let mut counts = HashMap::new();
     for t in topics {
         let md = consumer.fetch_metadata(Some(t), Duration::from_secs(30))?;
         for topic in md.topics() {
+            counts.insert(t.clone(), topic.partitions().len() as i32);
             for p in topic.partitions() {
                 let offset = at(t, p.id())
-                    .map(fetch_position)
+                    .map(|o| fetch_position(kafka, o))
                     .unwrap_or(rdkafka::Offset::Beginning);
                 tpl.add_partition_offset(t, p.id(), offset)?;
             }
         }
     }
     consumer.assign(&tpl)?;
-    Ok(tpl.count())
+    Ok(counts)
+}
+
+/// Adds to `consumer`'s assignment the partitions `counts` has beyond
+/// `assigned` (a topic an operator grew), each from its beginning (no
+/// record of a new partition was read before); `assigned` follows. Returns
+/// the partitions added.
+pub fn assign_added<C: rdkafka::consumer::ConsumerContext>(
+    consumer: &impl Consumer<C>,
+    assigned: &mut HashMap<String, i32>,
+    counts: &HashMap<String, i32>,
+) -> Result<Vec<(String, i32)>, KafkaError> {
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    let mut added = Vec::new();
+    for (t, n) in counts {
+        let Some(had) = assigned.get(t).copied() else {
+            continue;
+        };
+        for p in had..*n {
+            tpl.add_partition_offset(t, p, rdkafka::Offset::Beginning)
+                .map_err(|e| KafkaError::op(format!("assigning {t}[{p}]"), e))?;
+            added.push((t.clone(), p));
+        }
+    }
+    if added.is_empty() {
+        return Ok(added);
+    }
+    consumer
+        .incremental_assign(&tpl)
+        .map_err(|e| KafkaError::op("assigning the partitions added to the topics", e))?;
+    for (t, p) in &added {
+        assigned.insert(t.clone(), p + 1);
+        tracing::warn!(topic = %t, partition = p, "a partition was added to the topic; reading it from its beginning");
+    }
+    Ok(added)
 }
 
 /// A record read back: offset, key, value.
@@ -295,7 +368,7 @@ pub fn read_ranges_blocking(
         let end = *end;
         if *from < end {
             next.insert((t.clone(), *p), (*from, end));
-            tpl.add_partition_offset(t, *p, fetch_position(*from))
+            tpl.add_partition_offset(t, *p, fetch_position(kafka, *from))
                 .map_err(|e| KafkaError::Metadata {
                     what: format!("assigning {t}[{p}]"),
                     source: e,

@@ -90,7 +90,14 @@ pub async fn update_freshness(
         .iter()
         .map(|r| {
             let (t, n, age): (String, i64, Option<f64>) = (r.get(0), r.get(1), r.get(2));
-            (t, if n >= partitions_per_topic { age } else { None })
+            // Every partition the log has (a topic may have more than
+            // capture.partitions: pre-created, or grown since).
+            let want = ends
+                .keys()
+                .filter(|(topic, _)| *topic == t)
+                .count()
+                .max(partitions_per_topic as usize) as i64;
+            (t, if n >= want { age } else { None })
         })
         .collect();
     let Assessed {

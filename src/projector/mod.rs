@@ -215,11 +215,16 @@ impl Projection {
                 kafka_ep.session_timeout_ms.to_string(),
             )
             .set("log_level", "4")
+            // A group member sees partitions added to the topics (and the
+            // group rebalances) within this time; Kafka's default is 5 min.
+            .set("topic.metadata.refresh.interval.ms", "30000")
             .create_with_context(SeekToShowcase {
                 offsets: offsets.clone(),
+                kafka: kafka_ep.clone(),
                 assigned: assigned.clone(),
             })
             .map_err(|e| ProjectorError::kafka("creating the consumer", e))?;
+        let mut taken = HashMap::new();
         match cfg.projector.assignment {
             crate::config::Assignment::Group => {
                 let topic_refs: Vec<&str> = topics.iter().map(String::as_str).collect();
@@ -228,7 +233,8 @@ impl Projection {
                     .map_err(|e| ProjectorError::kafka("subscribing to the event topics", e))?;
             }
             crate::config::Assignment::SelfAssigned => {
-                let n = source::assign_all(&consumer, &topics, &stored)?;
+                taken = source::assign_all(kafka_ep, &consumer, &topics, &stored)?;
+                let n = taken.values().sum::<i32>() as usize;
                 assigned.store(n, std::sync::atomic::Ordering::SeqCst);
                 tracing::info!(
                     partitions = n,
@@ -256,6 +262,8 @@ impl Projection {
                 rejoin_after: Duration::from_millis(kafka_ep.session_timeout_ms as u64 * 3),
                 grouped: cfg.projector.assignment == crate::config::Assignment::Group,
                 stalled: HashMap::new(),
+                taken,
+                counts: None,
                 topics: topics.clone(),
                 detail_topic: kafka::detail_topic(&cfg.capture.topic_prefix),
             },
@@ -421,21 +429,31 @@ impl Projector {
             database = %self.showcase.database,
             "projecting"
         );
-        // Log end offsets, refreshed in the background for lag.
+        // Log end offsets, refreshed in the background for lag on one
+        // client; the partition counts they show reach the source.
         let ends: Arc<Mutex<Ends>> = Arc::default();
+        let (counts_tx, counts_rx) = tokio::sync::watch::channel(p.source.taken.clone());
+        p.source.counts = Some(counts_rx);
+        let client = kafka::Ends::new(&p.kafka)?;
         let lag_task = {
-            let (ends, kafka, topics, cancel) = (
-                ends.clone(),
-                p.kafka.clone(),
-                p.topics.clone(),
-                cancel.clone(),
-            );
+            let (ends, topics, cancel) = (ends.clone(), p.topics.clone(), cancel.clone());
             tokio::spawn(async move {
                 while !cancel.is_cancelled() {
-                    if let Ok(e) = end_offsets(&kafka, &topics).await {
-                        let mut ends = ends.lock().unwrap();
-                        ends.round += 1;
-                        ends.offsets = e;
+                    match client.read(&topics).await {
+                        Ok(e) => {
+                            let mut counts: HashMap<String, i32> = HashMap::new();
+                            for (t, part) in e.keys() {
+                                let n = counts.entry(t.clone()).or_default();
+                                *n = (*n).max(part + 1);
+                            }
+                            kafka::publish_counts(&counts_tx, counts);
+                            let mut ends = ends.lock().unwrap();
+                            ends.round += 1;
+                            ends.offsets = e;
+                        }
+                        Err(e) => {
+                            tracing::debug!(error = %e, "reading the log's ends failed; trying again")
+                        }
                     }
                     tokio::time::sleep(Duration::from_secs(5)).await;
                 }

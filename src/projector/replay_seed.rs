@@ -183,7 +183,7 @@ fn start_offsets(
             _ => end,
         };
         let start = stamped.min(applied.get(&k).copied().unwrap_or(0));
-        let s = step_back(&consumer, &registry, &k, start, boundary)?;
+        let s = step_back(kafka, &consumer, &registry, &k, start, boundary)?;
         out.push((k, s, s < start));
     }
     Ok(out)
@@ -192,6 +192,7 @@ fn start_offsets(
 /// From `start`, steps back (1, 2, 4, … records) until the record before
 /// the offset is at or below `boundary`, or the partition's start.
 fn step_back(
+    kafka: &KafkaEndpoint,
     consumer: &BaseConsumer,
     registry: &Registry,
     k: &Tp,
@@ -200,7 +201,7 @@ fn step_back(
 ) -> Result<i64, ProjectorError> {
     let (mut s, mut step) = (start, 1i64);
     while s > 0 {
-        match position_at(consumer, registry, k, s - 1)? {
+        match position_at(kafka, consumer, registry, k, s - 1)? {
             Some(p) if p <= boundary => break,
             _ => {
                 tracing::info!(topic = %k.0, partition = k.1, offset = s - 1, "a record above the replay's boundary before the timestamps' offset; reading from earlier");
@@ -216,13 +217,14 @@ fn step_back(
 /// `None` when it cannot be read (gone, skipped by the broker, or not an
 /// event): the caller then looks earlier.
 fn position_at(
+    kafka: &KafkaEndpoint,
     consumer: &BaseConsumer,
     registry: &Registry,
     k: &Tp,
     offset: i64,
 ) -> Result<Option<i64>, ProjectorError> {
     let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(&k.0, k.1, crate::kafka::fetch_position(offset))
+    tpl.add_partition_offset(&k.0, k.1, crate::kafka::fetch_position(kafka, offset))
         .map_err(|e| ProjectorError::kafka("positioning a reader", e))?;
     consumer
         .assign(&tpl)

@@ -38,6 +38,7 @@ pub(super) type Offsets = Arc<Mutex<HashMap<Tp, i64>>>;
 /// Positions newly assigned partitions at the offsets the showcase holds.
 pub(super) struct SeekToShowcase {
     pub(super) offsets: Offsets,
+    pub(super) kafka: crate::connections::KafkaEndpoint,
     /// Partitions currently assigned to this member.
     pub(super) assigned: Arc<AtomicUsize>,
 }
@@ -66,7 +67,7 @@ impl ConsumerContext for SeekToShowcase {
             for e in tpl.elements() {
                 let at = known
                     .get(&(e.topic().to_string(), e.partition()))
-                    .map(|o| kafka::fetch_position(*o))
+                    .map(|o| kafka::fetch_position(&self.kafka, *o))
                     .unwrap_or(Offset::Beginning);
                 taken = taken.and(assign.add_partition_offset(e.topic(), e.partition(), at));
             }
@@ -161,16 +162,23 @@ pub(super) struct Source {
     pub(super) grouped: bool,
     /// Partitions stopped before an event of an unknown schema, and why.
     pub(super) stalled: HashMap<Tp, String>,
+    /// Self-assigned: the partition count of each topic taken, and the
+    /// counts as re-read from the cluster (partitions an operator added are
+    /// taken from their beginning).
+    pub(super) taken: HashMap<String, i32>,
+    pub(super) counts: Option<tokio::sync::watch::Receiver<HashMap<String, i32>>>,
 }
 
 /// Assigns every partition of `topics` to `consumer`, positioned at the
-/// showcase's offsets (the beginning where it has none); returns how many.
+/// showcase's offsets (the beginning where it has none); returns the
+/// partition count of each topic.
 pub(super) fn assign_all(
+    kafka: &crate::connections::KafkaEndpoint,
     consumer: &StreamConsumer<SeekToShowcase>,
     topics: &[String],
     stored: &HashMap<Tp, i64>,
-) -> Result<usize, ProjectorError> {
-    kafka::assign_at(consumer, topics, |t, p| {
+) -> Result<HashMap<String, i32>, ProjectorError> {
+    kafka::assign_at(kafka, consumer, topics, |t, p| {
         stored.get(&(t.to_string(), p)).copied()
     })
     .map_err(|e| ProjectorError::kafka("assigning the partitions", e))
@@ -185,6 +193,7 @@ impl Source {
         cap: Option<&HashMap<Tp, i64>>,
     ) -> Result<Batch, ProjectorError> {
         self.watch_assignment()?;
+        self.take_added()?;
         let mut b = Batch::default();
         let mut cur: Tp = (String::new(), -1);
         let t0 = Instant::now();
@@ -299,6 +308,22 @@ impl Source {
     /// Why a partition is stopped (the first, when several are).
     pub(super) fn stalled(&self) -> Option<&String> {
         self.stalled.values().next()
+    }
+
+    /// Self-assigned: takes the partitions added to the topics since the
+    /// last call (a group member gets them by a rebalance).
+    fn take_added(&mut self) -> Result<(), ProjectorError> {
+        let Some(rx) = self.counts.as_mut() else {
+            return Ok(());
+        };
+        if self.grouped || !rx.has_changed().unwrap_or(false) {
+            return Ok(());
+        }
+        let counts = rx.borrow_and_update().clone();
+        let added = kafka::assign_added(&self.consumer, &mut self.taken, &counts)?;
+        self.assigned
+            .fetch_add(added.len(), std::sync::atomic::Ordering::SeqCst);
+        Ok(())
     }
 
     /// A member left without partitions for several session timeouts

@@ -348,7 +348,15 @@ impl Feed {
             at.next_delta = plan.delta + 1;
         }
         tracing::info!(next_delta = at.next_delta, "feeding ProStore upload topics");
-        let consumer = self.consumer(&at.from).await?;
+        let (consumer, mut taken) = self.consumer(&at.from).await?;
+        // Partitions an operator adds are read from their beginning.
+        let mut counts = kafka::watch_partitions(
+            kafka::Ends::new(&self.kafka)?,
+            self.sources.clone(),
+            taken.clone(),
+            Duration::from_secs(30),
+            cancel.clone(),
+        );
         let interval = Duration::from_millis(self.cfg.prostore.delta_interval_ms);
         let mut next = at.from.clone();
         let mut floor = at.floor.clone();
@@ -361,6 +369,10 @@ impl Feed {
         // change or watermark read.
         let mut seen: HashMap<String, i64> = HashMap::new();
         loop {
+            if counts.has_changed().unwrap_or(false) {
+                let now = counts.borrow_and_update().clone();
+                kafka::assign_added(&consumer, &mut taken, &now)?;
+            }
             let wait = deadline.saturating_duration_since(Instant::now());
             let full = gather.changes >= self.cfg.prostore.max_delta_changes;
             if wait.is_zero() || full {
@@ -518,11 +530,11 @@ impl Feed {
     }
 
     /// A consumer of every source partition, at `from` (the start where
-    /// the manifest has no offset).
+    /// the manifest has no offset), and the partition count of each topic.
     async fn consumer(
         &self,
         from: &BTreeMap<String, i64>,
-    ) -> Result<StreamConsumer<kafka::Context>, FeedError> {
+    ) -> Result<(StreamConsumer<kafka::Context>, HashMap<String, i32>), FeedError> {
         let consumer: StreamConsumer<kafka::Context> = self
             .kafka
             .client_config()
@@ -533,11 +545,11 @@ impl Feed {
             .set("log_level", "4")
             .create_with_context(kafka::Context)
             .map_err(|e| FeedError::client("creating the consumer", e))?;
-        kafka::assign_at(&consumer, &self.sources, |t, p| {
+        let taken = kafka::assign_at(&self.kafka, &consumer, &self.sources, |t, p| {
             from.get(&tp_key(t, p)).copied()
         })
         .map_err(|e| FeedError::client("assigning the event topics", e))?;
-        Ok(consumer)
+        Ok((consumer, taken))
     }
 
     /// The messages of a delta: per table, its rows sorted by key in chunks.
@@ -736,7 +748,7 @@ impl Feed {
         plan: &Plan,
         table_next: &BTreeMap<String, i64>,
     ) -> Result<Commit, FeedError> {
-        let consumer = self.consumer(&plan.from).await?;
+        let (consumer, _) = self.consumer(&plan.from).await?;
         let mut floor = plan.floor.clone();
         let mut gather = Gather::new(&plan.truncated);
         let mut remaining: BTreeMap<String, i64> = plan
