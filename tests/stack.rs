@@ -160,9 +160,10 @@ fn a_missing_broker_binary_says_how_to_install_it() {
     }
 }
 
-/// The end offsets lag, status and replay read are the log's true ends,
-/// although tansu answers ListOffsets(Latest) with the newest batch's base
-/// offset + 1: here every batch holds many records.
+/// The end offsets lag, status and replay read are the log's true ends when
+/// every batch holds many records (tansu 0.6.0 answered ListOffsets(Latest)
+/// with the newest batch's base offset + 1, corrected only under
+/// `kafka.broker = "tansu-0.6"`; the test stack's nisshi answers right).
 #[tokio::test]
 async fn end_offsets_are_the_true_ends_of_partitions_written_in_large_batches() {
     let st = common::stack();
@@ -202,10 +203,10 @@ async fn end_offsets_are_the_true_ends_of_partitions_written_in_large_batches() 
 }
 
 /// Reading from an offset inside a record batch returns that batch's rest.
-/// tansu 0.6.0 answers such a Fetch with the batches after it: a consumer
-/// positioned exactly there never sees the rest of the batch (seen: from
-/// 3,070 the first record came back at 3,098). `kafka::fetch_position`
-/// positions up to one producer batch earlier; readers drop what lies before.
+/// tansu 0.6.0 answered such a Fetch with the batches after it (seen: from
+/// 3,070 the first record came back at 3,098); `kafka::fetch_position`
+/// looks back one producer batch only under `kafka.broker = "tansu-0.6"`.
+/// The test stack's nisshi is asked for the offset itself.
 #[tokio::test]
 async fn a_read_from_inside_a_record_batch_starts_at_that_offset() {
     let st = common::stack();
