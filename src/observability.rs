@@ -16,6 +16,7 @@ pub const CAPTURE_LAG_SECONDS: &str = "vitrina_capture_replication_lag_seconds";
 pub const CAPTURE_SLOT_RETAINED_BYTES: &str = "vitrina_capture_slot_retained_wal_bytes";
 pub const CAPTURE_IN_FLIGHT: &str = "vitrina_capture_in_flight_events";
 pub const CAPTURE_WATERMARKS: &str = "vitrina_capture_watermarks_total";
+pub const GROUP_COMMIT_ERRORS: &str = "vitrina_group_commit_errors_total";
 pub const CAPTURE_PARTITIONS_ADDED: &str = "vitrina_capture_partitions_added_total";
 pub const CAPTURE_SNAPSHOT_ROWS: &str = "vitrina_capture_snapshot_rows_total";
 pub const CAPTURE_SNAPSHOT_TABLES_DONE: &str = "vitrina_capture_snapshot_tables_done";
@@ -258,6 +259,11 @@ pub fn describe_capture() {
         CAPTURE_IN_FLIGHT,
         Unit::Count,
         "Events produced and not yet acknowledged."
+    );
+    describe_counter!(
+        GROUP_COMMIT_ERRORS,
+        Unit::Count,
+        "Commits of applied offsets to a stage's Kafka consumer group (informational, for kafka-consumer-groups.sh and Burrow) that failed, by stage."
     );
     describe_counter!(
         CAPTURE_PARTITIONS_ADDED,

@@ -344,3 +344,122 @@ async fn pre_created_topics_with_wrong_settings_are_reported_and_stop_a_stage() 
         .collect();
     assert_eq!(ours.len(), 2, "nothing created: {ours:?}");
 }
+
+/// The projector's `vitrina_projector_consumer_lag_messages` of each
+/// partition, scraped from `/metrics` at `addr`.
+fn lag_metric(addr: &str) -> std::collections::BTreeMap<String, i64> {
+    let (_, body) = common::http_get(addr, "/metrics");
+    body.lines()
+        .filter_map(|l| l.strip_prefix("vitrina_projector_consumer_lag_messages{"))
+        .filter_map(|l| {
+            let (labels, value) = l.split_once("} ")?;
+            let label = |k: &str| {
+                let at = labels.find(&format!("{k}=\""))? + k.len() + 2;
+                Some(labels[at..].split('"').next()?.to_string())
+            };
+            Some((
+                format!("{}[{}]", label("topic")?, label("partition")?),
+                value.trim().parse::<f64>().ok()? as i64,
+            ))
+        })
+        .collect()
+}
+
+/// The projector's applied offsets reach its Kafka consumer group (after
+/// the showcase's commit), so the standard tools see its lag: confluent-kafka
+/// reads the group's committed offsets and the log's ends, and each
+/// partition's lag is the projector's own metric. A partition stopped before
+/// an event of an unknown schema keeps a lag both see.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_consumer_group_shows_the_projectors_lag_to_standard_tools() {
+    use vitrina::region::load;
+    let cfg = common::journal_db("t_group_lag").await;
+    let db = common::db_name(&cfg);
+    load::load(&cfg, &common::small_region(71, 1, 15, 0.0), 2, false, false)
+        .await
+        .unwrap();
+    let show = common::fresh_db("t_group_lag_show").await;
+    let show_db = common::db_name(&show);
+    let name = format!("grouplag{}", std::process::id());
+    let metrics = format!("127.0.0.1:{}", common::free_port());
+    let env = [
+        ("VITRINA_SHOWCASE__DATABASE", show_db.as_str()),
+        ("VITRINA_PROJECTOR__METRICS_LISTEN", metrics.as_str()),
+    ];
+    let mut capture = common::spawn_capture(&db, &name);
+    let log = format!("{name}-projector");
+    let mut projector = common::spawn_vitrina("project", &db, &name, &log, &env);
+    common::wait_caught_up(&cfg, &name, Duration::from_secs(240)).await;
+
+    // An event of a schema from the future stops grade[0] before it.
+    let topic = vitrina::kafka::topic(&name, "grade");
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", common::stack().brokers())
+        .create()
+        .unwrap();
+    let mut newer = vitrina::events::codec::MAGIC.to_vec();
+    newer.extend_from_slice(&[0xAB; 8]);
+    newer.extend_from_slice(b"a body of a schema from the future");
+    producer
+        .send(
+            FutureRecord::to(&topic)
+                .key("1")
+                .payload(&newer)
+                .partition(0),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    let report = common::spawn_workload(&cfg, 4, 0, 72).await.unwrap();
+    assert_eq!(report.failed_transactions, 0);
+    common::wait_caught_up(&cfg, &name, Duration::from_secs(240)).await;
+    // No more watermarks: the log stands still.
+    common::kill(&mut capture, libc::SIGTERM);
+    capture.wait().unwrap();
+
+    let mut topics = vitrina::kafka::event_topics(&name);
+    topics.push(vitrina::kafka::detail_topic(&name));
+    let group = format!("{name}-projector-{show_db}");
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/group_lag.py");
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    let (theirs, ours) = loop {
+        let out = std::process::Command::new("python3")
+            .arg(&script)
+            .arg(common::stack().brokers())
+            .arg(&group)
+            .args(&topics)
+            .output()
+            .expect("python3 runs (scripts/bootstrap installs confluent-kafka)");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let said: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let theirs: std::collections::BTreeMap<String, i64> = said
+            .as_object()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| (k.clone(), v["lag"].as_i64().unwrap()))
+            .collect();
+        let ours = lag_metric(&metrics);
+        let stalled = format!("{topic}[0]");
+        if theirs == ours && theirs.get(&stalled).is_some_and(|l| *l > 0) {
+            break (theirs, ours);
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the group's lag (confluent-kafka) never matched the projector's metric:\ntheirs {theirs:?}\nours   {ours:?}\n{}",
+            common::log_tail(&log, 20)
+        );
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    };
+    let total: i64 = theirs.values().sum();
+    eprintln!(
+        "lag per confluent-kafka = the projector's metric over {} partitions, {total} records in all (grade[0]: {})",
+        ours.len(),
+        theirs[&format!("{topic}[0]")]
+    );
+    assert!(ours.len() >= topics.len(), "every partition reported");
+    common::kill(&mut projector, libc::SIGTERM);
+}

@@ -176,6 +176,7 @@ pub async fn refused() -> KafkaError {
 }
 
 mod admin;
+mod group;
 mod names;
 mod partition;
 mod produce;
@@ -183,6 +184,7 @@ pub mod quirks;
 mod read;
 
 pub use admin::*;
+pub use group::*;
 pub use names::*;
 pub use partition::*;
 pub use produce::*;

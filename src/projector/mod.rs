@@ -264,6 +264,7 @@ impl Projection {
                 stalled: HashMap::new(),
                 taken,
                 counts: None,
+                group_commits: Default::default(),
                 topics: topics.clone(),
                 detail_topic: kafka::detail_topic(&cfg.capture.topic_prefix),
             },
@@ -327,6 +328,9 @@ impl Projection {
         if gathered.messages > 0 {
             self.in_flight = Some(gathered);
         }
+        // What the showcase committed, for the standard lag tools.
+        let committed = self.sink().offsets.lock().unwrap().clone();
+        self.source.commit_group(committed);
         Ok(applied)
     }
 

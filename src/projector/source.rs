@@ -167,6 +167,8 @@ pub(super) struct Source {
     /// taken from their beginning).
     pub(super) taken: HashMap<String, i32>,
     pub(super) counts: Option<tokio::sync::watch::Receiver<HashMap<String, i32>>>,
+    /// The showcase's offsets as last committed to the consumer group.
+    pub(super) group_commits: kafka::GroupCommits,
 }
 
 /// Assigns every partition of `topics` to `consumer`, positioned at the
@@ -308,6 +310,26 @@ impl Source {
     /// Why a partition is stopped (the first, when several are).
     pub(super) fn stalled(&self) -> Option<&String> {
         self.stalled.values().next()
+    }
+
+    /// Commits the showcase's `offsets` to the consumer group (after the
+    /// showcase's own commit; informational, for the standard lag tools).
+    /// A group member commits only the partitions it holds: its map may
+    /// keep older offsets of partitions another member applies now.
+    pub(super) fn commit_group(&mut self, mut offsets: HashMap<Tp, i64>) {
+        if self.grouped {
+            let Ok(held) = self.consumer.assignment() else {
+                return;
+            };
+            let held: std::collections::HashSet<Tp> = held
+                .elements()
+                .iter()
+                .map(|e| (e.topic().to_string(), e.partition()))
+                .collect();
+            offsets.retain(|k, _| held.contains(k));
+        }
+        self.group_commits
+            .commit(&self.consumer, &offsets, "projector");
     }
 
     /// Self-assigned: takes the partitions added to the topics since the

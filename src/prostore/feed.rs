@@ -57,6 +57,12 @@ fn tp_key(topic: &str, partition: i32) -> String {
     format!("{topic}[{partition}]")
 }
 
+/// The (topic, partition) of a [`tp_key`].
+fn parse_tp(k: &str) -> Option<(String, i32)> {
+    let (t, rest) = k.rsplit_once('[')?;
+    Some((t.to_string(), rest.strip_suffix(']')?.parse().ok()?))
+}
+
 /// One record of the manifest topic.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "kind", rename_all = "lowercase")]
@@ -365,6 +371,8 @@ impl Feed {
         let mut plan_floor = floor.clone();
         let mut plan_truncated = at.truncated.clone();
         let mut deadline = Instant::now() + interval;
+        // Where a restart would read from, for the standard lag tools.
+        let mut group = kafka::GroupCommits::default();
         // Per source partition, the journal commit time of the latest
         // change or watermark read.
         let mut seen: HashMap<String, i64> = HashMap::new();
@@ -405,6 +413,11 @@ impl Feed {
                     plan_truncated = gather.truncated().clone();
                     gather = Gather::new(&plan_truncated);
                 }
+                let fed: HashMap<(String, i32), i64> = plan_from
+                    .iter()
+                    .filter_map(|(k, o)| Some((parse_tp(k)?, *o)))
+                    .collect();
+                group.commit(&consumer, &fed, "prostore");
                 // Everything read is committed now: the feed holds every
                 // journal change up to the oldest partition's latest time.
                 if let Some(t) = seen.values().min() {
@@ -878,11 +891,6 @@ pub fn read_manifest(kafka: &KafkaEndpoint, prefix: &str) -> Result<Vec<Manifest
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn parse_tp(k: &str) -> Option<(String, i32)> {
-        let (t, rest) = k.rsplit_once('[')?;
-        Some((t.to_string(), rest.strip_suffix(']')?.parse().ok()?))
-    }
 
     #[test]
     fn partition_keys_round_trip() {

@@ -27,7 +27,7 @@
 //! Rejected files (a 4xx answer, or status 4, 5 or 7) are dead-lettered
 //! row by row with the service's reason, and the batch goes on.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use apache_avro::types::Value;
@@ -623,6 +623,9 @@ pub struct Uploader {
     journal_next: i64,
     /// When the last checkpoint was written.
     checkpointed: Instant,
+    /// The manifest offsets uploaded through, for the standard lag tools
+    /// (group `<prefix>.rdm-upload`; informational).
+    group: kafka::GroupCommitter,
 }
 
 impl Uploader {
@@ -633,6 +636,7 @@ impl Uploader {
     ) -> Result<Uploader, UploadError> {
         let prefix = cfg.capture.topic_prefix.clone();
         let producer = kafka::producer(&kafka, 0, "none", cfg.capture.max_message_bytes)?;
+        let group = kafka::GroupCommitter::new(&kafka, &format!("{prefix}.rdm-upload"), "rdm")?;
         let offset = chrono::FixedOffset::east_opt(cfg.rdm.utc_offset_minutes * 60)
             .expect("validated: within a day");
         Ok(Uploader {
@@ -649,6 +653,7 @@ impl Uploader {
             pending_since: None,
             journal_next: 0,
             checkpointed: Instant::now(),
+            group,
         })
     }
 
@@ -828,6 +833,11 @@ impl Uploader {
         // Nothing the service lacks: no batch, and a restart finds the same.
         at.next_delta = to_delta + 1;
         at.queue.clear();
+        // Every delta read is uploaded (or needed nothing).
+        self.group.commit(&HashMap::from([(
+            (crate::prostore::manifest_topic(&self.prefix), 0),
+            at.manifest_at,
+        )]));
         self.pending_since = None;
         self.report_pending();
         metrics::gauge!(crate::observability::RDM_PENDING_DELTAS).set(0.0);
