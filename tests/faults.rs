@@ -283,6 +283,12 @@ async fn showcase_database_restarted_under_a_workload() {
 /// The partitions `log`'s projector said it holds, at its latest
 /// assignment (None: never assigned).
 fn assigned_partitions(log: &str) -> Option<usize> {
+    last_assignment_field(log, "partitions=")
+}
+
+/// A number of the last "assigned" line of a projector's log (`field` with
+/// its `=`).
+fn last_assignment_field(log: &str, field: &str) -> Option<usize> {
     // The log is colored: drop the escape sequences first.
     let text = common::log_tail(log, 100_000);
     let mut plain = String::with_capacity(text.len());
@@ -300,8 +306,8 @@ fn assigned_partitions(log: &str) -> Option<usize> {
     }
     plain
         .lines()
-        .rfind(|l| l.contains("assigned; positioned at the showcase's offsets"))
-        .and_then(|l| l.split("partitions=").nth(1))
+        .rfind(|l| l.contains("assigned; positioned at the showcase's committed offsets"))
+        .and_then(|l| l.split(field).nth(1))
         .and_then(|n| n.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok())
 }
 
@@ -348,20 +354,15 @@ async fn wait_assigned(
 /// consent and a mark applied concurrently, each missing the other) and
 /// the recomputation rechecks the row (`tests/showcase.rs` has both).
 ///
-/// Ignored: tansu 0.6.0's group coordinator wedges under it, more often on
-/// a loaded machine (CI saw it; here 1 of 2 runs with two busy loops
-/// beside it, 0 of 4 without). Read in its source
-/// (`coordinator/group/administrator.rs`), seen in its log:
-/// - a member expired by another member's Heartbeat is dropped while the
-///   group stays formed: the survivor is told to rejoin, gets its old
-///   assignment back, and the dead member's partitions belong to no one;
-/// - a leader that leaves while the group is forming stays its leader:
-///   every later member waits for that leader's assignment, for good.
-/// Apache Kafka has neither. Run it with `--ignored` against a broker
-/// whose coordinator is trusted; the default `assignment = self` does not
-/// use the coordinator.
+/// Rebalances: a revocation waits for the member's apply in flight; an
+/// assignment positions at the showcase's committed offsets (the survivor
+/// says how many partitions another member had advanced).
+///
+/// It was ignored while the stack ran tansu 0.6.0, whose group coordinator
+/// wedged under it (a member expired by another's Heartbeat dropped while
+/// the group stayed formed; a leader that left while the group formed kept
+/// leading). nisshi 0.8.1's coordinator passes it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "tansu 0.6.0's group coordinator wedges (see the doc comment)"]
 async fn projector_group_rebalances_when_a_member_dies_or_leaves() {
     let cfg = common::journal_db("t_fault_group").await;
     let db = common::db_name(&cfg);
@@ -473,6 +474,15 @@ async fn projector_group_rebalances_when_a_member_dies_or_leaves() {
     eprintln!(
         "group: a member SIGKILLed, the other held all {total} partitions {:.1} s later",
         died.elapsed().as_secs_f64()
+    );
+    // The survivor positioned the partitions it held before the second
+    // member joined at what that member committed since, not where the
+    // survivor itself had left them.
+    let advanced = last_assignment_field(&log_a, "advanced_by_others=");
+    assert!(
+        advanced.is_some_and(|n| n > 0),
+        "the survivor read the showcase's offsets on assignment: {advanced:?}\n{}",
+        common::log_tail(&log_a, 20)
     );
     let (mut b, log_b) = member(3);
     wait_assigned(

@@ -187,26 +187,36 @@ fn ill(key: i64, student: i64, lsn: u64, code: &str) -> Event {
     event("attendance", key, lsn, &fields)
 }
 
+/// The next offset on the restricted topic: records arrive in offset order.
+fn next_offset() -> i64 {
+    static NEXT: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+}
+
 /// The restricted topic's record of an illness mark's reason.
 fn detail(key: i64, student: i64, lsn: u64) -> DetailChange {
-    DetailChange::Keep(Detail {
-        entity: contract::entity("attendance").unwrap(),
-        key: key.to_string(),
-        student_id: Some(student),
-        fields: vitrina::events::schema::medical_fields()
-            .iter()
-            .map(|f| (*f, (*f == "reason").then(|| "ОРВИ".to_string())))
-            .collect(),
-        commit_lsn: lsn,
-        lsn,
-        commit_time_micros: 1_700_000_000_000_000,
-    })
+    DetailChange::Keep(
+        Detail {
+            entity: contract::entity("attendance").unwrap(),
+            key: key.to_string(),
+            student_id: Some(student),
+            fields: vitrina::events::schema::medical_fields()
+                .iter()
+                .map(|f| (*f, (*f == "reason").then(|| "ОРВИ".to_string())))
+                .collect(),
+            commit_lsn: lsn,
+            lsn,
+            commit_time_micros: 1_700_000_000_000_000,
+        },
+        next_offset(),
+    )
 }
 
 fn erase(key: i64) -> DetailChange {
     DetailChange::Erase {
         entity: "attendance".into(),
         key: key.to_string(),
+        offset: next_offset(),
     }
 }
 
@@ -312,8 +322,23 @@ async fn medical_detail_shows_only_under_consent_whatever_the_arrival_order() {
     assert_eq!(reasons(&c).await[3], shown("4", None));
     assert_eq!(reasons(&c).await[0], shown("1", Some("ОРВИ")));
     // Within one batch the last record of a key wins.
-    apply(&mut c, &[], &[detail(1, 7, 300), erase(1)]).await;
+    let before = detail(1, 7, 300);
+    apply(&mut c, &[], &[before.clone(), erase(1)]).await;
     assert_eq!(reasons(&c).await[0], shown("1", None));
+    // The detail record read again (a group member that took the partition
+    // over from an older position, a restart) does not undo its tombstone.
+    apply(&mut c, &[], &[before]).await;
+    assert_eq!(
+        reasons(&c).await[0],
+        shown("1", None),
+        "erased detail came back"
+    );
+    let held: Vec<String> = common::column(
+        &c,
+        "SELECT key FROM showcase_private.attendance_medical WHERE key = '1' AND reason IS NOT NULL",
+    )
+    .await;
+    assert!(held.is_empty(), "erased detail held again: {held:?}");
 }
 
 /// Waits until some other backend of `c`'s database waits on a lock of
@@ -396,8 +421,8 @@ async fn a_detail_recomputation_leaves_a_row_changed_under_it_alone() {
     .await
     .unwrap();
     // New detail for the row: its recomputation waits for the writer's row.
-    let mut newer = match detail(1, 7, 150) {
-        DetailChange::Keep(d) => d,
+    let (mut newer, at) = match detail(1, 7, 150) {
+        DetailChange::Keep(d, at) => (d, at),
         DetailChange::Erase { .. } => unreachable!(),
     };
     for (f, v) in newer.fields.iter_mut() {
@@ -407,7 +432,7 @@ async fn a_detail_recomputation_leaves_a_row_changed_under_it_alone() {
     }
     let mut second = vitrina::pg::connect(&cfg).await.unwrap();
     let recompute = tokio::spawn(async move {
-        apply(&mut second, &[], &[DetailChange::Keep(newer)]).await;
+        apply(&mut second, &[], &[DetailChange::Keep(newer, at)]).await;
     });
     wait_for_a_waiter(&c, "transactionid").await;
     tx.commit().await.unwrap();

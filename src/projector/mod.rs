@@ -169,6 +169,8 @@ pub struct Projection {
     /// None only while a spawned apply task owns it.
     sink: Option<Sink>,
     in_flight: Option<Batch>,
+    /// Whether the apply task runs (group mode's revocation waits for it).
+    applying: Arc<source::InFlight>,
     topics: Vec<String>,
     kafka: KafkaEndpoint,
 }
@@ -185,6 +187,7 @@ impl Projection {
     ) -> Result<Projection, ProjectorError> {
         let prefix = cfg.capture.topic_prefix.clone();
         let assigned = Arc::new(AtomicUsize::new(0));
+        let in_flight: Arc<source::InFlight> = Arc::default();
         let client = pg::connect(&showcase_db.config()).await?;
         showcase::migrate(&client, schema).await?;
         let stored = showcase::stored_offsets(&client, schema).await?;
@@ -222,6 +225,10 @@ impl Projection {
                 offsets: offsets.clone(),
                 kafka: kafka_ep.clone(),
                 assigned: assigned.clone(),
+                showcase: showcase_db.clone(),
+                schema: schema.to_string(),
+                in_flight: in_flight.clone(),
+                generation: Default::default(),
             })
             .map_err(|e| ProjectorError::kafka("creating the consumer", e))?;
         let mut taken = HashMap::new();
@@ -265,11 +272,13 @@ impl Projection {
                 taken,
                 counts: None,
                 group_commits: Default::default(),
+                offsets: offsets.clone(),
                 topics: topics.clone(),
                 detail_topic: kafka::detail_topic(&cfg.capture.topic_prefix),
             },
             sink: Some(Sink::new(client, second, schema, offsets)),
             in_flight: None,
+            applying: in_flight,
             topics,
             kafka: kafka_ep.clone(),
         })
@@ -309,8 +318,10 @@ impl Projection {
                 // building its arrays is CPU work that would otherwise
                 // take turns with decoding the next batch.
                 let mut sink = self.sink.take().expect("no apply in flight");
+                let applying = self.applying.begin();
                 let task = tokio::spawn(async move {
                     let r = sink.apply(b).await;
+                    drop(applying);
                     (sink, r)
                 });
                 let g = self.source.gather(batch_size, wait, cancel, cap).await;

@@ -35,12 +35,59 @@ use crate::showcase::apply::DetailChange;
 /// Next offset to apply per partition, shared with the rebalance callback.
 pub(super) type Offsets = Arc<Mutex<HashMap<Tp, i64>>>;
 
-/// Positions newly assigned partitions at the offsets the showcase holds.
+/// Whether an apply is in flight: a revocation waits for it to commit, so
+/// the member that takes the partitions over reads the offsets it commits.
+#[derive(Default)]
+pub(super) struct InFlight {
+    busy: Mutex<bool>,
+    done: std::sync::Condvar,
+}
+
+impl InFlight {
+    /// Marks an apply begun; it ends when the guard drops (on any outcome).
+    pub(super) fn begin(self: &Arc<Self>) -> ApplyGuard {
+        *self.busy.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        ApplyGuard(self.clone())
+    }
+
+    /// Waits up to `limit` for the apply in flight to end; whether it did.
+    fn wait(&self, limit: Duration) -> bool {
+        let busy = self.busy.lock().unwrap_or_else(|p| p.into_inner());
+        let (busy, _) = self
+            .done
+            .wait_timeout_while(busy, limit, |b| *b)
+            .unwrap_or_else(|p| p.into_inner());
+        !*busy
+    }
+}
+
+/// Ends an apply in flight when dropped.
+pub(super) struct ApplyGuard(Arc<InFlight>);
+
+impl Drop for ApplyGuard {
+    fn drop(&mut self) {
+        *self.0.busy.lock().unwrap_or_else(|p| p.into_inner()) = false;
+        self.0.done.notify_all();
+    }
+}
+
+/// How long a revocation waits for the apply in flight.
+const REVOKE_WAIT: Duration = Duration::from_secs(60);
+
+/// Group mode's rebalances: a revocation waits for the apply in flight to
+/// commit; an assignment positions each partition at the offset the
+/// showcase committed (read from the showcase: another member may have
+/// applied it since this one last held it). Each rebalance bumps
+/// `generation`: what the source gathered and has not applied is dropped.
 pub(super) struct SeekToShowcase {
     pub(super) offsets: Offsets,
     pub(super) kafka: crate::connections::KafkaEndpoint,
     /// Partitions currently assigned to this member.
     pub(super) assigned: Arc<AtomicUsize>,
+    pub(super) showcase: crate::connections::PgEndpoint,
+    pub(super) schema: String,
+    pub(super) in_flight: Arc<InFlight>,
+    pub(super) generation: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl ClientContext for SeekToShowcase {
@@ -53,6 +100,105 @@ impl ClientContext for SeekToShowcase {
     }
 }
 
+impl SeekToShowcase {
+    /// The showcase's committed offsets, read on a thread of its own (the
+    /// callback runs inside the consumer's poll, on a runtime worker).
+    fn committed(&self) -> Result<HashMap<Tp, i64>, String> {
+        let (db, schema) = (self.showcase.clone(), self.schema.clone());
+        let read = move || -> Result<HashMap<Tp, i64>, String> {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())?;
+            rt.block_on(async {
+                let c = crate::pg::connect(&db.config())
+                    .await
+                    .map_err(|e| e.to_string())?;
+                crate::showcase::stored_offsets(&c, &schema)
+                    .await
+                    .map_err(|e| e.to_string())
+            })
+        };
+        std::thread::scope(|s| s.spawn(read).join())
+            .map_err(|_| "the reading thread panicked".to_string())?
+    }
+
+    fn take(&self, consumer: &BaseConsumer<Self>, tpl: &TopicPartitionList) {
+        let committed = match self.committed() {
+            Ok(c) => c,
+            Err(e) => {
+                // Nothing taken: the source sees none assigned and rejoins
+                // the group after its grace period.
+                metrics::counter!(obs::PROJECTOR_ERRORS, "kind" => "assign").increment(1);
+                tracing::error!(error = %e, "reading the showcase's offsets for the group's assignment failed; rejoining when the grace period ends");
+                self.assigned.store(0, std::sync::atomic::Ordering::SeqCst);
+                return;
+            }
+        };
+        let mut known = self.offsets.lock().unwrap();
+        let mut assign = TopicPartitionList::new();
+        let mut taken = Ok(());
+        // Partitions another member applied past where this one left them.
+        let mut advanced = 0;
+        for e in tpl.elements() {
+            let k = (e.topic().to_string(), e.partition());
+            let at = match committed.get(&k) {
+                Some(o) => {
+                    if known.get(&k).is_some_and(|mine| mine < o) {
+                        advanced += 1;
+                    }
+                    known.insert(k, *o);
+                    kafka::fetch_position(&self.kafka, *o)
+                }
+                None => Offset::Beginning,
+            };
+            taken = taken.and(assign.add_partition_offset(e.topic(), e.partition(), at));
+        }
+        drop(known);
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        match taken.and_then(|()| consumer.assign(&assign)) {
+            Ok(()) => {
+                tracing::info!(
+                    partitions = assign.count(),
+                    advanced_by_others = advanced,
+                    "assigned; positioned at the showcase's committed offsets"
+                );
+                self.assigned
+                    .store(assign.count(), std::sync::atomic::Ordering::SeqCst);
+            }
+            Err(e) => {
+                metrics::counter!(obs::PROJECTOR_ERRORS, "kind" => "assign").increment(1);
+                tracing::error!(error = %e, partitions = tpl.count(), "taking the group's assignment failed; rejoining when the grace period ends");
+                self.assigned.store(0, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+    }
+
+    fn give_up(&self, consumer: &BaseConsumer<Self>) {
+        // The apply in flight commits before the partitions go: the next
+        // owner reads what it committed. Blocking here holds the runtime
+        // worker, so the worker's other tasks move to another thread.
+        let waited = || self.in_flight.wait(REVOKE_WAIT);
+        let done = match tokio::runtime::Handle::try_current() {
+            Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+                tokio::task::block_in_place(waited)
+            }
+            _ => waited(),
+        };
+        if !done {
+            tracing::warn!(waited_s = REVOKE_WAIT.as_secs(), "the apply in flight did not end before the partitions were revoked; its commit may land after the next owner starts (applying is idempotent)");
+        }
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.assigned.store(0, std::sync::atomic::Ordering::SeqCst);
+        if let Err(e) = consumer.unassign() {
+            metrics::counter!(obs::PROJECTOR_ERRORS, "kind" => "unassign").increment(1);
+            tracing::warn!(error = %e, "giving up the revoked partitions failed");
+        }
+    }
+}
+
 impl ConsumerContext for SeekToShowcase {
     fn rebalance(
         &self,
@@ -61,39 +207,9 @@ impl ConsumerContext for SeekToShowcase {
         tpl: &mut TopicPartitionList,
     ) {
         if err == RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS {
-            let known = self.offsets.lock().unwrap();
-            let mut assign = TopicPartitionList::new();
-            let mut taken = Ok(());
-            for e in tpl.elements() {
-                let at = known
-                    .get(&(e.topic().to_string(), e.partition()))
-                    .map(|o| kafka::fetch_position(&self.kafka, *o))
-                    .unwrap_or(Offset::Beginning);
-                taken = taken.and(assign.add_partition_offset(e.topic(), e.partition(), at));
-            }
-            match taken.and_then(|()| consumer.assign(&assign)) {
-                Ok(()) => {
-                    tracing::info!(
-                        partitions = assign.count(),
-                        "assigned; positioned at the showcase's offsets"
-                    );
-                    self.assigned
-                        .store(assign.count(), std::sync::atomic::Ordering::SeqCst);
-                }
-                Err(e) => {
-                    // No partition taken: the source sees none assigned
-                    // and rejoins the group after its grace period.
-                    metrics::counter!(obs::PROJECTOR_ERRORS, "kind" => "assign").increment(1);
-                    tracing::error!(error = %e, partitions = tpl.count(), "taking the group's assignment failed; rejoining when the grace period ends");
-                    self.assigned.store(0, std::sync::atomic::Ordering::SeqCst);
-                }
-            }
+            self.take(consumer, tpl);
         } else {
-            self.assigned.store(0, std::sync::atomic::Ordering::SeqCst);
-            if let Err(e) = consumer.unassign() {
-                metrics::counter!(obs::PROJECTOR_ERRORS, "kind" => "unassign").increment(1);
-                tracing::warn!(error = %e, "giving up the revoked partitions failed");
-            }
+            self.give_up(consumer);
         }
     }
 }
@@ -169,6 +285,9 @@ pub(super) struct Source {
     pub(super) counts: Option<tokio::sync::watch::Receiver<HashMap<String, i32>>>,
     /// The showcase's offsets as last committed to the consumer group.
     pub(super) group_commits: kafka::GroupCommits,
+    /// Next offset to apply per partition as committed (shared with the
+    /// sink and the rebalance callback).
+    pub(super) offsets: Offsets,
 }
 
 /// Assigns every partition of `topics` to `consumer`, positioned at the
@@ -197,6 +316,7 @@ impl Source {
         self.watch_assignment()?;
         self.take_added()?;
         let mut b = Batch::default();
+        let mut generation = self.generation();
         let mut cur: Tp = (String::new(), -1);
         let t0 = Instant::now();
         let deadline = t0 + wait;
@@ -206,6 +326,14 @@ impl Source {
                 _ = cancel.cancelled() => break,
                 r = tokio::time::timeout(left.max(Duration::from_millis(1)), self.consumer.recv()) => r,
             };
+            if self.generation() != generation {
+                // A rebalance ran inside the receive: what was gathered may
+                // belong to partitions given up; positions are the
+                // showcase's again.
+                generation = self.generation();
+                b = Batch::default();
+                self.gathered = self.offsets.lock().unwrap().clone();
+            }
             let m = match m {
                 Err(_) => break,
                 Ok(Err(e)) => return Err(ProjectorError::kafka("receiving", e)),
@@ -287,6 +415,13 @@ impl Source {
         }
         b.gather = t0.elapsed();
         Ok(b)
+    }
+
+    fn generation(&self) -> u64 {
+        self.consumer
+            .context()
+            .generation
+            .load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Stops partition `k` before `offset`, whose schema (`fingerprint`)
@@ -385,7 +520,7 @@ impl Source {
             Some(bytes) => self
                 .registry
                 .decode_detail(bytes)
-                .map(DetailChange::Keep)
+                .map(|d| DetailChange::Keep(d, m.offset()))
                 .map_err(|e| e.to_string()),
             None => {
                 let key = m
@@ -398,6 +533,7 @@ impl Source {
                 Ok(DetailChange::Erase {
                     entity: entity.to_string(),
                     key: key.to_string(),
+                    offset: m.offset(),
                 })
             }
         }

@@ -171,18 +171,30 @@ pub async fn apply_batch(
 }
 
 /// A record of the restricted topic: a row's medical detail, or its
-/// tombstone.
+/// tombstone, with its offset. A key's records share one partition (the
+/// topic may not grow), so the offset orders them: a record read again (a
+/// rebalance, a restart) never replaces a later one.
 #[derive(Debug, Clone, PartialEq)]
 pub enum DetailChange {
-    Keep(Detail),
-    Erase { entity: String, key: String },
+    Keep(Detail, i64),
+    Erase {
+        entity: String,
+        key: String,
+        offset: i64,
+    },
 }
 
 impl DetailChange {
     fn id(&self) -> (&str, &str) {
         match self {
-            DetailChange::Keep(d) => (d.entity.name, d.key.as_str()),
-            DetailChange::Erase { entity, key } => (entity.as_str(), key.as_str()),
+            DetailChange::Keep(d, _) => (d.entity.name, d.key.as_str()),
+            DetailChange::Erase { entity, key, .. } => (entity.as_str(), key.as_str()),
+        }
+    }
+
+    fn offset(&self) -> i64 {
+        match self {
+            DetailChange::Keep(_, o) | DetailChange::Erase { offset: o, .. } => *o,
         }
     }
 }
@@ -200,13 +212,18 @@ async fn apply_details(
     }
     let mut touched: HashMap<&'static str, Vec<String>> = HashMap::new();
     for m in consent::MEDICAL {
-        let (keep, erase): (Vec<&DetailChange>, Vec<&DetailChange>) = last
+        // In key order: concurrent writers of the same keys (group members
+        // around a rebalance) lock them in one order, never in a cycle.
+        let (mut keep, mut erase): (Vec<&DetailChange>, Vec<&DetailChange>) = last
             .values()
             .filter(|d| d.id().0 == m.entity)
-            .partition(|d| matches!(d, DetailChange::Keep(_)));
+            .partition(|d| matches!(d, DetailChange::Keep(..)));
+        keep.sort_unstable_by_key(|d| d.id().1);
+        erase.sort_unstable_by_key(|d| d.id().1);
         if !erase.is_empty() {
             let keys: Vec<&str> = erase.iter().map(|d| d.id().1).collect();
-            tx.execute(&consent::detail_erase_sql(m, schema), &[&keys])
+            let offsets: Vec<i64> = erase.iter().map(|d| d.offset()).collect();
+            tx.execute(&consent::detail_erase_sql(m, schema), &[&keys, &offsets])
                 .await
                 .map_err(PgError::query(format!(
                     "erasing the medical detail of {}",
@@ -217,10 +234,11 @@ async fn apply_details(
                 .or_default()
                 .extend(keys.iter().map(|k| k.to_string()));
         }
+        let offsets: Vec<i64> = keep.iter().map(|d| d.offset()).collect();
         let keep: Vec<&Detail> = keep
             .iter()
             .filter_map(|d| match d {
-                DetailChange::Keep(d) => Some(d),
+                DetailChange::Keep(d, _) => Some(d),
                 DetailChange::Erase { .. } => None,
             })
             .collect();
@@ -249,6 +267,7 @@ async fn apply_details(
         params.extend(fields.iter().map(|f| f as &(dyn ToSql + Sync)));
         params.push(&commit_lsn);
         params.push(&lsn);
+        params.push(&offsets);
         tx.execute(&consent::detail_upsert_sql(m, schema), &params)
             .await
             .map_err(PgError::query(format!(
@@ -539,6 +558,11 @@ async fn record_positions(
     offsets: &[(String, i32, i64)],
     watermarks: &[WatermarkAt],
 ) -> Result<(), PgError> {
+    // In (topic, partition) order, as every other writer takes them.
+    let mut watermarks: Vec<&WatermarkAt> = watermarks.iter().collect();
+    watermarks.sort_unstable_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
+    let mut offsets: Vec<&(String, i32, i64)> = offsets.iter().collect();
+    offsets.sort_unstable();
     for (topic, partition, time, lsn) in watermarks {
         tx.execute(
             &format!(

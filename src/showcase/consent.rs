@@ -116,8 +116,10 @@ CREATE INDEX IF NOT EXISTS consent_student_idx ON {schema}.consent (student_id);
     student_id bigint,
 {cols},
     source_commit_lsn bigint NOT NULL,
-    source_lsn bigint NOT NULL
+    source_lsn bigint NOT NULL,
+    detail_offset bigint NOT NULL DEFAULT -1
 );
+ALTER TABLE {table} ADD COLUMN IF NOT EXISTS detail_offset bigint NOT NULL DEFAULT -1;
 CREATE INDEX IF NOT EXISTS {e}_student_idx ON {schema}.{e} (student_id);
 ",
             table = m.private_table(schema),
@@ -128,25 +130,27 @@ CREATE INDEX IF NOT EXISTS {e}_student_idx ON {schema}.{e} (student_id);
     out
 }
 
-/// Order-safe upsert of the raw medical detail (`$1` keys, `$2` students,
-/// then one text array per field, then commit LSNs and LSNs).
-pub fn private_upsert_sql(m: &Medical, schema: &str) -> String {
+/// Upsert of detail from the restricted topic (`$1` keys, `$2` students,
+/// one text array per field, commit LSNs, LSNs, restricted-topic offsets):
+/// the record of a key at the highest offset wins (a key's records are in
+/// order on one partition; one read again after a rebalance or a restart
+/// replaces nothing later).
+pub fn detail_upsert_sql(m: &Medical, schema: &str) -> String {
     let n = m.fields.len();
     let mut casts = vec!["$1::text[]".to_string(), "$2::bigint[]".to_string()];
     casts.extend((0..n).map(|i| format!("${}::text[]", i + 3)));
-    casts.push(format!("${}::bigint[]", n + 3));
-    casts.push(format!("${}::bigint[]", n + 4));
+    casts.extend((n + 3..=n + 5).map(|i| format!("${i}::bigint[]")));
     let sets: Vec<String> = ["student_id"]
         .iter()
         .chain(m.fields.iter())
-        .chain(["source_commit_lsn", "source_lsn"].iter())
+        .chain(["source_commit_lsn", "source_lsn", "detail_offset"].iter())
         .map(|c| format!("{c} = EXCLUDED.{c}"))
         .collect();
     format!(
-        "INSERT INTO {t} AS cur (key, student_id, {fields}, source_commit_lsn, source_lsn)
+        "INSERT INTO {t} AS cur (key, student_id, {fields}, source_commit_lsn, source_lsn, detail_offset)
          SELECT * FROM unnest({casts})
          ON CONFLICT (key) DO UPDATE SET {sets}
-         WHERE (cur.source_commit_lsn, cur.source_lsn) < (EXCLUDED.source_commit_lsn, EXCLUDED.source_lsn)",
+         WHERE cur.detail_offset < EXCLUDED.detail_offset",
         t = m.private_table(schema),
         fields = m.fields.join(", "),
         casts = casts.join(", "),
@@ -154,22 +158,14 @@ pub fn private_upsert_sql(m: &Medical, schema: &str) -> String {
     )
 }
 
-/// Upsert of detail from the restricted topic (`$1` keys, `$2` students,
-/// one text array per field, commit LSNs, LSNs): the last record of a key
-/// wins (a key's records come in order on one partition).
-pub fn detail_upsert_sql(m: &Medical, schema: &str) -> String {
-    private_upsert_sql(m, schema)
-        .split("\n         WHERE (cur.source_commit_lsn")
-        .next()
-        .expect("the upsert has a head")
-        .to_string()
-}
-
-/// A tombstone on the restricted topic: the detail of keys `$1` is erased.
+/// Tombstones on the restricted topic: the detail of keys `$1` is erased,
+/// unless a later record of the key (offsets `$2`) is applied already.
 pub fn detail_erase_sql(m: &Medical, schema: &str) -> String {
     let nulls: Vec<String> = m.fields.iter().map(|f| format!("{f} = NULL")).collect();
     format!(
-        "UPDATE {t} SET {nulls}, source_commit_lsn = 0, source_lsn = 0 WHERE key = ANY($1::text[])",
+        "UPDATE {t} p SET {nulls}, source_commit_lsn = 0, source_lsn = 0, detail_offset = x.o
+         FROM unnest($1::text[], $2::bigint[]) AS x(key, o)
+         WHERE p.key = x.key AND p.detail_offset < x.o",
         t = m.private_table(schema),
         nulls = nulls.join(", ")
     )
