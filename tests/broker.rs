@@ -554,3 +554,130 @@ async fn partitions_added_to_live_topics_are_published_to_and_read() {
     let _ = load.await;
     common::kill(&mut projector, libc::SIGTERM);
 }
+
+/// A TCP proxy in front of a broker that counts the CreateTopics requests
+/// (API key 19) clients send through it: what a principal without CREATE
+/// would be refused on a cluster with ACLs (nisshi 0.8.1 stores ACLs but
+/// enforces none, so the wire is watched instead).
+struct WatchingProxy {
+    port: u16,
+    creates: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl WatchingProxy {
+    /// Listens on a free port, forwarding to `127.0.0.1:upstream` (which
+    /// need not run yet).
+    async fn start(upstream: u16) -> WatchingProxy {
+        use std::sync::atomic::Ordering;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let creates = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let seen = creates.clone();
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(broker) = tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await
+                else {
+                    continue;
+                };
+                let (mut cr, mut cw) = client.into_split();
+                let (mut br, mut bw) = broker.into_split();
+                tokio::spawn(async move {
+                    let _ = tokio::io::copy(&mut br, &mut cw).await;
+                });
+                let seen = seen.clone();
+                tokio::spawn(async move {
+                    // Requests: a 4-byte size, then the header (api key first).
+                    let mut size = [0u8; 4];
+                    while cr.read_exact(&mut size).await.is_ok() {
+                        let mut body = vec![0u8; u32::from_be_bytes(size) as usize];
+                        if cr.read_exact(&mut body).await.is_err() {
+                            break;
+                        }
+                        if body.len() >= 2 && i16::from_be_bytes([body[0], body[1]]) == 19 {
+                            seen.fetch_add(1, Ordering::SeqCst);
+                        }
+                        if bw.write_all(&size).await.is_err() || bw.write_all(&body).await.is_err()
+                        {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        WatchingProxy { port, creates }
+    }
+
+    fn creates(&self) -> usize {
+        self.creates.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// A principal that may describe and write but not create: once the
+/// topics exist (an operator made them), no stage asks to create one.
+/// Kafka checks CREATE before existence, so a CreateTopics of an existing
+/// topic would be refused such a principal. The proxy sees the first
+/// provisioning create the missing topics (so it would see a second).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stages_ask_to_create_no_topic_that_exists() {
+    let dir = std::env::temp_dir().join(format!("vitrina-nocreate-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let upstream = common::free_port();
+    let proxy = WatchingProxy::start(upstream).await;
+    let broker = LocalBroker::new(&vitrina::config::StackConfig::default(), dir.clone())
+        .with_storage(Storage::Memory)
+        .advertising(&format!("127.0.0.1:{}", proxy.port));
+    broker.start(upstream).unwrap();
+    let brokers = format!("127.0.0.1:{}", proxy.port);
+    let kafka = vitrina::connections::KafkaEndpoint::new(&brokers);
+    let name = format!("nocreate{}", std::process::id());
+    let mut topics = vitrina::kafka::event_topics(&name);
+    topics.push(vitrina::kafka::detail_topic(&name));
+    topics.push(vitrina::kafka::dead_letter_topic(&name));
+    let partitions = vitrina::config::Config::default().capture.partitions;
+
+    // The operator's provisioning (here: vitrina's own, through the proxy).
+    vitrina::kafka::ensure_topics(&kafka, &topics, partitions)
+        .await
+        .unwrap();
+    let made = proxy.creates();
+    assert!(made > 0, "the proxy sees CreateTopics");
+    vitrina::kafka::ensure_topics(&kafka, &topics, partitions)
+        .await
+        .unwrap();
+    assert_eq!(
+        proxy.creates(),
+        made,
+        "provisioning existing topics creates nothing"
+    );
+
+    // A stage on them: the projector starts and projects.
+    let show = common::fresh_db("t_nocreate_show").await;
+    let show_db = common::db_name(&show);
+    let log = format!("{name}-project");
+    let env = [
+        ("VITRINA_KAFKA__BROKERS", brokers.as_str()),
+        ("VITRINA_KAFKA__REPLICATION_FACTOR", "1"),
+        ("VITRINA_KAFKA__MIN_INSYNC_REPLICAS", "1"),
+        ("VITRINA_SHOWCASE__DATABASE", show_db.as_str()),
+        ("VITRINA_PROJECTOR__METRICS_LISTEN", "127.0.0.1:0"),
+    ];
+    let mut projector = common::spawn_vitrina("project", "postgres", &name, &log, &env);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !common::log_tail(&log, 200).contains("projecting") {
+        assert!(
+            projector.try_wait().unwrap().is_none() && Instant::now() < deadline,
+            "the projector did not start:\n{}",
+            common::log_tail(&log, 30)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        proxy.creates(),
+        made,
+        "the projector asked to create existing topics"
+    );
+    common::kill(&mut projector, libc::SIGTERM);
+    let _ = broker.stop();
+    let _ = std::fs::remove_dir_all(&dir);
+}

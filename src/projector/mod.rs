@@ -198,7 +198,10 @@ impl Projection {
         // errors (a broker unreachable, a TLS handshake or SASL login
         // refused) while the topics are being created.
         let dlq = kafka::producer(kafka_ep, 5, "lz4", 1_000_000)?;
-        kafka::ensure_topics(kafka_ep, &topics, cfg.capture.partitions).await?;
+        // The dead-letter topic too: a projector may start before capture.
+        let mut needed = topics.clone();
+        needed.push(kafka::dead_letter_topic(&prefix));
+        kafka::ensure_topics(kafka_ep, &needed, cfg.capture.partitions).await?;
         // The log must hold everything this schema applied: a broker that
         // lost it would otherwise be read at offsets that mean other events.
         let ends = kafka::end_offsets(kafka_ep, &topics).await?;
