@@ -209,6 +209,16 @@ enum BenchWhat {
         #[arg(long)]
         json: bool,
     },
+    /// A region of N schools through every stage (initial load, projector, replay, ProStore feed), each beside raw COPY in the same run.
+    Region {
+        /// Schools (the demo region has 5; the default is ten times that).
+        #[arg(long, default_value_t = 50)]
+        schools: u32,
+        #[arg(long, default_value_t = 300)]
+        students_per_school: u32,
+        #[arg(long)]
+        json: bool,
+    },
     /// Commit → visible latency (p50/p99) at steady rates through capture and projector, and replay throughput.
     Projector {
         /// Runs per rate (medians are reported).
@@ -710,6 +720,22 @@ async fn dev_command(command: Command, mut cfg: Config, ctx: Ctx) -> Result<()> 
                 replays,
             };
             let b = vitrina::bench::projector(&cfg, &knobs).await?;
+            emit(&b, json)?;
+        }
+        Command::Bench {
+            what:
+                BenchWhat::Region {
+                    schools,
+                    students_per_school,
+                    json,
+                },
+        } => {
+            ctx.dev_connections("bench", &cfg)?;
+            let knobs = vitrina::bench::RegionKnobs {
+                schools,
+                students_per_school,
+            };
+            let b = vitrina::bench::region(&cfg, &knobs).await?;
             emit(&b, json)?;
         }
         Command::Demo {

@@ -441,6 +441,35 @@ async fn latency(
     Ok((lat, lat_report))
 }
 
+/// The rows of `statements` (`COPY … TO STDOUT`, text) read and dropped,
+/// `parallel` at a time, each on a connection of its own: PostgreSQL's own
+/// speed at handing out the rows.
+pub(super) async fn copy_out(
+    pg_cfg: &tokio_postgres::Config,
+    statements: &[String],
+    parallel: usize,
+) -> Result<u64, BenchError> {
+    let counts: Vec<Result<u64, BenchError>> = futures::stream::iter(statements.to_vec())
+        .map(|stmt| {
+            let pg_cfg = pg_cfg.clone();
+            async move {
+                use futures::StreamExt;
+                let client = pg::connect(&pg_cfg).await.map_err(fail)?;
+                let stream = client.copy_out(stmt.as_str()).await.map_err(fail)?;
+                futures::pin_mut!(stream);
+                let mut n = 0u64;
+                while let Some(chunk) = stream.next().await {
+                    n += chunk.map_err(fail)?.iter().filter(|b| **b == b'\n').count() as u64;
+                }
+                Ok(n)
+            }
+        })
+        .buffer_unordered(parallel)
+        .collect()
+        .await;
+    counts.into_iter().sum()
+}
+
 /// Run after run: the mapped tables read with capture's own COPY statements
 /// on as many connections (the reference), then capture's initial load from
 /// a new slot until every row is acknowledged by Kafka.
@@ -465,26 +494,12 @@ async fn initial_load(
     let mut rows = 0;
     for r in 0..runs {
         let t0 = Instant::now();
-        let pg_cfg = conns.journal().map_err(fail)?.config();
-        let counts: Vec<Result<u64, BenchError>> = futures::stream::iter(statements.clone())
-            .map(|stmt| {
-                let pg_cfg = pg_cfg.clone();
-                async move {
-                    use futures::StreamExt;
-                    let client = pg::connect(&pg_cfg).await.map_err(fail)?;
-                    let stream = client.copy_out(stmt.as_str()).await.map_err(fail)?;
-                    futures::pin_mut!(stream);
-                    let mut n = 0u64;
-                    while let Some(chunk) = stream.next().await {
-                        n += chunk.map_err(fail)?.iter().filter(|b| **b == b'\n').count() as u64;
-                    }
-                    Ok(n)
-                }
-            })
-            .buffer_unordered(parallel)
-            .collect()
-            .await;
-        rows = counts.into_iter().sum::<Result<u64, BenchError>>()?;
+        rows = copy_out(
+            &conns.journal().map_err(fail)?.config(),
+            &statements,
+            parallel,
+        )
+        .await?;
         let reference = t0.elapsed().as_secs_f64();
 
         let c = capture_config(
@@ -539,7 +554,10 @@ async fn initial_load(
 
 /// The local stack's journal server and broker (with the cluster holding
 /// its log), for the CPU split; none when they are not ours to read.
-fn cpu_roots(stack: &Stack, journal: &crate::stack::postgres::LocalPostgres) -> super::cpu::Roots {
+pub(super) fn cpu_roots(
+    stack: &Stack,
+    journal: &crate::stack::postgres::LocalPostgres,
+) -> super::cpu::Roots {
     let broker = stack.broker();
     let log_cluster = broker.log_cluster().ok().and_then(|pg| pg.running_pid());
     super::cpu::Roots {

@@ -8,6 +8,7 @@ mod big_txn;
 pub mod capture;
 pub mod cpu;
 pub mod projector;
+pub mod region;
 mod report;
 
 use std::sync::atomic::Ordering;
@@ -23,6 +24,7 @@ use crate::connections::Connections;
 pub use capture::{capture, CaptureBench, Knobs};
 pub use cpu::CpuSplit;
 pub use projector::{projector, ProjectorBench, ProjectorKnobs};
+pub use region::{region, RegionBench, RegionKnobs};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BenchError {
