@@ -171,6 +171,9 @@ pub async fn region(cfg: &Config, knobs: &RegionKnobs) -> Result<RegionBench, Be
         .await
         .map_err(fail)?;
     let (loaded, cpu, rss) = measured(&roots, load_through_capture(&c, &conns)).await?;
+    // The log holds the load now: the slot would only hold the WAL the
+    // later stages write (the showcase shares the cluster here).
+    drop_slot(&journal, &tag).await;
     stages.push(stage(
         "capture initial load",
         "rows",
@@ -473,17 +476,35 @@ async fn feed_all(c: &Config, kafka: &KafkaEndpoint, events: i64) -> Result<f64,
     Ok(secs)
 }
 
-/// Drops the bench's slot, publication, showcase and topics; keeps the
-/// region's journal for the next run.
-async fn cleanup(journal: &PgEndpoint, showcase: &PgEndpoint, kafka: &KafkaEndpoint, tag: &str) {
+/// Drops the bench's slot and publication.
+async fn drop_slot(journal: &PgEndpoint, tag: &str) {
     if let Ok(sql) = pg::connect(&journal.config()).await {
-        let _ = sql
-            .execute("SELECT pg_drop_replication_slot($1)", &[&tag])
-            .await;
+        // A walsender that has not exited yet keeps the slot active.
+        for _ in 0..40 {
+            let dropped = sql
+                .execute(
+                    "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1",
+                    &[&tag],
+                )
+                .await;
+            let left = sql
+                .query_opt("SELECT 1 FROM pg_replication_slots WHERE slot_name = $1", &[&tag])
+                .await;
+            if dropped.is_ok() || matches!(left, Ok(None)) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
         let _ = sql
             .batch_execute(&format!("DROP PUBLICATION IF EXISTS {tag}"))
             .await;
     }
+}
+
+/// Drops the bench's slot, publication, showcase and topics; keeps the
+/// region's journal for the next run.
+async fn cleanup(journal: &PgEndpoint, showcase: &PgEndpoint, kafka: &KafkaEndpoint, tag: &str) {
+    drop_slot(journal, tag).await;
     if let Ok(admin) = pg::connect(&showcase.with_database("postgres").config()).await {
         let _ = admin
             .batch_execute(&format!(
