@@ -56,6 +56,7 @@ pub const REPLAY_SWAPS: &str = "vitrina_replay_swaps_total";
 pub const QUALITY_VIOLATIONS: &str = "vitrina_quality_violations";
 pub const QUALITY_PENDING: &str = "vitrina_quality_pending_references";
 pub const QUALITY_CHECK_RUNS: &str = "vitrina_quality_check_runs_total";
+pub const QUALITY_RUN_SECONDS: &str = "vitrina_quality_run_seconds";
 pub const SHOWCASE_SLA_STATE: &str = "vitrina_showcase_sla_state";
 
 /// Describes the projector metrics, and starts its event counters at 0 so
@@ -148,6 +149,11 @@ pub fn describe_projector() {
         QUALITY_CHECK_RUNS,
         Unit::Count,
         "Quality-check rounds run over the showcase."
+    );
+    describe_histogram!(
+        QUALITY_RUN_SECONDS,
+        Unit::Seconds,
+        "Duration of one quality-check round (they wait while the projector catches up)."
     );
     describe_gauge!(
         QUALITY_VIOLATIONS,

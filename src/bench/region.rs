@@ -70,6 +70,8 @@ pub struct RegionBench {
     pub students: i64,
     pub journal_rows: i64,
     pub stages: Vec<Stage>,
+    /// One round of the quality checks over the loaded showcase, seconds.
+    pub quality_run_s: f64,
 }
 
 /// Peak RSS (VmHWM) of this process since the last [`reset_peak`], MiB.
@@ -191,6 +193,21 @@ pub async fn region(cfg: &Config, knobs: &RegionKnobs) -> Result<RegionBench, Be
     let events: i64 = ends.values().sum();
 
     let (projected, cpu, rss) = measured(&roots, project_all(&c, &showcase, &kafka, &ends)).await?;
+    // One round of the quality checks over the full showcase: what each
+    // round costs at this size.
+    let quality_s = {
+        let client = pg::connect(&showcase.config()).await.map_err(fail)?;
+        let t0 = Instant::now();
+        crate::showcase::quality::run(
+            &client,
+            crate::showcase::SCHEMA,
+            c.projector.pending_grace_s,
+        )
+        .await
+        .map_err(fail)?;
+        t0.elapsed().as_secs_f64()
+    };
+    eprintln!("bench: one round of the quality checks: {quality_s:.1} s");
     let apply_connections = c.projector.apply_connections.max(1) as usize;
     let copy_from = copy_from_reference(&showcase, apply_connections).await?;
     stages.push(stage(
@@ -231,6 +248,7 @@ pub async fn region(cfg: &Config, knobs: &RegionKnobs) -> Result<RegionBench, Be
         students,
         journal_rows,
         stages,
+        quality_run_s: quality_s,
     })
 }
 
@@ -266,8 +284,10 @@ async fn ensure_region(
             .map_err(fail)?;
         eprintln!("bench: generated in {:.0} s", t0.elapsed().as_secs_f64());
     }
+    // Planner estimates: exact after the generator's ANALYZE, kept across a
+    // crash of the cluster (which resets pg_stat counters).
     let rows = count(
-        "SELECT sum(n_live_tup)::bigint FROM pg_stat_user_tables WHERE schemaname = 'journal'",
+        "SELECT sum(greatest(c.reltuples, 0))::bigint FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = 'journal' AND c.relkind = 'r'",
     )
     .await?;
     Ok((count("SELECT count(*) FROM journal.students").await?, rows))
@@ -557,6 +577,11 @@ impl std::fmt::Display for RegionBench {
                 )?;
             }
         }
+        writeln!(
+            f,
+            "one round of the quality checks over the loaded showcase: {:.1} s",
+            self.quality_run_s
+        )?;
         writeln!(
             f,
             "(pg: the local stack's one PostgreSQL cluster, journal and showcase; ratio: rate ÷ the reference's rows/s, measured in this run)"

@@ -383,6 +383,10 @@ pub struct Projector {
     kafka: KafkaEndpoint,
     health: Arc<Health>,
     visible: broadcast::Sender<Arc<[f64]>>,
+    /// In catch-up mode (from the start until fresh and caught up): the
+    /// quality checks wait, their findings on a half-loaded showcase being
+    /// noise and their scans competing with the load.
+    catching_up: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Projector {
@@ -393,6 +397,7 @@ impl Projector {
             kafka: kafka.clone(),
             health: Arc::new(Health::new(Duration::from_secs(120))),
             visible: broadcast::channel(1024).0,
+            catching_up: Arc::new(std::sync::atomic::AtomicBool::new(true)),
         }
     }
 
@@ -482,6 +487,7 @@ impl Projector {
             cancel.clone(),
             Duration::from_secs(cfg.projector.quality_interval_s),
             cfg.projector.pending_grace_s,
+            self.catching_up.clone(),
         ));
         let r = self.project(&mut p, &ends, cancel).await;
         lag_task.abort();
@@ -555,6 +561,8 @@ impl Projector {
                     }
                 );
                 metrics::gauge!(obs::PROJECTOR_CATCH_UP).set(if catch_up { 1.0 } else { 0.0 });
+                self.catching_up
+                    .store(catch_up, std::sync::atomic::Ordering::Relaxed);
             }
             let (size, wait) = if catch_up {
                 (
@@ -619,13 +627,24 @@ async fn quality_rounds(
     cancel: CancellationToken,
     every: Duration,
     grace: u64,
+    catching_up: Arc<std::sync::atomic::AtomicBool>,
 ) {
     let Ok(c) = pg::connect(&pg).await else {
         tracing::error!("quality checks: cannot connect to the showcase database");
         return;
     };
     while !cancel.is_cancelled() {
-        match showcase::quality::run(&c, showcase::SCHEMA, grace).await {
+        if catching_up.load(std::sync::atomic::Ordering::Relaxed) {
+            tokio::select! {
+                _ = cancel.cancelled() => {}
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+            continue;
+        }
+        let t0 = std::time::Instant::now();
+        let r = showcase::quality::run(&c, showcase::SCHEMA, grace).await;
+        metrics::histogram!(obs::QUALITY_RUN_SECONDS).record(t0.elapsed().as_secs_f64());
+        match r {
             Ok(r) if r.violations() > 0 => {
                 tracing::warn!(
                     violations = r.violations(),
