@@ -508,7 +508,10 @@ async fn drop_slot(journal: &PgEndpoint, tag: &str) {
                 )
                 .await;
             let left = sql
-                .query_opt("SELECT 1 FROM pg_replication_slots WHERE slot_name = $1", &[&tag])
+                .query_opt(
+                    "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1",
+                    &[&tag],
+                )
                 .await;
             if dropped.is_ok() || matches!(left, Ok(None)) {
                 break;
