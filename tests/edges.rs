@@ -549,7 +549,6 @@ async fn freshness_follows_the_entities_capture_publishes() {
 /// stops at the same offset. Other partitions go on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unknown_schema_stops_its_partition_instead_of_being_skipped() {
-    use rdkafka::producer::{FutureProducer, FutureRecord};
     let cfg = common::journal_db("t_edge_schema").await;
     let db = common::db_name(&cfg);
     load::load(
@@ -576,25 +575,8 @@ async fn an_unknown_schema_stops_its_partition_instead_of_being_skipped() {
     common::wait_projected(&show, &name, Duration::from_secs(240)).await;
 
     let topic = vitrina::kafka::topic(&name, "grade");
-    let producer: FutureProducer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", common::stack().brokers())
-        .create()
-        .unwrap();
-    let mut newer = vitrina::events::codec::MAGIC.to_vec();
-    newer.extend_from_slice(&[0xAB; 8]);
-    newer.extend_from_slice(b"a body of a schema from the future");
-    // Its offset from the delivery report (tansu's end offsets can be low).
-    let at = producer
-        .send(
-            FutureRecord::to(&topic)
-                .key("1")
-                .payload(&newer)
-                .partition(0),
-            Duration::from_secs(10),
-        )
-        .await
-        .unwrap()
-        .offset;
+    // Its offset from the delivery report.
+    let at = common::publish_from_the_future(&topic).await;
     let report = common::spawn_workload(&cfg, 4, 0, 69).await.unwrap();
     assert_eq!(report.failed_transactions, 0);
     common::wait_caught_up(&cfg, &name, Duration::from_secs(240)).await;

@@ -393,23 +393,7 @@ async fn the_consumer_group_shows_the_projectors_lag_to_standard_tools() {
 
     // An event of a schema from the future stops grade[0] before it.
     let topic = vitrina::kafka::topic(&name, "grade");
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", common::stack().brokers())
-        .create()
-        .unwrap();
-    let mut newer = vitrina::events::codec::MAGIC.to_vec();
-    newer.extend_from_slice(&[0xAB; 8]);
-    newer.extend_from_slice(b"a body of a schema from the future");
-    producer
-        .send(
-            FutureRecord::to(&topic)
-                .key("1")
-                .payload(&newer)
-                .partition(0),
-            Duration::from_secs(10),
-        )
-        .await
-        .unwrap();
+    common::publish_from_the_future(&topic).await;
     let report = common::spawn_workload(&cfg, 4, 0, 72).await.unwrap();
     assert_eq!(report.failed_transactions, 0);
     common::wait_caught_up(&cfg, &name, Duration::from_secs(240)).await;

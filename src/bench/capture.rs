@@ -510,22 +510,7 @@ async fn initial_load(
             true,
             cfg.capture.heartbeat_interval_ms,
         );
-        let cancel = CancellationToken::new();
-        let t0 = Instant::now();
-        let (task, probe) = spawn_capture(&c, conns, &cancel)?;
-        while probe.loaded_rows.load(Ordering::SeqCst) == 0 {
-            if task.is_finished() {
-                let r = task.await.map_err(fail)?;
-                return Err(fail(format!(
-                    "capture stopped during the initial load: {r:?}"
-                )));
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        let secs = t0.elapsed().as_secs_f64();
-        let loaded = probe.loaded_rows.load(Ordering::SeqCst);
-        cancel.cancel();
-        let _ = task.await;
+        let (loaded, secs) = super::load_through_capture(&c, conns).await?;
         let sql = pg::connect(&conns.journal().map_err(fail)?.config())
             .await
             .map_err(fail)?;

@@ -93,6 +93,31 @@ pub(crate) fn spawn_capture(
     ))
 }
 
+/// Capture from a new slot until its initial load is acknowledged by
+/// Kafka: rows loaded and seconds.
+pub(crate) async fn load_through_capture(
+    c: &Config,
+    conns: &crate::connections::Connections,
+) -> Result<(u64, f64), BenchError> {
+    let cancel = CancellationToken::new();
+    let t0 = Instant::now();
+    let (task, probe) = spawn_capture(c, conns, &cancel)?;
+    while probe.loaded_rows.load(Ordering::SeqCst) == 0 {
+        if task.is_finished() {
+            let r = task.await.map_err(fail)?;
+            return Err(fail(format!(
+                "capture stopped during the initial load: {r:?}"
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    let loaded = probe.loaded_rows.load(Ordering::SeqCst);
+    cancel.cancel();
+    let _ = task.await;
+    Ok((loaded, secs))
+}
+
 /// One timed capture run (see [`timed_capture`]).
 #[derive(Debug, Clone, Copy, Default, serde::Serialize)]
 pub struct Timed {

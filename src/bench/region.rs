@@ -19,13 +19,12 @@
 //! The region is generated once into its own journal database and kept.
 
 use std::collections::HashMap;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
 use super::cpu::{CpuSplit, Roots};
-use super::{capture_config, fail, spawn_capture, BenchError};
+use super::{capture_config, fail, BenchError};
 use crate::config::Config;
 use crate::connections::{KafkaEndpoint, PgEndpoint};
 use crate::pg;
@@ -172,7 +171,7 @@ pub async fn region(cfg: &Config, knobs: &RegionKnobs) -> Result<RegionBench, Be
     crate::kafka::provision(&kafka, &crate::capture::topic_needs(&mapping, &c))
         .await
         .map_err(fail)?;
-    let (loaded, cpu, rss) = measured(&roots, load_through_capture(&c, &conns)).await?;
+    let (loaded, cpu, rss) = measured(&roots, super::load_through_capture(&c, &conns)).await?;
     // The log holds the load now: the slot would only hold the WAL the
     // later stages write (the showcase shares the cluster here).
     drop_slot(&journal, &tag).await;
@@ -291,31 +290,6 @@ async fn ensure_region(
     )
     .await?;
     Ok((count("SELECT count(*) FROM journal.students").await?, rows))
-}
-
-/// Capture from a new slot until its initial load is acknowledged by
-/// Kafka: rows loaded and seconds.
-async fn load_through_capture(
-    c: &Config,
-    conns: &crate::connections::Connections,
-) -> Result<(u64, f64), BenchError> {
-    let cancel = CancellationToken::new();
-    let t0 = Instant::now();
-    let (task, probe) = spawn_capture(c, conns, &cancel)?;
-    while probe.loaded_rows.load(Ordering::SeqCst) == 0 {
-        if task.is_finished() {
-            let r = task.await.map_err(fail)?;
-            return Err(fail(format!(
-                "capture stopped during the initial load: {r:?}"
-            )));
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    let secs = t0.elapsed().as_secs_f64();
-    let loaded = probe.loaded_rows.load(Ordering::SeqCst);
-    cancel.cancel();
-    let _ = task.await;
-    Ok((loaded, secs))
 }
 
 /// The projector from an empty showcase until it has applied the log up to

@@ -78,18 +78,11 @@ pub(super) fn fetched_ends(
     consumer: &BaseConsumer<Context>,
     listed: HashMap<(String, i32), i64>,
 ) -> Result<HashMap<(String, i32), i64>, KafkaError> {
-    let mut tpl = rdkafka::TopicPartitionList::new();
-    for ((t, p), hi) in &listed {
-        tpl.add_partition_offset(t, *p, rdkafka::Offset::Offset(*hi))
-            .map_err(|e| KafkaError::Metadata {
-                what: format!("assigning {t}"),
-                source: e,
-            })?;
-    }
-    consumer.assign(&tpl).map_err(|e| KafkaError::Metadata {
-        what: "assigning partitions to read their ends".into(),
-        source: e,
-    })?;
+    super::read::assign_offsets(
+        consumer,
+        listed.iter().map(|(k, o)| (k.clone(), *o)),
+        "assigning partitions to read their ends",
+    )?;
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     let mut ends = HashMap::new();
     let result = loop {

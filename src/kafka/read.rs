@@ -203,18 +203,11 @@ fn missing_records_blocking(
             brokers: kafka.brokers.clone(),
             source: e,
         })?;
-    let mut tpl = rdkafka::TopicPartitionList::new();
-    for ((topic, partition), offset) in wanted {
-        tpl.add_partition_offset(topic, *partition, rdkafka::Offset::Offset(*offset))
-            .map_err(|e| KafkaError::Metadata {
-                what: format!("assigning {topic}"),
-                source: e,
-            })?;
-    }
-    consumer.assign(&tpl).map_err(|e| KafkaError::Metadata {
-        what: "assigning partitions to read records at offsets".into(),
-        source: e,
-    })?;
+    assign_offsets(
+        &consumer,
+        wanted.iter().cloned(),
+        "assigning partitions to read records at offsets",
+    )?;
     let mut open: HashMap<(String, i32), i64> = wanted.iter().cloned().collect();
     let mut missing = Vec::new();
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
@@ -311,6 +304,26 @@ pub fn assign_added<C: rdkafka::consumer::ConsumerContext>(
         tracing::warn!(topic = %t, partition = p, "a partition was added to the topic; reading it from its beginning");
     }
     Ok(added)
+}
+
+/// Assigns `consumer` the partitions of `at`, each at its offset.
+pub(super) fn assign_offsets(
+    consumer: &BaseConsumer<Context>,
+    at: impl IntoIterator<Item = PartitionOffset>,
+    what: &str,
+) -> Result<(), KafkaError> {
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for ((topic, partition), offset) in at {
+        tpl.add_partition_offset(&topic, partition, rdkafka::Offset::Offset(offset))
+            .map_err(|e| KafkaError::Metadata {
+                what: format!("assigning {topic}"),
+                source: e,
+            })?;
+    }
+    consumer.assign(&tpl).map_err(|e| KafkaError::Metadata {
+        what: what.into(),
+        source: e,
+    })
 }
 
 /// A record read back: offset, key, value.

@@ -1136,3 +1136,28 @@ pub fn run_capture_to_exit_with(
         String::from_utf8_lossy(&out.stderr).to_string(),
     )
 }
+
+/// Publishes to `topic[0]` of the test stack's broker an event of a schema
+/// no vitrina knows (fingerprint abababababababab); its offset, from the
+/// delivery report.
+pub async fn publish_from_the_future(topic: &str) -> i64 {
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let producer: FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", stack().brokers())
+        .create()
+        .unwrap();
+    let mut newer = vitrina::events::codec::MAGIC.to_vec();
+    newer.extend_from_slice(&[0xAB; 8]);
+    newer.extend_from_slice(b"a body of a schema from the future");
+    producer
+        .send(
+            FutureRecord::to(topic)
+                .key("1")
+                .payload(&newer)
+                .partition(0),
+            std::time::Duration::from_secs(10),
+        )
+        .await
+        .unwrap()
+        .offset
+}
