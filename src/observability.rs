@@ -38,6 +38,9 @@ pub const PROJECTOR_REWINDS: &str = "vitrina_projector_rewinds_total";
 /// `assign`, `unassign`).
 pub const PROJECTOR_ERRORS: &str = "vitrina_projector_errors_total";
 pub const PROJECTOR_CONSENT_UPDATES: &str = "vitrina_projector_consent_updates_total";
+/// Bulk inserts of a batch's rows that met a row already held and were
+/// upserted instead (label `entity`; see `showcase::apply::Bulk`).
+pub const PROJECTOR_BULK_CONFLICTS: &str = "vitrina_projector_bulk_conflicts_total";
 pub const PROJECTOR_BATCH_EVENTS: &str = "vitrina_projector_batch_messages";
 pub const PROJECTOR_CATCH_UP: &str = "vitrina_projector_catch_up_mode";
 /// Partitions stopped before an event of a schema the projector does not know.
@@ -109,6 +112,11 @@ pub fn describe_projector() {
         PROJECTOR_CONSENT_UPDATES,
         Unit::Count,
         "Showcase rows whose medical detail was revealed (consent granted) or redacted (revoked)."
+    );
+    describe_counter!(
+        PROJECTOR_BULK_CONFLICTS,
+        Unit::Count,
+        "Bulk inserts of a catch-up batch that met rows already in the showcase and were upserted instead, by entity."
     );
     describe_histogram!(
         PROJECTOR_BATCH_EVENTS,

@@ -429,6 +429,10 @@ async fn replay_all(
     let rep = crate::projector::replay::run(c, showcase, kafka, &opts, CancellationToken::new())
         .await
         .map_err(fail)?;
+    eprintln!(
+        "bench: replay: {:.1} s receiving and decoding, {:.1} s applying (they overlap)",
+        rep.gather_seconds, rep.apply_seconds
+    );
     Ok((rep.events, rep.seconds))
 }
 

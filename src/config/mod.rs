@@ -359,8 +359,8 @@ impl Config {
                 "must be at least projector.batch_size, which must be at least 1",
             );
         }
-        if !(1..=2).contains(&p.apply_connections) {
-            return bad("projector.apply_connections", "must be 1 or 2");
+        if !(1..=8).contains(&p.apply_connections) {
+            return bad("projector.apply_connections", "must be within 1..=8");
         }
         if p.quality_interval_s == 0 {
             return bad("projector.quality_interval_s", "must be at least 1");

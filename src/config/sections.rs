@@ -29,9 +29,9 @@ pub struct ProjectorConfig {
     /// Events per apply transaction in catch-up mode (SLA at risk or
     /// breached, or far behind the log).
     pub catch_up_batch_size: usize,
-    /// Apply transactions run in parallel, each with its own topics and
-    /// their offsets (1: one transaction per batch; 2: grades apart from
-    /// the rest).
+    /// Apply transactions run in parallel per batch, each with its own
+    /// rows; with more than one, another connection records the offsets
+    /// after they committed (1: one transaction per batch).
     pub apply_connections: usize,
     /// Seconds between quality-check rounds in the running projector.
     pub quality_interval_s: u64,

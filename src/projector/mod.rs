@@ -255,11 +255,14 @@ impl Projection {
         for t in &topics {
             metrics::counter!(obs::PROJECTOR_DEAD_LETTERS, "topic" => t.clone()).increment(0);
         }
-        let second = if cfg.projector.apply_connections > 1 {
-            Some(pg::connect(&showcase_db.config()).await?)
-        } else {
-            None
-        };
+        // One connection records positions; with more than one writer,
+        // each writer has its own.
+        let mut writers = Vec::new();
+        if cfg.projector.apply_connections > 1 {
+            for _ in 0..cfg.projector.apply_connections {
+                writers.push(pg::connect(&showcase_db.config()).await?);
+            }
+        }
         Ok(Projection {
             source: Source {
                 consumer,
@@ -279,7 +282,7 @@ impl Projection {
                 topics: topics.clone(),
                 detail_topic: kafka::detail_topic(&cfg.capture.topic_prefix),
             },
-            sink: Some(Sink::new(client, second, schema, offsets)),
+            sink: Some(Sink::new(client, writers, schema, offsets)),
             in_flight: None,
             applying: in_flight,
             topics,
@@ -315,6 +318,7 @@ impl Projection {
         cancel: &CancellationToken,
         cap: Option<&HashMap<Tp, i64>>,
     ) -> Result<Step, ProjectorError> {
+        let t_step = Instant::now();
         let (applied, gathered) = match self.in_flight.take() {
             Some(b) => {
                 // The apply runs on its own task (another worker thread):
@@ -327,6 +331,13 @@ impl Projection {
                     drop(applying);
                     (sink, r)
                 });
+                // A task spawned from a worker waits in that worker's
+                // unstealable next-task slot until the spawner yields; the
+                // gather below rarely does while messages are ready, so the
+                // apply would only start when the gather ends (measured:
+                // steps as long as both together). Yielding once lets this
+                // worker start the apply and another take the gather.
+                tokio::task::yield_now().await;
                 let g = self.source.gather(batch_size, wait, cancel, cap).await;
                 let (sink, a) = task
                     .await
@@ -339,6 +350,14 @@ impl Projection {
                 self.source.gather(batch_size, wait, cancel, cap).await?,
             ),
         };
+        tracing::debug!(
+            step_s = t_step.elapsed().as_secs_f64(),
+            applied = applied.events,
+            apply_s = applied.apply.as_secs_f64(),
+            gathered = gathered.messages,
+            gather_s = gathered.gather.as_secs_f64(),
+            "step"
+        );
         if gathered.messages > 0 {
             self.in_flight = Some(gathered);
         }
@@ -515,6 +534,7 @@ impl Projector {
         // found the log shorter than what was applied (two in a row stop
         // the projector: one may be a broker restarting).
         let (mut round, mut short_rounds) = (0u64, 0u32);
+        let mut pace = Pace::default();
         loop {
             health.beat();
             let applied = p.offsets();
@@ -573,6 +593,18 @@ impl Projector {
                 (p_cfg.batch_size, Duration::from_millis(p_cfg.batch_wait_ms))
             };
             let step = p.step(size, wait, cancel, None).await?;
+            pace.add(&step);
+            if catch_up && pace.since.elapsed() >= Duration::from_secs(10) {
+                // Receiving and applying overlap: the larger one bounds the rate.
+                tracing::info!(
+                    events = pace.events,
+                    events_per_s = (pace.events as f64 / pace.since.elapsed().as_secs_f64()) as u64,
+                    receiving_s = format!("{:.1}", pace.gather.as_secs_f64()),
+                    applying_s = format!("{:.1}", pace.apply.as_secs_f64()),
+                    "catching up"
+                );
+                pace = Pace::default();
+            }
             // Freshness at least once a second, and after every applied batch.
             if step.messages > 0 || last_status.elapsed() >= Duration::from_secs(1) {
                 last_status = Instant::now();
@@ -618,6 +650,33 @@ impl Projector {
                 return p.flush().await.map(|_| ());
             }
         }
+    }
+}
+
+/// Events applied, and time receiving and applying, since `since`.
+struct Pace {
+    since: Instant,
+    events: usize,
+    gather: Duration,
+    apply: Duration,
+}
+
+impl Default for Pace {
+    fn default() -> Pace {
+        Pace {
+            since: Instant::now(),
+            events: 0,
+            gather: Duration::ZERO,
+            apply: Duration::ZERO,
+        }
+    }
+}
+
+impl Pace {
+    fn add(&mut self, s: &Step) {
+        self.events += s.events;
+        self.gather += s.gather;
+        self.apply += s.apply;
     }
 }
 

@@ -7,8 +7,9 @@
 //!   resumes exactly after it.
 //! - Apply is idempotent and order-safe ([`crate::showcase::apply`]), so a
 //!   batch applied again changes nothing twice.
-//! - With two connections, the topics are split by table between two
-//!   parallel transactions that never write the same row.
+//! - With several writers, a batch's rows are split between parallel
+//!   transactions that never write the same row; the offsets and
+//!   watermarks commit after all of them ([`apply::apply_on`]).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -49,13 +50,13 @@ pub(super) struct Batch {
     pub(super) gather: Duration,
 }
 
-/// The PostgreSQL side: apply transactions into one schema. With two
-/// connections, the topics are split between two parallel transactions
-/// ([`on_second`]), each committing its own topics' offsets with their
-/// rows.
+/// The PostgreSQL side: apply transactions into one schema.
 pub(super) struct Sink {
+    /// Records offsets and watermarks (and, alone, applies everything).
     pub(super) client: tokio_postgres::Client,
-    pub(super) second: Option<tokio_postgres::Client>,
+    /// Parallel apply transactions ([`apply::apply_on`]).
+    writers: Vec<tokio_postgres::Client>,
+    bulk: apply::Bulk,
     pub(super) schema: String,
     pub(super) offsets: Offsets,
     /// Journal commit time (µs) of the last record applied per partition.
@@ -68,13 +69,14 @@ pub(super) struct Sink {
 impl Sink {
     pub(super) fn new(
         client: tokio_postgres::Client,
-        second: Option<tokio_postgres::Client>,
+        writers: Vec<tokio_postgres::Client>,
         schema: &str,
         offsets: Offsets,
     ) -> Sink {
         Sink {
             client,
-            second,
+            writers,
+            bulk: apply::Bulk::default(),
             schema: schema.to_string(),
             offsets,
             last_time: HashMap::new(),
@@ -102,55 +104,23 @@ impl Sink {
         self.apply_in_span(b).instrument(span).await
     }
 
-    async fn apply_in_span(&mut self, mut b: Batch) -> Result<Step, ProjectorError> {
+    async fn apply_in_span(&mut self, b: Batch) -> Result<Step, ProjectorError> {
         let t0 = Instant::now();
         let offs: Vec<(String, i32, i64)> = b
             .next
             .iter()
             .map(|((t, p), o)| (t.clone(), *p, *o))
             .collect();
-        let applied = match self.second.as_mut() {
-            None => {
-                apply::apply_with_watermarks(
-                    &mut self.client,
-                    &self.schema,
-                    &b.events,
-                    &b.details,
-                    &offs,
-                    &b.marks,
-                )
-                .await?
-            }
-            Some(second) => {
-                let (eb, ea): (Vec<_>, Vec<_>) = std::mem::take(&mut b.events)
-                    .into_iter()
-                    .partition(|e| on_second_entity(e.entity.name));
-                let (ob, oa): (Vec<_>, Vec<_>) = offs.into_iter().partition(|o| on_second(&o.0));
-                let (mb, ma): (Vec<_>, Vec<_>) =
-                    b.marks.iter().cloned().partition(|m| on_second(&m.0));
-                let (ra, rb) = tokio::join!(
-                    apply::apply_with_watermarks(
-                        &mut self.client,
-                        &self.schema,
-                        &ea,
-                        &[],
-                        &oa,
-                        &ma
-                    ),
-                    // The restricted topic goes with consent and the medical entities.
-                    apply::apply_with_watermarks(second, &self.schema, &eb, &b.details, &ob, &mb),
-                );
-                let (ra, rb) = (ra?, rb?);
-                b.events = ea;
-                b.events.extend(eb);
-                apply::Applied {
-                    written: ra.written + rb.written,
-                    skipped: ra.skipped + rb.skipped,
-                    truncated: ra.truncated + rb.truncated,
-                    consent_updates: ra.consent_updates + rb.consent_updates,
-                }
-            }
-        };
+        let applied = apply::apply_on(
+            &mut self.client,
+            &mut self.writers,
+            &self.schema,
+            &b.events,
+            &b.details,
+            (&offs, &b.marks),
+            &mut self.bulk,
+        )
+        .await?;
         {
             let mut known = self.offsets.lock().unwrap();
             for (k, o) in b.next {
@@ -202,19 +172,4 @@ pub(super) fn set<V>(map: &mut HashMap<Tp, V>, k: &Tp, v: V) {
             map.insert(k.clone(), v);
         }
     }
-}
-
-/// Which of two apply transactions a topic's events go to: grades (two
-/// thirds of the log) to the first, everything else to the second. The
-/// split is by topic, hence by table: the two transactions never write
-/// the same row. (A split by partition deadlocked: a row's create and
-/// delete can travel on different partitions, since a delete carries only
-/// the row's key, not its student.) Consent and the medical entities share
-/// a transaction.
-fn on_second(topic: &str) -> bool {
-    !topic.ends_with(".grade.v1")
-}
-
-fn on_second_entity(entity: &str) -> bool {
-    entity != "grade"
 }

@@ -119,7 +119,9 @@ impl<'a> Col<'a> {
     }
 }
 
-fn upsert_sql(schema: &str, e: &Entity) -> String {
+/// `INSERT … SELECT * FROM unnest(…)` of an entity's rows; with `upsert`,
+/// a row replaces the one held only from a later source position.
+fn insert_sql(schema: &str, e: &Entity, upsert: bool) -> String {
     let names: Vec<&str> = e.fields.iter().map(|f| f.name).collect();
     let mut casts = vec!["$1::text[]".to_string()];
     for (i, f) in e.fields.iter().enumerate() {
@@ -135,6 +137,14 @@ fn upsert_sql(schema: &str, e: &Entity) -> String {
         "key, {}, deleted, source_commit_lsn, source_lsn, source_commit_time, event_id",
         names.join(", ")
     );
+    let insert = format!(
+        "INSERT INTO {schema}.{t} AS cur ({all_cols}) SELECT * FROM unnest({casts})",
+        t = e.name,
+        casts = casts.join(", "),
+    );
+    if !upsert {
+        return insert;
+    }
     let sets: Vec<String> = names
         .iter()
         .chain(
@@ -150,13 +160,60 @@ fn upsert_sql(schema: &str, e: &Entity) -> String {
         .map(|c| format!("{c} = EXCLUDED.{c}"))
         .collect();
     format!(
-        "INSERT INTO {schema}.{t} AS cur ({all_cols}) SELECT * FROM unnest({casts})
+        "{insert}
          ON CONFLICT (key) DO UPDATE SET {sets}, applied_at = now()
          WHERE (cur.source_commit_lsn, cur.source_lsn) < (EXCLUDED.source_commit_lsn, EXCLUDED.source_lsn)",
-        t = e.name,
-        casts = casts.join(", "),
         sets = sets.join(", ")
     )
+}
+
+/// Entities with fewer rows in a batch than this are always upserted.
+const BULK_MIN_ROWS: usize = 500;
+
+/// The bulk path of a catch-up: an entity's rows of a batch are first
+/// inserted plainly (no conflict check: about a third less PostgreSQL CPU
+/// than the upsert, measured), inside a savepoint; if one of them exists
+/// already the insert fails as a whole, is rolled back to the savepoint
+/// and the rows are upserted instead. Rows new to the showcase (an initial
+/// load, a replay into an empty shadow) take the bulk path; an entity
+/// whose insert conflicted skips it for the next 2, 4, … 64 batches, so
+/// steady streaming (updates of rows held) pays for a failed insert
+/// rarely. Small batches never try it.
+#[derive(Debug, Default)]
+pub struct Bulk {
+    /// Per entity: conflicts in a row, and batches still to skip.
+    state: HashMap<&'static str, (u32, u32)>,
+}
+
+impl Bulk {
+    /// The entities of a batch that try the plain insert.
+    fn choose(&mut self, by_entity: &ByEntity<'_>) -> Vec<&'static str> {
+        let mut chosen = Vec::new();
+        for (e, evs) in by_entity {
+            if evs.len() < BULK_MIN_ROWS {
+                continue;
+            }
+            let s = self.state.entry(e.name).or_default();
+            if s.1 > 0 {
+                s.1 -= 1;
+            } else {
+                chosen.push(e.name);
+            }
+        }
+        chosen
+    }
+
+    fn outcome(&mut self, entity: &'static str, inserted: bool) {
+        let s = self.state.entry(entity).or_default();
+        if inserted {
+            *s = (0, 0);
+        } else {
+            s.0 = (s.0 + 1).min(6);
+            s.1 = 1 << s.0;
+            metrics::counter!(crate::observability::PROJECTOR_BULK_CONFLICTS, "entity" => entity)
+                .increment(1);
+        }
+    }
 }
 
 /// Applies `events` and records `offsets` (topic, partition, next offset)
@@ -327,13 +384,54 @@ pub async fn apply_with_watermarks(
     offsets: &[(String, i32, i64)],
     watermarks: &[WatermarkAt],
 ) -> Result<Applied, PgError> {
+    apply_on(
+        client,
+        &mut [],
+        schema,
+        events,
+        details,
+        (offsets, watermarks),
+        &mut Bulk::default(),
+    )
+    .await
+}
+
+/// A batch's rows of one transaction, with (in the one that carries
+/// them) the truncates and the restricted topic's records.
+struct Part<'a> {
+    rows: ByEntity<'a>,
+    truncates: Option<&'a HashMap<&'static str, ((u64, u64), &'a Event)>>,
+    details: &'a [DetailChange],
+}
+
+/// Applies a batch and records its offsets and watermarks.
+///
+/// With no `writers`, all of it in one transaction on `home`. With
+/// writers, the rows are split between them, one transaction each, run in
+/// parallel: truncated entities, consent and the medical entities (with
+/// the restricted topic's records) go whole to the first writer; every
+/// other entity's rows are cut into key ranges that even out the writers'
+/// loads. No two of them write the same row. `home` holds the apply lock
+/// (a replay's swap waits for it) from before the writers begin until it
+/// commits the offsets and watermarks, after every writer committed: a
+/// crash in between leaves rows ahead of the recorded offsets, which are
+/// read and applied again, changing nothing (apply is idempotent by source
+/// position), so no change is lost or shown twice. `home` writes no row
+/// the writers or another member's writers wait for: the wait for the
+/// writers, which PostgreSQL cannot see, closes no cycle.
+pub async fn apply_on(
+    home: &mut Client,
+    writers: &mut [Client],
+    schema: &str,
+    events: &[Event],
+    details: &[DetailChange],
+    (offsets, watermarks): (&[(String, i32, i64)], &[WatermarkAt]),
+    bulk: &mut Bulk,
+) -> Result<Applied, PgError> {
     let batch = fold(events);
     let by_entity = by_entity(&batch);
-    let mut applied = Applied {
-        skipped: batch.dropped(),
-        ..Applied::default()
-    };
-    let tx = client
+    let bulky = bulk.choose(&by_entity);
+    let tx = home
         .transaction()
         .await
         .map_err(PgError::query("starting an apply transaction"))?;
@@ -341,44 +439,150 @@ pub async fn apply_with_watermarks(
     tx.execute(super::apply_lock_sql(), &[&schema])
         .await
         .map_err(PgError::query("taking the apply lock"))?;
+    let mut applied = Applied {
+        skipped: batch.dropped(),
+        ..Applied::default()
+    };
+    let mut outcomes = Vec::new();
+    if writers.is_empty() {
+        let part = Part {
+            rows: by_entity,
+            truncates: Some(batch.truncates()),
+            details,
+        };
+        let (a, o) = write_part(&tx, schema, part, &bulky).await?;
+        applied.add(&a);
+        outcomes = o;
+    } else {
+        let parts = split(by_entity, batch.truncates(), details, writers.len());
+        let runs = writers.iter_mut().zip(parts).map(|(c, part)| {
+            let bulky = &bulky;
+            async move {
+                let tx = c
+                    .transaction()
+                    .await
+                    .map_err(PgError::query("starting an apply transaction"))?;
+                let r = write_part(&tx, schema, part, bulky).await?;
+                tx.commit()
+                    .await
+                    .map_err(PgError::query("committing an apply transaction"))?;
+                Ok::<_, PgError>(r)
+            }
+        });
+        for r in futures::future::join_all(runs).await {
+            let (a, o) = r?;
+            applied.add(&a);
+            outcomes.extend(o);
+        }
+    }
+    record_positions(&tx, schema, offsets, watermarks).await?;
+    tx.commit()
+        .await
+        .map_err(PgError::query("committing an apply transaction"))?;
+    for (entity, inserted) in outcomes {
+        bulk.outcome(entity, inserted);
+    }
+    Ok(applied)
+}
+
+impl Applied {
+    fn add(&mut self, o: &Applied) {
+        self.written += o.written;
+        self.skipped += o.skipped;
+        self.truncated += o.truncated;
+        self.consent_updates += o.consent_updates;
+    }
+}
+
+/// Cuts a batch into `n` parts (see [`apply_on`]).
+fn split<'a>(
+    by_entity: ByEntity<'a>,
+    truncates: &'a HashMap<&'static str, ((u64, u64), &'a Event)>,
+    details: &'a [DetailChange],
+    n: usize,
+) -> Vec<Part<'a>> {
+    let whole =
+        |name: &str| name == "consent" || consent::medical(name).is_some() || truncates.contains_key(name);
+    let (first, rest): (ByEntity, ByEntity) = by_entity.into_iter().partition(|(e, _)| whole(e.name));
+    let first_rows: usize = first.iter().map(|(_, v)| v.len()).sum();
+    let rest_rows: usize = rest.iter().map(|(_, v)| v.len()).sum();
+    let per = (first_rows + rest_rows).div_ceil(n);
+    let mut quota: Vec<usize> = (0..n).map(|i| if i == 0 { per.saturating_sub(first_rows) } else { per }).collect();
+    let mut parts: Vec<Part> = (0..n)
+        .map(|i| Part {
+            rows: Vec::new(),
+            truncates: (i == 0).then_some(truncates),
+            details: if i == 0 { details } else { &[] },
+        })
+        .collect();
+    parts[0].rows = first;
+    let mut w = 0;
+    for (entity, evs) in rest {
+        let mut left = &evs[..];
+        while !left.is_empty() {
+            while w + 1 < n && quota[w] == 0 {
+                w += 1;
+            }
+            let take = if w + 1 == n { left.len() } else { quota[w].min(left.len()) };
+            parts[w].rows.push((entity, left[..take].to_vec()));
+            quota[w] -= take.min(quota[w]);
+            left = &left[take..];
+        }
+    }
+    parts
+}
+
+/// Writes one part in `tx`: truncates, rows, restricted records, and the
+/// shown medical detail they change. Returns what it did and, per entity
+/// that tried the bulk insert, whether it took.
+async fn write_part(
+    tx: &tokio_postgres::Transaction<'_>,
+    schema: &str,
+    part: Part<'_>,
+    bulky: &[&'static str],
+) -> Result<(Applied, Vec<(&'static str, bool)>), PgError> {
+    let no_truncates = HashMap::new();
+    let truncates = part.truncates.unwrap_or(&no_truncates);
+    let (by_entity, details) = (&part.rows, part.details);
+    let mut applied = Applied::default();
     // The shown medical detail of a row is recomputed from its row, its
     // private detail and its student's consents, which may arrive through
-    // different transactions (different group members, or the two
-    // connections of one). Concurrent, each would miss the other's
-    // uncommitted writes and a recomputation could even act on a stale
-    // copy of a row another one just changed. Taken before any write, this
-    // lock runs them one after the other, each seeing what the previous
-    // one committed.
+    // different transactions (different group members, or parts of one
+    // batch). Concurrent, each would miss the other's uncommitted writes
+    // and a recomputation could even act on a stale copy of a row another
+    // one just changed. Taken before any write, this lock runs them one
+    // after the other, each seeing what the previous one committed.
     let medical_work = !details.is_empty()
         || by_entity
             .iter()
             .map(|(e, _)| e.name)
-            .chain(batch.truncates().keys().copied())
+            .chain(truncates.keys().copied())
             .any(|name| name == "consent" || consent::medical(name).is_some());
     if medical_work {
         tx.execute(super::medical_lock_sql(), &[&schema])
             .await
             .map_err(PgError::query("taking the medical detail lock"))?;
     }
-    let mut touched = Touched::of(&tx, schema, &by_entity).await?;
-    touched.all_students = batch.truncates().contains_key("consent");
-    applied.truncated = truncate(&tx, schema, batch.truncates()).await?;
-    for (entity, evs) in &by_entity {
-        let n = upsert(&tx, schema, entity, evs).await?;
+    let mut touched = Touched::of(tx, schema, by_entity).await?;
+    touched.all_students = truncates.contains_key("consent");
+    applied.truncated = truncate(tx, schema, truncates).await?;
+    let mut outcomes = Vec::new();
+    for (entity, evs) in by_entity {
+        let bulk = bulky.contains(&entity.name);
+        let (n, inserted) = upsert(tx, schema, entity, evs, bulk).await?;
+        if bulk {
+            outcomes.push((entity.name, inserted));
+        }
         applied.written += n;
         applied.skipped += evs.len() as u64 - n;
     }
     // Medical detail comes only from the restricted topic: a general event
     // carries none (capture nulls it), so it never writes the private tables.
-    for (entity, keys) in apply_details(&tx, schema, details).await? {
+    for (entity, keys) in apply_details(tx, schema, details).await? {
         touched.medical_keys.entry(entity).or_default().extend(keys);
     }
-    applied.consent_updates = touched.refresh(&tx, schema).await?;
-    record_positions(&tx, schema, offsets, watermarks).await?;
-    tx.commit()
-        .await
-        .map_err(PgError::query("committing an apply transaction"))?;
-    Ok(applied)
+    applied.consent_updates = touched.refresh(tx, schema).await?;
+    Ok((applied, outcomes))
 }
 
 /// Whose shown medical detail a batch may change: the students whose
@@ -503,12 +707,16 @@ async fn truncate(
 
 /// One statement for an entity's latest events; returns the rows written
 /// (an event older than the row held writes nothing).
+///
+/// With `bulk`, a plain insert first (see [`Bulk`]): the flag returned
+/// says whether it took.
 async fn upsert(
     tx: &tokio_postgres::Transaction<'_>,
     schema: &str,
     entity: &Entity,
     evs: &[&Event],
-) -> Result<u64, PgError> {
+    bulk: bool,
+) -> Result<(u64, bool), PgError> {
     let mut keys = Vec::with_capacity(evs.len());
     let mut cols: Vec<Col> = entity.fields.iter().map(|f| Col::new(f.ty)).collect();
     let (mut deleted, mut commit_lsn, mut lsn, mut commit_time, mut ids) =
@@ -543,12 +751,38 @@ async fn upsert(
     params.push(&lsn);
     params.push(&commit_time);
     params.push(&ids);
-    tx.execute(&upsert_sql(schema, entity), &params)
+    if bulk {
+        tx.batch_execute("SAVEPOINT vitrina_bulk")
+            .await
+            .map_err(PgError::query("starting a bulk insert"))?;
+        match tx.execute(&insert_sql(schema, entity, false), &params).await {
+            Ok(n) => {
+                tx.batch_execute("RELEASE SAVEPOINT vitrina_bulk")
+                    .await
+                    .map_err(PgError::query("ending a bulk insert"))?;
+                return Ok((n, true));
+            }
+            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) => {
+                tx.batch_execute("ROLLBACK TO SAVEPOINT vitrina_bulk")
+                    .await
+                    .map_err(PgError::query("undoing a bulk insert"))?;
+            }
+            Err(e) => {
+                return Err(PgError::query(format!(
+                    "inserting into showcase.{}",
+                    entity.name
+                ))(e))
+            }
+        }
+    }
+    let n = tx
+        .execute(&insert_sql(schema, entity, true), &params)
         .await
         .map_err(PgError::query(format!(
             "upserting into showcase.{}",
             entity.name
-        )))
+        )))?;
+    Ok((n, false))
 }
 
 /// The batch's watermarks and consumed offsets, never moved backwards.
