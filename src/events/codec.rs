@@ -157,6 +157,19 @@ impl Registry {
     /// Decodes anything found on an event topic: an event or a watermark.
     pub fn decode_message(&self, bytes: &[u8]) -> Result<Message, CodecError> {
         if bytes.len() >= 10 && bytes[..2] == MAGIC && bytes[2..10] == self.watermark_fp {
+            return read_watermark(&bytes[10..])
+                .map(Message::Watermark)
+                .map_err(|message| CodecError::Body {
+                    schema: "Watermark".into(),
+                    message,
+                });
+        }
+        self.decode(bytes).map(Message::Event)
+    }
+
+    /// The watermark through apache-avro's generic reader (reference).
+    pub fn decode_watermark_reference(&self, bytes: &[u8]) -> Result<Watermark, CodecError> {
+        {
             let mut body = &bytes[10..];
             let v =
                 apache_avro::from_avro_datum(&self.watermark, &mut body, None).map_err(|e| {
@@ -193,15 +206,14 @@ impl Registry {
                     })
                 }
             };
-            return Ok(Message::Watermark(Watermark {
+            Ok(Watermark {
                 capture,
                 commit_lsn,
                 commit_time_micros,
                 emitted_at_micros,
                 partition,
-            }));
+            })
         }
-        self.decode(bytes).map(Message::Event)
     }
 
     /// (entity, fingerprint as hex) for every schema, e.g. for `vitrina schemas`.
@@ -264,6 +276,32 @@ impl Registry {
         Ok(out)
     }
 
+    /// [`Registry::decode`] through apache-avro's generic reader (reference).
+    pub fn decode_reference(&self, bytes: &[u8]) -> Result<Event, CodecError> {
+        let fp: [u8; 8] = bytes
+            .get(2..10)
+            .and_then(|b| b.try_into().ok())
+            .ok_or(CodecError::NotSingleObject { len: bytes.len() })?;
+        let i = self
+            .by_fingerprint
+            .get(&fp)
+            .ok_or_else(|| CodecError::UnknownSchema {
+                fingerprint: hex8(&fp),
+            })?;
+        let k = &self.known[*i];
+        let value =
+            apache_avro::from_avro_datum(&k.schema, &mut &bytes[10..], None).map_err(|e| {
+                CodecError::Body {
+                    schema: k.entity.record.to_string(),
+                    message: e.to_string(),
+                }
+            })?;
+        from_value(k.entity, value).map_err(|message| CodecError::Body {
+            schema: k.entity.record.to_string(),
+            message,
+        })
+    }
+
     /// Decodes a single-object message with whichever known schema its
     /// fingerprint names.
     pub fn decode(&self, bytes: &[u8]) -> Result<Event, CodecError> {
@@ -284,7 +322,14 @@ impl Registry {
         };
         let mut body = &bytes[10..];
         let value = match writer {
-            None => apache_avro::from_avro_datum(&k.schema, &mut body, None),
+            // The current schema: read directly (the projector's hot path;
+            // the tests check it against apache-avro's reader).
+            None => {
+                return read_event(k.entity, body).map_err(|message| CodecError::Body {
+                    schema: k.entity.record.to_string(),
+                    message,
+                })
+            }
             Some(w) => apache_avro::from_avro_datum(w, &mut body, Some(&k.schema)),
         }
         .map_err(|e| CodecError::Body {
@@ -387,6 +432,164 @@ fn write_event(out: &mut Vec<u8>, e: &Event) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// Avro binary, read directly.
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn byte(&mut self) -> Result<u8, String> {
+        let (b, rest) = self.0.split_first().ok_or("truncated")?;
+        self.0 = rest;
+        Ok(*b)
+    }
+
+    fn long(&mut self) -> Result<i64, String> {
+        let mut n: u64 = 0;
+        for shift in (0..64).step_by(7) {
+            let b = self.byte()?;
+            n |= ((b & 0x7f) as u64) << shift;
+            if b & 0x80 == 0 {
+                return Ok((n >> 1) as i64 ^ -((n & 1) as i64));
+            }
+        }
+        Err("variable-length integer longer than 10 bytes".into())
+    }
+
+    fn int(&mut self) -> Result<i32, String> {
+        let v = self.long()?;
+        i32::try_from(v).map_err(|_| format!("int out of range: {v}"))
+    }
+
+    fn str(&mut self) -> Result<&'a str, String> {
+        let len = self.long()?;
+        let len = usize::try_from(len).map_err(|_| format!("negative string length {len}"))?;
+        if len > self.0.len() {
+            return Err(format!("string of {len} bytes past the end"));
+        }
+        let (s, rest) = self.0.split_at(len);
+        self.0 = rest;
+        std::str::from_utf8(s).map_err(|e| format!("string is not UTF-8: {e}"))
+    }
+
+    fn double(&mut self) -> Result<f64, String> {
+        if self.0.len() < 8 {
+            return Err("truncated".into());
+        }
+        let (b, rest) = self.0.split_at(8);
+        self.0 = rest;
+        Ok(f64::from_le_bytes(b.try_into().expect("8 bytes")))
+    }
+
+    fn bool(&mut self) -> Result<bool, String> {
+        match self.byte()? {
+            0 => Ok(false),
+            1 => Ok(true),
+            b => Err(format!("boolean byte {b}")),
+        }
+    }
+
+    /// A `["null", T]` union: whether T follows.
+    fn some(&mut self) -> Result<bool, String> {
+        match self.long()? {
+            0 => Ok(false),
+            1 => Ok(true),
+            i => Err(format!("union branch {i} of 2")),
+        }
+    }
+
+    fn val(&mut self, ty: Ty) -> Result<Val, String> {
+        Ok(match ty {
+            Ty::Long => Val::Long(self.long()?),
+            Ty::Timestamp => Val::Timestamp(self.long()?),
+            Ty::Time => Val::Time(self.long()?),
+            Ty::Int => Val::Int(self.int()?),
+            Ty::Date => Val::Date(self.int()?),
+            Ty::Double => Val::Double(self.double()?),
+            Ty::Bool => Val::Bool(self.bool()?),
+            Ty::Str => Val::Str(self.str()?.to_string()),
+        })
+    }
+}
+
+/// The event record in the current schema of `entity` (the inverse of
+/// [`write_event`]).
+fn read_event(entity: &'static Entity, body: &[u8]) -> Result<Event, String> {
+    let mut r = Reader(body);
+    let event_id = r.str()?.to_string();
+    let op = match r.long()? {
+        0 => Op::Create,
+        1 => Op::Update,
+        2 => Op::Delete,
+        3 => Op::Read,
+        4 => Op::Truncate,
+        i => return Err(format!("op: enum index {i} of 5")),
+    };
+    let name = r.str()?;
+    if name != entity.name {
+        return Err(format!("entity `{name}` in a {} record", entity.name));
+    }
+    let key = r.str()?.to_string();
+    let source = Source {
+        lsn: r.long()? as u64,
+        commit_lsn: r.long()? as u64,
+        txid: r.long()?,
+        commit_time_micros: r.long()?,
+        table: r.str()?.to_string(),
+        snapshot: r.bool()?,
+    };
+    let actor = match r.some()? {
+        true => Some(r.str()?.to_string()),
+        false => None,
+    };
+    let _schema_version = r.int()?;
+    let mut quality = Vec::new();
+    loop {
+        let n = r.long()?;
+        if n == 0 {
+            break;
+        }
+        if n < 0 {
+            // A block with its size in bytes first.
+            r.long()?;
+        }
+        for _ in 0..n.unsigned_abs() {
+            quality.push(r.str()?.to_string());
+        }
+    }
+    let after = match r.some()? {
+        false => None,
+        true => {
+            let mut vals = Vec::with_capacity(entity.fields.len());
+            for f in entity.fields {
+                let present = !f.nullable || r.some()?;
+                vals.push(if present { r.val(f.ty)? } else { Val::Null });
+            }
+            Some(vals)
+        }
+    };
+    Ok(Event {
+        event_id,
+        entity,
+        op,
+        key,
+        source,
+        actor,
+        quality,
+        after,
+    })
+}
+
+/// The watermark record, read directly.
+fn read_watermark(body: &[u8]) -> Result<Watermark, String> {
+    let mut r = Reader(body);
+    Ok(Watermark {
+        capture: r.str()?.to_string(),
+        commit_lsn: r.long()? as u64,
+        commit_time_micros: r.long()?,
+        emitted_at_micros: r.long()?,
+        partition: r.int()?,
+    })
 }
 
 fn hex8(b: &[u8; 8]) -> String {

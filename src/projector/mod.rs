@@ -213,6 +213,7 @@ impl Projection {
         let consumer: StreamConsumer<SeekToShowcase> = kafka_ep
             .client_config()
             .set("group.id", group)
+            .set("fetch.queue.backoff.ms", kafka::FETCH_QUEUE_BACKOFF_MS)
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")

@@ -133,12 +133,12 @@ pub async fn run(
     }
     let fresh = !schema_exists(&admin, SHADOW).await?;
     showcase::migrate(&admin, SHADOW).await?;
-    if fresh {
-        // Built without WAL (measured: a third less PostgreSQL CPU), made
-        // durable before the swap. A server crash empties unlogged tables,
-        // offsets included, so the replay then starts over: consistent.
-        set_logged(&admin, false).await?;
-    }
+    // The shadow is built logged: with the bulk insert into its empty
+    // tables, an unlogged build and the rewrite that made it durable before
+    // the swap cost as much as writing WAL throughout (measured at the demo
+    // region: 17.5 s against 17.1 s end to end), and a server crash no
+    // longer empties it: the replay resumes where it was. (A shadow left
+    // unlogged by an earlier release is made logged below.)
     if let (Some(from), true) = (opts.from, fresh) {
         super::replay_seed::seed_from(cfg, kafka, &admin, from, opts.margin).await?;
     }
@@ -156,7 +156,12 @@ pub async fn run(
         "shadow made durable (SET LOGGED)"
     );
     if !opts.swap {
+        let t = Instant::now();
         report.tables = compare(&admin, showcase::SCHEMA, SHADOW).await?;
+        tracing::info!(
+            seconds = t.elapsed().as_secs_f64(),
+            "compared with the live showcase"
+        );
     } else {
         swap(cfg, admin, &mut p, opts, &cancel, &mut report).await?;
     }
@@ -411,8 +416,11 @@ async fn compare(
         let row = format!("({})", cols.join(", "));
         let one = |schema: &str| {
             format!(
+                // hash_record_extended (PostgreSQL 14+): a 64-bit hash of
+                // the row's values, five times cheaper than md5 of its text
+                // (measured: 0.32 s against 1.72 s per million rows).
                 "SELECT count(*) FILTER (WHERE NOT deleted),
-                        coalesce(sum(('x' || substr(md5({row}::text), 1, 15))::bit(60)::bigint), 0)::text
+                        coalesce(sum(hash_record_extended({row}, 0)::numeric), 0)::text
                    FROM {schema}.{t}",
                 t = e.name
             )

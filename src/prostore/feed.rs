@@ -552,6 +552,7 @@ impl Feed {
             .kafka
             .client_config()
             .set("group.id", format!("{}.prostore-feed", self.prefix))
+            .set("fetch.queue.backoff.ms", kafka::FETCH_QUEUE_BACKOFF_MS)
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")

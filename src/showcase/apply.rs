@@ -501,13 +501,23 @@ fn split<'a>(
     details: &'a [DetailChange],
     n: usize,
 ) -> Vec<Part<'a>> {
-    let whole =
-        |name: &str| name == "consent" || consent::medical(name).is_some() || truncates.contains_key(name);
-    let (first, rest): (ByEntity, ByEntity) = by_entity.into_iter().partition(|(e, _)| whole(e.name));
+    let whole = |name: &str| {
+        name == "consent" || consent::medical(name).is_some() || truncates.contains_key(name)
+    };
+    let (first, rest): (ByEntity, ByEntity) =
+        by_entity.into_iter().partition(|(e, _)| whole(e.name));
     let first_rows: usize = first.iter().map(|(_, v)| v.len()).sum();
     let rest_rows: usize = rest.iter().map(|(_, v)| v.len()).sum();
     let per = (first_rows + rest_rows).div_ceil(n);
-    let mut quota: Vec<usize> = (0..n).map(|i| if i == 0 { per.saturating_sub(first_rows) } else { per }).collect();
+    let mut quota: Vec<usize> = (0..n)
+        .map(|i| {
+            if i == 0 {
+                per.saturating_sub(first_rows)
+            } else {
+                per
+            }
+        })
+        .collect();
     let mut parts: Vec<Part> = (0..n)
         .map(|i| Part {
             rows: Vec::new(),
@@ -523,7 +533,11 @@ fn split<'a>(
             while w + 1 < n && quota[w] == 0 {
                 w += 1;
             }
-            let take = if w + 1 == n { left.len() } else { quota[w].min(left.len()) };
+            let take = if w + 1 == n {
+                left.len()
+            } else {
+                quota[w].min(left.len())
+            };
             parts[w].rows.push((entity, left[..take].to_vec()));
             quota[w] -= take.min(quota[w]);
             left = &left[take..];
@@ -755,7 +769,10 @@ async fn upsert(
         tx.batch_execute("SAVEPOINT vitrina_bulk")
             .await
             .map_err(PgError::query("starting a bulk insert"))?;
-        match tx.execute(&insert_sql(schema, entity, false), &params).await {
+        match tx
+            .execute(&insert_sql(schema, entity, false), &params)
+            .await
+        {
             Ok(n) => {
                 tx.batch_execute("RELEASE SAVEPOINT vitrina_bulk")
                     .await
