@@ -349,7 +349,8 @@ impl Default for Registry {
     }
 }
 
-fn put_long(out: &mut Vec<u8>, v: i64) {
+/// Avro `long` (zigzag varint).
+pub(crate) fn put_long(out: &mut Vec<u8>, v: i64) {
     let mut n = ((v << 1) ^ (v >> 63)) as u64;
     while n >= 0x80 {
         out.push((n as u8 & 0x7f) | 0x80);
@@ -358,12 +359,14 @@ fn put_long(out: &mut Vec<u8>, v: i64) {
     out.push(n as u8);
 }
 
-fn put_str(out: &mut Vec<u8>, s: &str) {
+/// Avro `string`.
+pub(crate) fn put_str(out: &mut Vec<u8>, s: &str) {
     put_long(out, s.len() as i64);
     out.extend_from_slice(s.as_bytes());
 }
 
-fn put_val(out: &mut Vec<u8>, v: &Val, ty: Ty) -> Result<(), String> {
+/// A non-null value of type `ty`.
+pub(crate) fn put_val(out: &mut Vec<u8>, v: &Val, ty: Ty) -> Result<(), String> {
     match (v, ty) {
         (Val::Long(x), Ty::Long)
         | (Val::Timestamp(x), Ty::Timestamp)
