@@ -40,6 +40,13 @@ pub struct RateRun {
     pub p99_ms: Vec<f64>,
     pub median_p50_ms: f64,
     pub median_p99_ms: f64,
+    /// Highest commit → visible latency of each run.
+    pub max_ms: Vec<f64>,
+    /// Seconds from the workload's end until the showcase was fresh as of
+    /// that moment (every change of the run visible), per run.
+    pub all_visible_after_s: Vec<f64>,
+    pub median_max_ms: f64,
+    pub median_all_visible_after_s: f64,
 }
 
 pub struct ProjectorKnobs {
@@ -136,6 +143,10 @@ pub async fn projector(cfg: &Config, knobs: &ProjectorKnobs) -> Result<Projector
             p99_ms: vec![],
             median_p50_ms: 0.0,
             median_p99_ms: 0.0,
+            max_ms: vec![],
+            all_visible_after_s: vec![],
+            median_max_ms: 0.0,
+            median_all_visible_after_s: 0.0,
         };
         for r in 0..knobs.runs {
             lat.lock().unwrap().clear();
@@ -149,24 +160,31 @@ pub async fn projector(cfg: &Config, knobs: &ProjectorKnobs) -> Result<Projector
             let rep = workload::run(&conns.journal().map_err(fail)?.config(), &w, false)
                 .await
                 .map_err(fail)?;
+            let ended = Instant::now();
             if let Err(e) = fresh_after(chrono::Utc::now()).await {
                 return Err(fail(format!("{e}: {:?}", (&mut projector).await)));
             }
+            let all_visible = ended.elapsed().as_secs_f64();
             let mut l = std::mem::take(&mut *lat.lock().unwrap());
             l.sort_by(|a, b| a.partial_cmp(b).unwrap());
             let (p50, p99) = (percentile(&l, 0.5) * 1e3, percentile(&l, 0.99) * 1e3);
+            let max = l.last().copied().unwrap_or(0.0) * 1e3;
             eprintln!(
-                "bench: {rate}/s run {}: achieved {:.0}/s, {} events, commit → visible p50 {p50:.0} ms, p99 {p99:.0} ms",
+                "bench: {rate}/s run {}: achieved {:.0}/s, {} events, commit → visible p50 {p50:.0} ms, p99 {p99:.0} ms, max {max:.0} ms; all visible {all_visible:.1} s after the workload ended",
                 r + 1,
                 rep.changes_per_second,
                 l.len()
             );
+            run.max_ms.push(max);
+            run.all_visible_after_s.push(all_visible);
             run.achieved.push(rep.changes_per_second);
             run.p50_ms.push(p50);
             run.p99_ms.push(p99);
         }
         run.median_p50_ms = median(&mut run.p50_ms.clone());
         run.median_p99_ms = median(&mut run.p99_ms.clone());
+        run.median_max_ms = median(&mut run.max_ms.clone());
+        run.median_all_visible_after_s = median(&mut run.all_visible_after_s.clone());
         rates.push(run);
     }
     // The rate reached, not the one asked for: on a small machine the

@@ -137,11 +137,13 @@ impl fmt::Display for ProjectorBench {
             let ach: Vec<String> = r.achieved.iter().map(|a| format!("{a:.0}")).collect();
             writeln!(
                 f,
-                "  {:>5}/s (achieved {}): commit → visible p50 {:.0} ms, p99 {:.0} ms (medians of {} runs)",
+                "  {:>5}/s (achieved {}): commit → visible p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms; all visible {:.1} s after the workload ended (medians of {} runs)",
                 r.target,
                 ach.join(", "),
                 r.median_p50_ms,
                 r.median_p99_ms,
+                r.median_max_ms,
+                r.median_all_visible_after_s,
                 r.p99_ms.len()
             )?;
         }

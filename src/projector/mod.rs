@@ -703,7 +703,8 @@ async fn quality_rounds(
         }
         let t0 = std::time::Instant::now();
         let r = showcase::quality::run(&c, showcase::SCHEMA, grace).await;
-        metrics::histogram!(obs::QUALITY_RUN_SECONDS).record(t0.elapsed().as_secs_f64());
+        let took = t0.elapsed();
+        metrics::histogram!(obs::QUALITY_RUN_SECONDS).record(took.as_secs_f64());
         match r {
             Ok(r) if r.violations() > 0 => {
                 tracing::warn!(
@@ -714,9 +715,27 @@ async fn quality_rounds(
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "quality checks failed"),
         }
+        // The checks scan the showcase, so a round costs more as the
+        // region grows (measured: 2 s at the demo region, 18 s at ten
+        // times it). Rounds are spaced by at least QUALITY_IDLE_FACTOR
+        // times the last one: they take at most a tenth of one core of the
+        // showcase's server whatever the region's size, at the price of a
+        // longer interval in a large region.
+        let pause = every.max(took * QUALITY_IDLE_FACTOR);
+        if pause > every {
+            tracing::debug!(
+                seconds = pause.as_secs(),
+                round_s = took.as_secs_f64(),
+                "next quality round later than quality_interval_s: the last round was long"
+            );
+        }
         tokio::select! {
             _ = cancel.cancelled() => {}
-            _ = tokio::time::sleep(every) => {}
+            _ = tokio::time::sleep(pause) => {}
         }
     }
 }
+
+/// Quality rounds are spaced by at least this many times the last round's
+/// duration (see [`quality_rounds`]).
+const QUALITY_IDLE_FACTOR: u32 = 9;
