@@ -653,3 +653,81 @@ async fn a_change_committed_at_the_snapshot_point_wins_over_the_snapshot_row() {
     assert!(after[0].2, "the earlier row is withdrawn: {after:?}");
     assert_eq!((after[1].1.as_deref(), after[1].2), (Some("Физика"), false));
 }
+
+async fn all_subjects(c: &tokio_postgres::Client) -> Vec<(String, Option<String>, bool, i64, i64, String)> {
+    c.query(
+        "SELECT key, name, deleted, source_commit_lsn, source_lsn, event_id FROM showcase.subject ORDER BY key",
+        &[],
+    )
+    .await
+    .unwrap()
+    .iter()
+    .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5)))
+    .collect()
+}
+
+/// The bulk insert (with its fallback to the upsert when a row exists) and
+/// the split between parallel writers leave the showcase as applying the
+/// same events in small upserted batches does.
+#[tokio::test]
+async fn bulk_and_split_apply_equal_small_upserted_batches() {
+    use vitrina::showcase::apply::{apply_on, Bulk};
+    let split_cfg = common::fresh_db("t_show_split").await;
+    let single_cfg = common::fresh_db("t_show_small").await;
+    let mut home = vitrina::pg::connect(&split_cfg).await.unwrap();
+    showcase::migrate(&home, showcase::SCHEMA).await.unwrap();
+    let mut writers = vec![
+        vitrina::pg::connect(&split_cfg).await.unwrap(),
+        vitrina::pg::connect(&split_cfg).await.unwrap(),
+    ];
+    let mut single = vitrina::pg::connect(&single_cfg).await.unwrap();
+    showcase::migrate(&single, showcase::SCHEMA).await.unwrap();
+
+    // 1,200 new rows; the same again (the bulk insert meets them all);
+    // then newer versions of half, deletes of a tenth, 300 new rows and a
+    // truncate followed by a few rows.
+    let load: Vec<Event> = (1..=1200)
+        .map(|k| subject(k, &format!("n{k}"), 1000, 1000 + k as u64, Op::Read))
+        .collect();
+    let mut later: Vec<Event> = (1..=600)
+        .map(|k| subject(k, &format!("m{k}"), 2000, 2000 + k as u64, Op::Update))
+        .chain((1..=120).map(|k| subject(k * 10, "", 3000, 3000 + k as u64, Op::Delete)))
+        .chain((1201..=1500).map(|k| subject(k, &format!("n{k}"), 3500, 3500 + k as u64, Op::Create)))
+        .collect();
+    let mut last: Vec<Event> = vec![subject(0, "", 5000, 5000, Op::Truncate)];
+    last.extend((1..=700).map(|k| subject(k * 2, &format!("t{k}"), 6000, 6000 + k as u64, Op::Create)));
+    later.reverse(); // order within a batch does not matter: positions do
+    let batches = [load.clone(), load, later, last];
+
+    let mut bulk = Bulk::default();
+    let mut offset = 0i64;
+    for (i, b) in batches.iter().enumerate() {
+        offset += b.len() as i64;
+        let a = apply_on(
+            &mut home,
+            &mut writers,
+            showcase::SCHEMA,
+            b,
+            &[],
+            (&[("t".to_string(), 0, offset)], &[]),
+            &mut bulk,
+        )
+        .await
+        .unwrap_or_else(|e| panic!("batch {i}: {e}"));
+        if i == 1 {
+            assert_eq!(a.written, 0, "the same rows again change nothing");
+        }
+        for chunk in b.chunks(100) {
+            apply_batch(&mut single, showcase::SCHEMA, chunk, &[]).await.unwrap();
+        }
+    }
+    let got = all_subjects(&home).await;
+    assert_eq!(got.len(), 1500);
+    assert_eq!(got, all_subjects(&single).await);
+    let next: i64 = home
+        .query_one("SELECT next_offset FROM showcase.consumer_offsets WHERE topic = 't'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(next, offset, "offsets recorded after the writers' rows");
+}

@@ -264,6 +264,14 @@ impl Projection {
                 writers.push(pg::connect(&showcase_db.config()).await?);
             }
         }
+        // The apply statements are planned as costly (large arrays), so
+        // PostgreSQL would compile each with JIT, anew for every batch:
+        // time spent before each statement runs, never recovered.
+        for c in std::iter::once(&client).chain(&writers) {
+            c.batch_execute("SET jit = off")
+                .await
+                .map_err(PgError::query("turning JIT off for the apply sessions"))?;
+        }
         Ok(Projection {
             source: Source {
                 consumer,

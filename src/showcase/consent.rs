@@ -121,10 +121,12 @@ CREATE INDEX IF NOT EXISTS consent_student_idx ON {schema}.consent (student_id);
 );
 ALTER TABLE {table} ADD COLUMN IF NOT EXISTS detail_offset bigint NOT NULL DEFAULT -1;
 CREATE INDEX IF NOT EXISTS {e}_student_idx ON {schema}.{e} (student_id);
+CREATE INDEX IF NOT EXISTS {e}_medical_student_idx ON {schema}.{e} (student_id) WHERE NOT deleted{partial};
 ",
             table = m.private_table(schema),
             e = m.entity,
-            cols = cols.join(",\n")
+            cols = cols.join(",\n"),
+            partial = m.when.map(|(f, v)| format!(" AND {f} = '{v}'")).unwrap_or_default(),
         ));
     }
     out
@@ -214,19 +216,31 @@ pub fn refresh_sql(m: &Medical, schema: &str) -> String {
             .map(|(f, v)| format!("AND {t}.{f} = '{v}'"))
             .unwrap_or_default()
     };
+    // The rows to recompute are joined to the key and student arrays as
+    // sets (unnest), not filtered by `= ANY(array)`: as a filter, that
+    // compares every scanned row with every element of the array, which
+    // at ten times the demo region (thousands of keys per batch of the
+    // initial load) took 25-40 s per statement.
     format!(
-        "UPDATE {schema}.{e} s SET {sets}
-         FROM (
+        "WITH k AS (
+           SELECT unnest($2::text[]) AS key
+           UNION
+           SELECT a.key FROM {schema}.{e} a JOIN unnest($1::bigint[]) AS st(id) ON a.student_id = st.id
+             WHERE NOT a.deleted {when}
+           UNION
+           SELECT a.key FROM {schema}.{e} a WHERE $1::bigint[] IS NULL AND NOT a.deleted {when}),
+         v AS MATERIALIZED (
            SELECT a.key, {shown}
-           FROM {schema}.{e} a
+           FROM k
+           JOIN {schema}.{e} a ON a.key = k.key
            JOIN {private} p ON p.key = a.key
            CROSS JOIN LATERAL (SELECT EXISTS (
                SELECT 1 FROM {schema}.consent c
                WHERE c.student_id = a.student_id AND c.kind = '{CONSENT_KIND}'
                  AND c.status = 'granted' AND NOT c.deleted) AS granted) ok
-           WHERE NOT a.deleted {when}
-             AND ($1::bigint[] IS NULL OR a.student_id = ANY($1::bigint[]) OR a.key = ANY($2::text[]))
-         ) v
+           WHERE NOT a.deleted {when})
+         UPDATE {schema}.{e} s SET {sets}
+         FROM v
          WHERE s.key = v.key AND NOT s.deleted {when_s} AND ({cur}) IS DISTINCT FROM ({new})",
         e = m.entity,
         private = m.private_table(schema),
