@@ -654,7 +654,9 @@ async fn a_change_committed_at_the_snapshot_point_wins_over_the_snapshot_row() {
     assert_eq!((after[1].1.as_deref(), after[1].2), (Some("Физика"), false));
 }
 
-async fn all_subjects(c: &tokio_postgres::Client) -> Vec<(String, Option<String>, bool, i64, i64, String)> {
+async fn all_subjects(
+    c: &tokio_postgres::Client,
+) -> Vec<(String, Option<String>, bool, i64, i64, String)> {
     c.query(
         "SELECT key, name, deleted, source_commit_lsn, source_lsn, event_id FROM showcase.subject ORDER BY key",
         &[],
@@ -692,10 +694,14 @@ async fn bulk_and_split_apply_equal_small_upserted_batches() {
     let mut later: Vec<Event> = (1..=600)
         .map(|k| subject(k, &format!("m{k}"), 2000, 2000 + k as u64, Op::Update))
         .chain((1..=120).map(|k| subject(k * 10, "", 3000, 3000 + k as u64, Op::Delete)))
-        .chain((1201..=1500).map(|k| subject(k, &format!("n{k}"), 3500, 3500 + k as u64, Op::Create)))
+        .chain(
+            (1201..=1500).map(|k| subject(k, &format!("n{k}"), 3500, 3500 + k as u64, Op::Create)),
+        )
         .collect();
     let mut last: Vec<Event> = vec![subject(0, "", 5000, 5000, Op::Truncate)];
-    last.extend((1..=700).map(|k| subject(k * 2, &format!("t{k}"), 6000, 6000 + k as u64, Op::Create)));
+    last.extend(
+        (1..=700).map(|k| subject(k * 2, &format!("t{k}"), 6000, 6000 + k as u64, Op::Create)),
+    );
     later.reverse(); // order within a batch does not matter: positions do
     let batches = [load.clone(), load, later, last];
 
@@ -718,14 +724,19 @@ async fn bulk_and_split_apply_equal_small_upserted_batches() {
             assert_eq!(a.written, 0, "the same rows again change nothing");
         }
         for chunk in b.chunks(100) {
-            apply_batch(&mut single, showcase::SCHEMA, chunk, &[]).await.unwrap();
+            apply_batch(&mut single, showcase::SCHEMA, chunk, &[])
+                .await
+                .unwrap();
         }
     }
     let got = all_subjects(&home).await;
     assert_eq!(got.len(), 1500);
     assert_eq!(got, all_subjects(&single).await);
     let next: i64 = home
-        .query_one("SELECT next_offset FROM showcase.consumer_offsets WHERE topic = 't'", &[])
+        .query_one(
+            "SELECT next_offset FROM showcase.consumer_offsets WHERE topic = 't'",
+            &[],
+        )
         .await
         .unwrap()
         .get(0);

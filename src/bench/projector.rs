@@ -49,6 +49,26 @@ pub struct RateRun {
     pub median_all_visible_after_s: f64,
 }
 
+impl RateRun {
+    /// One run's figures: achieved rate, latencies (seconds), and the
+    /// seconds until everything was visible after the workload ended.
+    fn record(&mut self, n: u32, achieved: f64, mut l: Vec<f64>, all_visible: f64) {
+        l.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        let (p50, p99) = (percentile(&l, 0.5) * 1e3, percentile(&l, 0.99) * 1e3);
+        let max = l.last().copied().unwrap_or(0.0) * 1e3;
+        eprintln!(
+            "bench: {}/s run {n}: achieved {achieved:.0}/s, {} events, commit → visible p50 {p50:.0} ms, p99 {p99:.0} ms, max {max:.0} ms; all visible {all_visible:.1} s after the workload ended",
+            self.target,
+            l.len()
+        );
+        self.max_ms.push(max);
+        self.all_visible_after_s.push(all_visible);
+        self.achieved.push(achieved);
+        self.p50_ms.push(p50);
+        self.p99_ms.push(p99);
+    }
+}
+
 pub struct ProjectorKnobs {
     pub runs: u32,
     pub seconds: u64,
@@ -165,21 +185,8 @@ pub async fn projector(cfg: &Config, knobs: &ProjectorKnobs) -> Result<Projector
                 return Err(fail(format!("{e}: {:?}", (&mut projector).await)));
             }
             let all_visible = ended.elapsed().as_secs_f64();
-            let mut l = std::mem::take(&mut *lat.lock().unwrap());
-            l.sort_by(|a, b| a.partial_cmp(b).unwrap());
-            let (p50, p99) = (percentile(&l, 0.5) * 1e3, percentile(&l, 0.99) * 1e3);
-            let max = l.last().copied().unwrap_or(0.0) * 1e3;
-            eprintln!(
-                "bench: {rate}/s run {}: achieved {:.0}/s, {} events, commit → visible p50 {p50:.0} ms, p99 {p99:.0} ms, max {max:.0} ms; all visible {all_visible:.1} s after the workload ended",
-                r + 1,
-                rep.changes_per_second,
-                l.len()
-            );
-            run.max_ms.push(max);
-            run.all_visible_after_s.push(all_visible);
-            run.achieved.push(rep.changes_per_second);
-            run.p50_ms.push(p50);
-            run.p99_ms.push(p99);
+            let l = std::mem::take(&mut *lat.lock().unwrap());
+            run.record(r + 1, rep.changes_per_second, l, all_visible);
         }
         run.median_p50_ms = median(&mut run.p50_ms.clone());
         run.median_p99_ms = median(&mut run.p99_ms.clone());

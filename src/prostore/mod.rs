@@ -25,8 +25,8 @@ pub mod feed;
 use apache_avro::types::Value;
 use apache_avro::Schema;
 
-use crate::events::contract::{Class, Entity, Ty, ENTITIES};
 use crate::events::codec::{put_long, put_str, put_val};
+use crate::events::contract::{Class, Entity, Ty, ENTITIES};
 use crate::events::{Event, Op, Val};
 
 /// The upload topic of `entity`'s table: `<prefix>.prostore.<entity>`.
@@ -405,7 +405,12 @@ mod tests {
             let direct = encode_ocf(e, &s, &rows).unwrap();
             let ours = read(direct.clone());
             assert_eq!(ours.len(), rows.len(), "{}", e.name);
-            assert_eq!(ours, read(encode_ocf_reference(e, &s, &rows).unwrap()), "{}", e.name);
+            assert_eq!(
+                ours,
+                read(encode_ocf_reference(e, &s, &rows).unwrap()),
+                "{}",
+                e.name
+            );
             let marker = &direct[direct.len() - 16..];
             let blocks = direct.windows(16).filter(|w| *w == marker).count() - 1;
             assert!(blocks > 1, "{}: {blocks} data blocks", e.name);
