@@ -36,10 +36,13 @@ pub(crate) fn fail(e: impl std::fmt::Display) -> BenchError {
     BenchError::Failed(e.to_string())
 }
 
+/// The median; NaN for no values (a stage not run, e.g. `--replays 0`).
 pub(crate) fn median(v: &mut [f64]) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     let n = v.len();
-    if n % 2 == 1 {
+    if n == 0 {
+        f64::NAN
+    } else if n % 2 == 1 {
         v[n / 2]
     } else {
         (v[n / 2 - 1] + v[n / 2]) / 2.0

@@ -154,6 +154,9 @@ impl fmt::Display for ProjectorBench {
                 .map(|r| format!("{r}/s"))
                 .unwrap_or_else(|| "none".into())
         )?;
+        if b.replay_events_per_s.is_empty() {
+            return Ok(());
+        }
         writeln!(
             f,
             "  replay of {} events: median {:.0} events/s end to end, {:.0} events/s while applying (target ≥ 50,000)",
