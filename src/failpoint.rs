@@ -15,6 +15,7 @@
 //! | `capture-producer-fatal` | capture, producing a message | the producer's fatal error (librdkafka's test hook) at the ARG-th message, once per process |
 //! | `prostore-crash-before-commit` | ProStore feed, a delta's messages written | aborts after ARG messages, before the commit |
 //! | `rdm-crash-after-send` | RDM client, a file accepted | aborts |
+//! | `projector-crash-before-offsets` | projector, a batch's writers committed, its offsets not | aborts at the ARG-th such batch |
 
 /// Evaluates failpoint `$name`: `Some(ARG)` when a test armed it with
 /// `return(ARG)` (`Some("")` for a bare `return`), else `None`. Its other

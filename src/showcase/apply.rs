@@ -474,6 +474,14 @@ pub async fn apply_on(
             applied.add(&a);
             outcomes.extend(o);
         }
+        // The writers committed; the offsets have not.
+        if let Some(n) = crate::failpoint!("projector-crash-before-offsets") {
+            static BATCHES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+            let seen = BATCHES.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+            if seen >= n.parse::<u64>().unwrap_or(1) {
+                crate::failpoint::crash();
+            }
+        }
     }
     record_positions(&tx, schema, offsets, watermarks).await?;
     tx.commit()
