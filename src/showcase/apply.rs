@@ -171,9 +171,10 @@ fn insert_sql(schema: &str, e: &Entity, upsert: bool) -> String {
 const BULK_MIN_ROWS: usize = 500;
 
 /// The bulk path of a catch-up: an entity's rows of a batch are first
-/// inserted plainly (no conflict check: about a third less PostgreSQL CPU
-/// than the upsert, measured), inside a savepoint; if one of them exists
-/// already the insert fails as a whole, is rolled back to the savepoint
+/// inserted plainly, inside a savepoint (no conflict check: about a
+/// quarter less PostgreSQL time than the upsert; measured on 2 million
+/// rows, 10.4 s against 13.9 s); if one of them exists already the
+/// insert fails as a whole, is rolled back to the savepoint
 /// and the rows are upserted instead. Rows new to the showcase (an initial
 /// load, a replay into an empty shadow) take the bulk path; an entity
 /// whose insert conflicted skips it for the next 2, 4, … 64 batches, so
