@@ -55,6 +55,8 @@ pub struct Registry {
     by_fingerprint: HashMap<[u8; 8], usize>,
     older: HashMap<[u8; 8], Older>,
     writers: HashMap<&'static str, GenericSingleObjectWriter>,
+    /// The watermark's schema, for the tests' reference reader.
+    #[cfg(test)]
     watermark: Schema,
     watermark_fp: [u8; 8],
     watermark_writer: GenericSingleObjectWriter,
@@ -116,6 +118,7 @@ impl Registry {
             known,
             by_fingerprint,
             writers,
+            #[cfg(test)]
             watermark,
             watermark_fp,
             watermark_writer,
@@ -167,53 +170,52 @@ impl Registry {
         self.decode(bytes).map(Message::Event)
     }
 
-    /// The watermark through apache-avro's generic reader (reference).
+    /// The watermark through apache-avro's generic reader (the tests'
+    /// reference).
+    #[cfg(test)]
     pub fn decode_watermark_reference(&self, bytes: &[u8]) -> Result<Watermark, CodecError> {
-        {
-            let mut body = &bytes[10..];
-            let v =
-                apache_avro::from_avro_datum(&self.watermark, &mut body, None).map_err(|e| {
-                    CodecError::Body {
-                        schema: "Watermark".into(),
-                        message: e.to_string(),
-                    }
-                })?;
-            let Value::Record(fields) = v else {
+        let mut body = &bytes[10..];
+        let v = apache_avro::from_avro_datum(&self.watermark, &mut body, None).map_err(|e| {
+            CodecError::Body {
+                schema: "Watermark".into(),
+                message: e.to_string(),
+            }
+        })?;
+        let Value::Record(fields) = v else {
+            return Err(CodecError::Body {
+                schema: "Watermark".into(),
+                message: "not a record".into(),
+            });
+        };
+        let mut m: HashMap<String, Value> = fields.into_iter().collect();
+        let mut long = |k: &str| match m.remove(k) {
+            Some(Value::Long(x)) | Some(Value::TimestampMicros(x)) => Ok(x),
+            Some(Value::Int(x)) => Ok(x as i64),
+            other => Err(CodecError::Body {
+                schema: "Watermark".into(),
+                message: format!("{k}: {other:?}"),
+            }),
+        };
+        let commit_lsn = long("commit_lsn")? as u64;
+        let commit_time_micros = long("commit_time")?;
+        let emitted_at_micros = long("emitted_at")?;
+        let partition = long("partition")? as i32;
+        let capture = match m.remove("capture") {
+            Some(Value::String(s)) => s,
+            other => {
                 return Err(CodecError::Body {
                     schema: "Watermark".into(),
-                    message: "not a record".into(),
-                });
-            };
-            let mut m: HashMap<String, Value> = fields.into_iter().collect();
-            let mut long = |k: &str| match m.remove(k) {
-                Some(Value::Long(x)) | Some(Value::TimestampMicros(x)) => Ok(x),
-                Some(Value::Int(x)) => Ok(x as i64),
-                other => Err(CodecError::Body {
-                    schema: "Watermark".into(),
-                    message: format!("{k}: {other:?}"),
-                }),
-            };
-            let commit_lsn = long("commit_lsn")? as u64;
-            let commit_time_micros = long("commit_time")?;
-            let emitted_at_micros = long("emitted_at")?;
-            let partition = long("partition")? as i32;
-            let capture = match m.remove("capture") {
-                Some(Value::String(s)) => s,
-                other => {
-                    return Err(CodecError::Body {
-                        schema: "Watermark".into(),
-                        message: format!("capture: {other:?}"),
-                    })
-                }
-            };
-            Ok(Watermark {
-                capture,
-                commit_lsn,
-                commit_time_micros,
-                emitted_at_micros,
-                partition,
-            })
-        }
+                    message: format!("capture: {other:?}"),
+                })
+            }
+        };
+        Ok(Watermark {
+            capture,
+            commit_lsn,
+            commit_time_micros,
+            emitted_at_micros,
+            partition,
+        })
     }
 
     /// (entity, fingerprint as hex) for every schema, e.g. for `vitrina schemas`.
@@ -276,71 +278,67 @@ impl Registry {
         Ok(out)
     }
 
-    /// [`Registry::decode`] through apache-avro's generic reader (reference).
+    /// [`Registry::decode`] through apache-avro's generic reader (the
+    /// tests' reference for the direct reader).
+    #[cfg(test)]
     pub fn decode_reference(&self, bytes: &[u8]) -> Result<Event, CodecError> {
-        let fp: [u8; 8] = bytes
-            .get(2..10)
-            .and_then(|b| b.try_into().ok())
-            .ok_or(CodecError::NotSingleObject { len: bytes.len() })?;
-        let i = self
-            .by_fingerprint
-            .get(&fp)
-            .ok_or_else(|| CodecError::UnknownSchema {
-                fingerprint: hex8(&fp),
-            })?;
-        let k = &self.known[*i];
-        let value =
-            apache_avro::from_avro_datum(&k.schema, &mut &bytes[10..], None).map_err(|e| {
-                CodecError::Body {
-                    schema: k.entity.record.to_string(),
-                    message: e.to_string(),
-                }
-            })?;
-        from_value(k.entity, value).map_err(|message| CodecError::Body {
-            schema: k.entity.record.to_string(),
-            message,
-        })
+        let (k, writer) = self.resolve(bytes)?;
+        decode_generic(k, writer, &bytes[10..])
     }
 
     /// Decodes a single-object message with whichever known schema its
     /// fingerprint names.
     pub fn decode(&self, bytes: &[u8]) -> Result<Event, CodecError> {
+        let (k, writer) = self.resolve(bytes)?;
+        match writer {
+            // The current schema: read directly (the projector's hot path;
+            // the tests check it against apache-avro's reader).
+            None => read_event(k.entity, &bytes[10..]).map_err(|message| CodecError::Body {
+                schema: k.entity.record.to_string(),
+                message,
+            }),
+            Some(_) => decode_generic(k, writer, &bytes[10..]),
+        }
+    }
+
+    /// The schema a message names: a current one, or an older writer
+    /// schema with the current one it resolves into.
+    fn resolve(&self, bytes: &[u8]) -> Result<(&Known, Option<&Schema>), CodecError> {
         if bytes.len() < 10 || bytes[..2] != MAGIC {
             return Err(CodecError::NotSingleObject { len: bytes.len() });
         }
         let fp: [u8; 8] = bytes[2..10].try_into().expect("8 bytes");
-        let (k, writer) = match self.by_fingerprint.get(&fp) {
-            Some(i) => (&self.known[*i], None),
+        match self.by_fingerprint.get(&fp) {
+            Some(i) => Ok((&self.known[*i], None)),
             None => match self.older.get(&fp) {
-                Some(o) => (&self.known[o.known], Some(&o.writer)),
-                None => {
-                    return Err(CodecError::UnknownSchema {
-                        fingerprint: hex8(&fp),
-                    })
-                }
+                Some(o) => Ok((&self.known[o.known], Some(&o.writer))),
+                None => Err(CodecError::UnknownSchema {
+                    fingerprint: hex8(&fp),
+                }),
             },
-        };
-        let mut body = &bytes[10..];
-        let value = match writer {
-            // The current schema: read directly (the projector's hot path;
-            // the tests check it against apache-avro's reader).
-            None => {
-                return read_event(k.entity, body).map_err(|message| CodecError::Body {
-                    schema: k.entity.record.to_string(),
-                    message,
-                })
-            }
-            Some(w) => apache_avro::from_avro_datum(w, &mut body, Some(&k.schema)),
         }
-        .map_err(|e| CodecError::Body {
-            schema: k.entity.record.to_string(),
-            message: e.to_string(),
-        })?;
-        from_value(k.entity, value).map_err(|message| CodecError::Body {
-            schema: k.entity.record.to_string(),
-            message,
-        })
     }
+}
+
+/// An event body through apache-avro's generic reader, written in `k`'s
+/// schema or in an older `writer` schema resolved into it.
+fn decode_generic(
+    k: &Known,
+    writer: Option<&Schema>,
+    mut body: &[u8],
+) -> Result<Event, CodecError> {
+    let value = match writer {
+        None => apache_avro::from_avro_datum(&k.schema, &mut body, None),
+        Some(w) => apache_avro::from_avro_datum(w, &mut body, Some(&k.schema)),
+    }
+    .map_err(|e| CodecError::Body {
+        schema: k.entity.record.to_string(),
+        message: e.to_string(),
+    })?;
+    from_value(k.entity, value).map_err(|message| CodecError::Body {
+        schema: k.entity.record.to_string(),
+        message,
+    })
 }
 
 impl Default for Registry {

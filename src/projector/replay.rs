@@ -150,7 +150,7 @@ pub async fn run(
     let batch = cfg.projector.catch_up_batch_size;
     let mut report = catch_up(&mut p, batch, &cancel).await?;
     let t_logged = Instant::now();
-    set_logged(&admin, true).await?;
+    make_logged(&admin).await?;
     tracing::info!(
         seconds = t_logged.elapsed().as_secs_f64(),
         "shadow made durable (SET LOGGED)"
@@ -352,8 +352,10 @@ fn strip_medical_sql() -> String {
         .collect()
 }
 
-/// Every table of the shadow (and its private schema) LOGGED or UNLOGGED.
-async fn set_logged(c: &tokio_postgres::Client, logged: bool) -> Result<(), ProjectorError> {
+/// Every table of the shadow (and its private schema) LOGGED: a no-op for
+/// a shadow built by this release, a rewrite of one an earlier release
+/// left unlogged.
+async fn make_logged(c: &tokio_postgres::Client) -> Result<(), ProjectorError> {
     let rows = c
         .query(
             "SELECT format('%I.%I', n.nspname, t.relname) FROM pg_class t JOIN pg_namespace n ON n.oid = t.relnamespace
@@ -364,12 +366,9 @@ async fn set_logged(c: &tokio_postgres::Client, logged: bool) -> Result<(), Proj
         .map_err(PgError::query("listing the shadow tables"))?;
     for r in rows {
         let t: String = r.get(0);
-        c.batch_execute(&format!(
-            "ALTER TABLE {t} SET {}",
-            if logged { "LOGGED" } else { "UNLOGGED" }
-        ))
-        .await
-        .map_err(PgError::query(format!("making {t} (un)logged")))?;
+        c.batch_execute(&format!("ALTER TABLE {t} SET LOGGED"))
+            .await
+            .map_err(PgError::query(format!("making {t} logged")))?;
     }
     Ok(())
 }

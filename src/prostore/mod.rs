@@ -22,6 +22,7 @@
 
 pub mod feed;
 
+#[cfg(test)]
 use apache_avro::types::Value;
 use apache_avro::Schema;
 
@@ -198,6 +199,7 @@ fn redact(e: &Entity, mut values: Vec<Val>) -> Vec<Val> {
     values
 }
 
+#[cfg(test)]
 fn avro_value(v: &Val) -> Value {
     let inner = match v {
         Val::Null => return Value::Union(0, Box::new(Value::Null)),
@@ -308,6 +310,7 @@ const OCF_BLOCK_BYTES: usize = 64 * 1024;
 
 /// [`encode_ocf`] through apache-avro's generic writer (the tests'
 /// reference).
+#[cfg(test)]
 pub fn encode_ocf_reference(e: &Entity, schema: &Schema, rows: &[Row]) -> Result<Vec<u8>, String> {
     let marker = sync_marker(e, rows);
     let mut out = Vec::with_capacity(rows.len() * 128 + 1024);
