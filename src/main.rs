@@ -10,6 +10,12 @@ use vitrina::error::{supervise, Backoff};
 use vitrina::stack::{render_services, Stack};
 use vitrina::{devtools, pg};
 
+/// mimalloc rather than glibc's malloc: capture's per-record path allocates
+/// a few dozen small blocks per change, and glibc's malloc/free were about
+/// 15 % of its samples in a `perf` profile (docs/capture.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "vitrina",

@@ -30,6 +30,7 @@
 //!   to every partition of every topic, and its commit is confirmed, so the
 //!   slot advances on a quiet journal.
 
+pub mod acks;
 pub mod gate;
 pub mod heartbeat;
 pub mod initial_load;
@@ -387,15 +388,43 @@ impl Capture {
         // The producer comes after the topics exist (made before them, it
         // was seen to deliver its first messages seconds late).
         kafka::provision(&self.kafka, &topic_needs(&mapping, cfg)).await?;
-        let producer = kafka::producer(
+        // Capture's records are numbered and acknowledged by delivery
+        // report (super::acks); the load state waits for its own records.
+        let tracker = acks::Tracker::new(self.progress.clone());
+        let producer: acks::SeqProducer = kafka::producer_config(
             &self.kafka,
             c.linger_ms,
             &c.compression,
             c.max_message_bytes,
-        )?;
+        )
+        .create_with_context(acks::SeqContext {
+            tracker: tracker.clone(),
+        })
+        .map_err(|source| kafka::KafkaError::Client {
+            brokers: self.kafka.brokers.clone(),
+            source,
+        })?;
+        // The load state's records need no idempotence: one record in
+        // flight at a time keeps them in order, a retried duplicate is the
+        // same state, and an idempotent producer's first delivery waits for
+        // its producer id (about 0.5-1.2 s measured), which the state read
+        // at every start would wait for.
+        let state_producer: kafka::Producer = kafka::producer_config(
+            &self.kafka,
+            c.linger_ms,
+            &c.compression,
+            c.max_message_bytes,
+        )
+        .set("enable.idempotence", "false")
+        .set("max.in.flight.requests.per.connection", "1")
+        .create_with_context(kafka::Context)
+        .map_err(|source| kafka::KafkaError::Client {
+            brokers: self.kafka.brokers.clone(),
+            source,
+        })?;
         let load_state = load_state::LoadStateStore::new(
             &self.kafka,
-            &producer,
+            &state_producer,
             &c.topic_prefix,
             &c.slot,
             cfg.state_dir
@@ -413,17 +442,21 @@ impl Capture {
                 .map_err(CaptureError::Replication)?;
 
         let (tx, rx) = mpsc::channel::<Ack>(c.max_in_flight);
-        let in_flight = Arc::new(AtomicI64::new(0));
+        let next_seq = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let last_commit_time = Arc::new(AtomicI64::new(chrono::Utc::now().timestamp_micros()));
         let acker_task = tokio::spawn(publisher::acker(
             rx,
+            tracker.clone(),
+            next_seq.clone(),
             stream.shared_lsn_feedback.clone(),
-            in_flight.clone(),
             last_commit_time.clone(),
             self.progress.clone(),
         ));
         let publisher = Publisher {
-            producer: producer.clone(),
+            producer,
+            tracker,
+            next_seq,
+            max_in_flight: c.max_in_flight as u64,
             registry: Registry::new(),
             acks: tx,
             prefix: c.topic_prefix.clone(),
@@ -436,7 +469,6 @@ impl Capture {
             counts,
             partitioner: kafka::Partitioner::of(&cfg.kafka.partitioner)
                 .expect("kafka.partitioner is validated"),
-            in_flight: in_flight.clone(),
             detail_topic: kafka::detail_topic(&c.topic_prefix),
             last_commit: 0,
             max_message_bytes: c.max_message_bytes,

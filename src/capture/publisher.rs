@@ -1,19 +1,20 @@
 //! The publisher and the acker: events go to Kafka in the order they are
 //! produced, and the acker confirms a transaction's end LSN to the slot only
-//! after every delivery before it is acknowledged.
+//! after every record produced before its commit is acknowledged.
 //!
 //! ```text
-//!   stream loop ──produce──▶ rdkafka (idempotent, acks=all)
-//!        │ enqueue, in order: Delivery … Delivery, Commit(end_lsn)
-//!        ▼
-//!   acker: await each delivery in turn ──▶ Commit: confirm end_lsn to the slot, publish progress
+//!   stream loop ──produce(record n)──▶ rdkafka (idempotent, acks=all) ──report n──▶ Tracker
+//!        │ enqueue, in order: Commit(end_lsn, upto = next n)                  │ low
+//!        ▼                                                                     ▼
+//!   acker: wait until low ≥ upto ──▶ confirm end_lsn to the slot, publish progress
 //! ```
 //!
 //! Invariants:
 //! - An LSN is confirmed only after Kafka acknowledged every event, dead
-//!   letter and watermark enqueued before its commit marker.
-//! - At most `capture.max_in_flight` acknowledgements wait; `enqueue` blocks
-//!   the stream loop when the acker is behind (backpressure).
+//!   letter and watermark produced before its commit marker (records are
+//!   numbered as produced; see [`super::acks`]).
+//! - At most `capture.max_in_flight` records wait for acknowledgement;
+//!   producing waits for room when Kafka is behind (backpressure).
 //! - A dead letter carries names of columns and positions, never values.
 //! - While the gate has consent changes waiting for their flip
 //!   ([`Publisher::hold`]), commit markers wait here, in order, and reach the
@@ -26,26 +27,27 @@ use std::time::Duration;
 
 use pg_walstream::SharedLsnFeedback;
 use rdkafka::error::{KafkaError as RdKafkaError, RDKafkaErrorCode};
-use rdkafka::producer::{DeliveryFuture, FutureRecord};
+use rdkafka::producer::BaseRecord;
 use tokio::sync::{broadcast, mpsc};
 
+use super::acks::{self, SeqProducer, Tag, Tracker};
 use super::CaptureError;
 use crate::events::codec::Registry;
-use crate::events::{Detail, Event, Op, Watermark};
+use crate::events::{Detail, Event, Watermark};
 use crate::kafka;
 use crate::lsn;
 use crate::observability as obs;
 
-/// Something the acker must see, in production order.
+/// Something the acker must see, in production order: it waits until every
+/// record numbered below `upto` is acknowledged.
 pub(super) enum Ack {
-    Delivery(DeliveryFuture, &'static str, Op),
-    Other(DeliveryFuture),
     Commit {
         end_lsn: u64,
         commit_time_micros: i64,
+        upto: u64,
     },
-    /// Fires when everything enqueued before it is acknowledged.
-    Mark(tokio::sync::oneshot::Sender<()>),
+    /// Fires when everything produced before it is acknowledged.
+    Mark(tokio::sync::oneshot::Sender<()>, u64),
 }
 
 /// A change that could not become an event, as written to the dead-letter
@@ -71,7 +73,13 @@ pub struct DeadLetter {
 
 /// Owns the producer and the order of everything sent.
 pub struct Publisher {
-    pub(super) producer: kafka::Producer,
+    pub(super) producer: SeqProducer,
+    /// Acknowledgements by record number (the producer's context holds it).
+    pub(super) tracker: Arc<Tracker>,
+    /// The number the next record gets.
+    pub(super) next_seq: Arc<AtomicU64>,
+    /// `capture.max_in_flight`.
+    pub(super) max_in_flight: u64,
     pub(super) registry: Registry,
     pub(super) acks: mpsc::Sender<Ack>,
     pub(super) prefix: String,
@@ -85,7 +93,6 @@ pub struct Publisher {
     /// The counts as re-read from the cluster.
     pub(super) counts: tokio::sync::watch::Receiver<HashMap<String, i32>>,
     pub(super) partitioner: kafka::Partitioner,
-    pub(super) in_flight: Arc<AtomicI64>,
     /// The restricted topic (medical detail under consent).
     pub(super) detail_topic: String,
     /// End LSN of the last commit handed to the acker.
@@ -114,13 +121,21 @@ impl Default for DetailCounters {
 }
 
 impl Publisher {
+    /// Produces one record, numbered for the acker; waits for room when
+    /// `capture.max_in_flight` records are unacknowledged.
     async fn produce(
         &self,
         topic: &str,
         key: &str,
         payload: Option<&[u8]>,
         partition: Option<i32>,
-    ) -> Result<DeliveryFuture, CaptureError> {
+        tag: Tag,
+    ) -> Result<(), CaptureError> {
+        self.tracker.check()?;
+        let seq = self.next_seq.load(Ordering::Relaxed);
+        if seq - self.tracker.low() >= self.max_in_flight {
+            self.tracker.room(seq + 1 - self.max_in_flight).await?;
+        }
         // No payload: a tombstone (compaction erases the key).
         // Every record names its partition: a keyed one by the
         // partitioner over the counts broadcasts use.
@@ -128,8 +143,10 @@ impl Publisher {
             let n = self.partitions.get(topic).copied().unwrap_or(1);
             self.partitioner.partition(key.as_bytes(), n)
         });
-        let mut record: FutureRecord<'_, str, [u8]> =
-            FutureRecord::to(topic).key(key).partition(partition);
+        let mut record: BaseRecord<'_, str, [u8], usize> =
+            BaseRecord::with_opaque_to(topic, acks::opaque(seq, tag))
+                .key(key)
+                .partition(partition);
         if let Some(p) = payload {
             record = record.payload(p);
         }
@@ -137,10 +154,10 @@ impl Publisher {
             inject_fatal(&self.producer, after.parse().unwrap_or(1));
         }
         loop {
-            match self.producer.send_result(record) {
-                Ok(f) => {
-                    self.in_flight.fetch_add(1, Ordering::Relaxed);
-                    return Ok(f);
+            match self.producer.send(record) {
+                Ok(()) => {
+                    self.next_seq.store(seq + 1, Ordering::Relaxed);
+                    return Ok(());
                 }
                 Err((RdKafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
                     record = r;
@@ -252,13 +269,13 @@ impl Publisher {
             }
             Ok(bytes) => {
                 let topic = self.topic(e.entity.name);
-                let f = self
-                    .produce(topic, partition_key, Some(&bytes), None)
+                let tag = acks::event_tag(e.entity, e.op);
+                self.produce(topic, partition_key, Some(&bytes), None, tag)
                     .await?;
                 for q in &e.quality {
                     metrics::counter!(obs::CAPTURE_QUALITY_FLAGS, "entity" => e.entity.name, "flag" => q.clone()).increment(1);
                 }
-                self.enqueue(Ack::Delivery(f, e.entity.name, e.op)).await
+                Ok(())
             }
             Err(err) => {
                 let dl = self.dead(e, err.to_string(), "encode");
@@ -281,9 +298,10 @@ impl Publisher {
         };
         let topic = self.topic(e.entity.name);
         let n = self.partitions.get(topic).copied().unwrap_or(1);
+        let tag = acks::event_tag(e.entity, e.op);
         for p in 0..n {
-            let f = self.produce(topic, &e.key, Some(&bytes), Some(p)).await?;
-            self.enqueue(Ack::Delivery(f, e.entity.name, e.op)).await?;
+            self.produce(topic, &e.key, Some(&bytes), Some(p), tag)
+                .await?;
         }
         Ok(())
     }
@@ -294,10 +312,10 @@ impl Publisher {
         self.refresh_partitions()?;
         let bytes = self.registry.encode_detail(d);
         let key = Detail::kafka_key(d.entity.name, &d.key);
-        let topic = self.detail_topic.clone();
-        let f = self.produce(&topic, &key, Some(&bytes), None).await?;
+        self.produce(&self.detail_topic, &key, Some(&bytes), None, acks::OTHER)
+            .await?;
         self.sent.detail.increment(1);
-        self.enqueue(Ack::Other(f)).await
+        Ok(())
     }
 
     /// A tombstone (no value) for a row's detail on the restricted topic:
@@ -305,10 +323,10 @@ impl Publisher {
     pub async fn send_tombstone(&mut self, entity: &str, key: &str) -> Result<(), CaptureError> {
         self.refresh_partitions()?;
         let k = Detail::kafka_key(entity, key);
-        let topic = self.detail_topic.clone();
-        let f = self.produce(&topic, &k, None, None).await?;
+        self.produce(&self.detail_topic, &k, None, None, acks::OTHER)
+            .await?;
         self.sent.tombstone.increment(1);
-        self.enqueue(Ack::Other(f)).await
+        Ok(())
     }
 
     pub async fn dead_letter(&mut self, dl: DeadLetter) -> Result<(), CaptureError> {
@@ -316,10 +334,8 @@ impl Publisher {
         metrics::counter!(obs::CAPTURE_DEAD_LETTERS, "table" => dl.table.clone(), "kind" => dl.kind).increment(1);
         let payload = serde_json::to_vec(&dl).expect("dead letter serializes");
         let topic = kafka::dead_letter_topic(&self.prefix);
-        let f = self
-            .produce(&topic, &dl.table, Some(&payload), None)
-            .await?;
-        self.enqueue(Ack::Other(f)).await
+        self.produce(&topic, &dl.table, Some(&payload), None, acks::OTHER)
+            .await
     }
 
     pub async fn watermarks(
@@ -346,8 +362,8 @@ impl Publisher {
                     emitted_at_micros: now,
                     partition: p,
                 });
-                let f = self.produce(&topic, "", Some(&bytes), Some(p)).await?;
-                self.enqueue(Ack::Other(f)).await?;
+                self.produce(&topic, "", Some(&bytes), Some(p), acks::OTHER)
+                    .await?;
                 metrics::counter!(obs::CAPTURE_WATERMARKS).increment(1);
             }
         }
@@ -357,7 +373,8 @@ impl Publisher {
     /// A receiver that fires once everything sent so far is acknowledged.
     pub async fn mark(&self) -> Result<tokio::sync::oneshot::Receiver<()>, CaptureError> {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        self.enqueue(Ack::Mark(tx)).await?;
+        self.enqueue(Ack::Mark(tx, self.next_seq.load(Ordering::Relaxed)))
+            .await?;
         Ok(rx)
     }
 
@@ -382,6 +399,7 @@ impl Publisher {
         self.enqueue(Ack::Commit {
             end_lsn,
             commit_time_micros,
+            upto: self.next_seq.load(Ordering::Relaxed),
         })
         .await
     }
@@ -408,6 +426,7 @@ impl Publisher {
             self.enqueue(Ack::Commit {
                 end_lsn,
                 commit_time_micros,
+                upto: self.next_seq.load(Ordering::Relaxed),
             })
             .await?;
         }
@@ -420,6 +439,7 @@ impl Publisher {
             self.enqueue(Ack::Commit {
                 end_lsn,
                 commit_time_micros,
+                upto: self.next_seq.load(Ordering::Relaxed),
             })
             .await?;
         }
@@ -502,56 +522,32 @@ impl Progress {
     }
 }
 
-/// One delivery report: acknowledged, or the reason it is not.
-async fn delivered(f: DeliveryFuture) -> Result<(), CaptureError> {
-    match f.await {
-        Ok(Ok(_)) => Ok(()),
-        Ok(Err((e, _))) => Err(CaptureError::delivery(&e)),
-        Err(_) => Err(CaptureError::Delivery {
-            message: "delivery report lost (producer gone)".into(),
-            kind: crate::error::ErrorKind::Transient,
-        }),
-    }
-}
-
-/// Awaits deliveries in production order and confirms LSNs.
+/// Confirms commits in order, each once every record produced before it
+/// is acknowledged.
 pub(super) async fn acker(
     mut rx: mpsc::Receiver<Ack>,
+    tracker: Arc<Tracker>,
+    next_seq: Arc<AtomicU64>,
     feedback: Arc<SharedLsnFeedback>,
-    in_flight: Arc<AtomicI64>,
     last_commit_time: Arc<AtomicI64>,
     progress: Arc<Progress>,
 ) -> Result<(), CaptureError> {
-    // Metric handles looked up in the registry once, not per message.
-    let mut events: HashMap<(&'static str, Op), metrics::Counter> = HashMap::new();
     let ack_latency = metrics::histogram!(obs::CAPTURE_ACK_LATENCY);
     let transactions = metrics::counter!(obs::CAPTURE_TRANSACTIONS);
     let confirmed_lsn = metrics::gauge!(obs::CAPTURE_CONFIRMED_LSN);
     let in_flight_now = metrics::gauge!(obs::CAPTURE_IN_FLIGHT);
     while let Some(a) = rx.recv().await {
         match a {
-            Ack::Delivery(f, entity, op) => {
-                delivered(f).await?;
-                in_flight.fetch_sub(1, Ordering::Relaxed);
-                events
-                    .entry((entity, op))
-                    .or_insert_with(|| {
-                        metrics::counter!(obs::CAPTURE_EVENTS, "entity" => entity, "op" => op.symbol())
-                    })
-                    .increment(1);
-                progress.events.fetch_add(1, Ordering::Relaxed);
-            }
-            Ack::Other(f) => {
-                delivered(f).await?;
-                in_flight.fetch_sub(1, Ordering::Relaxed);
-            }
-            Ack::Mark(tx) => {
+            Ack::Mark(tx, upto) => {
+                tracker.acknowledged(upto).await?;
                 let _ = tx.send(());
             }
             Ack::Commit {
                 end_lsn,
                 commit_time_micros,
+                upto,
             } => {
+                tracker.acknowledged(upto).await?;
                 feedback.update_flushed_lsn(end_lsn);
                 feedback.update_applied_lsn(end_lsn);
                 progress.confirmed.fetch_max(end_lsn, Ordering::SeqCst);
@@ -570,7 +566,8 @@ pub(super) async fn acker(
                 confirmed_lsn.set(end_lsn as f64);
             }
         }
-        in_flight_now.set(in_flight.load(Ordering::Relaxed) as f64);
+        let produced = next_seq.load(Ordering::Relaxed);
+        in_flight_now.set(produced.saturating_sub(tracker.low()) as f64);
     }
     Ok(())
 }
@@ -578,7 +575,7 @@ pub(super) async fn acker(
 /// A fatal error of the idempotent producer, raised through librdkafka's
 /// own test hook once per process, at the `after`-th message (the
 /// `capture-producer-fatal` failpoint).
-fn inject_fatal(producer: &kafka::Producer, after: u64) {
+fn inject_fatal(producer: &SeqProducer, after: u64) {
     use rdkafka::producer::Producer as _;
     use std::sync::atomic::AtomicBool;
     static SEEN: AtomicI64 = AtomicI64::new(0);

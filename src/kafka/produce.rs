@@ -20,8 +20,24 @@ pub fn producer(
     compression: &str,
     max_message_bytes: usize,
 ) -> Result<Producer, KafkaError> {
-    kafka
-        .client_config()
+    producer_config(kafka, linger_ms, compression, max_message_bytes)
+        .create_with_context(Context)
+        .map_err(|source| KafkaError::Client {
+            brokers: kafka.brokers.clone(),
+            source,
+        })
+}
+
+/// The settings of [`producer`], for a producer with a context of its own
+/// (capture's, which counts acknowledgements by delivery report).
+pub fn producer_config(
+    kafka: &KafkaEndpoint,
+    linger_ms: u32,
+    compression: &str,
+    max_message_bytes: usize,
+) -> rdkafka::ClientConfig {
+    let mut config = kafka.client_config();
+    config
         .set("enable.idempotence", "true")
         .set("acks", "all")
         .set("compression.type", compression)
@@ -41,12 +57,8 @@ pub fn producer(
         // log) when one is missing, e.g. after a broker lost its log.
         .set("allow.auto.create.topics", "false")
         // Where a Java producer would put each key (murmur2 by default).
-        .set("partitioner", &kafka.partitioner)
-        .create_with_context(Context)
-        .map_err(|source| KafkaError::Client {
-            brokers: kafka.brokers.clone(),
-            source,
-        })
+        .set("partitioner", &kafka.partitioner);
+    config
 }
 
 /// Writes one bookkeeping record (a manifest entry, an upload journal
