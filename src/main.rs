@@ -212,6 +212,10 @@ enum BenchWhat {
         /// Students of the one-transaction mass enrolment whose peak RSS is measured (0 skips).
         #[arg(long, default_value_t = 1_000_000)]
         big_txn_students: u32,
+        /// Runs over a second range written with the steady-state mix (a
+        /// tenth of the consent changes; 0 skips).
+        #[arg(long, default_value_t = 3)]
+        steady_runs: u32,
         #[arg(long)]
         json: bool,
     },
@@ -691,6 +695,7 @@ async fn dev_command(command: Command, mut cfg: Config, ctx: Ctx) -> Result<()> 
                     latency_seconds,
                     load_runs,
                     big_txn_students,
+                    steady_runs,
                     json,
                 },
         } => {
@@ -703,6 +708,7 @@ async fn dev_command(command: Command, mut cfg: Config, ctx: Ctx) -> Result<()> 
                 latency_seconds,
                 load_runs,
                 big_txn_students,
+                steady_runs,
                 config_file: ctx.config_file.clone(),
             };
             let b = vitrina::bench::capture(&cfg, &knobs).await?;

@@ -43,6 +43,7 @@ async fn every_committed_change_reaches_kafka_and_nothing_else_and_no_personal_d
         sessions: 4,
         mass_enrolment: 150,
         seed: 3,
+        ..Default::default()
     };
     let report = workload::run(&cfg, &w, false).await.unwrap();
     assert_eq!(report.failed_transactions, 0);

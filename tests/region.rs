@@ -221,6 +221,7 @@ async fn workload_commits_lessons_with_grades_and_a_mass_enrolment_in_one_transa
         sessions: 3,
         mass_enrolment: 250,
         seed: 1,
+        ..Default::default()
     };
     let report = workload::run(&cfg, &w, false).await.unwrap();
     assert_eq!(report.failed_transactions, 0, "{report}");

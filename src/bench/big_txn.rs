@@ -95,6 +95,7 @@ pub(super) async fn big_transaction(
         sessions: 1,
         mass_enrolment: knobs.big_txn_students,
         seed: 13,
+        ..Default::default()
     };
     let t0 = Instant::now();
     let report = workload::run(&conns.journal().map_err(fail)?.config(), &w, false)

@@ -65,6 +65,26 @@ pub struct CaptureBench {
     pub latency_max_ms: f64,
     pub load: Option<LoadFigures>,
     pub big_txn: Option<BigTxnFigures>,
+    /// The same figures over a range written with the steady-state mix.
+    pub steady: Option<MixFigures>,
+}
+
+/// Throughput over one range of a mix: medians of its runs.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct MixFigures {
+    pub consent_share: f64,
+    pub changes: u64,
+    pub wal_bytes: i64,
+    pub runs: Vec<(f64, f64)>,
+    pub recvlogical_median_s: f64,
+    pub capture_median_s: f64,
+    pub throughput_ratio: f64,
+    pub streaming_ratio: f64,
+    pub capture_timed: Vec<super::Timed>,
+    /// Commit → ack at the latency rate with this mix.
+    pub latency_p50_ms: f64,
+    pub latency_p99_ms: f64,
+    pub latency_max_ms: f64,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -99,6 +119,8 @@ pub struct Knobs {
     pub load_runs: u32,
     /// Students in the large-transaction phase (0 skips it).
     pub big_txn_students: u32,
+    /// Runs over a range of the steady-state mix (0 skips them).
+    pub steady_runs: u32,
     /// The config file, for the capture child of the large-transaction phase.
     pub config_file: Option<std::path::PathBuf>,
 }
@@ -137,7 +159,7 @@ pub async fn capture(cfg: &Config, knobs: &Knobs) -> Result<CaptureBench, BenchE
         end_lsn,
         end,
         wal_bytes,
-    } = write_range(&sql, &conns, &tag, knobs).await?;
+    } = write_range(&sql, &conns, &tag, knobs.runs, knobs, 1.0).await?;
 
     let journal_pg = stack.postgres().map_err(fail)?;
     let bin = journal_pg.bin_dir.join("pg_recvlogical");
@@ -202,8 +224,45 @@ pub async fn capture(cfg: &Config, knobs: &Knobs) -> Result<CaptureBench, BenchE
         }
     }
 
+    let steady = if knobs.steady_runs > 0 {
+        Some(
+            steady_mix(
+                cfg,
+                &conns,
+                &sql,
+                &format!("{tag}s"),
+                &publication,
+                knobs,
+                &bin,
+                &roots,
+            )
+            .await?,
+        )
+    } else {
+        None
+    };
+
     // Latency at a steady rate, capture streaming and caught up.
-    let (lat, lat_report) = latency(cfg, &conns, &sql, &tag, &publication, knobs).await?;
+    let (lat, lat_report) = latency(cfg, &conns, &sql, &tag, &publication, knobs, 1.0).await?;
+    let steady = match steady {
+        Some(mut m) => {
+            let (l, _) = latency(
+                cfg,
+                &conns,
+                &sql,
+                &format!("{tag}s"),
+                &publication,
+                knobs,
+                m.consent_share,
+            )
+            .await?;
+            m.latency_p50_ms = percentile(&l, 0.5) * 1000.0;
+            m.latency_p99_ms = percentile(&l, 0.99) * 1000.0;
+            m.latency_max_ms = l.last().copied().unwrap_or(f64::NAN) * 1000.0;
+            Some(m)
+        }
+        None => None,
+    };
 
     let big_txn = if knobs.big_txn_students > 0 {
         Some(super::big_txn::big_transaction(cfg, &conns, &tag, knobs).await?)
@@ -247,6 +306,80 @@ pub async fn capture(cfg: &Config, knobs: &Knobs) -> Result<CaptureBench, BenchE
         latency_max_ms: lat.last().copied().unwrap_or(f64::NAN) * 1000.0,
         load,
         big_txn,
+        steady,
+    })
+}
+
+/// The steady-state mix (a tenth of the workload's consent changes): a range
+/// of its own, read by pg_recvlogical and capture run after run.
+#[allow(clippy::too_many_arguments)]
+async fn steady_mix(
+    cfg: &Config,
+    conns: &Connections,
+    sql: &tokio_postgres::Client,
+    tag: &str,
+    publication: &str,
+    knobs: &Knobs,
+    bin: &std::path::Path,
+    roots: &super::cpu::Roots,
+) -> Result<MixFigures, BenchError> {
+    let share = 0.1;
+    let range = write_range(sql, conns, tag, knobs.steady_runs, knobs, share).await?;
+    let (mut runs, mut timed) = (Vec::new(), Vec::new());
+    for r in 0..knobs.steady_runs {
+        let t0 = Instant::now();
+        recvlogical(
+            bin,
+            conns,
+            &format!("{tag}_recv_{r}"),
+            &range.end_lsn,
+            publication,
+        )
+        .await?;
+        let reference = t0.elapsed().as_secs_f64();
+        let c = capture_config(
+            cfg,
+            &format!("{tag}_cap_{r}"),
+            publication,
+            &format!("{tag}-{r}"),
+            false,
+            3_600_000,
+        );
+        let t = timed_capture(&c, conns, range.end, roots).await?;
+        eprintln!(
+            "bench: steady-state mix, run {}: pg_recvlogical {reference:.3} s, capture {:.3} s",
+            r + 1,
+            t.secs
+        );
+        runs.push((reference, t.secs));
+        timed.push(t);
+    }
+    for r in 0..knobs.steady_runs {
+        for kind in ["recv", "cap", "raw"] {
+            let _ = sql
+                .execute(
+                    "SELECT pg_drop_replication_slot($1)",
+                    &[&format!("{tag}_{kind}_{r}")],
+                )
+                .await;
+        }
+    }
+    let mr = median(&mut runs.iter().map(|r| r.0).collect::<Vec<_>>());
+    let mc = median(&mut runs.iter().map(|r| r.1).collect::<Vec<_>>());
+    let ms = median(&mut timed.iter().map(|t| t.streaming_s).collect::<Vec<_>>());
+    Ok(MixFigures {
+        consent_share: share,
+        changes: range.report.changes,
+        wal_bytes: range.wal_bytes,
+        runs,
+        recvlogical_median_s: mr,
+        capture_median_s: mc,
+        throughput_ratio: mr / mc,
+        streaming_ratio: mr / ms,
+        capture_timed: timed,
+        latency_p50_ms: f64::NAN,
+        latency_p99_ms: f64::NAN,
+        latency_max_ms: f64::NAN,
     })
 }
 
@@ -263,9 +396,11 @@ async fn write_range(
     sql: &tokio_postgres::Client,
     conns: &crate::connections::Connections,
     tag: &str,
+    runs: u32,
     knobs: &Knobs,
+    consent_share: f64,
 ) -> Result<Range, BenchError> {
-    for r in 0..knobs.runs {
+    for r in 0..runs {
         for kind in ["recv", "cap", "raw"] {
             sql.execute(
                 "SELECT pg_create_logical_replication_slot($1, 'pgoutput')",
@@ -281,7 +416,7 @@ async fn write_range(
         .map_err(fail)?
         .get(0);
     eprintln!(
-        "bench: workload {} s at {} changes/s writes the WAL range",
+        "bench: workload {} s at {} changes/s (consent changes × {consent_share} of the mix) writes the WAL range",
         knobs.seconds, knobs.rate
     );
     let w = WorkloadConfig {
@@ -290,6 +425,7 @@ async fn write_range(
         sessions: 8,
         mass_enrolment: 0,
         seed: 11,
+        consent_share,
     };
     let report = workload::run(&conns.journal().map_err(fail)?.config(), &w, false)
         .await
@@ -376,6 +512,7 @@ async fn latency(
     tag: &str,
     publication: &str,
     knobs: &Knobs,
+    consent_share: f64,
 ) -> Result<(Vec<f64>, workload::WorkloadReport), BenchError> {
     let c = capture_config(
         cfg,
@@ -415,7 +552,7 @@ async fn latency(
         }
     });
     eprintln!(
-        "bench: latency at {} changes/s for {} s",
+        "bench: latency at {} changes/s for {} s (consent changes × {consent_share} of the mix)",
         knobs.latency_rate, knobs.latency_seconds
     );
     let w = WorkloadConfig {
@@ -424,6 +561,7 @@ async fn latency(
         sessions: 8,
         mass_enrolment: 0,
         seed: 12,
+        consent_share,
     };
     let lat_report = workload::run(&conns.journal().map_err(fail)?.config(), &w, false)
         .await

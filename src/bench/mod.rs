@@ -121,6 +121,13 @@ pub(crate) async fn load_through_capture(
     Ok((loaded, secs))
 }
 
+impl Timed {
+    /// Capture's own CPU per record published, in µs.
+    pub fn own_us_per_record(&self) -> f64 {
+        self.cpu.own_s * 1e6 / self.records as f64
+    }
+}
+
 /// One timed capture run (see [`timed_capture`]).
 #[derive(Debug, Clone, Copy, Default, serde::Serialize)]
 pub struct Timed {
@@ -141,6 +148,9 @@ pub struct Timed {
     pub flush_query_s: f64,
     pub flushes: u64,
     pub flush_records: u64,
+    /// Records Kafka acknowledged (events, restricted-topic records, dead
+    /// letters): what capture's own CPU is divided by.
+    pub records: u64,
     /// From the range's last message handled until it was confirmed:
     /// the wait for Kafka's acknowledgements (and a last flush).
     pub tail_s: f64,
@@ -198,6 +208,7 @@ pub(crate) async fn timed_capture(
         flush_query_s: s(&sp.flush_query_micros),
         flushes: sp.flushes.load(Ordering::Relaxed),
         flush_records: sp.flush_records.load(Ordering::Relaxed),
+        records: probe.records.load(Ordering::Relaxed),
         tail_s: handled_end.map_or(0.0, |t| (done - t).as_secs_f64()),
     };
     cancel.cancel();

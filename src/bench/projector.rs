@@ -176,6 +176,7 @@ pub async fn projector(cfg: &Config, knobs: &ProjectorKnobs) -> Result<Projector
                 sessions: 8,
                 mass_enrolment: 0,
                 seed: 100 + (i as u64) * 10 + r as u64,
+                ..Default::default()
             };
             let rep = workload::run(&conns.journal().map_err(fail)?.config(), &w, false)
                 .await

@@ -455,6 +455,10 @@ pub struct Progress {
     pub confirmed: AtomicU64,
     /// Events acknowledged by Kafka.
     pub events: AtomicU64,
+    /// Records of every kind acknowledged by Kafka (events, restricted-topic
+    /// detail and tombstones, dead letters, watermarks), as of the last
+    /// confirmed commit.
+    pub records: AtomicU64,
     /// Rows of the initial load, set once every one is acknowledged.
     pub loaded_rows: AtomicU64,
     /// When streaming began (µs since the epoch; 0: not yet).
@@ -506,6 +510,7 @@ impl Default for Progress {
         Progress {
             confirmed: AtomicU64::new(0),
             events: AtomicU64::new(0),
+            records: AtomicU64::new(0),
             loaded_rows: AtomicU64::new(0),
             streaming_since_micros: AtomicI64::new(0),
             spent: Spent::default(),
@@ -548,6 +553,7 @@ pub(super) async fn acker(
                 upto,
             } => {
                 tracker.acknowledged(upto).await?;
+                progress.records.store(tracker.low(), Ordering::Relaxed);
                 feedback.update_flushed_lsn(end_lsn);
                 feedback.update_applied_lsn(end_lsn);
                 progress.confirmed.fetch_max(end_lsn, Ordering::SeqCst);

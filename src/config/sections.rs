@@ -455,6 +455,10 @@ pub struct WorkloadConfig {
     /// start of the run (0: none).
     pub mass_enrolment: u32,
     pub seed: u64,
+    /// Consent changes relative to the workload's own mix (1.0: about 5 %
+    /// of transactions, 0.3 % of row changes; 0.1: the steady-state mix
+    /// `vitrina bench capture` prints beside it).
+    pub consent_share: f64,
 }
 
 impl Default for WorkloadConfig {
@@ -465,6 +469,7 @@ impl Default for WorkloadConfig {
             sessions: 8,
             mass_enrolment: 0,
             seed: 7,
+            consent_share: 1.0,
         }
     }
 }

@@ -506,6 +506,7 @@ pub fn spawn_workload(
             sessions: 4,
             mass_enrolment,
             seed,
+            ..Default::default()
         };
         vitrina::region::workload::run(&cfg, &w, false)
             .await

@@ -313,14 +313,14 @@ pub async fn run(
     for w in 0..cfg.sessions {
         let (state, pacer, changes) = (state.clone(), pacer.clone(), changes.clone());
         let pg_cfg = pg_cfg.clone();
-        let seed = cfg.seed;
+        let (seed, consent_share) = (cfg.seed, cfg.consent_share);
         tasks.push(tokio::spawn(async move {
             let mut client = pg::connect(&pg_cfg).await?;
             let mut rng = Rng::derive(seed, &[3, w as u64]);
             let mut by_op: BTreeMap<String, u64> = BTreeMap::new();
             let (mut txs, mut failed) = (0u64, 0u64);
             while Instant::now() < deadline {
-                let op = pick_op(&mut rng);
+                let op = pick_op(&mut rng, consent_share);
                 let plan = plan(op, &state, &mut rng);
                 let Some(plan) = plan else { continue };
                 pacer.acquire(plan.changes()).await;

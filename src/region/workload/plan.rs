@@ -29,11 +29,21 @@ pub(super) const OPS: &[(&str, u32)] = &[
     ("organization_contact_edit", 1),
 ];
 
-pub(super) fn pick_op(rng: &mut Rng) -> &'static str {
-    let total: u32 = OPS.iter().map(|(_, w)| w).sum();
+/// An operation by the mix's weights, consent changes scaled by
+/// `consent_share` (weights in tenths, so 0.1 keeps one).
+pub(super) fn pick_op(rng: &mut Rng, consent_share: f64) -> &'static str {
+    let weight = |op: &str, w: u32| {
+        if op == "consent_change" {
+            (f64::from(w * 10) * consent_share).round() as u32
+        } else {
+            w * 10
+        }
+    };
+    let total: u32 = OPS.iter().map(|(op, w)| weight(op, *w)).sum();
     let mut x = rng.below(total as u64) as u32;
     for (op, w) in OPS {
-        if x < *w {
+        let w = weight(op, *w);
+        if x < w {
             return op;
         }
         x -= w;
