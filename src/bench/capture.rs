@@ -168,61 +168,38 @@ pub async fn capture(cfg: &Config, knobs: &Knobs) -> Result<CaptureBench, BenchE
     let mut runs = Vec::new();
     let mut unscrubbed = Vec::new();
     let mut streaming = Vec::new();
+    let reader = Reader {
+        cfg,
+        conns: &conns,
+        bin: &bin,
+        roots: &roots,
+        publication: &publication,
+    };
     for r in 0..knobs.runs {
-        let cpu0 = roots.now();
-        let t0 = Instant::now();
-        recvlogical(
-            &bin,
-            &conns,
-            &format!("{tag}_recv_{r}"),
-            &end_lsn,
-            &publication,
-        )
-        .await?;
-        let reference = t0.elapsed().as_secs_f64();
-        recv_cpu.push(roots.since(&cpu0));
-
-        let c = capture_config(
-            cfg,
-            &format!("{tag}_cap_{r}"),
-            &publication,
-            &format!("{tag}-{r}"),
-            false,
-            3_600_000,
-        );
-        let timed = timed_capture(&c, &conns, end, &roots).await?;
-        let (secs, streamed) = (timed.secs, timed.streaming_s);
+        let run = reader
+            .run(
+                &format!("{tag}_%_{r}"),
+                &format!("{tag}-{r}"),
+                &end_lsn,
+                end,
+                true,
+            )
+            .await?;
         eprintln!(
-            "bench: run {}: pg_recvlogical {reference:.3} s, capture {secs:.3} s ({streamed:.3} s streaming)",
-            r + 1
+            "bench: run {}: pg_recvlogical {:.3} s, capture {:.3} s ({:.3} s streaming), without scrubbing {:.3} s",
+            r + 1,
+            run.reference,
+            run.timed.secs,
+            run.timed.streaming_s,
+            run.raw
         );
-        cap_timed.push(timed);
-        runs.push((reference, secs));
-        streaming.push(streamed);
-        // The same range without free-text scrubbing: its cost, same run.
-        let mut c = capture_config(
-            cfg,
-            &format!("{tag}_raw_{r}"),
-            &publication,
-            &format!("{tag}-raw-{r}"),
-            false,
-            3_600_000,
-        );
-        c.capture.scrub_free_text = false;
-        let raw = timed_capture(&c, &conns, end, &roots).await?.secs;
-        eprintln!("bench: run {}: capture without scrubbing {raw:.3} s", r + 1);
-        unscrubbed.push(raw);
+        recv_cpu.push(run.recv_cpu);
+        runs.push((run.reference, run.timed.secs));
+        streaming.push(run.timed.streaming_s);
+        unscrubbed.push(run.raw);
+        cap_timed.push(run.timed);
     }
-    for r in 0..knobs.runs {
-        for kind in ["recv", "cap", "raw"] {
-            let _ = sql
-                .execute(
-                    "SELECT pg_drop_replication_slot($1)",
-                    &[&format!("{tag}_{kind}_{r}")],
-                )
-                .await;
-        }
-    }
+    drop_slots(&sql, &tag, knobs.runs).await;
 
     let steady = if knobs.steady_runs > 0 {
         Some(
@@ -244,25 +221,6 @@ pub async fn capture(cfg: &Config, knobs: &Knobs) -> Result<CaptureBench, BenchE
 
     // Latency at a steady rate, capture streaming and caught up.
     let (lat, lat_report) = latency(cfg, &conns, &sql, &tag, &publication, knobs, 1.0).await?;
-    let steady = match steady {
-        Some(mut m) => {
-            let (l, _) = latency(
-                cfg,
-                &conns,
-                &sql,
-                &format!("{tag}s"),
-                &publication,
-                knobs,
-                m.consent_share,
-            )
-            .await?;
-            m.latency_p50_ms = percentile(&l, 0.5) * 1000.0;
-            m.latency_p99_ms = percentile(&l, 0.99) * 1000.0;
-            m.latency_max_ms = l.last().copied().unwrap_or(f64::NAN) * 1000.0;
-            Some(m)
-        }
-        None => None,
-    };
 
     let big_txn = if knobs.big_txn_students > 0 {
         Some(super::big_txn::big_transaction(cfg, &conns, &tag, knobs).await?)
@@ -272,7 +230,9 @@ pub async fn capture(cfg: &Config, knobs: &Knobs) -> Result<CaptureBench, BenchE
     let _ = sql
         .batch_execute(&format!("DROP PUBLICATION {publication}"))
         .await;
-    super::delete_own_topics(conns.kafka().map_err(fail)?, &format!("{tag}-")).await;
+    for prefix in [format!("{tag}-"), format!("{tag}s-")] {
+        super::delete_own_topics(conns.kafka().map_err(fail)?, &prefix).await;
+    }
 
     let mut refs: Vec<f64> = runs.iter().map(|r| r.0).collect();
     let mut caps: Vec<f64> = runs.iter().map(|r| r.1).collect();
@@ -310,6 +270,97 @@ pub async fn capture(cfg: &Config, knobs: &Knobs) -> Result<CaptureBench, BenchE
     })
 }
 
+/// What every throughput run reads with: pg_recvlogical, then capture on
+/// slots of their own over the same range.
+struct Reader<'a> {
+    cfg: &'a Config,
+    conns: &'a Connections,
+    bin: &'a std::path::Path,
+    roots: &'a super::cpu::Roots,
+    publication: &'a str,
+}
+
+/// One run's figures.
+struct Run {
+    reference: f64,
+    recv_cpu: super::cpu::CpuSplit,
+    timed: super::Timed,
+    /// Capture without free-text scrubbing, when asked for (else NaN).
+    raw: f64,
+}
+
+impl Reader<'_> {
+    /// pg_recvlogical, capture (and, with `unscrubbed`, capture without
+    /// free-text scrubbing) over the range ending at `end`; `slots` names
+    /// the slots with `%` for the reader's kind (recv, cap, raw).
+    async fn run(
+        &self,
+        slots: &str,
+        topics: &str,
+        end_lsn: &str,
+        end: u64,
+        unscrubbed: bool,
+    ) -> Result<Run, BenchError> {
+        let slot = |kind: &str| slots.replace('%', kind);
+        let cpu0 = self.roots.now();
+        let t0 = Instant::now();
+        recvlogical(
+            self.bin,
+            self.conns,
+            &slot("recv"),
+            end_lsn,
+            self.publication,
+        )
+        .await?;
+        let reference = t0.elapsed().as_secs_f64();
+        let recv_cpu = self.roots.since(&cpu0);
+        let c = capture_config(
+            self.cfg,
+            &slot("cap"),
+            self.publication,
+            topics,
+            false,
+            3_600_000,
+        );
+        let timed = timed_capture(&c, self.conns, end, self.roots).await?;
+        let raw = if unscrubbed {
+            // The same range without free-text scrubbing: its cost, same run.
+            let mut c = capture_config(
+                self.cfg,
+                &slot("raw"),
+                self.publication,
+                &format!("{topics}-raw"),
+                false,
+                3_600_000,
+            );
+            c.capture.scrub_free_text = false;
+            timed_capture(&c, self.conns, end, self.roots).await?.secs
+        } else {
+            f64::NAN
+        };
+        Ok(Run {
+            reference,
+            recv_cpu,
+            timed,
+            raw,
+        })
+    }
+}
+
+/// Drops the slots `write_range` made for `runs` runs under `tag`.
+async fn drop_slots(sql: &tokio_postgres::Client, tag: &str, runs: u32) {
+    for r in 0..runs {
+        for kind in ["recv", "cap", "raw"] {
+            let _ = sql
+                .execute(
+                    "SELECT pg_drop_replication_slot($1)",
+                    &[&format!("{tag}_{kind}_{r}")],
+                )
+                .await;
+        }
+    }
+}
+
 /// The steady-state mix (a tenth of the workload's consent changes): a range
 /// of its own, read by pg_recvlogical and capture run after run.
 #[allow(clippy::too_many_arguments)]
@@ -325,45 +376,36 @@ async fn steady_mix(
 ) -> Result<MixFigures, BenchError> {
     let share = 0.1;
     let range = write_range(sql, conns, tag, knobs.steady_runs, knobs, share).await?;
+    let reader = Reader {
+        cfg,
+        conns,
+        bin,
+        roots,
+        publication,
+    };
     let (mut runs, mut timed) = (Vec::new(), Vec::new());
     for r in 0..knobs.steady_runs {
-        let t0 = Instant::now();
-        recvlogical(
-            bin,
-            conns,
-            &format!("{tag}_recv_{r}"),
-            &range.end_lsn,
-            publication,
-        )
-        .await?;
-        let reference = t0.elapsed().as_secs_f64();
-        let c = capture_config(
-            cfg,
-            &format!("{tag}_cap_{r}"),
-            publication,
-            &format!("{tag}-{r}"),
-            false,
-            3_600_000,
-        );
-        let t = timed_capture(&c, conns, range.end, roots).await?;
+        let run = reader
+            .run(
+                &format!("{tag}_%_{r}"),
+                &format!("{tag}-{r}"),
+                &range.end_lsn,
+                range.end,
+                false,
+            )
+            .await?;
         eprintln!(
-            "bench: steady-state mix, run {}: pg_recvlogical {reference:.3} s, capture {:.3} s",
+            "bench: steady-state mix, run {}: pg_recvlogical {:.3} s, capture {:.3} s",
             r + 1,
-            t.secs
+            run.reference,
+            run.timed.secs
         );
-        runs.push((reference, t.secs));
-        timed.push(t);
+        runs.push((run.reference, run.timed.secs));
+        timed.push(run.timed);
     }
-    for r in 0..knobs.steady_runs {
-        for kind in ["recv", "cap", "raw"] {
-            let _ = sql
-                .execute(
-                    "SELECT pg_drop_replication_slot($1)",
-                    &[&format!("{tag}_{kind}_{r}")],
-                )
-                .await;
-        }
-    }
+    drop_slots(sql, tag, knobs.steady_runs).await;
+    // Commit → ack at the latency rate with this mix.
+    let (lat, _) = latency(cfg, conns, sql, tag, publication, knobs, share).await?;
     let mr = median(&mut runs.iter().map(|r| r.0).collect::<Vec<_>>());
     let mc = median(&mut runs.iter().map(|r| r.1).collect::<Vec<_>>());
     let ms = median(&mut timed.iter().map(|t| t.streaming_s).collect::<Vec<_>>());
@@ -377,9 +419,9 @@ async fn steady_mix(
         throughput_ratio: mr / mc,
         streaming_ratio: mr / ms,
         capture_timed: timed,
-        latency_p50_ms: f64::NAN,
-        latency_p99_ms: f64::NAN,
-        latency_max_ms: f64::NAN,
+        latency_p50_ms: percentile(&lat, 0.5) * 1000.0,
+        latency_p99_ms: percentile(&lat, 0.99) * 1000.0,
+        latency_max_ms: lat.last().copied().unwrap_or(f64::NAN) * 1000.0,
     })
 }
 

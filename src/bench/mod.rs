@@ -122,9 +122,10 @@ pub(crate) async fn load_through_capture(
 }
 
 impl Timed {
-    /// Capture's own CPU per record published, in µs.
+    /// Capture's own CPU per record published, in µs, from the start of
+    /// streaming (every record is published while streaming).
     pub fn own_us_per_record(&self) -> f64 {
-        self.cpu.own_s * 1e6 / self.records as f64
+        self.streaming_own_s * 1e6 / self.records as f64
     }
 }
 
@@ -151,6 +152,9 @@ pub struct Timed {
     /// Records Kafka acknowledged (events, restricted-topic records, dead
     /// letters): what capture's own CPU is divided by.
     pub records: u64,
+    /// CPU seconds of this process from the start of streaming (start-up
+    /// left out: preflight, topics, names, load state).
+    pub streaming_own_s: f64,
     /// From the range's last message handled until it was confirmed:
     /// the wait for Kafka's acknowledgements (and a last flush).
     pub tail_s: f64,
@@ -178,7 +182,11 @@ pub(crate) async fn timed_capture(
     let t0 = Instant::now();
     let (task, probe) = spawn_capture(cfg, conns, &cancel)?;
     let mut handled_end: Option<Instant> = None;
+    let mut streaming_cpu0: Option<cpu::CpuSplit> = None;
     loop {
+        if streaming_cpu0.is_none() && probe.streaming_since_micros.load(Ordering::SeqCst) != 0 {
+            streaming_cpu0 = Some(roots.now());
+        }
         if handled_end.is_none() && probe.spent.handled_lsn.load(Ordering::Relaxed) >= end {
             handled_end = Some(Instant::now());
         }
@@ -194,6 +202,8 @@ pub(crate) async fn timed_capture(
     let done = Instant::now();
     let secs = t0.elapsed().as_secs_f64();
     let used = roots.since(&cpu0);
+    let streaming_own_s =
+        streaming_cpu0.map_or(used.own_s, |c| used.own_s - (c.own_s - cpu0.own_s));
     let since = probe.streaming_since_micros.load(Ordering::SeqCst);
     let streamed = (chrono::Utc::now().timestamp_micros() - since) as f64 / 1e6;
     let sp = &probe.spent;
@@ -209,6 +219,7 @@ pub(crate) async fn timed_capture(
         flushes: sp.flushes.load(Ordering::Relaxed),
         flush_records: sp.flush_records.load(Ordering::Relaxed),
         records: probe.records.load(Ordering::Relaxed),
+        streaming_own_s,
         tail_s: handled_end.map_or(0.0, |t| (done - t).as_secs_f64()),
     };
     cancel.cancel();
