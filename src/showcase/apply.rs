@@ -22,6 +22,9 @@ use crate::events::fold::Fold;
 use crate::events::{Detail, Event, Op, Val};
 use crate::pg::PgError;
 
+/// The latest truncate of each entity in a batch, with its position.
+type Truncates<'a> = HashMap<&'static str, ((u64, u64), &'a Event)>;
+
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Applied {
     /// Rows inserted or replaced (including tombstones).
@@ -401,7 +404,7 @@ pub async fn apply_with_watermarks(
 /// them) the truncates and the restricted topic's records.
 struct Part<'a> {
     rows: ByEntity<'a>,
-    truncates: Option<&'a HashMap<&'static str, ((u64, u64), &'a Event)>>,
+    truncates: Option<&'a Truncates<'a>>,
     details: &'a [DetailChange],
 }
 
@@ -506,7 +509,7 @@ impl Applied {
 /// Cuts a batch into `n` parts (see [`apply_on`]).
 fn split<'a>(
     by_entity: ByEntity<'a>,
-    truncates: &'a HashMap<&'static str, ((u64, u64), &'a Event)>,
+    truncates: &'a Truncates<'a>,
     details: &'a [DetailChange],
     n: usize,
 ) -> Vec<Part<'a>> {
@@ -692,7 +695,7 @@ impl Touched {
 async fn truncate(
     tx: &tokio_postgres::Transaction<'_>,
     schema: &str,
-    truncates: &HashMap<&'static str, ((u64, u64), &Event)>,
+    truncates: &Truncates<'_>,
 ) -> Result<u64, PgError> {
     let mut rows = 0;
     let mut names: Vec<&&str> = truncates.keys().collect();
