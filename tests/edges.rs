@@ -453,13 +453,11 @@ async fn a_new_load_after_a_lost_slot_withdraws_rows_deleted_in_the_gap() {
         .unwrap();
     assert_eq!(gone, 25);
     let mut capture = common::spawn_capture(&db, &name);
-    common::wait_caught_up(&cfg, &name, Duration::from_secs(240)).await;
-    common::wait_projected(&show, &name, Duration::from_secs(240)).await;
-    common::assert_showcase_converges(
+    common::assert_showcase_equals_journal(
         "showcase vs journal after a new load",
+        &cfg,
+        &name,
         &show,
-        &common::under_consent(&cfg, common::journal_view(&cfg, true).await).await,
-        Duration::from_secs(60),
     )
     .await;
     common::kill(&mut projector, libc::SIGTERM);

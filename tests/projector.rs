@@ -58,15 +58,7 @@ async fn showcase_equals_the_journal_after_a_workload_with_the_projector_killed_
     );
     let report = load_task.await.unwrap();
     assert_eq!(report.failed_transactions, 0);
-    common::wait_caught_up(&cfg, &name, Duration::from_secs(240)).await;
-    common::wait_projected(&showcase, &name, Duration::from_secs(240)).await;
-    common::assert_showcase_converges(
-        "showcase vs journal",
-        &showcase,
-        &common::under_consent(&cfg, common::journal_view(&cfg, true).await).await,
-        Duration::from_secs(60),
-    )
-    .await;
+    common::assert_showcase_equals_journal("showcase vs journal", &cfg, &name, &showcase).await;
 
     // Freshness is truthful: near the heartbeat interval while capture runs
     // (within 30 s of catching up: on a loaded machine a catch-up's last
@@ -308,13 +300,11 @@ async fn replay_rebuilds_the_showcase_beside_the_live_one_and_swaps_it_in() {
     assert_eq!(swapped["swapped"], true);
     let report = load_task.await.unwrap();
     assert_eq!(report.failed_transactions, 0);
-    common::wait_caught_up(&cfg, &name, Duration::from_secs(240)).await;
-    common::wait_projected(&showcase, &name, Duration::from_secs(240)).await;
-    common::assert_showcase_converges(
+    common::assert_showcase_equals_journal(
         "swapped-in showcase (kept up by the live projector) vs journal",
+        &cfg,
+        &name,
         &showcase,
-        &common::under_consent(&cfg, common::journal_view(&cfg, true).await).await,
-        Duration::from_secs(60),
     )
     .await;
     let c = vitrina::pg::connect(&showcase).await.unwrap();
@@ -371,13 +361,11 @@ async fn journal_and_showcase_on_two_servers() {
     );
     let report = common::spawn_workload(&cfg, 10, 100, 9).await.unwrap();
     assert_eq!(report.failed_transactions, 0);
-    common::wait_caught_up(&cfg, &name, Duration::from_secs(240)).await;
-    common::wait_projected(&showcase, &name, Duration::from_secs(240)).await;
-    common::assert_showcase_converges(
+    common::assert_showcase_equals_journal(
         "showcase on its own server vs journal",
+        &cfg,
+        &name,
         &showcase,
-        &common::under_consent(&cfg, common::journal_view(&cfg, true).await).await,
-        Duration::from_secs(60),
     )
     .await;
     common::kill(&mut projector, libc::SIGTERM);
@@ -534,13 +522,11 @@ async fn a_projector_dying_between_its_writers_and_its_offsets_loses_and_doubles
     assert_eq!(crashes, 3, "{}", common::log_tail(&log, 30));
     let mut projector = common::spawn_vitrina("project", &db, &name, &log, &env);
     assert_eq!(load_task.await.unwrap().failed_transactions, 0);
-    common::wait_caught_up(&cfg, &name, Duration::from_secs(240)).await;
-    common::wait_projected(&showcase, &name, Duration::from_secs(240)).await;
-    common::assert_showcase_converges(
+    common::assert_showcase_equals_journal(
         "showcase vs journal after crashes between writers and offsets",
+        &cfg,
+        &name,
         &showcase,
-        &common::under_consent(&cfg, common::journal_view(&cfg, true).await).await,
-        Duration::from_secs(60),
     )
     .await;
     common::kill(&mut projector, libc::SIGKILL);

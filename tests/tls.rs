@@ -142,13 +142,11 @@ async fn verify_full_tls_end_to_end_and_a_wrong_ca_refused() {
     )
     .await
     .unwrap();
-    common::wait_caught_up(&journal, &name, Duration::from_secs(240)).await;
-    common::wait_projected(&showcase, &name, Duration::from_secs(240)).await;
-    common::assert_showcase_converges(
+    common::assert_showcase_equals_journal(
         "showcase over TLS vs journal over TLS",
+        &journal,
+        &name,
         &showcase,
-        &common::under_consent(&journal, common::journal_view(&journal, true).await).await,
-        Duration::from_secs(60),
     )
     .await;
     assert!(

@@ -154,12 +154,14 @@ pub async fn capture(cfg: &Config, knobs: &Knobs) -> Result<CaptureBench, BenchE
     } else {
         None
     };
+    let kinds = ["recv", "cap", "raw"];
+    let range = write_range(&sql, &conns, &tag, knobs.runs, knobs, 1.0, &kinds).await?;
     let Range {
         report,
         end_lsn,
         end,
         wal_bytes,
-    } = write_range(&sql, &conns, &tag, knobs.runs, knobs, 1.0).await?;
+    } = range;
 
     let journal_pg = stack.postgres().map_err(fail)?;
     let bin = journal_pg.bin_dir.join("pg_recvlogical");
@@ -375,7 +377,16 @@ async fn steady_mix(
     roots: &super::cpu::Roots,
 ) -> Result<MixFigures, BenchError> {
     let share = 0.1;
-    let range = write_range(sql, conns, tag, knobs.steady_runs, knobs, share).await?;
+    let range = write_range(
+        sql,
+        conns,
+        tag,
+        knobs.steady_runs,
+        knobs,
+        share,
+        &["recv", "cap"],
+    )
+    .await?;
     let reader = Reader {
         cfg,
         conns,
@@ -425,8 +436,9 @@ async fn steady_mix(
     })
 }
 
-/// The WAL range every run reads: its slots made at its start (pg_recvlogical's,
-/// capture's and capture's without scrubbing, per run), then the workload.
+/// The WAL range every run reads: its slots made at its start (one per run
+/// and kind: pg_recvlogical's `recv`, capture's `cap`, capture's without
+/// scrubbing `raw`), then the workload.
 struct Range {
     report: workload::WorkloadReport,
     end_lsn: String,
@@ -441,9 +453,10 @@ async fn write_range(
     runs: u32,
     knobs: &Knobs,
     consent_share: f64,
+    kinds: &[&str],
 ) -> Result<Range, BenchError> {
     for r in 0..runs {
-        for kind in ["recv", "cap", "raw"] {
+        for kind in kinds {
             sql.execute(
                 "SELECT pg_create_logical_replication_slot($1, 'pgoutput')",
                 &[&format!("{tag}_{kind}_{r}")],

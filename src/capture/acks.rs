@@ -51,7 +51,8 @@ const OPS: usize = Op::SYMBOLS.len();
 pub(super) fn event_tag(entity: &'static Entity, op: Op) -> Tag {
     let i = ENTITIES
         .iter()
-        .position(|e| std::ptr::eq(e, entity) || e.name == entity.name)
+        .position(|e| std::ptr::eq(e, entity))
+        .or_else(|| ENTITIES.iter().position(|e| e.name == entity.name))
         .unwrap_or(0);
     (1 + i * OPS + op as usize) as Tag
 }
@@ -116,6 +117,8 @@ impl Window {
 /// producer's delivery reports (mark numbers done) and the acker (waits
 /// for a commit's records).
 pub struct Tracker {
+    /// The number the next record gets (the publisher's, one writer).
+    next: AtomicU64,
     low: AtomicU64,
     window: Mutex<Window>,
     failed: AtomicBool,
@@ -130,6 +133,7 @@ pub struct Tracker {
 impl Tracker {
     pub(super) fn new(progress: Arc<Progress>) -> Arc<Tracker> {
         Arc::new(Tracker {
+            next: AtomicU64::new(0),
             low: AtomicU64::new(0),
             window: Mutex::new(Window::default()),
             failed: AtomicBool::new(false),
@@ -146,6 +150,21 @@ impl Tracker {
     /// The first number not yet acknowledged.
     pub(super) fn low(&self) -> u64 {
         self.low.load(Ordering::SeqCst)
+    }
+
+    /// The number the next record gets: every record below it is produced.
+    pub(super) fn produced(&self) -> u64 {
+        self.next.load(Ordering::Relaxed)
+    }
+
+    /// Record `seq` was handed to the producer.
+    pub(super) fn sent(&self, seq: u64) {
+        self.next.store(seq + 1, Ordering::Relaxed);
+    }
+
+    /// Records produced and not yet acknowledged.
+    pub(super) fn in_flight(&self) -> u64 {
+        self.produced().saturating_sub(self.low())
     }
 
     /// The first failed delivery, if any.

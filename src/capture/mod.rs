@@ -391,37 +391,32 @@ impl Capture {
         // Capture's records are numbered and acknowledged by delivery
         // report (super::acks); the load state waits for its own records.
         let tracker = acks::Tracker::new(self.progress.clone());
-        let producer: acks::SeqProducer = kafka::producer_config(
+        let settings = kafka::producer_config(
             &self.kafka,
             c.linger_ms,
             &c.compression,
             c.max_message_bytes,
-        )
-        .create_with_context(acks::SeqContext {
-            tracker: tracker.clone(),
-        })
-        .map_err(|source| kafka::KafkaError::Client {
-            brokers: self.kafka.brokers.clone(),
-            source,
-        })?;
+        );
+        let producer: acks::SeqProducer = kafka::create(
+            &self.kafka,
+            &settings,
+            acks::SeqContext {
+                tracker: tracker.clone(),
+            },
+        )?;
         // The load state's records need no idempotence: one record in
         // flight at a time keeps them in order, a retried duplicate is the
         // same state, and an idempotent producer's first delivery waits for
         // its producer id (about 0.5-1.2 s measured), which the state read
         // at every start would wait for.
-        let state_producer: kafka::Producer = kafka::producer_config(
+        let state_producer: kafka::Producer = kafka::create(
             &self.kafka,
-            c.linger_ms,
-            &c.compression,
-            c.max_message_bytes,
-        )
-        .set("enable.idempotence", "false")
-        .set("max.in.flight.requests.per.connection", "1")
-        .create_with_context(kafka::Context)
-        .map_err(|source| kafka::KafkaError::Client {
-            brokers: self.kafka.brokers.clone(),
-            source,
-        })?;
+            settings
+                .clone()
+                .set("enable.idempotence", "false")
+                .set("max.in.flight.requests.per.connection", "1"),
+            kafka::Context,
+        )?;
         let load_state = load_state::LoadStateStore::new(
             &self.kafka,
             &state_producer,
@@ -442,12 +437,10 @@ impl Capture {
                 .map_err(CaptureError::Replication)?;
 
         let (tx, rx) = mpsc::channel::<Ack>(c.max_in_flight);
-        let next_seq = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let last_commit_time = Arc::new(AtomicI64::new(chrono::Utc::now().timestamp_micros()));
         let acker_task = tokio::spawn(publisher::acker(
             rx,
             tracker.clone(),
-            next_seq.clone(),
             stream.shared_lsn_feedback.clone(),
             last_commit_time.clone(),
             self.progress.clone(),
@@ -455,7 +448,6 @@ impl Capture {
         let publisher = Publisher {
             producer,
             tracker,
-            next_seq,
             max_in_flight: c.max_in_flight as u64,
             registry: Registry::new(),
             acks: tx,

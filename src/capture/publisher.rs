@@ -76,8 +76,6 @@ pub struct Publisher {
     pub(super) producer: SeqProducer,
     /// Acknowledgements by record number (the producer's context holds it).
     pub(super) tracker: Arc<Tracker>,
-    /// The number the next record gets.
-    pub(super) next_seq: Arc<AtomicU64>,
     /// `capture.max_in_flight`.
     pub(super) max_in_flight: u64,
     pub(super) registry: Registry,
@@ -132,8 +130,8 @@ impl Publisher {
         tag: Tag,
     ) -> Result<(), CaptureError> {
         self.tracker.check()?;
-        let seq = self.next_seq.load(Ordering::Relaxed);
-        if seq - self.tracker.low() >= self.max_in_flight {
+        let seq = self.tracker.produced();
+        if self.tracker.in_flight() >= self.max_in_flight {
             self.tracker.room(seq + 1 - self.max_in_flight).await?;
         }
         // No payload: a tombstone (compaction erases the key).
@@ -156,7 +154,7 @@ impl Publisher {
         loop {
             match self.producer.send(record) {
                 Ok(()) => {
-                    self.next_seq.store(seq + 1, Ordering::Relaxed);
+                    self.tracker.sent(seq);
                     return Ok(());
                 }
                 Err((RdKafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
@@ -373,8 +371,7 @@ impl Publisher {
     /// A receiver that fires once everything sent so far is acknowledged.
     pub async fn mark(&self) -> Result<tokio::sync::oneshot::Receiver<()>, CaptureError> {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        self.enqueue(Ack::Mark(tx, self.next_seq.load(Ordering::Relaxed)))
-            .await?;
+        self.enqueue(Ack::Mark(tx, self.tracker.produced())).await?;
         Ok(rx)
     }
 
@@ -399,7 +396,7 @@ impl Publisher {
         self.enqueue(Ack::Commit {
             end_lsn,
             commit_time_micros,
-            upto: self.next_seq.load(Ordering::Relaxed),
+            upto: self.tracker.produced(),
         })
         .await
     }
@@ -426,7 +423,7 @@ impl Publisher {
             self.enqueue(Ack::Commit {
                 end_lsn,
                 commit_time_micros,
-                upto: self.next_seq.load(Ordering::Relaxed),
+                upto: self.tracker.produced(),
             })
             .await?;
         }
@@ -439,7 +436,7 @@ impl Publisher {
             self.enqueue(Ack::Commit {
                 end_lsn,
                 commit_time_micros,
-                upto: self.next_seq.load(Ordering::Relaxed),
+                upto: self.tracker.produced(),
             })
             .await?;
         }
@@ -532,7 +529,6 @@ impl Progress {
 pub(super) async fn acker(
     mut rx: mpsc::Receiver<Ack>,
     tracker: Arc<Tracker>,
-    next_seq: Arc<AtomicU64>,
     feedback: Arc<SharedLsnFeedback>,
     last_commit_time: Arc<AtomicI64>,
     progress: Arc<Progress>,
@@ -572,8 +568,7 @@ pub(super) async fn acker(
                 confirmed_lsn.set(end_lsn as f64);
             }
         }
-        let produced = next_seq.load(Ordering::Relaxed);
-        in_flight_now.set(produced.saturating_sub(tracker.low()) as f64);
+        in_flight_now.set(tracker.in_flight() as f64);
     }
     Ok(())
 }

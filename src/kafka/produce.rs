@@ -20,8 +20,26 @@ pub fn producer(
     compression: &str,
     max_message_bytes: usize,
 ) -> Result<Producer, KafkaError> {
-    producer_config(kafka, linger_ms, compression, max_message_bytes)
-        .create_with_context(Context)
+    create(
+        kafka,
+        &producer_config(kafka, linger_ms, compression, max_message_bytes),
+        Context,
+    )
+}
+
+/// A client of `kafka` made from `config` with `context`; a failure names
+/// the brokers.
+pub fn create<T, C>(
+    kafka: &KafkaEndpoint,
+    config: &rdkafka::ClientConfig,
+    context: C,
+) -> Result<T, KafkaError>
+where
+    C: rdkafka::ClientContext,
+    T: rdkafka::config::FromClientConfigAndContext<C>,
+{
+    config
+        .create_with_context(context)
         .map_err(|source| KafkaError::Client {
             brokers: kafka.brokers.clone(),
             source,

@@ -1019,6 +1019,28 @@ pub async fn assert_showcase_converges(
     }
 }
 
+/// Capture caught up with `journal`, the showcase with capture's topics
+/// (`name` is the slot and the topic prefix), then the showcase equal to
+/// the journal under consent, row by row: how a test ends that compares
+/// them after its faults.
+pub async fn assert_showcase_equals_journal(
+    what: &str,
+    journal: &(impl vitrina::pg::Connectable + ?Sized),
+    name: &str,
+    showcase: &(impl vitrina::pg::Connectable + ?Sized),
+) {
+    let timeout = std::time::Duration::from_secs(240);
+    wait_caught_up(journal, name, timeout).await;
+    wait_projected(showcase, name, timeout).await;
+    assert_showcase_converges(
+        what,
+        showcase,
+        &under_consent(journal, journal_view(journal, true).await).await,
+        std::time::Duration::from_secs(60),
+    )
+    .await;
+}
+
 /// The highest freshness age (`now() - showcase.status.fresh_as_of`, in
 /// seconds) seen while a fault runs, sampled every 250 ms until
 /// [`FreshnessWatch::highest`] is called.
