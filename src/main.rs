@@ -91,6 +91,15 @@ enum Command {
     },
     /// Capture: stream the journal's changes to Kafka as depersonalized Avro events (until SIGINT/SIGTERM).
     Capture,
+    /// Ask the running capture to read a mapped table again, in chunks, while it streams
+    /// (a whole table also withdraws rows deleted while nothing streamed them).
+    Resnapshot {
+        /// The mapped table, as schema.table.
+        table: String,
+        /// Only the rows this SQL condition on the table's columns selects (no withdrawal).
+        #[arg(long = "where", value_name = "SQL")]
+        filter: Option<String>,
+    },
     /// Benchmarks that print figures against a reference measured in the same run.
     Bench {
         #[command(subcommand)]
@@ -343,6 +352,7 @@ async fn run(command: Command, cfg: Config, ctx: Ctx) -> Result<()> {
         Command::Status { json } => status(&cfg, json).await?,
         Command::Config => print!("{}", toml::to_string_pretty(&cfg)?),
         Command::Capture => capture(&cfg).await?,
+        Command::Resnapshot { table, filter } => resnapshot(&cfg, &table, filter.as_deref()).await?,
         Command::Project => project(&cfg).await?,
         Command::Prostore { what } => prostore(what, &cfg).await?,
         Command::Rdm { what } => rdm(what, &cfg).await?,
@@ -441,6 +451,27 @@ async fn capture(cfg: &Config) -> Result<()> {
         capture.run(cancel.clone())
     })
     .await?;
+    Ok(())
+}
+
+async fn resnapshot(cfg: &Config, table: &str, filter: Option<&str>) -> Result<()> {
+    let conns = Stack::new(cfg)?.connections()?;
+    let mapping = vitrina::capture::mapping::Mapping::load(cfg.capture.mapping_file.as_deref())?;
+    let at = vitrina::capture::resnapshot::request(
+        conns.journal()?,
+        &mapping,
+        &cfg.capture.slot,
+        table,
+        filter,
+    )
+    .await?;
+    println!(
+        "re-snapshot of {table} requested at {at} (slot {}): capture reads it in chunks of {} rows, at most {} rows/s, while it streams.\nprogress: vitrina_capture_resnapshot_jobs and vitrina_capture_resnapshot_rows_total{{table=\"{table}\"}} on capture's /metrics ({}), and `vitrina status`",
+        cfg.capture.slot,
+        cfg.capture.resnapshot_chunk_rows,
+        cfg.capture.resnapshot_rows_per_second,
+        cfg.capture.metrics_listen
+    );
     Ok(())
 }
 

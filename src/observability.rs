@@ -27,6 +27,12 @@ pub const CAPTURE_SCRUBBED: &str = "vitrina_capture_free_text_replacements_total
 /// Students whose parents consent to medical-data transfer, as capture knows them.
 pub const CAPTURE_CONSENTING: &str = "vitrina_capture_consenting_students";
 pub const CAPTURE_SNAPSHOT_TABLES: &str = "vitrina_capture_snapshot_tables";
+/// Re-snapshots not finished (`vitrina resnapshot`, a lost slot's recovery).
+pub const CAPTURE_RESNAPSHOT_JOBS: &str = "vitrina_capture_resnapshot_jobs";
+pub const CAPTURE_RESNAPSHOT_ROWS: &str = "vitrina_capture_resnapshot_rows_total";
+pub const CAPTURE_RESNAPSHOT_OVERTAKEN: &str = "vitrina_capture_resnapshot_overtaken_rows_total";
+pub const CAPTURE_RESNAPSHOT_CHUNKS: &str = "vitrina_capture_resnapshot_chunks_total";
+pub const CAPTURE_SLOT_RECOVERIES: &str = "vitrina_capture_slot_recoveries_total";
 
 pub const PROJECTOR_EVENTS: &str = "vitrina_projector_events_total";
 pub const PROJECTOR_ROWS_WRITTEN: &str = "vitrina_projector_rows_written_total";
@@ -303,6 +309,34 @@ pub fn describe_capture() {
         CAPTURE_SNAPSHOT_TABLES,
         Unit::Count,
         "Initial-load tables in all."
+    );
+    metrics::gauge!(CAPTURE_RESNAPSHOT_JOBS).set(0.0);
+    metrics::counter!(CAPTURE_SLOT_RECOVERIES, "reason" => "absent").increment(0);
+    metrics::counter!(CAPTURE_SLOT_RECOVERIES, "reason" => "invalidated").increment(0);
+    describe_gauge!(
+        CAPTURE_RESNAPSHOT_JOBS,
+        Unit::Count,
+        "Re-snapshots not finished (requested with `vitrina resnapshot`, or a lost slot's recovery)."
+    );
+    describe_counter!(
+        CAPTURE_RESNAPSHOT_ROWS,
+        Unit::Count,
+        "Rows published by re-snapshots, by table."
+    );
+    describe_counter!(
+        CAPTURE_RESNAPSHOT_OVERTAKEN,
+        Unit::Count,
+        "Rows of re-snapshot chunks not published because the stream carried a change of their key inside the chunk's window, by table."
+    );
+    describe_counter!(
+        CAPTURE_RESNAPSHOT_CHUNKS,
+        Unit::Count,
+        "Re-snapshot chunks, by table and outcome (published; read_again: a transaction committed before the low watermark was not yet visible to the chunk)."
+    );
+    describe_counter!(
+        CAPTURE_SLOT_RECOVERIES,
+        Unit::Count,
+        "Replication slots made again after the slot was lost, by reason (absent: dropped, or a failover; invalidated: max_slot_wal_keep_size); each starts a re-snapshot of every mapped table."
     );
 }
 

@@ -16,7 +16,6 @@
 //!   loaded: at a resumed load, and at a new full load (a slot lost and
 //!   made again), so rows deleted in between do not survive downstream.
 
-use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 
 use pg_walstream::LogicalReplicationStream;
@@ -43,6 +42,9 @@ pub(super) struct Loader<'a> {
     pub progress: &'a Progress,
     /// Where the load's progress is recorded.
     pub store: &'a LoadStateStore,
+    /// Why an absent slot is missing: "absent", or "invalidated" (capture
+    /// dropped it, and counted it).
+    pub slot_lost: &'static str,
 }
 
 impl Loader<'_> {
@@ -56,8 +58,9 @@ impl Loader<'_> {
     }
 
     /// Runs the load the slot's state calls for (`stored`: the load state
-    /// read from its store, for a slot that exists); returns, per table, the
-    /// LSN before which its streamed changes are already loaded.
+    /// read from its store); returns the state: per table, the LSN before
+    /// which its streamed changes are already loaded, and the re-snapshots
+    /// to run while streaming.
     pub async fn run(
         &self,
         slot_state: &SlotState,
@@ -65,7 +68,7 @@ impl Loader<'_> {
         stream: &mut LogicalReplicationStream,
         publisher: &mut Publisher,
         gate: &mut Gate,
-    ) -> Result<HashMap<String, u64>, CaptureError> {
+    ) -> Result<snapshot::State, CaptureError> {
         let c = &self.cfg.capture;
         let restricted = publisher.restricted_partitions();
         if let Some(s) = &stored {
@@ -79,6 +82,11 @@ impl Loader<'_> {
             }
         }
         if *slot_state == SlotState::Absent {
+            // The slot is gone after a finished load: dropped, invalidated,
+            // or not on the primary a failover promoted.
+            if let Some(prev) = stored.filter(|s| s.done && c.snapshot) {
+                return self.recover(prev, stream).await;
+            }
             let mut state = snapshot::State {
                 started: c.snapshot,
                 partitioner: Some(self.cfg.kafka.partitioner.clone()),
@@ -122,7 +130,7 @@ impl Loader<'_> {
             }
             state.done = true;
             self.store.save(&state).await?;
-            return Ok(state.table_lsn);
+            return Ok(state);
         }
         let mut state = match stored {
             Some(s) => s,
@@ -138,7 +146,57 @@ impl Loader<'_> {
         if c.snapshot && state.started && !state.done {
             self.resume(&mut state, publisher, gate).await?;
         }
-        Ok(state.table_lsn)
+        Ok(state)
+    }
+
+    /// A lost slot after a finished load: a new slot, and every mapped
+    /// table re-snapshotted while capture streams from it
+    /// ([`super::resnapshot`]). The jobs are recorded before the slot is
+    /// made, starting at a WAL position at or below its consistent point:
+    /// a crash in between makes them again, and rows deleted while no slot
+    /// existed fall below every job's start and are withdrawn at its end.
+    async fn recover(
+        &self,
+        mut state: snapshot::State,
+        stream: &mut LogicalReplicationStream,
+    ) -> Result<snapshot::State, CaptureError> {
+        let c = &self.cfg.capture;
+        if !c.recover_lost_slot {
+            return Err(CaptureError::SlotLost(c.slot.clone()));
+        }
+        let row = self
+            .sql
+            .query_one("SELECT pg_current_wal_lsn()::text", &[])
+            .await
+            .map_err(crate::pg::PgError::query("reading the WAL position"))?;
+        let start = row
+            .get::<_, Option<String>>(0)
+            .as_deref()
+            .and_then(lsn::parse)
+            .unwrap_or(0);
+        state.table_lsn.clear();
+        state.resnapshots = self
+            .tables
+            .iter()
+            .map(|t| super::resnapshot::Job::new(&t.table, None, start, "slot lost"))
+            .collect();
+        self.store.save(&state).await?;
+        stream
+            .ensure_replication_slot()
+            .await
+            .map_err(CaptureError::Replication)?;
+        let at = slot_lsn(self.sql, &c.slot).await?;
+        if self.slot_lost == "absent" {
+            metrics::counter!(crate::observability::CAPTURE_SLOT_RECOVERIES, "reason" => "absent")
+                .increment(1);
+        }
+        tracing::warn!(
+            slot = %c.slot,
+            lsn = %lsn::format(at),
+            tables = self.tables.len(),
+            "replication slot was lost: a new one streams from here, and every mapped table is re-snapshotted while it does (rows deleted meanwhile are withdrawn at the end of each table)"
+        );
+        Ok(state)
     }
 
     /// The topics were written with the configured partitioner: a change

@@ -38,6 +38,7 @@ pub mod load_state;
 pub mod mapping;
 pub mod preflight;
 pub mod publisher;
+pub mod resnapshot;
 pub mod snapshot;
 pub mod stream;
 
@@ -99,8 +100,10 @@ pub enum CaptureError {
     },
     #[error("replication slot `{slot}` is active in process {pid}; another capture is running against this database\nhint: stop the other capture, or give this one another capture.slot")]
     SlotActive { slot: String, pid: i32 },
-    #[error("replication slot `{0}` was invalidated (its WAL exceeded max_slot_wal_keep_size); changes since its position are gone\nhint: drop the slot (SELECT pg_drop_replication_slot('{0}')) and start capture again: it takes a new initial snapshot; consumers should replay from it")]
+    #[error("replication slot `{0}` was invalidated (its WAL exceeded max_slot_wal_keep_size); changes since its position are gone\nhint: set capture.recover_lost_slot = true and start capture again: it drops the slot, makes a new one and re-snapshots every mapped table while streaming (docs/operations.md, \"A lost slot\")")]
     SlotInvalidated(String),
+    #[error("replication slot `{0}` is gone (dropped, or not on this primary after a failover) while the load state says its initial load finished; changes since its last position are not in the log\nhint: set capture.recover_lost_slot = true and start capture again: it makes a new slot and re-snapshots every mapped table while streaming (docs/operations.md, \"A lost slot\")")]
+    SlotLost(String),
     #[error("replication slot `{slot}` uses plugin `{plugin}` in database `{database}`; capture needs a pgoutput slot in the journal database\nhint: choose another capture.slot")]
     SlotForeign {
         slot: String,
@@ -160,6 +163,7 @@ impl Classify for CaptureError {
             | E::PublicationPartitions { .. }
             | E::SlotActive { .. }
             | E::SlotInvalidated(_)
+            | E::SlotLost(_)
             | E::SlotForeign { .. }
             | E::PartitionerChanged { .. }
             | E::RestrictedPartitions { .. }
@@ -262,6 +266,7 @@ impl Capture {
             sql,
             load_state,
             slot_state,
+            slot_lost,
             mut stream,
             mut publisher,
             mut acker_task,
@@ -289,10 +294,20 @@ impl Capture {
             dp: &dp,
             progress: &self.progress,
             store: &load_state,
+            slot_lost,
         };
-        let skip_before = loader
+        let state = loader
             .run(&slot_state, stored, &mut stream, &mut publisher, &mut gate)
             .await?;
+        let skip_before = state.table_lsn.clone();
+        // Re-snapshots recorded (a lost slot's, or requested and not
+        // finished) and those requested while streaming.
+        let jobs = state.resnapshots.clone();
+        let shared = Arc::new(resnapshot::Shared {
+            state: tokio::sync::Mutex::new(state),
+            store: load_state.clone(),
+        });
+        let (resnap, channels) = resnapshot::Resnapshots::new(&c.slot, shared.clone(), &jobs);
 
         stream
             .start(None)
@@ -312,6 +327,18 @@ impl Capture {
             last_commit_time,
             cancel.clone(),
         ));
+        let reader = tokio::spawn(
+            resnapshot::Reader {
+                journal: self.journal.clone(),
+                tables: mapping.tables.clone(),
+                history_years: c.history_years,
+                chunk_rows: c.resnapshot_chunk_rows,
+                rows_per_second: c.resnapshot_rows_per_second,
+                slot: c.slot.clone(),
+                shared,
+            }
+            .run(channels),
+        );
         let mut streamer = stream::Streamer::new(
             mapping,
             dp,
@@ -319,13 +346,16 @@ impl Capture {
             skip_before,
             heartbeat::prefix(&c.slot),
             gate,
+            resnap,
         );
         let (result, acker_ended) = self
             .stream(&mut stream, &mut streamer, &mut acker_task, &cancel)
             .await;
         // Drain: everything produced is acknowledged and confirmed, then told
-        // to the server, before we go.
+        // to the server, before we go. A re-snapshot goes on from its last
+        // chunk at the next start.
         side.abort();
+        reader.abort();
         drop(streamer.into_publisher());
         let drained = if acker_ended {
             Ok(())
@@ -381,6 +411,16 @@ impl Capture {
         let sql = pg::connect(&self.journal.config()).await?;
         let (slot_state, _missing) =
             preflight::check(&sql, &mapping, &c.slot, &c.publication).await?;
+        let (slot_state, slot_lost) = match slot_state {
+            preflight::SlotState::Invalidated if c.recover_lost_slot => {
+                drop_invalidated(&sql, &c.slot).await?;
+                (preflight::SlotState::Absent, "invalidated")
+            }
+            preflight::SlotState::Invalidated => {
+                return Err(CaptureError::SlotInvalidated(c.slot.clone()))
+            }
+            s => (s, "absent"),
+        };
 
         let topics = topics(&mapping, &c.topic_prefix);
         // Provisioning's client reports a refused client (a TLS handshake,
@@ -471,8 +511,9 @@ impl Capture {
             mapping,
             dp,
             sql,
-            load_state,
+            load_state: Arc::new(load_state),
             slot_state,
+            slot_lost,
             stream,
             publisher,
             acker_task,
@@ -645,12 +686,28 @@ struct Started {
     mapping: Mapping,
     dp: Depersonalizer,
     sql: tokio_postgres::Client,
-    load_state: load_state::LoadStateStore,
+    load_state: Arc<load_state::LoadStateStore>,
     slot_state: preflight::SlotState,
+    /// Why the slot would be missing: "absent", or "invalidated" (dropped
+    /// by capture at start).
+    slot_lost: &'static str,
     stream: LogicalReplicationStream,
     publisher: Publisher,
     acker_task: tokio::task::JoinHandle<Result<(), CaptureError>>,
     last_commit_time: Arc<AtomicI64>,
+}
+
+/// Drops an invalidated slot (its WAL is gone; nothing can stream from
+/// it), so that capture makes a new one and recovers.
+async fn drop_invalidated(sql: &tokio_postgres::Client, slot: &str) -> Result<(), CaptureError> {
+    sql.execute("SELECT pg_drop_replication_slot($1)", &[&slot])
+        .await
+        .map_err(pg::PgError::query(format!(
+            "dropping the invalidated replication slot {slot}"
+        )))?;
+    metrics::counter!(obs::CAPTURE_SLOT_RECOVERIES, "reason" => "invalidated").increment(1);
+    tracing::warn!(slot = %slot, "replication slot was invalidated (max_slot_wal_keep_size): dropped; capture makes a new one and re-snapshots every mapped table while streaming");
+    Ok(())
 }
 
 /// How long the shutdown waits for consent changes to be flushed.

@@ -57,6 +57,9 @@ pub async fn slot_now(client: &Client, slot: &str) -> Result<Option<SlotNow>, Pg
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SlotState {
     Absent,
+    /// Exists, invalidated by `max_slot_wal_keep_size` (`wal_status` lost):
+    /// its changes are gone.
+    Invalidated,
     /// Exists and is free; `confirmed_flush` as a u64 LSN.
     Ready {
         confirmed_flush: u64,
@@ -294,7 +297,7 @@ async fn check_slot(client: &Client, slot: &str) -> Result<SlotState, CaptureErr
                 });
             }
             if wal_status.as_deref() == Some("lost") {
-                return Err(CaptureError::SlotInvalidated(slot.to_string()));
+                return Ok(SlotState::Invalidated);
             }
             if plugin.as_deref() != Some("pgoutput") || db.as_deref() != Some(here.as_str()) {
                 return Err(CaptureError::SlotForeign {

@@ -54,6 +54,13 @@ pub struct State {
     /// (absent in states written before it was recorded).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restricted_partitions: Option<i32>,
+    /// Re-snapshots not finished ([`super::resnapshot`]), oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub resnapshots: Vec<super::resnapshot::Job>,
+    /// Ids of the latest re-snapshots finished: a request read again from
+    /// the slot after a restart is not run twice.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub resnapshots_done: Vec<String>,
 }
 
 /// What librdkafka partitioned with before vitrina chose a partitioner.
@@ -256,28 +263,7 @@ async fn load_tables(
         }
         match item {
             Item::Event(e, pk, applied) => {
-                publisher.send_event(&e, &pk).await?;
-                gate.count(e.entity, &applied);
-                if e.entity.has_medical() {
-                    let student = e
-                        .after
-                        .as_deref()
-                        .and_then(|a| gate::student_of(e.entity, a));
-                    let here = gate::At {
-                        commit_lsn: e.source.commit_lsn,
-                        lsn: e.source.lsn,
-                        commit_time_micros: e.source.commit_time_micros,
-                    };
-                    gate.row_changed(
-                        e.entity,
-                        &e.key,
-                        student,
-                        Some((&applied, e.op)),
-                        here,
-                        publisher,
-                    )
-                    .await?;
-                }
+                publish_read(&e, &pk, &applied, gate, publisher).await?;
                 rows += 1;
                 if rows % 10_000 == 0 {
                     bar.set_message(format!(
@@ -320,6 +306,41 @@ async fn load_tables(
         "initial load finished"
     );
     Ok(rows)
+}
+
+/// Publishes a row read from the journal (`e`, its Kafka key `pk`, what
+/// the gate took out of it) and, for a medical entity, what it means for
+/// the restricted topic.
+pub(super) async fn publish_read(
+    e: &Event,
+    pk: &str,
+    applied: &gate::Applied,
+    gate: &mut Gate,
+    publisher: &mut Publisher,
+) -> Result<(), CaptureError> {
+    publisher.send_event(e, pk).await?;
+    gate.count(e.entity, applied);
+    if e.entity.has_medical() {
+        let student = e
+            .after
+            .as_deref()
+            .and_then(|a| gate::student_of(e.entity, a));
+        let here = gate::At {
+            commit_lsn: e.source.commit_lsn,
+            lsn: e.source.lsn,
+            commit_time_micros: e.source.commit_time_micros,
+        };
+        gate.row_changed(
+            e.entity,
+            &e.key,
+            student,
+            Some((applied, e.op)),
+            here,
+            publisher,
+        )
+        .await?;
+    }
+    Ok(())
 }
 
 /// Aborts a task when dropped: the load's refresher ends with the load,

@@ -28,6 +28,7 @@ use tracing::Instrument;
 use super::gate::{self, Gate};
 use super::mapping::{Mapping, Row};
 use super::publisher::{DeadLetter, Publisher};
+use super::resnapshot::{self, Resnapshots, Seen};
 use super::CaptureError;
 use crate::events::{self, Event, Op, Source};
 use crate::lsn;
@@ -98,6 +99,8 @@ pub struct Streamer {
     pub(super) skip_before: HashMap<String, u64>,
     pub(super) heartbeat_prefix: String,
     pub(super) gate: Gate,
+    /// Re-snapshots: requests, watermarks, chunks.
+    resnap: Resnapshots,
     txn: Txn,
 }
 
@@ -109,6 +112,7 @@ impl Streamer {
         skip_before: HashMap<String, u64>,
         heartbeat_prefix: String,
         gate: Gate,
+        resnap: Resnapshots,
     ) -> Streamer {
         Streamer {
             mapping,
@@ -117,6 +121,7 @@ impl Streamer {
             skip_before,
             heartbeat_prefix,
             gate,
+            resnap,
             txn: Txn::default(),
         }
     }
@@ -178,11 +183,20 @@ impl Streamer {
                 self.commit(commit_timestamp.timestamp_micros(), end_lsn.value())
                     .await
             }
-            EventType::Message { prefix, .. } => {
+            EventType::Message {
+                prefix,
+                content,
+                message_lsn,
+                ..
+            } => {
                 if *prefix == *self.heartbeat_prefix {
                     self.txn.heartbeat = true;
+                    return Ok(());
                 }
-                Ok(())
+                match self.resnap.message(&prefix, &content) {
+                    Seen::Chunk(c) => self.chunk(*c, message_lsn.value()).await,
+                    Seen::Other | Seen::Noted => Ok(()),
+                }
             }
             EventType::Insert {
                 schema,
@@ -217,13 +231,42 @@ impl Streamer {
         }
     }
 
+    /// A re-snapshot's chunk at its high watermark (`lsn`, in the
+    /// transaction being received).
+    async fn chunk(
+        &mut self,
+        (chunk, window): (resnapshot::Chunk, resnapshot::Window),
+        lsn: u64,
+    ) -> Result<(), CaptureError> {
+        let at = resnapshot::At {
+            commit_lsn: self.txn.commit_lsn,
+            lsn,
+            commit_time_micros: self.txn.commit_time_micros,
+            xid: self.txn.xid as u32,
+        };
+        let slot = self.publisher.slot().to_string();
+        resnapshot::Publish {
+            resnap: &mut self.resnap,
+            mapping: &self.mapping,
+            dp: &self.dp,
+            gate: &mut self.gate,
+            publisher: &mut self.publisher,
+            slot: &slot,
+        }
+        .chunk(chunk, window, at)
+        .await
+    }
+
     /// The transaction's commit: watermarks after a heartbeat, the
-    /// consents refreshed when due, the commit queued for confirmation.
+    /// consents refreshed when due, re-snapshot requests recorded, the
+    /// commit queued for confirmation.
     async fn commit(&mut self, t: i64, end_lsn: u64) -> Result<(), CaptureError> {
         let Streamer {
             publisher,
             txn,
             gate,
+            resnap,
+            mapping,
             ..
         } = self;
         txn.open = false;
@@ -244,6 +287,7 @@ impl Streamer {
             // within the refresh, however far behind the stream is.
             gate.maybe_refresh(at(txn, txn.commit_lsn), publisher)
                 .await?;
+            resnap.commit(txn.commit_lsn, mapping).await?;
             publisher.commit(end_lsn, t).await?;
             if gate.has_pending() {
                 gate.flush(publisher).await?;
@@ -266,6 +310,7 @@ impl Streamer {
             publisher,
             txn,
             skip_before,
+            resnap,
             ..
         } = self;
         for t in tables {
@@ -275,6 +320,7 @@ impl Streamer {
             if in_resumed_snapshot(skip_before, &tm.table, txn) {
                 continue;
             }
+            resnap.truncated(&tm.table, txn.xid as u32);
             let e = Event {
                 event_id: events::change_event_id(txn.commit_lsn, lsn, 0, &tm.table),
                 entity: tm.entity,
@@ -308,6 +354,7 @@ impl Streamer {
             txn,
             skip_before,
             gate,
+            resnap,
             ..
         } = self;
         let tm = mapping.table_of(schema, table);
@@ -316,6 +363,29 @@ impl Streamer {
         };
         if in_resumed_snapshot(skip_before, &tm.table, txn) {
             return Ok(());
+        }
+        // A table being re-snapshotted: the keys this change touches (the
+        // old one too, when an update moved the row to another key).
+        if resnap.watches(&tm.table) {
+            let xid = txn.xid as u32;
+            let key = match (&new, &old) {
+                (Some(n), o) => tm
+                    .key_of(&Updated {
+                        new: n,
+                        old: o.as_ref(),
+                    })
+                    .ok(),
+                (None, Some(o)) => tm.key_of(&WalRow(o)).ok(),
+                (None, None) => None,
+            };
+            resnap.changed(&tm.table, xid, key.as_deref());
+            if let (Some(_), Some(o)) = (&new, &old) {
+                if let Ok(k) = tm.key_of(&WalRow(o)) {
+                    if key.as_ref() != Some(&k) {
+                        resnap.changed(&tm.table, xid, Some(&k));
+                    }
+                }
+            }
         }
         let seq = txn.seq_at(lsn);
         let dead = |reason: String, kind: &'static str| DeadLetter {

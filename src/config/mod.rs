@@ -479,6 +479,12 @@ impl Config {
         if c.max_in_flight < 100 {
             return bad("capture.max_in_flight", "must be at least 100");
         }
+        if !(100..=1_000_000).contains(&c.resnapshot_chunk_rows) {
+            return bad(
+                "capture.resnapshot_chunk_rows",
+                "must be within 100..=1000000",
+            );
+        }
         if c.snapshot_connections == 0 || c.snapshot_connections > 32 {
             return bad("capture.snapshot_connections", "must be within 1..=32");
         }

@@ -163,6 +163,16 @@ pub struct CaptureConfig {
     /// key and size, and capture goes on. Keep it at or below the topics'
     /// `max.message.bytes` (Kafka's default: 1,048,588).
     pub max_message_bytes: usize,
+    /// Rows per chunk of a re-snapshot (`vitrina resnapshot`, a lost slot's
+    /// recovery): one short transaction on the journal per chunk.
+    pub resnapshot_chunk_rows: u32,
+    /// Rows per second a re-snapshot reads from the journal, at most (0:
+    /// unthrottled), so the journal's users do not feel it.
+    pub resnapshot_rows_per_second: u32,
+    /// A slot lost (dropped, invalidated by `max_slot_wal_keep_size`, or
+    /// absent after a failover): make a new one and re-snapshot every mapped
+    /// table while streaming from it. Off: stop and say what to do.
+    pub recover_lost_slot: bool,
 }
 
 impl Default for CaptureConfig {
@@ -188,6 +198,9 @@ impl Default for CaptureConfig {
             compression: "lz4".into(),
             scrub_free_text: true,
             max_message_bytes: 1_000_000,
+            resnapshot_chunk_rows: 5_000,
+            resnapshot_rows_per_second: 50_000,
+            recover_lost_slot: true,
         }
     }
 }

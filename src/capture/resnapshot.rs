@@ -1,0 +1,975 @@
+//! Re-snapshots while streaming (DBLog): a table, or a slice of it, read
+//! again in chunks by key, each chunk between a low and a high watermark
+//! written to the journal's WAL, while the stream goes on.
+//!
+//! ```text
+//!   reader (its own connection)                     stream loop
+//!   emit lw(id) ────────────── WAL ───────────────▶ lw(id): a window opens on the table
+//!   BEGIN REPEATABLE READ                             the table's changes: keys and xids noted
+//!     pg_current_snapshot(); chunk by key ──chunk──▶ (held)
+//!     emit hw(id); COMMIT ──── WAL ───────────────▶ hw(id): rows not changed in the window
+//!                                                     published as READ at hw's position
+//!   await their acknowledgement ◀──────────────────── a marker after the chunk's events
+//!   save the cursor; throttle; the next chunk
+//!   whole table, last chunk: a TRUNCATE at the job's start, below every row re-read or streamed since
+//! ```
+//!
+//! Invariants:
+//! - A chunk row is published at the high watermark's position only when
+//!   the stream carried no change of its key inside the window: a change
+//!   there is at least as new as the row, and stands. A truncate of the
+//!   table in the window drops the whole chunk.
+//! - A transaction that committed before the low watermark but was still
+//!   running in the chunk's snapshot (PostgreSQL writes a commit record
+//!   before it makes the transaction visible) would leave the chunk older
+//!   than the stream: the stream remembers the xids that changed the table,
+//!   and such a chunk is read again.
+//! - The cursor (the last key published) is saved only after the chunk's
+//!   events are acknowledged: a crash reads a chunk again (same rows, a
+//!   later position), never skips one.
+//! - A job of a whole table ends with a TRUNCATE positioned just below the
+//!   job's start: every row that still exists was re-read or streamed
+//!   above it, so only rows deleted while nothing streamed them (a lost
+//!   slot's gap) fall below it. Nothing is withdrawn before the rows come
+//!   back: the showcase never shows a table emptier than the journal.
+//! - Requests are transactional logical messages through the slot: a
+//!   request is recorded (in the load state) before its commit is
+//!   confirmed, and one read again after a restart is not run twice.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::NaiveDate;
+use tokio::sync::{mpsc, oneshot, Mutex};
+
+use super::gate::Gate;
+use super::load_state::LoadStateStore;
+use super::mapping::{Mapping, Row, TableMapping};
+use super::publisher::{DeadLetter, Publisher};
+use super::snapshot::{self, State};
+use super::CaptureError;
+use crate::connections::PgEndpoint;
+use crate::error::{Classify, ErrorKind};
+use crate::events::{self, Event, Op, Source};
+use crate::observability as obs;
+use crate::pg::{self, PgError};
+use crate::privacy::Depersonalizer;
+
+/// One re-snapshot: a table (or the rows of it `filter` selects) read again.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Job {
+    /// `<start as hex>-<table>`.
+    pub id: String,
+    pub table: String,
+    /// An SQL condition on the table's columns; None: the whole table.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filter: Option<String>,
+    /// The journal position the job starts at: the request's commit, or the
+    /// WAL position before a lost slot's successor was made.
+    pub start: u64,
+    /// The key (its columns' text) of the last row published; None: none yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cursor: Option<Vec<String>>,
+    /// Rows published so far.
+    #[serde(default)]
+    pub rows: u64,
+    /// Why: "requested", "slot lost".
+    pub reason: String,
+}
+
+impl Job {
+    pub fn new(table: &str, filter: Option<String>, start: u64, reason: &str) -> Job {
+        Job {
+            id: format!("{start:X}-{table}"),
+            table: table.to_string(),
+            filter,
+            start,
+            cursor: None,
+            rows: 0,
+            reason: reason.to_string(),
+        }
+    }
+
+    /// A whole table ends with the withdrawal of rows not read again.
+    fn sweeps(&self) -> bool {
+        self.filter.is_none()
+    }
+}
+
+/// What `vitrina resnapshot` (or an operator's SQL) writes to the journal:
+/// the content of a message with prefix [`request_prefix`].
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Request {
+    pub table: String,
+    #[serde(default, rename = "where", skip_serializing_if = "Option::is_none")]
+    pub filter: Option<String>,
+}
+
+/// The prefix of re-snapshot requests to the capture of `slot`.
+pub fn request_prefix(slot: &str) -> String {
+    format!("vitrina.resnapshot.{slot}")
+}
+
+/// The prefix of the watermarks of the capture of `slot`.
+pub fn watermark_prefix(slot: &str) -> String {
+    format!("vitrina.watermark.{slot}")
+}
+
+/// How many finished jobs the load state remembers.
+const DONE_KEPT: usize = 64;
+
+/// Xids remembered per table under re-snapshot (a race needs one of them).
+const RECENT_XIDS: usize = 100_000;
+
+/// The load state, shared by the stream (requests) and the reader
+/// (progress); saved whole, under the lock, in the order of changes.
+pub(super) struct Shared {
+    pub state: Mutex<State>,
+    pub store: Arc<LoadStateStore>,
+}
+
+impl Shared {
+    /// Applies `change` to the state and saves it; returns what it returned.
+    async fn save<T>(&self, change: impl FnOnce(&mut State) -> T) -> Result<T, CaptureError> {
+        let mut state = self.state.lock().await;
+        let out = change(&mut state);
+        self.store.save(&state).await?;
+        metrics::gauge!(obs::CAPTURE_RESNAPSHOT_JOBS).set(state.resnapshots.len() as f64);
+        Ok(out)
+    }
+}
+
+/// One chunk read between its watermarks, on its way to the stream.
+pub(super) struct Chunk {
+    id: String,
+    job: Job,
+    /// Text values in the order of the table's [`TableMapping::columns`].
+    rows: Vec<Vec<Option<String>>>,
+    /// Transactions running in the chunk's snapshot (low 32 bits).
+    xip: Vec<u32>,
+    /// Fewer rows than a chunk: the table's end.
+    last: bool,
+    reply: oneshot::Sender<Outcome>,
+}
+
+/// The stream's answer to a chunk.
+enum Outcome {
+    /// Published: fires when every event of it is acknowledged.
+    Published {
+        acked: oneshot::Receiver<()>,
+        rows: u64,
+    },
+    /// Older than the stream (see the module's header): read it again.
+    Again,
+}
+
+/// The stream's side: requests, windows, and chunks to publish.
+pub(super) struct Resnapshots {
+    request_prefix: String,
+    watermark_prefix: String,
+    jobs: mpsc::UnboundedSender<Job>,
+    chunks: mpsc::UnboundedReceiver<Chunk>,
+    /// Chunks received before their high watermark was read, oldest first.
+    pending: VecDeque<Chunk>,
+    /// The open window by chunk id: one reader reads one chunk at a time, so
+    /// a low watermark closes any window still open (its reader failed or
+    /// stopped before the high watermark).
+    windows: HashMap<String, Window>,
+    /// Per table under re-snapshot: xids of its recent changes.
+    recent: HashMap<String, Recent>,
+    /// Requests in the transaction being received.
+    requested: Vec<Request>,
+    shared: Arc<Shared>,
+}
+
+/// What the stream carried of a table between a chunk's watermarks.
+#[derive(Default)]
+pub(super) struct Window {
+    table: String,
+    keys: HashSet<String>,
+    xids: HashSet<u32>,
+    truncated: bool,
+}
+
+#[derive(Default)]
+struct Recent {
+    order: VecDeque<u32>,
+    set: HashSet<u32>,
+}
+
+impl Recent {
+    fn note(&mut self, xid: u32) {
+        if self.order.back() == Some(&xid) || !self.set.insert(xid) {
+            return;
+        }
+        self.order.push_back(xid);
+        if self.order.len() > RECENT_XIDS {
+            if let Some(old) = self.order.pop_front() {
+                self.set.remove(&old);
+            }
+        }
+    }
+}
+
+/// What a logical message meant to the re-snapshots.
+pub(super) enum Seen {
+    /// Not a re-snapshot's message.
+    Other,
+    /// A request or a low watermark, noted.
+    Noted,
+    /// A high watermark whose chunk is to be published now.
+    Chunk(Box<(Chunk, Window)>),
+}
+
+impl Resnapshots {
+    /// The stream's side and the reader's channels; `jobs` are those the
+    /// state holds (the reader takes them up from the state itself).
+    pub(super) fn new(slot: &str, shared: Arc<Shared>, jobs: &[Job]) -> (Resnapshots, Channels) {
+        let (job_tx, job_rx) = mpsc::unbounded_channel();
+        // Unbounded: a chunk whose high watermark failed to commit stays
+        // until the next one's is read; the reader sends one at a time.
+        let (chunk_tx, chunk_rx) = mpsc::unbounded_channel();
+        let recent = jobs
+            .iter()
+            .map(|j| (j.table.clone(), Recent::default()))
+            .collect();
+        (
+            Resnapshots {
+                request_prefix: request_prefix(slot),
+                watermark_prefix: watermark_prefix(slot),
+                jobs: job_tx,
+                chunks: chunk_rx,
+                pending: VecDeque::new(),
+                windows: HashMap::new(),
+                recent,
+                requested: Vec::new(),
+                shared,
+            },
+            Channels {
+                jobs: job_rx,
+                chunks: chunk_tx,
+            },
+        )
+    }
+
+    /// A logical message of the stream.
+    pub(super) fn message(&mut self, prefix: &str, content: &[u8]) -> Seen {
+        if prefix == self.request_prefix {
+            match serde_json::from_slice::<Request>(content) {
+                Ok(r) => self.requested.push(r),
+                Err(e) => {
+                    metrics::counter!(obs::CAPTURE_ERRORS, "kind" => "resnapshot_request")
+                        .increment(1);
+                    tracing::error!(error = %e, "a re-snapshot request is not JSON of the form {{\"table\": \"schema.table\", \"where\": \"…\"}}; it is ignored\nhint: send it again with `vitrina resnapshot`");
+                }
+            }
+            return Seen::Noted;
+        }
+        if prefix != self.watermark_prefix {
+            return Seen::Other;
+        }
+        let text = String::from_utf8_lossy(content);
+        let mut words = text.split(' ');
+        match (words.next(), words.next(), words.next()) {
+            (Some("lw"), Some(id), Some(table)) => {
+                self.windows.clear();
+                self.windows.insert(
+                    id.to_string(),
+                    Window {
+                        table: table.to_string(),
+                        ..Default::default()
+                    },
+                );
+                Seen::Noted
+            }
+            (Some("hw"), Some(id), _) => {
+                // A window of a reader gone (before a restart) closes unread.
+                let Some(window) = self.windows.remove(id) else {
+                    return Seen::Noted;
+                };
+                while let Ok(c) = self.chunks.try_recv() {
+                    self.pending.push_back(c);
+                }
+                // Chunks sent before this one are dead: their high
+                // watermarks never committed.
+                match self.pending.iter().position(|c| c.id == id) {
+                    Some(i) => {
+                        self.pending.drain(..i);
+                        let c = self.pending.pop_front().expect("found above");
+                        Seen::Chunk(Box::new((c, window)))
+                    }
+                    None => Seen::Noted,
+                }
+            }
+            _ => Seen::Noted,
+        }
+    }
+
+    /// Whether changes of `table` are to be noted.
+    pub(super) fn watches(&self, table: &str) -> bool {
+        self.recent.contains_key(table)
+    }
+
+    /// A change of `table`'s row `key` by transaction `xid`.
+    pub(super) fn changed(&mut self, table: &str, xid: u32, key: Option<&str>) {
+        let Some(recent) = self.recent.get_mut(table) else {
+            return;
+        };
+        recent.note(xid);
+        for w in self.windows.values_mut().filter(|w| w.table == table) {
+            w.xids.insert(xid);
+            if let Some(k) = key {
+                w.keys.insert(k.to_string());
+            }
+        }
+    }
+
+    /// A TRUNCATE of `table`.
+    pub(super) fn truncated(&mut self, table: &str, xid: u32) {
+        self.changed(table, xid, None);
+        for w in self.windows.values_mut().filter(|w| w.table == table) {
+            w.truncated = true;
+        }
+    }
+
+    /// The commit of the transaction received: its requests become jobs,
+    /// recorded before the commit can be confirmed.
+    pub(super) async fn commit(
+        &mut self,
+        commit_lsn: u64,
+        mapping: &Mapping,
+    ) -> Result<(), CaptureError> {
+        if self.requested.is_empty() {
+            return Ok(());
+        }
+        let mut new = Vec::new();
+        for r in self.requested.drain(..) {
+            let Some(t) = mapping.table(&r.table) else {
+                metrics::counter!(obs::CAPTURE_ERRORS, "kind" => "resnapshot_request").increment(1);
+                tracing::error!(table = %r.table, "a re-snapshot request names a table the mapping does not map; it is ignored\nhint: name a mapped table as schema.table");
+                continue;
+            };
+            new.push(Job::new(&t.table, r.filter, commit_lsn, "requested"));
+        }
+        let added = self
+            .shared
+            .save(|s| {
+                new.retain(|j| {
+                    !s.resnapshots.iter().any(|o| o.id == j.id)
+                        && !s.resnapshots_done.contains(&j.id)
+                });
+                s.resnapshots.extend(new.iter().cloned());
+                new
+            })
+            .await?;
+        for j in added {
+            tracing::info!(table = %j.table, slice = j.filter.is_some(), id = %j.id, "re-snapshot requested");
+            self.recent.entry(j.table.clone()).or_default();
+            // The reader ends only with the stream.
+            let _ = self.jobs.send(j);
+        }
+        Ok(())
+    }
+
+    /// A job's last chunk was published: its table is no longer watched
+    /// (unless another job reads it).
+    fn finished(&mut self, job: &Job, jobs_left: impl Fn(&str) -> bool) {
+        if !jobs_left(&job.table) {
+            self.recent.remove(&job.table);
+        }
+    }
+}
+
+/// The reader's ends of the channels to the stream.
+pub(super) struct Channels {
+    jobs: mpsc::UnboundedReceiver<Job>,
+    chunks: mpsc::UnboundedSender<Chunk>,
+}
+
+/// Where a chunk's high watermark stands in the stream.
+pub(super) struct At {
+    pub commit_lsn: u64,
+    pub lsn: u64,
+    pub commit_time_micros: i64,
+    pub xid: u32,
+}
+
+/// What publishing a chunk needs from the stream.
+pub(super) struct Publish<'a> {
+    pub resnap: &'a mut Resnapshots,
+    pub mapping: &'a Mapping,
+    pub dp: &'a Depersonalizer,
+    pub gate: &'a mut Gate,
+    pub publisher: &'a mut Publisher,
+    pub slot: &'a str,
+}
+
+impl Publish<'_> {
+    /// Publishes `chunk` at its high watermark `at`: the rows the window did
+    /// not see change, then (a whole table's last chunk) the withdrawal of
+    /// rows not read again; answers the reader.
+    pub(super) async fn chunk(
+        self,
+        chunk: Chunk,
+        window: Window,
+        at: At,
+    ) -> Result<(), CaptureError> {
+        let Chunk {
+            job,
+            rows,
+            xip,
+            last,
+            reply,
+            ..
+        } = chunk;
+        let raced = self.resnap.recent.get(&job.table).is_some_and(|r| {
+            xip.iter()
+                .any(|x| r.set.contains(x) && !window.xids.contains(x))
+        });
+        if raced {
+            metrics::counter!(obs::CAPTURE_RESNAPSHOT_CHUNKS, "table" => job.table.clone(), "outcome" => "read_again").increment(1);
+            let _ = reply.send(Outcome::Again);
+            return Ok(());
+        }
+        let Some(tm) = self.mapping.table(&job.table) else {
+            let _ = reply.send(Outcome::Again);
+            return Ok(());
+        };
+        let columns = tm.columns();
+        let (mut published, mut dropped) = (0u64, 0u64);
+        for values in &rows {
+            if window.truncated {
+                dropped += 1;
+                continue;
+            }
+            let row = TextRow {
+                columns: &columns,
+                values,
+            };
+            match tm.map_row(&row, self.dp) {
+                Ok(mut m) => {
+                    if window.keys.contains(&m.key) {
+                        dropped += 1;
+                        continue;
+                    }
+                    let applied = self.gate.fields.apply(tm.entity, &mut m.after);
+                    let e = Event {
+                        event_id: events::snapshot_event_id(at.commit_lsn, &tm.table, &m.key),
+                        entity: tm.entity,
+                        op: Op::Read,
+                        key: m.key,
+                        source: Source {
+                            lsn: at.lsn,
+                            commit_lsn: at.commit_lsn,
+                            txid: at.xid as i64,
+                            commit_time_micros: at.commit_time_micros,
+                            table: tm.table.clone(),
+                            snapshot: true,
+                        },
+                        actor: m.actor,
+                        quality: m.quality,
+                        after: Some(m.after),
+                    };
+                    snapshot::publish_read(
+                        &e,
+                        &m.partition_key,
+                        &applied,
+                        self.gate,
+                        self.publisher,
+                    )
+                    .await?;
+                    published += 1;
+                }
+                Err(u) => {
+                    self.publisher
+                        .dead_letter(DeadLetter {
+                            reason: u.0,
+                            kind: "unmappable",
+                            table: tm.table.clone(),
+                            entity: Some(tm.entity.name),
+                            op: "READ",
+                            lsn: crate::lsn::format(at.lsn),
+                            commit_lsn: crate::lsn::format(at.commit_lsn),
+                            txid: at.xid as i64,
+                            commit_time_micros: at.commit_time_micros,
+                            capture: self.slot.to_string(),
+                            key: None,
+                            size_bytes: None,
+                        })
+                        .await?
+                }
+            }
+        }
+        if last && job.sweeps() {
+            withdraw_older(tm, &job, at.commit_time_micros, self.publisher).await?;
+        }
+        metrics::counter!(obs::CAPTURE_RESNAPSHOT_ROWS, "table" => job.table.clone())
+            .increment(published);
+        metrics::counter!(obs::CAPTURE_RESNAPSHOT_OVERTAKEN, "table" => job.table.clone())
+            .increment(dropped);
+        metrics::counter!(obs::CAPTURE_RESNAPSHOT_CHUNKS, "table" => job.table.clone(), "outcome" => "published").increment(1);
+        if last {
+            let shared = self.resnap.shared.clone();
+            let state = shared.state.lock().await;
+            let others = |t: &str| {
+                state
+                    .resnapshots
+                    .iter()
+                    .any(|j| j.table == t && j.id != job.id)
+            };
+            self.resnap.finished(&job, others);
+        }
+        let acked = self.publisher.mark().await?;
+        let _ = reply.send(Outcome::Published {
+            acked,
+            rows: published,
+        });
+        Ok(())
+    }
+}
+
+/// A TRUNCATE of `t` just below `job`'s start, on every partition: rows
+/// neither read again nor changed since the start (deleted while nothing
+/// streamed them) are withdrawn; everything above it stands.
+async fn withdraw_older(
+    t: &TableMapping,
+    job: &Job,
+    time: i64,
+    publisher: &mut Publisher,
+) -> Result<(), CaptureError> {
+    let (commit_lsn, lsn) = events::withdrawal_position(job.start);
+    let e = Event {
+        event_id: format!("W{:016X}-{}", job.start, t.table),
+        entity: t.entity,
+        op: Op::Truncate,
+        key: "*".into(),
+        source: Source {
+            lsn,
+            commit_lsn,
+            txid: 0,
+            commit_time_micros: time,
+            table: t.table.clone(),
+            snapshot: true,
+        },
+        actor: None,
+        quality: vec![],
+        after: None,
+    };
+    tracing::info!(table = %t.table, id = %job.id, "re-snapshot read the whole table: rows not read again are withdrawn");
+    publisher.send_to_all_partitions(&e).await
+}
+
+/// A chunk's row: text values by the table's columns.
+struct TextRow<'a> {
+    columns: &'a [String],
+    values: &'a [Option<String>],
+}
+
+impl Row for TextRow<'_> {
+    fn get(&self, column: &str) -> Option<Option<&str>> {
+        let i = self.columns.iter().position(|c| c == column)?;
+        self.values.get(i).map(|v| v.as_deref())
+    }
+}
+
+/// The low 32 bits of each xid running in a `pg_current_snapshot()` text
+/// (`xmin:xmax:xip,…`): pgoutput names transactions by them.
+pub fn running_xids(snapshot: &str) -> Vec<u32> {
+    snapshot
+        .split(':')
+        .nth(2)
+        .unwrap_or("")
+        .split(',')
+        .filter_map(|x| x.trim().parse::<u64>().ok())
+        .map(|x| x as u32)
+        .collect()
+}
+
+/// The reader: chunks of each job in turn, on its own connection.
+pub(super) struct Reader {
+    pub journal: PgEndpoint,
+    pub tables: Vec<TableMapping>,
+    pub history_years: u32,
+    pub chunk_rows: u32,
+    pub rows_per_second: u32,
+    pub slot: String,
+    pub shared: Arc<Shared>,
+}
+
+/// Why a job stopped.
+enum Stop {
+    /// The stream loop is gone (capture stopping or restarting).
+    Stream,
+    Failed(CaptureError),
+}
+
+impl From<CaptureError> for Stop {
+    fn from(e: CaptureError) -> Stop {
+        Stop::Failed(e)
+    }
+}
+
+impl From<PgError> for Stop {
+    fn from(e: PgError) -> Stop {
+        Stop::Failed(e.into())
+    }
+}
+
+impl Reader {
+    /// Runs the state's jobs, then those requested, until the stream ends.
+    pub(super) async fn run(self, mut ch: Channels) {
+        let mut queue: VecDeque<Job> = self.shared.state.lock().await.resnapshots.clone().into();
+        metrics::gauge!(obs::CAPTURE_RESNAPSHOT_JOBS).set(queue.len() as f64);
+        let nonce = format!("{:x}", chrono::Utc::now().timestamp_micros());
+        loop {
+            let job = match queue.pop_front() {
+                Some(j) => j,
+                None => match ch.jobs.recv().await {
+                    Some(j) => j,
+                    None => return,
+                },
+            };
+            let mut backoff = Duration::from_secs(1);
+            loop {
+                // The latest progress of the job, as saved.
+                let current = {
+                    let s = self.shared.state.lock().await;
+                    s.resnapshots.iter().find(|j| j.id == job.id).cloned()
+                };
+                let Some(current) = current else { break };
+                match self.job(&current, &nonce, &ch.chunks).await {
+                    Ok(()) => break,
+                    Err(Stop::Stream) => return,
+                    Err(Stop::Failed(e)) if e.kind() == ErrorKind::Transient => {
+                        metrics::counter!(obs::CAPTURE_ERRORS, "kind" => "resnapshot").increment(1);
+                        tracing::warn!(table = %job.table, error = %e, retry_in_s = backoff.as_secs(), "re-snapshot interrupted; it goes on from its last chunk");
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(30));
+                    }
+                    Err(Stop::Failed(e)) => {
+                        metrics::counter!(obs::CAPTURE_ERRORS, "kind" => "resnapshot").increment(1);
+                        tracing::error!(table = %job.table, id = %job.id, error = %e, "re-snapshot failed and is dropped; capture streams on\nhint: fix the cause and request it again (`vitrina resnapshot`)");
+                        let id = job.id.clone();
+                        if let Err(e) = self
+                            .shared
+                            .save(|s| s.resnapshots.retain(|j| j.id != id))
+                            .await
+                        {
+                            tracing::warn!(error = %e, "recording the dropped re-snapshot failed; it runs again at the next start");
+                        }
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Reads `job` from its cursor to its end.
+    async fn job(
+        &self,
+        job: &Job,
+        nonce: &str,
+        chunks: &mpsc::UnboundedSender<Chunk>,
+    ) -> Result<(), Stop> {
+        let t = self
+            .tables
+            .iter()
+            .find(|t| t.table == job.table)
+            .ok_or_else(|| {
+                Stop::Failed(CaptureError::LoadState(format!(
+                    "re-snapshot {} names table {}, which the mapping no longer maps",
+                    job.id, job.table
+                )))
+            })?;
+        let mut client = pg::connect(&self.journal.config()).await?;
+        let columns = t.columns();
+        let sql = chunk_sql(
+            &client,
+            t,
+            job,
+            snapshot::window_start(chrono::Local::now().date_naive(), self.history_years),
+            self.chunk_rows,
+        )
+        .await?;
+        let key_at: Vec<usize> = t
+            .key
+            .iter()
+            .map(|k| {
+                columns
+                    .iter()
+                    .position(|c| c == k)
+                    .expect("key columns are read")
+            })
+            .collect();
+        let prefix = watermark_prefix(&self.slot);
+        let mut cursor = job.cursor.clone();
+        let (started, mut read, mut n) = (Instant::now(), 0u64, 0u64);
+        tracing::info!(table = %job.table, id = %job.id, from = ?cursor.as_ref().map(|c| c.len()), "re-snapshot reading");
+        loop {
+            let id = format!("{nonce}.{}.{n}", job.start);
+            n += 1;
+            let lw = format!("lw {id} {}", job.table);
+            client
+                .execute(
+                    "SELECT pg_logical_emit_message(true, $1, $2)",
+                    &[&prefix, &lw],
+                )
+                .await
+                .map_err(PgError::query("writing a re-snapshot's low watermark"))?;
+            // Its snapshot is taken by its first statement and serves all of
+            // them: the running xids read are those the chunk does not see.
+            let txn = client
+                .build_transaction()
+                .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+                .start()
+                .await
+                .map_err(PgError::query("starting a re-snapshot chunk"))?;
+            let snap: String = txn
+                .query_one("SELECT pg_current_snapshot()::text", &[])
+                .await
+                .map_err(PgError::query("reading a chunk's snapshot"))?
+                .get(0);
+            let rows = match &cursor {
+                Some(c) => {
+                    txn.query(
+                        &sql.after,
+                        &c.iter()
+                            .map(|v| v as &(dyn tokio_postgres::types::ToSql + Sync))
+                            .collect::<Vec<_>>(),
+                    )
+                    .await
+                }
+                None => txn.query(&sql.first, &[]).await,
+            }
+            .map_err(PgError::query(format!("reading a chunk of {}", job.table)))?;
+            let values: Vec<Vec<Option<String>>> = rows
+                .iter()
+                .map(|r| (0..columns.len()).map(|i| r.get(i)).collect())
+                .collect();
+            read += values.len() as u64;
+            let last = values.len() < self.chunk_rows as usize;
+            let next: Option<Vec<String>> = values.last().map(|r| {
+                key_at
+                    .iter()
+                    .map(|i| r[*i].clone().unwrap_or_default())
+                    .collect()
+            });
+            let (reply, answer) = oneshot::channel();
+            chunks
+                .send(Chunk {
+                    id: id.clone(),
+                    job: job.clone(),
+                    rows: values,
+                    xip: running_xids(&snap),
+                    last,
+                    reply,
+                })
+                .map_err(|_| Stop::Stream)?;
+            let hw = format!("hw {id}");
+            txn.execute(
+                "SELECT pg_logical_emit_message(true, $1, $2)",
+                &[&prefix, &hw],
+            )
+            .await
+            .map_err(PgError::query("writing a re-snapshot's high watermark"))?;
+            txn.commit()
+                .await
+                .map_err(PgError::query("committing a re-snapshot chunk"))?;
+            let (acked, published) = match answer.await.map_err(|_| Stop::Stream)? {
+                Outcome::Again => continue,
+                Outcome::Published { acked, rows } => (acked, rows),
+            };
+            acked.await.map_err(|_| Stop::Stream)?;
+            if next.is_some() {
+                cursor = next;
+            }
+            let (jid, c) = (job.id.clone(), cursor.clone());
+            self.shared
+                .save(|s| {
+                    if last {
+                        s.resnapshots.retain(|j| j.id != jid);
+                        s.resnapshots_done.push(jid.clone());
+                        let over = s.resnapshots_done.len().saturating_sub(DONE_KEPT);
+                        s.resnapshots_done.drain(..over);
+                    } else if let Some(j) = s.resnapshots.iter_mut().find(|j| j.id == jid) {
+                        j.cursor = c;
+                        j.rows += published;
+                    }
+                })
+                .await?;
+            if last {
+                tracing::info!(table = %job.table, id = %job.id, seconds = started.elapsed().as_secs_f64(), "re-snapshot finished");
+                return Ok(());
+            }
+            if self.rows_per_second > 0 {
+                let due = Duration::from_secs_f64(read as f64 / self.rows_per_second as f64);
+                if let Some(wait) = due.checked_sub(started.elapsed()) {
+                    tokio::time::sleep(wait).await;
+                }
+            }
+        }
+    }
+}
+
+/// A chunk's statements: from the table's start, and after a cursor (its
+/// key columns as `$1…`, text cast to their types).
+struct ChunkSql {
+    first: String,
+    after: String,
+}
+
+async fn chunk_sql(
+    client: &tokio_postgres::Client,
+    t: &TableMapping,
+    job: &Job,
+    window: NaiveDate,
+    chunk_rows: u32,
+) -> Result<ChunkSql, PgError> {
+    let (schema, name) = t.table.split_once('.').expect("schema.table");
+    let relation = format!("{}.{}", pg::ident(schema), pg::ident(name));
+    let types: HashMap<String, String> = client
+        .query(
+            "SELECT attname::text, format_type(atttypid, atttypmod) FROM pg_attribute
+             WHERE attrelid = $1::text::regclass AND attnum > 0 AND NOT attisdropped",
+            &[&relation],
+        )
+        .await
+        .map_err(PgError::query(format!(
+            "reading the key types of {}",
+            t.table
+        )))?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let select = t
+        .columns()
+        .iter()
+        .map(|c| format!("{}::text", pg::ident(c)))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let keys = t
+        .key
+        .iter()
+        .map(|k| pg::ident(k))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut conditions = Vec::new();
+    if let Some(h) = &t.history {
+        conditions.push(format!("{} >= DATE '{window}'", pg::ident(h)));
+    }
+    if let Some(f) = &job.filter {
+        conditions.push(format!("({f})"));
+    }
+    let cursor = t
+        .key
+        .iter()
+        .enumerate()
+        .map(|(i, k)| {
+            let ty = types.get(k).map(String::as_str).unwrap_or("text");
+            format!("${}::text::{ty}", i + 1)
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    let statement = |extra: Option<String>| {
+        let mut all = conditions.clone();
+        all.extend(extra);
+        let filter = if all.is_empty() {
+            String::new()
+        } else {
+            format!(" WHERE {}", all.join(" AND "))
+        };
+        format!("SELECT {select} FROM {relation}{filter} ORDER BY {keys} LIMIT {chunk_rows}")
+    };
+    Ok(ChunkSql {
+        first: statement(None),
+        after: statement(Some(format!("({keys}) > ({cursor})"))),
+    })
+}
+
+/// `vitrina resnapshot`: checks the table and the condition against the
+/// journal, then writes the request through the slot; returns its position.
+pub async fn request(
+    journal: &PgEndpoint,
+    mapping: &Mapping,
+    slot: &str,
+    table: &str,
+    filter: Option<&str>,
+) -> Result<String, CaptureError> {
+    let t = mapping.table(table).ok_or_else(|| {
+        CaptureError::LoadState(format!(
+            "table {table} is not mapped (mapped: {})",
+            mapping
+                .tables
+                .iter()
+                .map(|t| t.table.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))
+    })?;
+    let client = pg::connect(&journal.config()).await?;
+    if let Some(f) = filter {
+        let (schema, name) = t.table.split_once('.').expect("schema.table");
+        client
+            .execute(
+                &format!(
+                    "EXPLAIN SELECT 1 FROM {}.{} WHERE ({f})",
+                    pg::ident(schema),
+                    pg::ident(name)
+                ),
+                &[],
+            )
+            .await
+            .map_err(PgError::query(format!(
+                "checking the condition `{f}` on {table}"
+            )))?;
+    }
+    let content = serde_json::to_string(&Request {
+        table: t.table.clone(),
+        filter: filter.map(str::to_string),
+    })
+    .expect("a request serializes");
+    let row = client
+        .query_one(
+            "SELECT pg_logical_emit_message(true, $1, $2)::text",
+            &[&request_prefix(slot), &content],
+        )
+        .await
+        .map_err(PgError::query("writing the re-snapshot request"))?;
+    Ok(row.get(0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn running_xids_are_the_snapshots_third_field_in_32_bits() {
+        assert_eq!(running_xids("100:105:"), Vec::<u32>::new());
+        assert_eq!(running_xids("100:105:101,103"), vec![101, 103]);
+        let wrapped = (1u64 << 32) + 7;
+        assert_eq!(running_xids(&format!("1:2:{wrapped}")), vec![7]);
+    }
+
+    #[test]
+    fn a_request_is_the_json_an_operator_writes() {
+        let r: Request =
+            serde_json::from_str(r#"{"table": "journal.grades", "where": "school_id = 3"}"#)
+                .unwrap();
+        assert_eq!(r.table, "journal.grades");
+        assert_eq!(r.filter.as_deref(), Some("school_id = 3"));
+        let whole: Request = serde_json::from_str(r#"{"table": "journal.grades"}"#).unwrap();
+        assert_eq!(whole.filter, None);
+    }
+
+    #[test]
+    fn recent_xids_are_bounded() {
+        let mut r = Recent::default();
+        for x in 0..(RECENT_XIDS as u32 + 10) {
+            r.note(x);
+            r.note(x);
+        }
+        assert_eq!(r.order.len(), RECENT_XIDS);
+        assert!(!r.set.contains(&0) && r.set.contains(&(RECENT_XIDS as u32 + 9)));
+    }
+}
