@@ -848,10 +848,12 @@ async fn chunk_sql(
         .map(|c| format!("{}::text", pg::ident(c)))
         .collect::<Vec<_>>()
         .join(", ");
+    // Qualified: ORDER BY would otherwise take the text the SELECT
+    // outputs under the same name, and order keys as text.
     let keys = t
         .key
         .iter()
-        .map(|k| pg::ident(k))
+        .map(|k| format!("r.{}", pg::ident(k)))
         .collect::<Vec<_>>()
         .join(", ");
     let mut conditions = Vec::new();
@@ -879,7 +881,7 @@ async fn chunk_sql(
         } else {
             format!(" WHERE {}", all.join(" AND "))
         };
-        format!("SELECT {select} FROM {relation}{filter} ORDER BY {keys} LIMIT {chunk_rows}")
+        format!("SELECT {select} FROM {relation} AS r{filter} ORDER BY {keys} LIMIT {chunk_rows}")
     };
     Ok(ChunkSql {
         first: statement(None),
