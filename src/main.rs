@@ -352,7 +352,9 @@ async fn run(command: Command, cfg: Config, ctx: Ctx) -> Result<()> {
         Command::Status { json } => status(&cfg, json).await?,
         Command::Config => print!("{}", toml::to_string_pretty(&cfg)?),
         Command::Capture => capture(&cfg).await?,
-        Command::Resnapshot { table, filter } => resnapshot(&cfg, &table, filter.as_deref()).await?,
+        Command::Resnapshot { table, filter } => {
+            resnapshot(&cfg, &table, filter.as_deref()).await?
+        }
         Command::Project => project(&cfg).await?,
         Command::Prostore { what } => prostore(what, &cfg).await?,
         Command::Rdm { what } => rdm(what, &cfg).await?,

@@ -61,9 +61,15 @@ impl Pipeline {
     async fn start(tag: &str, env: &'static [(&'static str, &'static str)]) -> Pipeline {
         let journal = common::journal_db(&format!("t_{tag}")).await;
         let db = common::db_name(&journal);
-        load::load(&journal, &common::small_region(7, 1, 60, 0.02), 2, false, false)
-            .await
-            .unwrap();
+        load::load(
+            &journal,
+            &common::small_region(7, 1, 60, 0.02),
+            2,
+            false,
+            false,
+        )
+        .await
+        .unwrap();
         let show = common::fresh_db(&format!("t_{tag}_show")).await;
         let name = format!("{tag}{}", std::process::id());
         let capture = common::spawn_vitrina("capture", &db, &name, &name, env);
@@ -243,9 +249,21 @@ async fn a_slot_dropped_under_a_workload_recovers_by_itself_and_rows_deleted_mea
     let started = Instant::now();
     unsafe { libc::kill(pid, libc::SIGCONT) };
 
-    wait_log(&p.name, "replication slot was lost", 1, Duration::from_secs(60)).await;
+    wait_log(
+        &p.name,
+        "replication slot was lost",
+        1,
+        Duration::from_secs(60),
+    )
+    .await;
     let tables = vitrina::capture::mapping::Mapping::reference().tables.len();
-    wait_log(&p.name, "re-snapshot finished", tables, Duration::from_secs(400)).await;
+    wait_log(
+        &p.name,
+        "re-snapshot finished",
+        tables,
+        Duration::from_secs(400),
+    )
+    .await;
     let took = started.elapsed();
     retained.abort();
     let freshness = watch.highest().await;
@@ -262,7 +280,10 @@ async fn a_slot_dropped_under_a_workload_recovers_by_itself_and_rows_deleted_mea
         .await
         .unwrap()
         .get(0);
-    assert_eq!(standing, 0, "grades deleted while no slot existed are gone from the showcase");
+    assert_eq!(
+        standing, 0,
+        "grades deleted while no slot existed are gone from the showcase"
+    );
     let (keys, withdrawals) = reread(&common::read_all(&p.name), "grade");
     eprintln!(
         "slot dropped: recovered ({tables} tables re-snapshotted) in {took:.1?}; {keys} grade keys re-read, {withdrawals} withdrawal(s) of grades; highest freshness age {freshness:?} s; WAL retained by the new slot at most {:.1} MB",

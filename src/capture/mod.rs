@@ -356,6 +356,9 @@ impl Capture {
         // chunk at the next start.
         side.abort();
         reader.abort();
+        // Gone before this run ends: none of its saves follows the next
+        // run's.
+        let _ = reader.await;
         drop(streamer.into_publisher());
         let drained = if acker_ended {
             Ok(())

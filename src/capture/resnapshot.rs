@@ -622,6 +622,10 @@ impl Reader {
         let mut queue: VecDeque<Job> = self.shared.state.lock().await.resnapshots.clone().into();
         metrics::gauge!(obs::CAPTURE_RESNAPSHOT_JOBS).set(queue.len() as f64);
         let nonce = format!("{:x}", chrono::Utc::now().timestamp_micros());
+        // The ends of jobs whose last chunks are landing: dropped (aborted)
+        // with the reader, so that none saves this run's state after the
+        // next run began.
+        let mut finishing = tokio::task::JoinSet::new();
         loop {
             let job = match queue.pop_front() {
                 Some(j) => j,
@@ -638,7 +642,9 @@ impl Reader {
                     s.resnapshots.iter().find(|j| j.id == job.id).cloned()
                 };
                 let Some(current) = current else { break };
-                match self.job(&current, &nonce, &ch.chunks).await {
+                // Reap the ends of jobs finished.
+                while finishing.try_join_next().is_some() {}
+                match self.job(&current, &nonce, &ch.chunks, &mut finishing).await {
                     Ok(()) => break,
                     Err(Stop::Stream) => return,
                     Err(Stop::Failed(e)) if e.kind() == ErrorKind::Transient => {
@@ -671,6 +677,7 @@ impl Reader {
         job: &Job,
         nonce: &str,
         chunks: &mpsc::UnboundedSender<Chunk>,
+        finishing: &mut tokio::task::JoinSet<()>,
     ) -> Result<(), Stop> {
         let t = self
             .tables
@@ -705,6 +712,8 @@ impl Reader {
         let prefix = watermark_prefix(&self.slot);
         let mut cursor = job.cursor.clone();
         let (started, mut read, mut n) = (Instant::now(), 0u64, 0u64);
+        let mut spent = Spent::default();
+        let mut landing: VecDeque<Landing> = VecDeque::new();
         tracing::info!(table = %job.table, id = %job.id, from = ?cursor.as_ref().map(|c| c.len()), "re-snapshot reading");
         loop {
             let id = format!("{nonce}.{}.{n}", job.start);
@@ -776,31 +785,48 @@ impl Reader {
             txn.commit()
                 .await
                 .map_err(PgError::query("committing a re-snapshot chunk"))?;
-            let (acked, published) = match answer.await.map_err(|_| Stop::Stream)? {
+            let waiting = Instant::now();
+            let answer = answer.await.map_err(|_| Stop::Stream)?;
+            spent.stream += waiting.elapsed();
+            let (acked, published) = match answer {
                 Outcome::Again => continue,
                 Outcome::Published { acked, rows } => (acked, rows),
             };
-            acked.await.map_err(|_| Stop::Stream)?;
+            // The next chunk is read while Kafka acknowledges this one;
+            // progress is saved for the chunks acknowledged, in order.
             if next.is_some() {
                 cursor = next;
             }
-            let (jid, c) = (job.id.clone(), cursor.clone());
-            self.shared
-                .save(|s| {
-                    if last {
-                        s.resnapshots.retain(|j| j.id != jid);
-                        s.resnapshots_done.push(jid.clone());
-                        let over = s.resnapshots_done.len().saturating_sub(DONE_KEPT);
-                        s.resnapshots_done.drain(..over);
-                    } else if let Some(j) = s.resnapshots.iter_mut().find(|j| j.id == jid) {
-                        j.cursor = c;
-                        j.rows += published;
-                    }
-                })
-                .await?;
+            landing.push_back(Landing {
+                acked,
+                cursor: cursor.clone(),
+                rows: published,
+            });
             if last {
-                tracing::info!(table = %job.table, id = %job.id, seconds = started.elapsed().as_secs_f64(), "re-snapshot finished");
+                // The next job starts while this one's last chunks land.
+                finishing.spawn(finish(
+                    self.shared.clone(),
+                    job.clone(),
+                    landing,
+                    started,
+                    spent,
+                ));
                 return Ok(());
+            }
+            let waiting = Instant::now();
+            let (settled, rows) = settle(&mut landing, false).await?;
+            spent.acks += waiting.elapsed();
+            if let Some(c) = settled {
+                let (waiting, jid) = (Instant::now(), job.id.clone());
+                self.shared
+                    .save(|s| {
+                        if let Some(j) = s.resnapshots.iter_mut().find(|j| j.id == jid) {
+                            j.cursor = c;
+                            j.rows += rows;
+                        }
+                    })
+                    .await?;
+                spent.saving += waiting.elapsed();
             }
             if self.rows_per_second > 0 {
                 let due = Duration::from_secs_f64(read as f64 / self.rows_per_second as f64);
@@ -810,6 +836,100 @@ impl Reader {
             }
         }
     }
+}
+
+/// A job's end: once its last chunks are acknowledged, it is recorded
+/// done. Stopped before (capture stopping, Kafka failing), the job stays
+/// recorded and runs again from its cursor at the next start.
+async fn finish(
+    shared: Arc<Shared>,
+    job: Job,
+    mut landing: VecDeque<Landing>,
+    started: Instant,
+    mut spent: Spent,
+) {
+    let waiting = Instant::now();
+    if settle(&mut landing, true).await.is_err() {
+        return;
+    }
+    spent.acks += waiting.elapsed();
+    let jid = job.id.clone();
+    let saved = shared
+        .save(|s| {
+            s.resnapshots.retain(|j| j.id != jid);
+            s.resnapshots_done.push(jid.clone());
+            let over = s.resnapshots_done.len().saturating_sub(DONE_KEPT);
+            s.resnapshots_done.drain(..over);
+        })
+        .await;
+    match saved {
+        Ok(()) => tracing::info!(
+            table = %job.table,
+            id = %job.id,
+            seconds = started.elapsed().as_secs_f64(),
+            waiting_for_the_stream_s = spent.stream.as_secs_f64(),
+            waiting_for_kafka_s = spent.acks.as_secs_f64(),
+            saving_progress_s = spent.saving.as_secs_f64(),
+            "re-snapshot finished"
+        ),
+        Err(e) => {
+            metrics::counter!(obs::CAPTURE_ERRORS, "kind" => "resnapshot").increment(1);
+            tracing::warn!(table = %job.table, error = %e, "recording a finished re-snapshot failed; it runs again at the next start");
+        }
+    }
+}
+
+/// Chunks published and not yet acknowledged, at most, while the reader
+/// reads on (each holds up to a chunk of records in the producer).
+const UNACKNOWLEDGED_CHUNKS: usize = 8;
+
+/// A chunk published, waiting for Kafka: what to save once it landed.
+struct Landing {
+    acked: oneshot::Receiver<()>,
+    /// The job's cursor after it.
+    cursor: Option<Vec<String>>,
+    rows: u64,
+}
+
+/// Takes the acknowledged chunks off the front of `landing`, waiting for
+/// all of them at the job's `end`, else only for those beyond
+/// [`UNACKNOWLEDGED_CHUNKS`]; returns the cursor after the last one taken
+/// (None: none taken) and their rows.
+async fn settle(
+    landing: &mut VecDeque<Landing>,
+    end: bool,
+) -> Result<(Option<Option<Vec<String>>>, u64), Stop> {
+    let mut wait = if end {
+        landing.len()
+    } else {
+        landing.len().saturating_sub(UNACKNOWLEDGED_CHUNKS)
+    };
+    let (mut settled, mut rows) = (None, 0);
+    while let Some(front) = landing.front_mut() {
+        if wait > 0 {
+            (&mut front.acked).await.map_err(|_| Stop::Stream)?;
+            wait -= 1;
+        } else {
+            match front.acked.try_recv() {
+                Ok(()) => {}
+                Err(oneshot::error::TryRecvError::Empty) => break,
+                Err(oneshot::error::TryRecvError::Closed) => return Err(Stop::Stream),
+            }
+        }
+        let l = landing.pop_front().expect("a front");
+        settled = Some(l.cursor);
+        rows += l.rows;
+    }
+    Ok((settled, rows))
+}
+
+/// Where a job's time went, beside reading: the stream reaching each high
+/// watermark, Kafka acknowledging each chunk, progress saved.
+#[derive(Default)]
+struct Spent {
+    stream: Duration,
+    acks: Duration,
+    saving: Duration,
 }
 
 /// A chunk's statements: from the table's start, and after a cursor (its
