@@ -455,10 +455,12 @@ fn wal_level_other_than_logical_is_refused_with_a_hint() {
     );
 }
 
-/// A slot whose WAL outgrew `max_slot_wal_keep_size` is lost: capture says
-/// so, and how to start again, instead of streaming with a gap.
+/// A slot whose WAL outgrew `max_slot_wal_keep_size` is lost. With
+/// `capture.recover_lost_slot` off capture says so, and how to start again,
+/// instead of streaming with a gap; with it on (the default) capture drops
+/// the slot and makes a new one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_invalidated_slot_is_refused_with_a_hint() {
+async fn an_invalidated_slot_is_refused_with_a_hint_or_recovered() {
     let cluster = common::OwnCluster::start("slotlost", "max_slot_wal_keep_size = '1MB'\n");
     let mut c = vitrina::pg::connect(&cluster.config()).await.unwrap();
     vitrina::journal::migrate(&mut c).await.unwrap();
@@ -487,15 +489,36 @@ async fn an_invalidated_slot_is_refused_with_a_hint() {
     assert_eq!(status, "lost", "the setup must invalidate the slot");
     let env = cluster.as_journal();
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let (code, err) = common::run_capture_to_exit_with("postgres", "caplost", &env);
-    drop(c);
-    drop(cluster);
+    let log = format!("caplost{}", std::process::id());
+    let mut off = env.clone();
+    off.push(("VITRINA_CAPTURE__RECOVER_LOST_SLOT", "false"));
+    let (code, err) = common::run_capture_to_exit_with("postgres", "caplost", &off);
     assert_eq!(code, Some(1), "{err}");
     assert!(
         err.contains("replication slot `caplost` was invalidated")
-            && err.contains("pg_drop_replication_slot('caplost')"),
+            && err.contains("capture.recover_lost_slot = true"),
         "{err}"
     );
+    // Recovered: the slot dropped and made again, capture streaming from it.
+    let child = common::spawn_vitrina("capture", "postgres", "caplost", &log, &env);
+    common::wait_caught_up(&cluster.config(), "caplost", Duration::from_secs(120)).await;
+    let status: Option<String> = c
+        .query_one(
+            "SELECT wal_status FROM pg_replication_slots WHERE slot_name = 'caplost'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_ne!(status.as_deref(), Some("lost"), "a new slot streams");
+    assert!(
+        common::log_tail(&log, 200).contains("was invalidated (max_slot_wal_keep_size): dropped"),
+        "{}",
+        common::log_tail(&log, 30)
+    );
+    stop(child);
+    drop(c);
+    drop(cluster);
 }
 
 /// Least privilege: capture runs as a role with REPLICATION and SELECT on

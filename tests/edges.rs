@@ -418,11 +418,12 @@ async fn an_interrupted_load_survives_the_loss_of_capture_s_disk() {
         .unwrap();
 }
 
-/// A slot lost (dropped) and made again: the new initial load withdraws
-/// what the topics held, so rows deleted while no slot existed leave the
-/// showcase too.
+/// A slot lost (dropped) while capture was stopped: capture makes a new
+/// one and re-snapshots every table while streaming; each table's
+/// withdrawal at the end takes rows deleted while no slot existed out of
+/// the showcase too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_new_load_after_a_lost_slot_withdraws_rows_deleted_in_the_gap() {
+async fn a_lost_slot_is_recovered_and_rows_deleted_in_the_gap_are_withdrawn() {
     let cfg = common::journal_db("t_edge_reload").await;
     let db = common::db_name(&cfg);
     load::load(
@@ -454,7 +455,7 @@ async fn a_new_load_after_a_lost_slot_withdraws_rows_deleted_in_the_gap() {
     assert_eq!(gone, 25);
     let mut capture = common::spawn_capture(&db, &name);
     common::assert_showcase_equals_journal(
-        "showcase vs journal after a new load",
+        "showcase vs journal after a lost slot's recovery",
         &cfg,
         &name,
         &show,
