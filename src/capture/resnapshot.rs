@@ -690,7 +690,6 @@ impl Reader {
                 )))
             })?;
         let mut client = pg::connect(&self.journal.config()).await?;
-        let columns = t.columns();
         let sql = chunk_sql(
             &client,
             t,
@@ -699,17 +698,6 @@ impl Reader {
             self.chunk_rows,
         )
         .await?;
-        let key_at: Vec<usize> = t
-            .key
-            .iter()
-            .map(|k| {
-                columns
-                    .iter()
-                    .position(|c| c == k)
-                    .expect("key columns are read")
-            })
-            .collect();
-        let prefix = watermark_prefix(&self.slot);
         let mut cursor = job.cursor.clone();
         let (started, mut read, mut n) = (Instant::now(), 0u64, 0u64);
         let mut spent = Spent::default();
@@ -718,73 +706,10 @@ impl Reader {
         loop {
             let id = format!("{nonce}.{}.{n}", job.start);
             n += 1;
-            let lw = format!("lw {id} {}", job.table);
-            client
-                .execute(
-                    "SELECT pg_logical_emit_message(true, $1, $2)",
-                    &[&prefix, &lw],
-                )
-                .await
-                .map_err(PgError::query("writing a re-snapshot's low watermark"))?;
-            // Its snapshot is taken by its first statement and serves all of
-            // them: the running xids read are those the chunk does not see.
-            let txn = client
-                .build_transaction()
-                .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
-                .start()
-                .await
-                .map_err(PgError::query("starting a re-snapshot chunk"))?;
-            let snap: String = txn
-                .query_one("SELECT pg_current_snapshot()::text", &[])
-                .await
-                .map_err(PgError::query("reading a chunk's snapshot"))?
-                .get(0);
-            let rows = match &cursor {
-                Some(c) => {
-                    txn.query(
-                        &sql.after,
-                        &c.iter()
-                            .map(|v| v as &(dyn tokio_postgres::types::ToSql + Sync))
-                            .collect::<Vec<_>>(),
-                    )
-                    .await
-                }
-                None => txn.query(&sql.first, &[]).await,
-            }
-            .map_err(PgError::query(format!("reading a chunk of {}", job.table)))?;
-            let values: Vec<Vec<Option<String>>> = rows
-                .iter()
-                .map(|r| (0..columns.len()).map(|i| r.get(i)).collect())
-                .collect();
-            read += values.len() as u64;
-            let last = values.len() < self.chunk_rows as usize;
-            let next: Option<Vec<String>> = values.last().map(|r| {
-                key_at
-                    .iter()
-                    .map(|i| r[*i].clone().unwrap_or_default())
-                    .collect()
-            });
-            let (reply, answer) = oneshot::channel();
-            chunks
-                .send(Chunk {
-                    id: id.clone(),
-                    job: job.clone(),
-                    rows: values,
-                    xip: running_xids(&snap),
-                    last,
-                    reply,
-                })
-                .map_err(|_| Stop::Stream)?;
-            let hw = format!("hw {id}");
-            txn.execute(
-                "SELECT pg_logical_emit_message(true, $1, $2)",
-                &[&prefix, &hw],
-            )
-            .await
-            .map_err(PgError::query("writing a re-snapshot's high watermark"))?;
-            txn.commit()
-                .await
-                .map_err(PgError::query("committing a re-snapshot chunk"))?;
+            let (answer, last, next, rows) = self
+                .chunk(&mut client, &sql, job, &id, cursor.as_deref(), chunks)
+                .await?;
+            read += rows;
             let waiting = Instant::now();
             let answer = answer.await.map_err(|_| Stop::Stream)?;
             spent.stream += waiting.elapsed();
@@ -879,6 +804,91 @@ async fn finish(
     }
 }
 
+impl Reader {
+    /// Reads one chunk of `job` after `cursor` between its watermarks and
+    /// hands it to the stream: the stream's answer to come, whether it was
+    /// the table's last, the cursor after it, and the rows read.
+    async fn chunk(
+        &self,
+        client: &mut tokio_postgres::Client,
+        sql: &ChunkSql,
+        job: &Job,
+        id: &str,
+        cursor: Option<&[String]>,
+        chunks: &mpsc::UnboundedSender<Chunk>,
+    ) -> Result<(oneshot::Receiver<Outcome>, bool, Option<Vec<String>>, u64), Stop> {
+        let prefix = watermark_prefix(&self.slot);
+        let lw = format!("lw {id} {}", job.table);
+        client
+            .execute(
+                "SELECT pg_logical_emit_message(true, $1, $2)",
+                &[&prefix, &lw],
+            )
+            .await
+            .map_err(PgError::query("writing a re-snapshot's low watermark"))?;
+        // Its snapshot is taken by its first statement and serves all of
+        // them: the running xids read are those the chunk does not see.
+        let txn = client
+            .build_transaction()
+            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+            .start()
+            .await
+            .map_err(PgError::query("starting a re-snapshot chunk"))?;
+        let snap: String = txn
+            .query_one("SELECT pg_current_snapshot()::text", &[])
+            .await
+            .map_err(PgError::query("reading a chunk's snapshot"))?
+            .get(0);
+        let rows = match cursor {
+            Some(c) => {
+                txn.query(
+                    &sql.after,
+                    &c.iter()
+                        .map(|v| v as &(dyn tokio_postgres::types::ToSql + Sync))
+                        .collect::<Vec<_>>(),
+                )
+                .await
+            }
+            None => txn.query(&sql.first, &[]).await,
+        }
+        .map_err(PgError::query(format!("reading a chunk of {}", job.table)))?;
+        let values: Vec<Vec<Option<String>>> = rows
+            .iter()
+            .map(|r| (0..sql.columns).map(|i| r.get(i)).collect())
+            .collect();
+        let read = values.len() as u64;
+        let last = values.len() < self.chunk_rows as usize;
+        let next: Option<Vec<String>> = values.last().map(|r| {
+            sql.key_at
+                .iter()
+                .map(|i| r[*i].clone().unwrap_or_default())
+                .collect()
+        });
+        let (reply, answer) = oneshot::channel();
+        chunks
+            .send(Chunk {
+                id: id.to_string(),
+                job: job.clone(),
+                rows: values,
+                xip: running_xids(&snap),
+                last,
+                reply,
+            })
+            .map_err(|_| Stop::Stream)?;
+        let hw = format!("hw {id}");
+        txn.execute(
+            "SELECT pg_logical_emit_message(true, $1, $2)",
+            &[&prefix, &hw],
+        )
+        .await
+        .map_err(PgError::query("writing a re-snapshot's high watermark"))?;
+        txn.commit()
+            .await
+            .map_err(PgError::query("committing a re-snapshot chunk"))?;
+        Ok((answer, last, next, read))
+    }
+}
+
 /// Chunks published and not yet acknowledged, at most, while the reader
 /// reads on (each holds up to a chunk of records in the producer).
 const UNACKNOWLEDGED_CHUNKS: usize = 8;
@@ -937,6 +947,10 @@ struct Spent {
 struct ChunkSql {
     first: String,
     after: String,
+    /// Columns read (the table's [`TableMapping::columns`]).
+    columns: usize,
+    /// Where the key columns are among them.
+    key_at: Vec<usize>,
 }
 
 async fn chunk_sql(
@@ -1003,9 +1017,21 @@ async fn chunk_sql(
         };
         format!("SELECT {select} FROM {relation} AS r{filter} ORDER BY {keys} LIMIT {chunk_rows}")
     };
+    let columns = t.columns();
     Ok(ChunkSql {
         first: statement(None),
         after: statement(Some(format!("({keys}) > ({cursor})"))),
+        columns: columns.len(),
+        key_at: t
+            .key
+            .iter()
+            .map(|k| {
+                columns
+                    .iter()
+                    .position(|c| c == k)
+                    .expect("key columns are read")
+            })
+            .collect(),
     })
 }
 
