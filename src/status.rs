@@ -30,6 +30,17 @@ pub struct Capture {
     pub lag_bytes: Option<i64>,
     pub retained_wal_bytes: Option<i64>,
     pub wal_status: Option<String>,
+    /// Re-snapshots, from capture's `/metrics` (None: not reachable).
+    pub resnapshots: Option<Resnapshots>,
+}
+
+/// What capture's metrics say of its re-snapshots.
+#[derive(Debug, Default, Serialize, PartialEq)]
+pub struct Resnapshots {
+    /// Not finished.
+    pub running: u64,
+    /// Rows re-read since capture started, by table.
+    pub rows: BTreeMap<String, u64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -75,6 +86,7 @@ pub async fn pipeline(cfg: &Config, conns: &Connections) -> Pipeline {
                         lag_bytes: r.get(2),
                         retained_wal_bytes: r.get(3),
                         wal_status: r.get(4),
+                        resnapshots: scrape(&c.metrics_listen).await.map(|m| resnapshots(&m)),
                     })
                 }
                 Ok(None) => out.problems.push(format!(
@@ -236,6 +248,18 @@ pub fn render(p: &Pipeline, budget_s: u64) -> String {
         )),
         None => o.push_str("  -\n"),
     }
+    if let Some(r) = p.capture.as_ref().and_then(|c| c.resnapshots.as_ref()) {
+        let rows: Vec<String> = r.rows.iter().map(|(t, n)| format!("{t} {n}")).collect();
+        o.push_str(&format!(
+            "  re-snapshots running {}; rows re-read since start: {}\n",
+            r.running,
+            if rows.is_empty() {
+                "-".into()
+            } else {
+                rows.join(", ")
+            }
+        ));
+    }
     o.push_str(&format!("\nSHOWCASE (budget {budget_s} s)\n"));
     match &p.showcase {
         Some(s) => {
@@ -274,6 +298,50 @@ pub fn render(p: &Pipeline, budget_s: u64) -> String {
     o
 }
 
+/// Capture's `/metrics` text at `addr`, if it answers within a second.
+async fn scrape(addr: &str) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let fetch = async {
+        let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+        s.write_all(b"GET /metrics HTTP/1.0\r\nHost: vitrina\r\n\r\n")
+            .await
+            .ok()?;
+        let mut body = String::new();
+        s.read_to_string(&mut body).await.ok()?;
+        Some(body)
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(1), fetch)
+        .await
+        .ok()
+        .flatten()
+}
+
+/// The re-snapshot series of a Prometheus text exposition.
+pub fn resnapshots(metrics: &str) -> Resnapshots {
+    let mut r = Resnapshots::default();
+    for line in metrics.lines() {
+        let Some((series, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let value = value.parse::<f64>().unwrap_or(0.0) as u64;
+        if series == crate::observability::CAPTURE_RESNAPSHOT_JOBS {
+            r.running = value;
+        } else if let Some(labels) = series
+            .strip_prefix(crate::observability::CAPTURE_RESNAPSHOT_ROWS)
+            .and_then(|l| l.strip_prefix('{'))
+        {
+            if let Some(table) = labels
+                .split(',')
+                .find_map(|l| l.strip_prefix("table=\""))
+                .and_then(|t| t.split('"').next())
+            {
+                r.rows.insert(table.to_string(), value);
+            }
+        }
+    }
+    r
+}
+
 async fn connect(
     ep: Result<&crate::connections::PgEndpoint, crate::connections::ConnectionError>,
 ) -> Result<tokio_postgres::Client, String> {
@@ -281,4 +349,18 @@ async fn connect(
     crate::pg::connect(&ep.config())
         .await
         .map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resnapshots_are_read_from_the_metrics_text() {
+        let text = "# TYPE vitrina_capture_resnapshot_jobs gauge\nvitrina_capture_resnapshot_jobs 2\nvitrina_capture_resnapshot_rows_total{table=\"journal.grades\"} 4500\nvitrina_capture_events_total{entity=\"grade\"} 9\n";
+        let r = resnapshots(text);
+        assert_eq!(r.running, 2);
+        assert_eq!(r.rows.get("journal.grades"), Some(&4500));
+        assert_eq!(r.rows.len(), 1);
+    }
 }
