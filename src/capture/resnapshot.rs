@@ -350,6 +350,11 @@ impl Resnapshots {
                 tracing::error!(table = %r.table, "a re-snapshot request names a table the mapping does not map; it is ignored\nhint: name a mapped table as schema.table");
                 continue;
             };
+            if let Some(Err(e)) = r.filter.as_deref().map(|f| check_filter(t, f)) {
+                metrics::counter!(obs::CAPTURE_ERRORS, "kind" => "resnapshot_request").increment(1);
+                tracing::error!(table = %t.table, "a re-snapshot request is refused: {e}");
+                continue;
+            }
             new.push(Job::new(&t.table, r.filter, commit_lsn, "requested"));
         }
         let added = self
@@ -359,6 +364,13 @@ impl Resnapshots {
                     !s.resnapshots.iter().any(|o| o.id == j.id)
                         && !s.resnapshots_done.contains(&j.id)
                 });
+                let room = MAX_JOBS.saturating_sub(s.resnapshots.len());
+                if new.len() > room {
+                    metrics::counter!(obs::CAPTURE_ERRORS, "kind" => "resnapshot_request")
+                        .increment((new.len() - room) as u64);
+                    tracing::error!(running = s.resnapshots.len(), refused = new.len() - room, "re-snapshot requests refused: {MAX_JOBS} are not finished\nhint: request it again once those finish (vitrina status)");
+                    new.truncate(room);
+                }
                 s.resnapshots.extend(new.iter().cloned());
                 new
             })
@@ -1035,6 +1047,115 @@ async fn chunk_sql(
     })
 }
 
+/// Re-snapshots not finished, at most: a request beyond is refused (any
+/// role of the journal can write a message; a flood must not grow the
+/// load state without bound).
+pub const MAX_JOBS: usize = 32;
+
+/// Checks a re-snapshot's condition on table `t`: a boolean expression of
+/// the table's plain mapped columns (key, partition, history, and columns
+/// published as they are; not the raw identifiers capture hashes), numbers,
+/// string literals, comparisons, `AND`/`OR`/`NOT`, `IN (…)`, `BETWEEN`,
+/// `IS [NOT] NULL`, `DATE '…'` and parentheses. Nothing else passes: no
+/// function, subquery, cast, comment or semicolon. The condition is put
+/// into capture's own query, and any role of the journal can send a
+/// request (`pg_logical_emit_message` is executable by PUBLIC), so this is
+/// the boundary against SQL injection.
+pub fn check_filter(t: &TableMapping, filter: &str) -> Result<(), String> {
+    use super::mapping::Source as S;
+    const WORDS: [&str; 12] = [
+        "AND", "OR", "NOT", "IN", "BETWEEN", "IS", "NULL", "TRUE", "FALSE", "DATE", "LIKE", "ILIKE",
+    ];
+    let mut columns: Vec<&str> = t.key.iter().map(String::as_str).collect();
+    columns.extend(t.partition_by.as_deref());
+    columns.extend(t.history.as_deref());
+    columns.extend(t.sources.iter().filter_map(|s| match s {
+        S::Column(c) => Some(c.as_str()),
+        S::Hash(..) => None,
+    }));
+    let refuse = |what: String| {
+        Err(format!(
+            "the condition `{filter}` {what}\nhint: a condition compares {}'s columns {} with numbers, 'strings' and DATE '…', joined by AND, OR, NOT, IN (…), BETWEEN, IS [NOT] NULL and parentheses",
+            t.table,
+            columns.join(", ")
+        ))
+    };
+    let chars: Vec<char> = filter.chars().collect();
+    let (mut i, mut depth, mut tokens) = (0, 0i32, 0);
+    while i < chars.len() {
+        let c = chars[i];
+        if c.is_whitespace() {
+            i += 1;
+            continue;
+        }
+        tokens += 1;
+        if c.is_ascii_alphabetic() || c == '_' {
+            let start = i;
+            while i < chars.len() && (chars[i].is_ascii_alphanumeric() || chars[i] == '_') {
+                i += 1;
+            }
+            let word: String = chars[start..i].iter().collect();
+            if !columns.contains(&word.as_str())
+                && !WORDS.contains(&word.to_ascii_uppercase().as_str())
+            {
+                return refuse(format!("names `{word}`, which is not one of the columns it may use, nor AND/OR/NOT/IN/BETWEEN/IS/NULL/TRUE/FALSE/DATE/LIKE"));
+            }
+        } else if c == '"' {
+            let end = chars[i + 1..].iter().position(|c| *c == '"');
+            let Some(end) = end else {
+                return refuse("leaves a quoted name open".into());
+            };
+            let word: String = chars[i + 1..i + 1 + end].iter().collect();
+            if !columns.contains(&word.as_str()) {
+                return refuse(format!(
+                    "names \"{word}\", which is not one of the columns it may use"
+                ));
+            }
+            i += end + 2;
+        } else if c == '\'' {
+            i += 1;
+            loop {
+                match (chars.get(i), chars.get(i + 1)) {
+                    (Some('\''), Some('\'')) => i += 2,
+                    (Some('\''), _) => break,
+                    (Some(_), _) => i += 1,
+                    (None, _) => return refuse("leaves a string open".into()),
+                }
+            }
+            i += 1;
+        } else if c.is_ascii_digit() {
+            while i < chars.len() && (chars[i].is_ascii_digit() || chars[i] == '.') {
+                i += 1;
+            }
+        } else if c == '(' || c == ')' {
+            depth += if c == '(' { 1 } else { -1 };
+            if depth < 0 {
+                return refuse("closes a parenthesis it did not open".into());
+            }
+            i += 1;
+        } else if c == ',' || c == '=' || c == '-' {
+            if c == '-' && chars.get(i + 1) == Some(&'-') {
+                return refuse("holds a comment".into());
+            }
+            i += 1;
+        } else if c == '<' || c == '>' || c == '!' {
+            i += 1;
+            if matches!(chars.get(i), Some('=') | Some('>')) {
+                i += 1;
+            }
+        } else {
+            return refuse(format!("holds `{c}`, which a condition may not"));
+        }
+    }
+    if depth != 0 {
+        return refuse("leaves a parenthesis open".into());
+    }
+    if tokens == 0 {
+        return refuse("is empty".into());
+    }
+    Ok(())
+}
+
 /// `vitrina resnapshot`: checks the table and the condition against the
 /// journal, then writes the request through the slot; returns its position.
 pub async fn request(
@@ -1055,6 +1176,9 @@ pub async fn request(
                 .join(", ")
         ))
     })?;
+    if let Some(f) = filter {
+        check_filter(t, f).map_err(CaptureError::LoadState)?;
+    }
     let client = pg::connect(&journal.config()).await?;
     if let Some(f) = filter {
         let (schema, name) = t.table.split_once('.').expect("schema.table");
@@ -1108,6 +1232,37 @@ mod tests {
         assert_eq!(r.filter.as_deref(), Some("school_id = 3"));
         let whole: Request = serde_json::from_str(r#"{"table": "journal.grades"}"#).unwrap();
         assert_eq!(whole.filter, None);
+    }
+
+    #[test]
+    fn a_condition_is_an_expression_of_plain_mapped_columns_and_nothing_else() {
+        let m = Mapping::reference();
+        let grades = m.table("journal.grades").unwrap();
+        for ok in [
+            "student_id = 3",
+            "created_at >= DATE '2025-09-01' AND (student_id IN (1, 2, 3) OR id BETWEEN 10 AND 20)",
+            "\"id\" <> 5 AND NOT student_id IS NULL",
+            "id >= 100",
+        ] {
+            assert_eq!(check_filter(grades, ok), Ok(()), "{ok}");
+        }
+        for bad in [
+            "true) UNION SELECT surname FROM journal.students --",
+            "id = 1; DROP TABLE journal.grades",
+            "id = 1 -- trailing",
+            "pg_sleep(10) IS NULL",
+            "id IN (SELECT id FROM journal.students)",
+            "id = 1)",
+            "(id = 1",
+            "id::text = '1'",
+            "id = 'open",
+            "",
+        ] {
+            assert!(check_filter(grades, bad).is_err(), "{bad}");
+        }
+        let students = m.table("journal.students").unwrap();
+        let raw = check_filter(students, "snils = '123'").unwrap_err();
+        assert!(raw.contains("names `snils`"), "{raw}");
     }
 
     #[test]
