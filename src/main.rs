@@ -457,8 +457,9 @@ async fn capture(cfg: &Config) -> Result<()> {
 }
 
 async fn resnapshot(cfg: &Config, table: &str, filter: Option<&str>) -> Result<()> {
-    let conns = Stack::new(cfg)?.connections()?;
     let mapping = vitrina::capture::mapping::Mapping::load(cfg.capture.mapping_file.as_deref())?;
+    vitrina::capture::resnapshot::check_request(&mapping, table, filter)?;
+    let conns = Stack::new(cfg)?.connections()?;
     let at = vitrina::capture::resnapshot::request(
         conns.journal()?,
         &mapping,

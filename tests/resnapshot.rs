@@ -146,6 +146,28 @@ async fn a_table_resnapshotted_under_a_workload_and_killed_twice_ends_equal_to_t
     let load_task = common::spawn_workload(&p.journal, 45, 0, 11);
     let watch = common::FreshnessWatch::start(&p.show);
 
+    // A request any journal role can write, with SQL smuggled into its
+    // condition: refused by capture, which streams on.
+    let smuggled = serde_json::json!({
+        "table": "journal.grades",
+        "where": "true) UNION SELECT id, id, id, id, id, id, id, id, id, id FROM journal.students --"
+    });
+    c.execute(
+        "SELECT pg_logical_emit_message(true, $1, $2)",
+        &[
+            &format!("vitrina.resnapshot.{}", p.name),
+            &smuggled.to_string(),
+        ],
+    )
+    .await
+    .unwrap();
+    wait_log(
+        &p.name,
+        "a re-snapshot request is refused",
+        1,
+        Duration::from_secs(60),
+    )
+    .await;
     let out = common::run_vitrina(&p.db, &p.name, &["resnapshot", "journal.grades"], &SLOW);
     assert!(
         out.status.success(),
@@ -189,6 +211,29 @@ async fn a_table_resnapshotted_under_a_workload_and_killed_twice_ends_equal_to_t
         "the stream went on during the re-snapshot (freshness age {freshness} s)"
     );
     p.stop();
+}
+
+/// `vitrina resnapshot` refuses a condition that is not a plain one, and
+/// says what a condition may hold, before it writes anything.
+#[test]
+fn a_condition_with_sql_in_it_is_refused_before_anything_is_written() {
+    let out = common::run_vitrina(
+        "nowhere",
+        "nothing",
+        &[
+            "resnapshot",
+            "journal.grades",
+            "--where",
+            "id = 1; DROP TABLE journal.grades",
+        ],
+        &[],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("holds `;`") && err.contains("joined by AND, OR"),
+        "{err}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

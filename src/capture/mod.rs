@@ -132,6 +132,9 @@ pub enum CaptureError {
     LoadStateMissing { slot: String, store: String },
     #[error("capture task failed: {0}")]
     Task(String),
+    /// A re-snapshot request that cannot run (its message says why).
+    #[error("{0}")]
+    Request(String),
 }
 
 impl CaptureError {
@@ -171,7 +174,8 @@ impl Classify for CaptureError {
             | E::NoSnapshot(_)
             | E::LoadState(_)
             | E::LoadStateMissing { .. }
-            | E::Task(_) => ErrorKind::Definite,
+            | E::Task(_)
+            | E::Request(_) => ErrorKind::Definite,
         }
     }
 }

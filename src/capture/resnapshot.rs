@@ -696,7 +696,7 @@ impl Reader {
             .iter()
             .find(|t| t.table == job.table)
             .ok_or_else(|| {
-                Stop::Failed(CaptureError::LoadState(format!(
+                Stop::Failed(CaptureError::Request(format!(
                     "re-snapshot {} names table {}, which the mapping no longer maps",
                     job.id, job.table
                 )))
@@ -1073,6 +1073,8 @@ pub fn check_filter(t: &TableMapping, filter: &str) -> Result<(), String> {
         S::Column(c) => Some(c.as_str()),
         S::Hash(..) => None,
     }));
+    columns.sort_unstable();
+    columns.dedup();
     let refuse = |what: String| {
         Err(format!(
             "the condition `{filter}` {what}\nhint: a condition compares {}'s columns {} with numbers, 'strings' and DATE '…', joined by AND, OR, NOT, IN (…), BETWEEN, IS [NOT] NULL and parentheses",
@@ -1156,18 +1158,16 @@ pub fn check_filter(t: &TableMapping, filter: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// `vitrina resnapshot`: checks the table and the condition against the
-/// journal, then writes the request through the slot; returns its position.
-pub async fn request(
-    journal: &PgEndpoint,
-    mapping: &Mapping,
-    slot: &str,
+/// The mapped table a request names, its condition checked
+/// ([`check_filter`]); nothing is read or written.
+pub fn check_request<'m>(
+    mapping: &'m Mapping,
     table: &str,
     filter: Option<&str>,
-) -> Result<String, CaptureError> {
+) -> Result<&'m TableMapping, CaptureError> {
     let t = mapping.table(table).ok_or_else(|| {
-        CaptureError::LoadState(format!(
-            "table {table} is not mapped (mapped: {})",
+        CaptureError::Request(format!(
+            "table {table} is not mapped\nhint: name one of the mapped tables: {}",
             mapping
                 .tables
                 .iter()
@@ -1177,8 +1177,22 @@ pub async fn request(
         ))
     })?;
     if let Some(f) = filter {
-        check_filter(t, f).map_err(CaptureError::LoadState)?;
+        check_filter(t, f).map_err(CaptureError::Request)?;
     }
+    Ok(t)
+}
+
+/// `vitrina resnapshot`: checks the request ([`check_request`]) and the
+/// condition against the journal, then writes the request through the
+/// slot; returns its position.
+pub async fn request(
+    journal: &PgEndpoint,
+    mapping: &Mapping,
+    slot: &str,
+    table: &str,
+    filter: Option<&str>,
+) -> Result<String, CaptureError> {
+    let t = check_request(mapping, table, filter)?;
     let client = pg::connect(&journal.config()).await?;
     if let Some(f) = filter {
         let (schema, name) = t.table.split_once('.').expect("schema.table");
