@@ -337,3 +337,98 @@ async fn a_slot_dropped_under_a_workload_recovers_by_itself_and_rows_deleted_mea
     assert!(withdrawals >= 1);
     p.stop();
 }
+
+/// The race plain DBLog leaves open on PostgreSQL: a transaction whose
+/// commit the stream already carried is still running in a chunk's
+/// snapshot (here it waits for a synchronous standby that never answers:
+/// PostgreSQL writes the commit record, then waits, then makes the
+/// transaction visible). Published, the chunk would put the row's older
+/// state after the newer one; capture reads the chunk again until the
+/// transaction is visible, and the topics end equal to the journal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chunk_older_than_a_change_the_stream_carried_is_read_again() {
+    common::stack(); // the broker
+    let cluster = common::OwnCluster::start(
+        "resnaprace",
+        "synchronous_standby_names = 'ghost'\nsynchronous_commit = local\n",
+    );
+    let mut c = vitrina::pg::connect(&cluster.config()).await.unwrap();
+    vitrina::journal::migrate(&mut c).await.unwrap();
+    load::load(
+        &cluster.config(),
+        &common::small_region(9, 1, 20, 0.0),
+        2,
+        false,
+        false,
+    )
+    .await
+    .unwrap();
+    let name = format!("resnaprace{}", std::process::id());
+    let env = cluster.as_journal();
+    let mut env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    env.extend(FAST);
+    let mut capture = common::spawn_vitrina("capture", "postgres", &name, &name, &env);
+    common::wait_caught_up(&cluster.config(), &name, Duration::from_secs(120)).await;
+
+    // The racer: committed in WAL (the stream carries it), invisible to
+    // every snapshot while it waits for the standby.
+    let racer = {
+        let cfg = cluster.config();
+        tokio::spawn(async move {
+            let r = vitrina::pg::connect(&cfg).await.unwrap();
+            r.batch_execute(
+                "SET synchronous_commit = on;
+                 UPDATE journal.grades SET weight = 9.5, updated_at = now()
+                  WHERE id = (SELECT min(id) FROM journal.grades)",
+            )
+            .await
+            .unwrap();
+        })
+    };
+    common::wait_caught_up(&cluster.config(), &name, Duration::from_secs(60)).await;
+    assert!(!racer.is_finished(), "the racer waits for its standby");
+    let visible: f64 = c
+        .query_one(
+            "SELECT weight::float8 FROM journal.grades WHERE id = (SELECT min(id) FROM journal.grades)",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_ne!(visible, 9.5, "the racer's change is not visible yet");
+
+    let out = common::run_vitrina("postgres", &name, &["resnapshot", "journal.grades"], &env);
+    assert!(
+        out.status.success(),
+        "vitrina resnapshot: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_log(
+        &name,
+        "re-snapshot chunk read again",
+        2,
+        Duration::from_secs(60),
+    )
+    .await;
+    // The standby requirement lifted: the racer becomes visible.
+    c.batch_execute("ALTER SYSTEM SET synchronous_standby_names = ''")
+        .await
+        .unwrap();
+    c.batch_execute("SELECT pg_reload_conf()").await.unwrap();
+    tokio::time::timeout(Duration::from_secs(30), racer)
+        .await
+        .expect("the racer commits once no standby is required")
+        .unwrap();
+    wait_log(&name, "re-snapshot finished", 1, Duration::from_secs(120)).await;
+    common::wait_caught_up(&cluster.config(), &name, Duration::from_secs(60)).await;
+    let messages = common::read_all(&name);
+    let (got, _) = common::fold(&messages, &name);
+    common::kill(&mut capture, libc::SIGTERM);
+    common::assert_same_state(
+        "topics vs journal after a chunk raced a committed transaction",
+        &got,
+        &common::journal_state(&cluster.config()).await,
+    );
+    drop(c);
+    drop(cluster);
+}

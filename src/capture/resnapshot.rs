@@ -119,8 +119,9 @@ pub fn watermark_prefix(slot: &str) -> String {
 /// How many finished jobs the load state remembers.
 const DONE_KEPT: usize = 64;
 
-/// Xids remembered per table under re-snapshot (a race needs one of them).
-const RECENT_XIDS: usize = 100_000;
+/// Transactions the stream remembers having seen commit (a race needs one
+/// of them still running in a chunk's snapshot): about 8-10 MB.
+const RECENT_XIDS: usize = 1_000_000;
 
 /// The load state, shared by the stream (requests) and the reader
 /// (progress); saved whole, under the lock, in the order of changes.
@@ -176,8 +177,11 @@ pub(super) struct Resnapshots {
     /// a low watermark closes any window still open (its reader failed or
     /// stopped before the high watermark).
     windows: HashMap<String, Window>,
-    /// Per table under re-snapshot: xids of its recent changes.
-    recent: HashMap<String, Recent>,
+    /// Tables under re-snapshot: their changes' keys are noted in windows.
+    watching: HashSet<String>,
+    /// Transactions seen committing, always (a chunk's race may involve
+    /// one that committed before its job began).
+    committed: Committed,
     /// Requests in the transaction being received.
     requested: Vec<Request>,
     shared: Arc<Shared>,
@@ -188,27 +192,35 @@ pub(super) struct Resnapshots {
 pub(super) struct Window {
     table: String,
     keys: HashSet<String>,
-    xids: HashSet<u32>,
     truncated: bool,
+    /// [`Committed::count`] when the low watermark was read.
+    opened: u64,
 }
 
+/// The latest transactions seen committing, numbered in commit order.
 #[derive(Default)]
-struct Recent {
+struct Committed {
     order: VecDeque<u32>,
-    set: HashSet<u32>,
+    at: HashMap<u32, u64>,
+    count: u64,
 }
 
-impl Recent {
+impl Committed {
     fn note(&mut self, xid: u32) {
-        if self.order.back() == Some(&xid) || !self.set.insert(xid) {
-            return;
+        self.count += 1;
+        if self.at.insert(xid, self.count).is_none() {
+            self.order.push_back(xid);
         }
-        self.order.push_back(xid);
         if self.order.len() > RECENT_XIDS {
             if let Some(old) = self.order.pop_front() {
-                self.set.remove(&old);
+                self.at.remove(&old);
             }
         }
+    }
+
+    /// Whether `xid` was seen committing before the `n`-th commit.
+    fn before(&self, xid: u32, n: u64) -> bool {
+        self.at.get(&xid).is_some_and(|at| *at <= n)
     }
 }
 
@@ -230,10 +242,7 @@ impl Resnapshots {
         // Unbounded: a chunk whose high watermark failed to commit stays
         // until the next one's is read; the reader sends one at a time.
         let (chunk_tx, chunk_rx) = mpsc::unbounded_channel();
-        let recent = jobs
-            .iter()
-            .map(|j| (j.table.clone(), Recent::default()))
-            .collect();
+        let watching = jobs.iter().map(|j| j.table.clone()).collect();
         (
             Resnapshots {
                 request_prefix: request_prefix(slot),
@@ -242,7 +251,8 @@ impl Resnapshots {
                 chunks: chunk_rx,
                 pending: VecDeque::new(),
                 windows: HashMap::new(),
-                recent,
+                watching,
+                committed: Committed::default(),
                 requested: Vec::new(),
                 shared,
             },
@@ -278,6 +288,7 @@ impl Resnapshots {
                     id.to_string(),
                     Window {
                         table: table.to_string(),
+                        opened: self.committed.count,
                         ..Default::default()
                     },
                 );
@@ -308,17 +319,12 @@ impl Resnapshots {
 
     /// Whether changes of `table` are to be noted.
     pub(super) fn watches(&self, table: &str) -> bool {
-        self.recent.contains_key(table)
+        self.watching.contains(table)
     }
 
-    /// A change of `table`'s row `key` by transaction `xid`.
-    pub(super) fn changed(&mut self, table: &str, xid: u32, key: Option<&str>) {
-        let Some(recent) = self.recent.get_mut(table) else {
-            return;
-        };
-        recent.note(xid);
+    /// A change of `table`'s row `key`.
+    pub(super) fn changed(&mut self, table: &str, key: Option<&str>) {
         for w in self.windows.values_mut().filter(|w| w.table == table) {
-            w.xids.insert(xid);
             if let Some(k) = key {
                 w.keys.insert(k.to_string());
             }
@@ -326,20 +332,21 @@ impl Resnapshots {
     }
 
     /// A TRUNCATE of `table`.
-    pub(super) fn truncated(&mut self, table: &str, xid: u32) {
-        self.changed(table, xid, None);
+    pub(super) fn truncated(&mut self, table: &str) {
         for w in self.windows.values_mut().filter(|w| w.table == table) {
             w.truncated = true;
         }
     }
 
-    /// The commit of the transaction received: its requests become jobs,
-    /// recorded before the commit can be confirmed.
+    /// The commit of the transaction received (`xid`): noted; its requests
+    /// become jobs, recorded before the commit can be confirmed.
     pub(super) async fn commit(
         &mut self,
+        xid: u32,
         commit_lsn: u64,
         mapping: &Mapping,
     ) -> Result<(), CaptureError> {
+        self.committed.note(xid);
         if self.requested.is_empty() {
             return Ok(());
         }
@@ -377,7 +384,7 @@ impl Resnapshots {
             .await?;
         for j in added {
             tracing::info!(table = %j.table, slice = j.filter.is_some(), id = %j.id, "re-snapshot requested");
-            self.recent.entry(j.table.clone()).or_default();
+            self.watching.insert(j.table.clone());
             // The reader ends only with the stream.
             let _ = self.jobs.send(j);
         }
@@ -388,7 +395,7 @@ impl Resnapshots {
     /// (unless another job reads it).
     fn finished(&mut self, job: &Job, jobs_left: impl Fn(&str) -> bool) {
         if !jobs_left(&job.table) {
-            self.recent.remove(&job.table);
+            self.watching.remove(&job.table);
         }
     }
 }
@@ -435,11 +442,10 @@ impl Publish<'_> {
             reply,
             ..
         } = chunk;
-        let raced = self.resnap.recent.get(&job.table).is_some_and(|r| {
-            xip.iter()
-                .any(|x| r.set.contains(x) && !window.xids.contains(x))
-        });
+        let committed = &self.resnap.committed;
+        let raced = xip.iter().any(|x| committed.before(*x, window.opened));
         if raced {
+            tracing::info!(table = %job.table, id = %job.id, "re-snapshot chunk read again: a transaction the stream carried is not yet visible in its snapshot");
             metrics::counter!(obs::CAPTURE_RESNAPSHOT_CHUNKS, "table" => job.table.clone(), "outcome" => "read_again").increment(1);
             let _ = reply.send(Outcome::Again);
             return Ok(());
@@ -713,6 +719,7 @@ impl Reader {
         let mut cursor = job.cursor.clone();
         let (started, mut read, mut n) = (Instant::now(), 0u64, 0u64);
         let mut spent = Spent::default();
+        let mut again = Duration::ZERO;
         let mut landing: VecDeque<Landing> = VecDeque::new();
         tracing::info!(table = %job.table, id = %job.id, from = ?cursor.as_ref().map(|c| c.len()), "re-snapshot reading");
         loop {
@@ -726,9 +733,16 @@ impl Reader {
             let answer = answer.await.map_err(|_| Stop::Stream)?;
             spent.stream += waiting.elapsed();
             let (acked, published) = match answer {
-                Outcome::Again => continue,
+                Outcome::Again => {
+                    // A transaction the stream saw commit is not visible
+                    // yet (a synchronous standby's wait, say): give it time.
+                    again = (again * 2).clamp(AGAIN_FIRST, AGAIN_MOST);
+                    tokio::time::sleep(again).await;
+                    continue;
+                }
                 Outcome::Published { acked, rows } => (acked, rows),
             };
+            again = Duration::ZERO;
             // The next chunk is read while Kafka acknowledges this one;
             // progress is saved for the chunks acknowledged, in order.
             if next.is_some() {
@@ -900,6 +914,10 @@ impl Reader {
         Ok((answer, last, next, read))
     }
 }
+
+/// The wait before a chunk is read again, first and at most.
+const AGAIN_FIRST: Duration = Duration::from_millis(100);
+const AGAIN_MOST: Duration = Duration::from_secs(5);
 
 /// Chunks published and not yet acknowledged, at most, while the reader
 /// reads on (each holds up to a chunk of records in the producer).
@@ -1280,13 +1298,16 @@ mod tests {
     }
 
     #[test]
-    fn recent_xids_are_bounded() {
-        let mut r = Recent::default();
+    fn committed_xids_are_numbered_and_bounded() {
+        let mut c = Committed::default();
+        c.note(7);
+        let opened = c.count;
+        c.note(8);
+        assert!(c.before(7, opened) && !c.before(8, opened) && !c.before(9, opened));
         for x in 0..(RECENT_XIDS as u32 + 10) {
-            r.note(x);
-            r.note(x);
+            c.note(x + 100);
         }
-        assert_eq!(r.order.len(), RECENT_XIDS);
-        assert!(!r.set.contains(&0) && r.set.contains(&(RECENT_XIDS as u32 + 9)));
+        assert_eq!(c.order.len(), RECENT_XIDS);
+        assert!(!c.before(7, u64::MAX) && c.before(RECENT_XIDS as u32 + 109, u64::MAX));
     }
 }

@@ -287,7 +287,9 @@ impl Streamer {
             // within the refresh, however far behind the stream is.
             gate.maybe_refresh(at(txn, txn.commit_lsn), publisher)
                 .await?;
-            resnap.commit(txn.commit_lsn, mapping).await?;
+            resnap
+                .commit(txn.xid as u32, txn.commit_lsn, mapping)
+                .await?;
             publisher.commit(end_lsn, t).await?;
             if gate.has_pending() {
                 gate.flush(publisher).await?;
@@ -320,7 +322,7 @@ impl Streamer {
             if in_resumed_snapshot(skip_before, &tm.table, txn) {
                 continue;
             }
-            resnap.truncated(&tm.table, txn.xid as u32);
+            resnap.truncated(&tm.table);
             let e = Event {
                 event_id: events::change_event_id(txn.commit_lsn, lsn, 0, &tm.table),
                 entity: tm.entity,
@@ -367,7 +369,6 @@ impl Streamer {
         // A table being re-snapshotted: the keys this change touches (the
         // old one too, when an update moved the row to another key).
         if resnap.watches(&tm.table) {
-            let xid = txn.xid as u32;
             let key = match (&new, &old) {
                 (Some(n), o) => tm
                     .key_of(&Updated {
@@ -378,11 +379,11 @@ impl Streamer {
                 (None, Some(o)) => tm.key_of(&WalRow(o)).ok(),
                 (None, None) => None,
             };
-            resnap.changed(&tm.table, xid, key.as_deref());
+            resnap.changed(&tm.table, key.as_deref());
             if let (Some(_), Some(o)) = (&new, &old) {
                 if let Ok(k) = tm.key_of(&WalRow(o)) {
                     if key.as_ref() != Some(&k) {
-                        resnap.changed(&tm.table, xid, Some(&k));
+                        resnap.changed(&tm.table, Some(&k));
                     }
                 }
             }
