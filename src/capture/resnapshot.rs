@@ -120,8 +120,9 @@ pub fn watermark_prefix(slot: &str) -> String {
 const DONE_KEPT: usize = 64;
 
 /// Transactions the stream remembers having seen commit (a race needs one
-/// of them still running in a chunk's snapshot): about 8-10 MB.
-const RECENT_XIDS: usize = 1_000_000;
+/// of them still running in a chunk's snapshot): about 6 MB; at 1,000
+/// commits/s, four minutes.
+const RECENT_XIDS: usize = 250_000;
 
 /// The load state, shared by the stream (requests) and the reader
 /// (progress); saved whole, under the lock, in the order of changes.
@@ -194,20 +195,21 @@ pub(super) struct Window {
     keys: HashSet<String>,
     truncated: bool,
     /// [`Committed::count`] when the low watermark was read.
-    opened: u64,
+    opened: u32,
 }
 
-/// The latest transactions seen committing, numbered in commit order.
+/// The latest transactions seen committing, numbered in commit order
+/// (wrapping: the numbers compared are at most [`RECENT_XIDS`] apart).
 #[derive(Default)]
 struct Committed {
     order: VecDeque<u32>,
-    at: HashMap<u32, u64>,
-    count: u64,
+    at: HashMap<u32, u32>,
+    count: u32,
 }
 
 impl Committed {
     fn note(&mut self, xid: u32) {
-        self.count += 1;
+        self.count = self.count.wrapping_add(1);
         if self.at.insert(xid, self.count).is_none() {
             self.order.push_back(xid);
         }
@@ -218,9 +220,11 @@ impl Committed {
         }
     }
 
-    /// Whether `xid` was seen committing before the `n`-th commit.
-    fn before(&self, xid: u32, n: u64) -> bool {
-        self.at.get(&xid).is_some_and(|at| *at <= n)
+    /// Whether `xid` was seen committing at or before the `n`-th commit.
+    fn before(&self, xid: u32, n: u32) -> bool {
+        self.at
+            .get(&xid)
+            .is_some_and(|at| n.wrapping_sub(*at) < 1 << 31)
     }
 }
 
@@ -1308,6 +1312,16 @@ mod tests {
             c.note(x + 100);
         }
         assert_eq!(c.order.len(), RECENT_XIDS);
-        assert!(!c.before(7, u64::MAX) && c.before(RECENT_XIDS as u32 + 109, u64::MAX));
+        assert!(!c.before(7, c.count) && c.before(RECENT_XIDS as u32 + 109, c.count));
+        // Numbers wrap: still ordered across the wrap.
+        let mut w = Committed {
+            count: u32::MAX - 1,
+            ..Default::default()
+        };
+        w.note(1);
+        let opened = w.count;
+        w.note(2);
+        w.note(3);
+        assert!(w.before(1, opened) && !w.before(3, opened));
     }
 }
