@@ -455,6 +455,17 @@ fn wal_level_other_than_logical_is_refused_with_a_hint() {
     );
 }
 
+/// The `wal_status` of slot `caplost`.
+async fn wal_status(c: &tokio_postgres::Client) -> Option<String> {
+    c.query_one(
+        "SELECT wal_status FROM pg_replication_slots WHERE slot_name = 'caplost'",
+        &[],
+    )
+    .await
+    .unwrap()
+    .get(0)
+}
+
 /// A slot whose WAL outgrew `max_slot_wal_keep_size` is lost. With
 /// `capture.recover_lost_slot` off capture says so, and how to start again,
 /// instead of streaming with a gap; with it on (the default) capture drops
@@ -478,14 +489,7 @@ async fn an_invalidated_slot_is_refused_with_a_hint_or_recovered() {
         .unwrap();
     }
     c.batch_execute("CHECKPOINT").await.unwrap();
-    let status: String = c
-        .query_one(
-            "SELECT wal_status FROM pg_replication_slots WHERE slot_name = 'caplost'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let status: String = wal_status(&c).await.expect("the slot exists");
     assert_eq!(status, "lost", "the setup must invalidate the slot");
     let env = cluster.as_journal();
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
@@ -502,14 +506,7 @@ async fn an_invalidated_slot_is_refused_with_a_hint_or_recovered() {
     // Recovered: the slot dropped and made again, capture streaming from it.
     let child = common::spawn_vitrina("capture", "postgres", "caplost", &log, &env);
     common::wait_caught_up(&cluster.config(), "caplost", Duration::from_secs(120)).await;
-    let status: Option<String> = c
-        .query_one(
-            "SELECT wal_status FROM pg_replication_slots WHERE slot_name = 'caplost'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let status = wal_status(&c).await;
     assert_ne!(status.as_deref(), Some("lost"), "a new slot streams");
     assert!(
         common::log_tail(&log, 200).contains("was invalidated (max_slot_wal_keep_size): dropped"),

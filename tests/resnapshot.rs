@@ -259,16 +259,11 @@ async fn a_slot_dropped_under_a_workload_recovers_by_itself_and_rows_deleted_mea
     c.execute("SELECT pg_drop_replication_slot($1)", &[&p.name])
         .await
         .unwrap();
-    let gone: Vec<i64> = c
-        .query(
-            "DELETE FROM journal.grades WHERE id IN (SELECT id FROM journal.grades ORDER BY id LIMIT 25) RETURNING id",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let gone: Vec<i64> = common::column(
+        &c,
+        "DELETE FROM journal.grades WHERE id IN (SELECT id FROM journal.grades ORDER BY id LIMIT 25) RETURNING id",
+    )
+    .await;
     assert_eq!(gone.len(), 25);
     // Retained WAL while the recovery runs, sampled (bytes).
     let highest = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));

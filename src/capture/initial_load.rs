@@ -293,26 +293,40 @@ async fn withdraw(
     lsn: u64,
     publisher: &mut Publisher,
 ) -> Result<(), CaptureError> {
-    let (commit_lsn, at) = crate::events::withdrawal_position(lsn);
+    let now = chrono::Utc::now().timestamp_micros();
     for t in tables {
-        let e = Event {
-            event_id: format!("R{lsn:016X}-{}", t.table),
-            entity: t.entity,
-            op: Op::Truncate,
-            key: "*".into(),
-            source: Source {
-                lsn: at,
-                commit_lsn,
-                txid: 0,
-                commit_time_micros: chrono::Utc::now().timestamp_micros(),
-                table: t.table.clone(),
-                snapshot: true,
-            },
-            actor: None,
-            quality: vec![],
-            after: None,
-        };
-        publisher.send_to_all_partitions(&e).await?;
+        withdraw_below(t, lsn, format!("R{lsn:016X}-{}", t.table), now, publisher).await?;
     }
     Ok(())
+}
+
+/// A TRUNCATE of table `t` on every partition of its topic, positioned
+/// just below `lsn` ([`crate::events::withdrawal_position`]): every change
+/// of it below that position is withdrawn, everything above stands.
+pub(super) async fn withdraw_below(
+    t: &TableMapping,
+    lsn: u64,
+    event_id: String,
+    commit_time_micros: i64,
+    publisher: &mut Publisher,
+) -> Result<(), CaptureError> {
+    let (commit_lsn, at) = crate::events::withdrawal_position(lsn);
+    let e = Event {
+        event_id,
+        entity: t.entity,
+        op: Op::Truncate,
+        key: "*".into(),
+        source: Source {
+            lsn: at,
+            commit_lsn,
+            txid: 0,
+            commit_time_micros,
+            table: t.table.clone(),
+            snapshot: true,
+        },
+        actor: None,
+        quality: vec![],
+        after: None,
+    };
+    publisher.send_to_all_partitions(&e).await
 }

@@ -45,13 +45,12 @@ use tokio::sync::{mpsc, oneshot, Mutex};
 
 use super::gate::Gate;
 use super::load_state::LoadStateStore;
-use super::mapping::{Mapping, Row, TableMapping};
-use super::publisher::{DeadLetter, Publisher};
-use super::snapshot::{self, State};
+use super::mapping::{Mapping, TableMapping};
+use super::publisher::Publisher;
+use super::snapshot::{self, CopyRow, State};
 use super::CaptureError;
 use crate::connections::PgEndpoint;
 use crate::error::{Classify, ErrorKind};
-use crate::events::{self, Event, Op, Source};
 use crate::observability as obs;
 use crate::pg::{self, PgError};
 use crate::privacy::Depersonalizer;
@@ -146,8 +145,9 @@ impl Shared {
 pub(super) struct Chunk {
     id: String,
     job: Job,
-    /// Text values in the order of the table's [`TableMapping::columns`].
-    rows: Vec<Vec<Option<String>>>,
+    /// Its rows as COPY text lines, fields in the order of the table's
+    /// [`TableMapping::columns`] (parsed as the initial load's are).
+    text: String,
     /// Transactions running in the chunk's snapshot (low 32 bits).
     xip: Vec<u32>,
     /// Fewer rows than a chunk: the table's end.
@@ -440,7 +440,7 @@ impl Publish<'_> {
     ) -> Result<(), CaptureError> {
         let Chunk {
             job,
-            rows,
+            text,
             xip,
             last,
             reply,
@@ -460,66 +460,30 @@ impl Publish<'_> {
         };
         let columns = tm.columns();
         let (mut published, mut dropped) = (0u64, 0u64);
-        for values in &rows {
+        let read_at = snapshot::ReadAt {
+            id_lsn: at.commit_lsn,
+            commit_lsn: at.commit_lsn,
+            lsn: at.lsn,
+            commit_time_micros: at.commit_time_micros,
+            txid: at.xid as i64,
+        };
+        for line in text.lines() {
             if window.truncated {
                 dropped += 1;
                 continue;
             }
-            let row = TextRow {
-                columns: &columns,
-                values,
-            };
-            match tm.map_row(&row, self.dp) {
+            match tm.map_row(&CopyRow::parse(&columns, line), self.dp) {
+                // The stream carried a change of this key in the window.
+                Ok(m) if window.keys.contains(&m.key) => dropped += 1,
                 Ok(mut m) => {
-                    if window.keys.contains(&m.key) {
-                        dropped += 1;
-                        continue;
-                    }
                     let applied = self.gate.fields.apply(tm.entity, &mut m.after);
-                    let e = Event {
-                        event_id: events::snapshot_event_id(at.commit_lsn, &tm.table, &m.key),
-                        entity: tm.entity,
-                        op: Op::Read,
-                        key: m.key,
-                        source: Source {
-                            lsn: at.lsn,
-                            commit_lsn: at.commit_lsn,
-                            txid: at.xid as i64,
-                            commit_time_micros: at.commit_time_micros,
-                            table: tm.table.clone(),
-                            snapshot: true,
-                        },
-                        actor: m.actor,
-                        quality: m.quality,
-                        after: Some(m.after),
-                    };
-                    snapshot::publish_read(
-                        &e,
-                        &m.partition_key,
-                        &applied,
-                        self.gate,
-                        self.publisher,
-                    )
-                    .await?;
+                    let (e, pk) = read_at.event(tm, m);
+                    snapshot::publish_read(&e, &pk, &applied, self.gate, self.publisher).await?;
                     published += 1;
                 }
                 Err(u) => {
-                    self.publisher
-                        .dead_letter(DeadLetter {
-                            reason: u.0,
-                            kind: "unmappable",
-                            table: tm.table.clone(),
-                            entity: Some(tm.entity.name),
-                            op: "READ",
-                            lsn: crate::lsn::format(at.lsn),
-                            commit_lsn: crate::lsn::format(at.commit_lsn),
-                            txid: at.xid as i64,
-                            commit_time_micros: at.commit_time_micros,
-                            capture: self.slot.to_string(),
-                            key: None,
-                            size_bytes: None,
-                        })
-                        .await?
+                    let dead = read_at.dead_letter(tm, u.0, self.slot);
+                    self.publisher.dead_letter(dead).await?
                 }
             }
         }
@@ -560,39 +524,9 @@ async fn withdraw_older(
     time: i64,
     publisher: &mut Publisher,
 ) -> Result<(), CaptureError> {
-    let (commit_lsn, lsn) = events::withdrawal_position(job.start);
-    let e = Event {
-        event_id: format!("W{:016X}-{}", job.start, t.table),
-        entity: t.entity,
-        op: Op::Truncate,
-        key: "*".into(),
-        source: Source {
-            lsn,
-            commit_lsn,
-            txid: 0,
-            commit_time_micros: time,
-            table: t.table.clone(),
-            snapshot: true,
-        },
-        actor: None,
-        quality: vec![],
-        after: None,
-    };
     tracing::info!(table = %t.table, id = %job.id, "re-snapshot read the whole table: rows not read again are withdrawn");
-    publisher.send_to_all_partitions(&e).await
-}
-
-/// A chunk's row: text values by the table's columns.
-struct TextRow<'a> {
-    columns: &'a [String],
-    values: &'a [Option<String>],
-}
-
-impl Row for TextRow<'_> {
-    fn get(&self, column: &str) -> Option<Option<&str>> {
-        let i = self.columns.iter().position(|c| c == column)?;
-        self.values.get(i).map(|v| v.as_deref())
-    }
+    let id = format!("W{:016X}-{}", job.start, t.table);
+    super::initial_load::withdraw_below(t, job.start, id, time, publisher).await
 }
 
 /// The low 32 bits of each xid running in a `pg_current_snapshot()` text
@@ -869,29 +803,32 @@ impl Reader {
             .await
             .map_err(PgError::query("reading a chunk's snapshot"))?
             .get(0);
-        let rows = match cursor {
-            Some(c) => {
-                txn.query(
-                    &sql.after,
-                    &c.iter()
-                        .map(|v| v as &(dyn tokio_postgres::types::ToSql + Sync))
-                        .collect::<Vec<_>>(),
-                )
-                .await
-            }
-            None => txn.query(&sql.first, &[]).await,
+        let copy = txn
+            .copy_out(&sql.statement(cursor))
+            .await
+            .map_err(PgError::query(format!("reading a chunk of {}", job.table)))?;
+        futures::pin_mut!(copy);
+        let mut bytes = Vec::new();
+        while let Some(b) = futures::StreamExt::next(&mut copy).await {
+            bytes.extend_from_slice(
+                &b.map_err(PgError::query(format!("reading a chunk of {}", job.table)))?,
+            );
         }
-        .map_err(PgError::query(format!("reading a chunk of {}", job.table)))?;
-        let values: Vec<Vec<Option<String>>> = rows
-            .iter()
-            .map(|r| (0..sql.columns).map(|i| r.get(i)).collect())
-            .collect();
-        let read = values.len() as u64;
-        let last = values.len() < self.chunk_rows as usize;
-        let next: Option<Vec<String>> = values.last().map(|r| {
+        let text = String::from_utf8_lossy(&bytes).into_owned();
+        let read = text.lines().count() as u64;
+        let last = read < self.chunk_rows as u64;
+        let next: Option<Vec<String>> = text.lines().last().map(|l| {
+            let fields = snapshot::parse_copy_line(l);
             sql.key_at
                 .iter()
-                .map(|i| r[*i].clone().unwrap_or_default())
+                .map(|i| {
+                    fields
+                        .get(*i)
+                        .cloned()
+                        .flatten()
+                        .unwrap_or_default()
+                        .into_owned()
+                })
                 .collect()
         });
         let (reply, answer) = oneshot::channel();
@@ -899,7 +836,7 @@ impl Reader {
             .send(Chunk {
                 id: id.to_string(),
                 job: job.clone(),
-                rows: values,
+                text,
                 xip: running_xids(&snap),
                 last,
                 reply,
@@ -976,15 +913,42 @@ struct Spent {
     saving: Duration,
 }
 
-/// A chunk's statements: from the table's start, and after a cursor (its
-/// key columns as `$1…`, text cast to their types).
+/// A chunk's statement, from the table's start or after a cursor.
 struct ChunkSql {
-    first: String,
-    after: String,
-    /// Columns read (the table's [`TableMapping::columns`]).
-    columns: usize,
-    /// Where the key columns are among them.
+    /// `SELECT … FROM … AS r`, the conditions, the key columns (qualified:
+    /// ORDER BY would otherwise take a SELECT output of the same name).
+    select: String,
+    conditions: Vec<String>,
+    keys: String,
+    /// Per key column, its type (the cursor's text is cast to it).
+    types: Vec<String>,
+    limit: u32,
+    /// Where the key columns are among those read.
     key_at: Vec<usize>,
+}
+
+impl ChunkSql {
+    /// `COPY (…) TO STDOUT` of the chunk after `cursor` (its key values).
+    fn statement(&self, cursor: Option<&[String]>) -> String {
+        let mut all = self.conditions.clone();
+        if let Some(c) = cursor {
+            let values: Vec<String> = c
+                .iter()
+                .zip(&self.types)
+                .map(|(v, ty)| format!("{}::{ty}", pg::literal(v)))
+                .collect();
+            all.push(format!("({}) > ({})", self.keys, values.join(", ")));
+        }
+        let filter = if all.is_empty() {
+            String::new()
+        } else {
+            format!(" WHERE {}", all.join(" AND "))
+        };
+        format!(
+            "COPY ({}{filter} ORDER BY {} LIMIT {}) TO STDOUT",
+            self.select, self.keys, self.limit
+        )
+    }
 }
 
 async fn chunk_sql(
@@ -1010,18 +974,10 @@ async fn chunk_sql(
         .iter()
         .map(|r| (r.get(0), r.get(1)))
         .collect();
-    let select = t
-        .columns()
+    let columns = t.columns();
+    let select = columns
         .iter()
-        .map(|c| format!("{}::text", pg::ident(c)))
-        .collect::<Vec<_>>()
-        .join(", ");
-    // Qualified: ORDER BY would otherwise take the text the SELECT
-    // outputs under the same name, and order keys as text.
-    let keys = t
-        .key
-        .iter()
-        .map(|k| format!("r.{}", pg::ident(k)))
+        .map(|c| pg::ident(c))
         .collect::<Vec<_>>()
         .join(", ");
     let mut conditions = Vec::new();
@@ -1031,31 +987,21 @@ async fn chunk_sql(
     if let Some(f) = &job.filter {
         conditions.push(format!("({f})"));
     }
-    let cursor = t
-        .key
-        .iter()
-        .enumerate()
-        .map(|(i, k)| {
-            let ty = types.get(k).map(String::as_str).unwrap_or("text");
-            format!("${}::text::{ty}", i + 1)
-        })
-        .collect::<Vec<_>>()
-        .join(", ");
-    let statement = |extra: Option<String>| {
-        let mut all = conditions.clone();
-        all.extend(extra);
-        let filter = if all.is_empty() {
-            String::new()
-        } else {
-            format!(" WHERE {}", all.join(" AND "))
-        };
-        format!("SELECT {select} FROM {relation} AS r{filter} ORDER BY {keys} LIMIT {chunk_rows}")
-    };
-    let columns = t.columns();
     Ok(ChunkSql {
-        first: statement(None),
-        after: statement(Some(format!("({keys}) > ({cursor})"))),
-        columns: columns.len(),
+        select: format!("SELECT {select} FROM {relation} AS r"),
+        conditions,
+        keys: t
+            .key
+            .iter()
+            .map(|k| format!("r.{}", pg::ident(k)))
+            .collect::<Vec<_>>()
+            .join(", "),
+        types: t
+            .key
+            .iter()
+            .map(|k| types.get(k).cloned().unwrap_or_else(|| "text".into()))
+            .collect(),
+        limit: chunk_rows,
         key_at: t
             .key
             .iter()

@@ -308,6 +308,60 @@ async fn load_tables(
     Ok(rows)
 }
 
+/// Where rows read from the journal stand in the log: a snapshot's, or a
+/// re-snapshot chunk's high watermark.
+pub(super) struct ReadAt {
+    /// The position in the rows' event ids (and their dead letters').
+    pub id_lsn: u64,
+    pub commit_lsn: u64,
+    pub lsn: u64,
+    pub commit_time_micros: i64,
+    pub txid: i64,
+}
+
+impl ReadAt {
+    /// A row of `t`, mapped (and through the gate's fields), as its READ
+    /// event and Kafka key.
+    pub(super) fn event(&self, t: &TableMapping, m: super::mapping::Mapped) -> (Event, String) {
+        let e = Event {
+            event_id: events::snapshot_event_id(self.id_lsn, &t.table, &m.key),
+            entity: t.entity,
+            op: Op::Read,
+            key: m.key,
+            source: Source {
+                lsn: self.lsn,
+                commit_lsn: self.commit_lsn,
+                txid: self.txid,
+                commit_time_micros: self.commit_time_micros,
+                table: t.table.clone(),
+                snapshot: true,
+            },
+            actor: m.actor,
+            quality: m.quality,
+            after: Some(m.after),
+        };
+        (e, m.partition_key)
+    }
+
+    /// The dead letter of a row of `t` that cannot be mapped.
+    pub(super) fn dead_letter(&self, t: &TableMapping, reason: String, slot: &str) -> DeadLetter {
+        DeadLetter {
+            reason,
+            kind: "unmappable",
+            table: t.table.clone(),
+            entity: Some(t.entity.name),
+            op: "READ",
+            lsn: crate::lsn::format(self.id_lsn),
+            commit_lsn: crate::lsn::format(self.id_lsn),
+            txid: self.txid,
+            commit_time_micros: self.commit_time_micros,
+            capture: slot.to_string(),
+            key: None,
+            size_bytes: None,
+        }
+    }
+}
+
 /// Publishes a row read from the journal (`e`, its Kafka key `pk`, what
 /// the gate took out of it) and, for a medical entity, what it means for
 /// the restricted topic.
@@ -416,7 +470,14 @@ impl Copier {
             .map_err(PgError::query(format!("COPY of {}", t.table)))?;
         futures::pin_mut!(stream);
         let mut carry = Vec::new();
-        let (at_commit, at_lsn) = events::snapshot_position(snapshot_lsn);
+        let (commit_lsn, lsn) = events::snapshot_position(snapshot_lsn);
+        let read_at = ReadAt {
+            id_lsn: snapshot_lsn,
+            commit_lsn,
+            lsn,
+            commit_time_micros: snapshot_time,
+            txid: 0,
+        };
         let mut n = 0u64;
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(PgError::query(format!("COPY of {}", t.table)))?;
@@ -432,42 +493,10 @@ impl Copier {
                             .read()
                             .unwrap_or_else(|p| p.into_inner())
                             .apply(t.entity, &mut m.after);
-                        Item::Event(
-                            Box::new(Event {
-                                event_id: events::snapshot_event_id(snapshot_lsn, &t.table, &m.key),
-                                entity: t.entity,
-                                op: Op::Read,
-                                key: m.key,
-                                source: Source {
-                                    lsn: at_lsn,
-                                    commit_lsn: at_commit,
-                                    txid: 0,
-                                    commit_time_micros: snapshot_time,
-                                    table: t.table.clone(),
-                                    snapshot: true,
-                                },
-                                actor: m.actor,
-                                quality: m.quality,
-                                after: Some(m.after),
-                            }),
-                            m.partition_key,
-                            Box::new(applied),
-                        )
+                        let (e, pk) = read_at.event(t, m);
+                        Item::Event(Box::new(e), pk, Box::new(applied))
                     }
-                    Err(u) => Item::Dead(DeadLetter {
-                        reason: u.0,
-                        kind: "unmappable",
-                        table: t.table.clone(),
-                        entity: Some(t.entity.name),
-                        op: "READ",
-                        lsn: crate::lsn::format(snapshot_lsn),
-                        commit_lsn: crate::lsn::format(snapshot_lsn),
-                        txid: 0,
-                        commit_time_micros: snapshot_time,
-                        capture: slot.to_string(),
-                        key: None,
-                        size_bytes: None,
-                    }),
+                    Err(u) => Item::Dead(read_at.dead_letter(t, u.0, slot)),
                 };
                 if tx.send(item).await.is_err() {
                     return Ok(());
