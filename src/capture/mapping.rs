@@ -94,6 +94,42 @@ pub struct TableMapping {
     pub history: Option<String>,
     /// One source per contract field, in contract order.
     pub sources: Vec<Source>,
+    /// Every journal column this mapping reads, sorted: the order the
+    /// initial load's COPY reads them in.
+    cols: Vec<String>,
+    /// Where each column the mapping reads stands in `cols`, found once.
+    plan: Plan,
+}
+
+/// Indexes into [`TableMapping::columns`] of the key, partition and actor
+/// columns and of each source's columns: a row laid out in that order
+/// ([`Row::at`]) is read without a search by name.
+#[derive(Debug, Clone, Default)]
+struct Plan {
+    key: Vec<usize>,
+    partition_by: Option<usize>,
+    actor: Option<usize>,
+    /// Per source: its column, or a hash's first and second column.
+    sources: Vec<(usize, Option<usize>)>,
+}
+
+impl Plan {
+    fn new(cols: &[String], t: &TableMapping) -> Plan {
+        let at = |c: &String| cols.binary_search(c).expect("cols holds every mapped column");
+        Plan {
+            key: t.key.iter().map(at).collect(),
+            partition_by: t.partition_by.as_ref().map(at),
+            actor: t.actor.as_ref().map(at),
+            sources: t
+                .sources
+                .iter()
+                .map(|s| match s {
+                    Source::Column(c) => (at(c), None),
+                    Source::Hash(_, cs) => (at(&cs[0]), cs.get(1).map(at)),
+                })
+                .collect(),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -203,7 +239,7 @@ impl Mapping {
                     };
                 sources.push(src);
             }
-            tables.push(TableMapping {
+            let mut m = TableMapping {
                 table: t.table,
                 entity,
                 key: t.key,
@@ -211,7 +247,12 @@ impl Mapping {
                 actor: t.actor,
                 history: t.history,
                 sources,
-            });
+                cols: Vec::new(),
+                plan: Plan::default(),
+            };
+            m.cols = m.read_columns();
+            m.plan = Plan::new(&m.cols, &m);
+            tables.push(m);
         }
         for n in &file.names {
             if !n.table.contains('.') || n.columns.is_empty() {
@@ -263,8 +304,12 @@ impl TableMapping {
         }
     }
 
-    /// Every journal column this mapping reads.
-    pub fn columns(&self) -> Vec<String> {
+    /// Every journal column this mapping reads, sorted.
+    pub fn columns(&self) -> &[String] {
+        &self.cols
+    }
+
+    fn read_columns(&self) -> Vec<String> {
         let mut cols: Vec<String> = self.key.clone();
         cols.extend(self.partition_by.iter().cloned());
         cols.extend(self.actor.iter().cloned());
@@ -284,6 +329,14 @@ impl TableMapping {
 /// A column absent from the row is reported as missing.
 pub trait Row {
     fn get(&self, column: &str) -> Option<Option<&str>>;
+
+    /// Column `column`, which stands at `i` in the mapping's
+    /// [`TableMapping::columns`]: a row laid out in that order answers
+    /// without searching.
+    fn at(&self, i: usize, column: &str) -> Option<Option<&str>> {
+        let _ = i;
+        self.get(column)
+    }
 }
 
 impl Row for BTreeMap<String, Option<String>> {
@@ -454,37 +507,32 @@ fn normalize_document(s: &str) -> String {
 impl TableMapping {
     /// Maps a row (new state for inserts/updates/reads).
     pub fn map_row(&self, row: &dyn Row, dp: &Depersonalizer) -> Result<Mapped, Unmappable> {
+        let p = &self.plan;
+        let get = |i: usize, c: &str| row.at(i, c).ok_or_else(|| missing(self, c));
         let key = self.key_of(row)?;
-        let partition_key = match &self.partition_by {
-            Some(c) => row
-                .get(c)
-                .ok_or_else(|| missing(self, c))?
-                .unwrap_or(&key)
-                .to_string(),
-            None => key.clone(),
+        let partition_key = match (&self.partition_by, p.partition_by) {
+            (Some(c), Some(i)) => get(i, c)?.unwrap_or(&key).to_string(),
+            _ => key.clone(),
         };
-        let actor = match &self.actor {
-            Some(c) => row
-                .get(c)
-                .ok_or_else(|| missing(self, c))?
-                .map(str::to_string),
-            None => None,
+        let actor = match (&self.actor, p.actor) {
+            (Some(c), Some(i)) => get(i, c)?.map(str::to_string),
+            _ => None,
         };
         let mut after = Vec::with_capacity(self.sources.len());
         let mut quality = Vec::new();
-        for (f, src) in self.entity.fields.iter().zip(&self.sources) {
+        for ((f, src), &(i, j)) in self.entity.fields.iter().zip(&self.sources).zip(&p.sources) {
             let v = match src {
-                Source::Column(c) => match row.get(c).ok_or_else(|| missing(self, c))? {
+                Source::Column(c) => match get(i, c)? {
                     None => Val::Null,
                     Some(text) => parse_val(f.ty, text).map_err(|m| {
                         Unmappable(format!("{}.{} (field `{}`): {m}", self.table, c, f.name))
                     })?,
                 },
                 Source::Hash(kind, cols) => {
-                    let first = row.get(&cols[0]).ok_or_else(|| missing(self, &cols[0]))?;
-                    let second = match cols.get(1) {
-                        Some(c) => row.get(c).ok_or_else(|| missing(self, c))?,
-                        None => None,
+                    let first = get(i, &cols[0])?;
+                    let second = match (cols.get(1), j) {
+                        (Some(c), Some(j)) => get(j, c)?,
+                        _ => None,
                     };
                     match (first, kind) {
                         (None, _) => Val::Null,
@@ -530,12 +578,18 @@ impl TableMapping {
         })
     }
 
-    /// The entity key from key columns (for deletes: the old key).
+    /// The entity key from key columns, joined by `:` (for deletes: the
+    /// old key).
     pub fn key_of(&self, row: &dyn Row) -> Result<String, Unmappable> {
-        let mut parts = Vec::with_capacity(self.key.len());
-        for c in &self.key {
-            match row.get(c).ok_or_else(|| missing(self, c))? {
-                Some(v) => parts.push(v.to_string()),
+        let mut key = String::new();
+        for (n, (c, &i)) in self.key.iter().zip(&self.plan.key).enumerate() {
+            match row.at(i, c).ok_or_else(|| missing(self, c))? {
+                Some(v) => {
+                    if n > 0 {
+                        key.push(':');
+                    }
+                    key.push_str(v);
+                }
                 None => {
                     return Err(Unmappable(format!(
                         "{}: key column `{c}` is NULL",
@@ -544,7 +598,7 @@ impl TableMapping {
                 }
             }
         }
-        Ok(parts.join(":"))
+        Ok(key)
     }
 
     /// The Kafka key of a delete: the partition column when the old row has

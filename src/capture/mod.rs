@@ -513,6 +513,7 @@ impl Capture {
             max_message_bytes: c.max_message_bytes,
             held: None,
             sent: Default::default(),
+            buf: Vec::new(),
         };
         Ok(Started {
             mapping,

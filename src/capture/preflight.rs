@@ -145,8 +145,9 @@ async fn check_tables(
         }
         let missing: Vec<String> = t
             .columns()
-            .into_iter()
+            .iter()
             .filter(|c| !cols.contains(c))
+            .cloned()
             .collect();
         if !missing.is_empty() {
             tracing::error!(table = %t.table, columns = ?missing, "mapped columns missing in the journal; rows of this table will be dead-lettered");

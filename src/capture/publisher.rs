@@ -102,6 +102,8 @@ pub struct Publisher {
     /// Restricted-topic records sent, detail and tombstones (handles
     /// looked up once: these go out by the hundred thousand in a flush).
     pub(super) sent: DetailCounters,
+    /// The encoded event, one buffer reused (librdkafka copies it).
+    pub(super) buf: Vec<u8>,
 }
 
 pub(super) struct DetailCounters {
@@ -250,9 +252,10 @@ impl Publisher {
 
     pub async fn send_event(&mut self, e: &Event, partition_key: &str) -> Result<(), CaptureError> {
         self.refresh_partitions()?;
-        match self.registry.encode(e) {
-            Ok(bytes) if bytes.len() + partition_key.len() > self.max_message_bytes => {
-                let size = bytes.len() + partition_key.len();
+        let mut buf = std::mem::take(&mut self.buf);
+        let sent = match self.registry.encode_into(e, &mut buf) {
+            Ok(()) if buf.len() + partition_key.len() > self.max_message_bytes => {
+                let size = buf.len() + partition_key.len();
                 let mut dl = self.dead(
                     e,
                     format!(
@@ -265,21 +268,25 @@ impl Publisher {
                 dl.size_bytes = Some(size);
                 self.dead_letter(dl).await
             }
-            Ok(bytes) => {
+            Ok(()) => {
                 let topic = self.topic(e.entity.name);
                 let tag = acks::event_tag(e.entity, e.op);
-                self.produce(topic, partition_key, Some(&bytes), None, tag)
-                    .await?;
+                let sent = self.produce(topic, partition_key, Some(&buf), None, tag).await;
                 for q in &e.quality {
                     metrics::counter!(obs::CAPTURE_QUALITY_FLAGS, "entity" => e.entity.name, "flag" => q.clone()).increment(1);
                 }
-                Ok(())
+                sent
             }
             Err(err) => {
                 let dl = self.dead(e, err.to_string(), "encode");
                 self.dead_letter(dl).await
             }
+        };
+        // A huge row's buffer is not kept.
+        if buf.capacity() <= 64 * 1024 {
+            self.buf = buf;
         }
+        sent
     }
 
     /// TRUNCATE events go to every partition, so each key's stream sees

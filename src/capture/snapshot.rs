@@ -78,13 +78,23 @@ pub fn window_start(today: NaiveDate, years: u32) -> NaiveDate {
 }
 
 enum Item {
-    /// An event (through the gate's fields: scrubbed, medical detail out),
-    /// its Kafka key, and what the gate took out.
-    Event(Box<Event>, String, Box<gate::Applied>),
-    Dead(DeadLetter),
+    /// Rows read, in the order read ([`BATCH`] at a time: one channel
+    /// entry and one wake-up for each, not for every row).
+    Rows(Vec<Read>),
     TableDone(String, u64),
     Failed(CaptureError),
 }
+
+/// One row read.
+enum Read {
+    /// An event (through the gate's fields: scrubbed, medical detail out),
+    /// its Kafka key, and what the gate took out.
+    Event(Event, String, gate::Applied),
+    Dead(DeadLetter),
+}
+
+/// Rows a copier hands to the publishing task at a time.
+const BATCH: usize = 256;
 
 /// Splits one line of COPY text format into fields (`None` = NULL). A
 /// field without escapes is borrowed from the line.
@@ -139,6 +149,15 @@ impl Row for CopyRow<'_> {
     fn get(&self, column: &str) -> Option<Option<&str>> {
         let i = self.columns.iter().position(|c| c == column)?;
         self.fields.get(i).map(|v| v.as_deref())
+    }
+
+    fn at(&self, i: usize, column: &str) -> Option<Option<&str>> {
+        // Read with the mapping's own column list (the load's COPY): the
+        // name at `i` is the one asked for.
+        match self.columns.get(i) {
+            Some(c) if c == column => self.fields.get(i).map(|v| v.as_deref()),
+            _ => self.get(column),
+        }
     }
 }
 
@@ -202,7 +221,7 @@ async fn load_tables(
     let snapshot_time = chrono::Utc::now().timestamp_micros();
     tracing::info!(tables = tables.len(), window_start = %window, "initial load");
     metrics::gauge!(obs::CAPTURE_SNAPSHOT_TABLES).set(tables.len() as f64);
-    let (tx, mut rx) = mpsc::channel::<Item>(10_000);
+    let (tx, mut rx) = mpsc::channel::<Item>(10_000 / BATCH);
     let queue: std::sync::Arc<std::sync::Mutex<Vec<TableMapping>>> = std::sync::Arc::new(
         std::sync::Mutex::new(tables.iter().rev().map(|t| (*t).clone()).collect()),
     );
@@ -262,17 +281,23 @@ async fn load_tables(
             }
         }
         match item {
-            Item::Event(e, pk, applied) => {
-                publish_read(&e, &pk, &applied, gate, publisher).await?;
-                rows += 1;
-                if rows % 10_000 == 0 {
-                    bar.set_message(format!(
-                        "{rows} rows, {:.0} rows/s",
-                        rows as f64 / started.elapsed().as_secs_f64()
-                    ));
+            Item::Rows(batch) => {
+                for read in batch {
+                    match read {
+                        Read::Event(e, pk, applied) => {
+                            publish_read(&e, &pk, &applied, gate, publisher).await?;
+                            rows += 1;
+                            if rows % 10_000 == 0 {
+                                bar.set_message(format!(
+                                    "{rows} rows, {:.0} rows/s",
+                                    rows as f64 / started.elapsed().as_secs_f64()
+                                ));
+                            }
+                        }
+                        Read::Dead(d) => publisher.dead_letter(d).await?,
+                    }
                 }
             }
-            Item::Dead(d) => publisher.dead_letter(d).await?,
             Item::TableDone(table, n) => {
                 // Done once everything sent before this point is acknowledged.
                 pending.push((table.clone(), publisher.mark().await?));
@@ -469,7 +494,6 @@ impl Copier {
             .await
             .map_err(PgError::query(format!("COPY of {}", t.table)))?;
         futures::pin_mut!(stream);
-        let mut carry = Vec::new();
         let (commit_lsn, lsn) = events::snapshot_position(snapshot_lsn);
         let read_at = ReadAt {
             id_lsn: snapshot_lsn,
@@ -478,33 +502,59 @@ impl Copier {
             commit_time_micros: snapshot_time,
             txid: 0,
         };
+        let read = |line: &str| {
+            let row = CopyRow::parse(cols, line);
+            match t.map_row(&row, dp) {
+                Ok(mut m) => {
+                    let applied = self
+                        .fields
+                        .read()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .apply(t.entity, &mut m.after);
+                    let (e, pk) = read_at.event(t, m);
+                    Read::Event(e, pk, applied)
+                }
+                Err(u) => Read::Dead(read_at.dead_letter(t, u.0, slot)),
+            }
+        };
+        // PostgreSQL sends a row a message: a line is split over messages
+        // only by a proxy, and then waits in `carry`.
+        let mut carry = Vec::new();
+        let mut batch = Vec::with_capacity(BATCH);
         let mut n = 0u64;
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(PgError::query(format!("COPY of {}", t.table)))?;
-            carry.extend_from_slice(&chunk);
+            let whole = carry.is_empty();
+            if !whole {
+                carry.extend_from_slice(&chunk);
+            }
+            let data: &[u8] = if whole { &chunk } else { &carry };
             let mut start = 0;
-            while let Some(pos) = carry[start..].iter().position(|b| *b == b'\n') {
-                let line = std::str::from_utf8(&carry[start..start + pos]).unwrap_or_default();
-                let row = CopyRow::parse(&cols, line);
-                let item = match t.map_row(&row, dp) {
-                    Ok(mut m) => {
-                        let applied = self
-                            .fields
-                            .read()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .apply(t.entity, &mut m.after);
-                        let (e, pk) = read_at.event(t, m);
-                        Item::Event(Box::new(e), pk, Box::new(applied))
-                    }
-                    Err(u) => Item::Dead(read_at.dead_letter(t, u.0, slot)),
-                };
-                if tx.send(item).await.is_err() {
-                    return Ok(());
-                }
+            while let Some(pos) = data[start..].iter().position(|b| *b == b'\n') {
+                let line = std::str::from_utf8(&data[start..start + pos]).unwrap_or_default();
+                batch.push(read(line));
                 n += 1;
                 start += pos + 1;
             }
-            carry.drain(..start);
+            if whole {
+                carry.extend_from_slice(&chunk[start..]);
+            } else {
+                carry.drain(..start);
+            }
+            if batch.len() >= BATCH
+                && tx
+                    .send(Item::Rows(std::mem::replace(
+                        &mut batch,
+                        Vec::with_capacity(BATCH),
+                    )))
+                    .await
+                    .is_err()
+            {
+                return Ok(());
+            }
+        }
+        if !batch.is_empty() && tx.send(Item::Rows(batch)).await.is_err() {
+            return Ok(());
         }
         let _ = tx.send(Item::TableDone(t.table.clone(), n)).await;
         Ok(())

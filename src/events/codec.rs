@@ -237,23 +237,31 @@ impl Registry {
     /// (the hot path of capture); the test suite checks it byte for byte
     /// against apache-avro's writer.
     pub fn encode(&mut self, e: &Event) -> Result<Vec<u8>, CodecError> {
+        let mut out = Vec::with_capacity(256);
+        self.encode_into(e, &mut out)?;
+        Ok(out)
+    }
+
+    /// [`Registry::encode`] into `out` (cleared first): a publisher reuses
+    /// one buffer for every event.
+    pub fn encode_into(&self, e: &Event, out: &mut Vec<u8>) -> Result<(), CodecError> {
         let fp = self
             .known
             .iter()
-            .find(|k| k.entity.name == e.entity.name)
+            .find(|k| std::ptr::eq(k.entity, e.entity))
+            .or_else(|| self.known.iter().find(|k| k.entity.name == e.entity.name))
             .map(|k| k.fingerprint)
             .ok_or_else(|| CodecError::Contract {
                 entity: e.entity.name.to_string(),
                 message: "no such entity".into(),
             })?;
-        let mut out = Vec::with_capacity(256);
+        out.clear();
         out.extend_from_slice(&MAGIC);
         out.extend_from_slice(&fp);
-        write_event(&mut out, e).map_err(|message| CodecError::Contract {
+        write_event(out, e).map_err(|message| CodecError::Contract {
             entity: e.entity.name.to_string(),
             message,
-        })?;
-        Ok(out)
+        })
     }
 
     /// The same encoding through apache-avro's generic writer (reference).

@@ -146,10 +146,25 @@ pub enum Message {
 /// at that position (0 for the first, and for every single-row change),
 /// so ids stay unique and a change read again gets the same id.
 pub fn change_event_id(commit_lsn: u64, lsn: u64, seq: u32, table: &str) -> String {
-    if seq == 0 {
-        format!("{commit_lsn:016X}-{lsn:016X}-{table}")
-    } else {
-        format!("{commit_lsn:016X}-{lsn:016X}.{seq}-{table}")
+    let mut id = String::with_capacity(35 + 11 + table.len());
+    push_hex16(&mut id, commit_lsn);
+    id.push('-');
+    push_hex16(&mut id, lsn);
+    if seq != 0 {
+        id.push('.');
+        id.push_str(&seq.to_string());
+    }
+    id.push('-');
+    id.push_str(table);
+    id
+}
+
+/// `v` as 16 upper-case hex digits (`{v:016X}` without the formatter:
+/// two of these are in every event id).
+fn push_hex16(out: &mut String, v: u64) {
+    const DIGITS: &[u8; 16] = b"0123456789ABCDEF";
+    for shift in (0..16).rev() {
+        out.push(DIGITS[((v >> (shift * 4)) & 0xF) as usize] as char);
     }
 }
 
@@ -170,5 +185,33 @@ pub fn withdrawal_position(snapshot_lsn: u64) -> (u64, u64) {
 
 /// The id of a snapshot read: the snapshot's position, the table and key.
 pub fn snapshot_event_id(snapshot_lsn: u64, table: &str, key: &str) -> String {
-    format!("S{snapshot_lsn:016X}-{table}-{key}")
+    let mut id = String::with_capacity(18 + table.len() + 1 + key.len());
+    id.push('S');
+    push_hex16(&mut id, snapshot_lsn);
+    id.push('-');
+    id.push_str(table);
+    id.push('-');
+    id.push_str(key);
+    id
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_ids_read_as_their_formats_say() {
+        for (c, l, seq) in [(0u64, 0u64, 0u32), (0x16B3_7A80, 0x16B3_7A10, 0), (u64::MAX, 1, 7)] {
+            let want = if seq == 0 {
+                format!("{c:016X}-{l:016X}-journal.grades")
+            } else {
+                format!("{c:016X}-{l:016X}.{seq}-journal.grades")
+            };
+            assert_eq!(change_event_id(c, l, seq, "journal.grades"), want);
+            assert_eq!(
+                snapshot_event_id(l, "journal.grades", "12:3"),
+                format!("S{l:016X}-journal.grades-12:3")
+            );
+        }
+    }
 }
