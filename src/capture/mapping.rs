@@ -272,7 +272,7 @@ impl Mapping {
     pub fn names_of(&self, schema: &str, table: &str) -> Option<&NameSource> {
         self.names
             .iter()
-            .find(|n| n.table.split_once('.') == Some((schema, table)))
+            .find(|n| qualified_is(&n.table, schema, table))
     }
 
     /// The mapping of the table that feeds `entity`.
@@ -289,8 +289,17 @@ impl Mapping {
     pub fn table_of(&self, schema: &str, table: &str) -> Option<&TableMapping> {
         self.tables
             .iter()
-            .find(|t| t.table.split_once('.') == Some((schema, table)))
+            .find(|t| qualified_is(&t.table, schema, table))
     }
+}
+
+/// Whether `qualified` is `schema.table` (compared in place: this runs for
+/// every change capture receives).
+fn qualified_is(qualified: &str, schema: &str, table: &str) -> bool {
+    qualified.len() == schema.len() + 1 + table.len()
+        && qualified.as_bytes()[schema.len()] == b'.'
+        && qualified.starts_with(schema)
+        && qualified.ends_with(table)
 }
 
 impl TableMapping {

@@ -223,3 +223,43 @@ fn dates_and_times_read_directly_agree_with_chrono() {
         assert_eq!(pg_text::timestamptz(other), None, "{other}");
     }
 }
+
+#[test]
+fn tables_are_found_by_schema_and_name_exactly() {
+    let m = Mapping::reference();
+    assert_eq!(
+        m.table_of("journal", "grades").map(|t| t.table.as_str()),
+        Some("journal.grades")
+    );
+    for (schema, table) in [
+        ("journal", "grade"),
+        ("journa", "lgrades"),
+        ("journal.", "grades"),
+        ("journalx", "grades"),
+        ("", "journal.grades"),
+    ] {
+        assert!(m.table_of(schema, table).is_none(), "{schema}.{table}");
+    }
+}
+
+#[test]
+fn a_row_read_by_index_maps_as_a_row_read_by_name() {
+    // The load's rows answer by index (`Row::at`); the stream's by name.
+    let m = Mapping::reference();
+    let t = m.table("journal.students").unwrap();
+    let by_name = student_row(Some("112-233-445 95"));
+    let line = t
+        .columns()
+        .iter()
+        .map(|c| match by_name.get(c) {
+            Some(Some(v)) => v.clone(),
+            _ => "\\N".to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join("\t");
+    let dp = Depersonalizer::new(Mode::Plain);
+    let by_index = crate::capture::snapshot::CopyRow::parse(t.columns(), &line);
+    let mapped = t.map_row(&by_index, &dp);
+    assert!(mapped.is_ok(), "{mapped:?}");
+    assert_eq!(mapped, t.map_row(&by_name, &dp));
+}

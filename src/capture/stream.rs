@@ -412,10 +412,8 @@ impl Streamer {
                     old: old.as_ref(),
                 };
                 // People's names feed the free-text scrubber, in memory.
-                if let Some((schema, table)) = tm.table.split_once('.') {
-                    if let Some(n) = mapping.names_of(schema, table) {
-                        gate.learn_row(&row, &n.columns);
-                    }
+                if let Some(n) = mapping.names_of(schema, table) {
+                    gate.learn_row(&row, &n.columns);
                 }
                 match tm.map_row(&row, dp) {
                     Ok(mut m) => {
