@@ -115,7 +115,10 @@ struct Plan {
 
 impl Plan {
     fn new(cols: &[String], t: &TableMapping) -> Plan {
-        let at = |c: &String| cols.binary_search(c).expect("cols holds every mapped column");
+        let at = |c: &String| {
+            cols.binary_search(c)
+                .expect("cols holds every mapped column")
+        };
         Plan {
             key: t.key.iter().map(at).collect(),
             partition_by: t.partition_by.as_ref().map(at),

@@ -271,8 +271,10 @@ impl Publisher {
             Ok(()) => {
                 let topic = self.topic(e.entity.name);
                 let tag = acks::event_tag(e.entity, e.op);
-                let sent = self.produce(topic, partition_key, Some(&buf), None, tag).await;
-                for q in &e.quality {
+                let sent = self
+                    .produce(topic, partition_key, Some(&buf), None, tag)
+                    .await;
+                for q in e.quality.iter().filter(|_| sent.is_ok()) {
                     metrics::counter!(obs::CAPTURE_QUALITY_FLAGS, "entity" => e.entity.name, "flag" => q.clone()).increment(1);
                 }
                 sent

@@ -472,7 +472,7 @@ impl Publish<'_> {
                 dropped += 1;
                 continue;
             }
-            match tm.map_row(&CopyRow::parse(&columns, line), self.dp) {
+            match tm.map_row(&CopyRow::parse(columns, line), self.dp) {
                 // The stream carried a change of this key in the window.
                 Ok(m) if window.keys.contains(&m.key) => dropped += 1,
                 Ok(mut m) => {

@@ -201,7 +201,11 @@ mod tests {
 
     #[test]
     fn event_ids_read_as_their_formats_say() {
-        for (c, l, seq) in [(0u64, 0u64, 0u32), (0x16B3_7A80, 0x16B3_7A10, 0), (u64::MAX, 1, 7)] {
+        for (c, l, seq) in [
+            (0u64, 0u64, 0u32),
+            (0x16B3_7A80, 0x16B3_7A10, 0),
+            (u64::MAX, 1, 7),
+        ] {
             let want = if seq == 0 {
                 format!("{c:016X}-{l:016X}-journal.grades")
             } else {

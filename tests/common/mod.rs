@@ -387,7 +387,7 @@ pub async fn journal_view(
             .flat_map(|b| b.unwrap().to_vec())
             .collect();
         for line in String::from_utf8(bytes).unwrap().lines() {
-            let row = vitrina::capture::snapshot::CopyRow::parse(&cols, line);
+            let row = vitrina::capture::snapshot::CopyRow::parse(cols, line);
             let mut m = t.map_row(&row, &dp).unwrap();
             let applied = fields.apply(t.entity, &mut m.after);
             if keep_medical {
